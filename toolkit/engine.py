@@ -15,11 +15,13 @@ the service turns events into ``Token``/``Done`` for the front ends.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import inspect
 import queue
 import secrets
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +61,16 @@ class Finished:
 
 Event = Delta | Finished
 Sink = Callable[[Event], None]
+
+# Engines still running at interpreter exit are stopped first: a scheduler thread that has run
+# the model and is still parked when Python finalizes makes the process abort.
+_LIVE_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_engines() -> None:
+    for engine in list(_LIVE_ENGINES):
+        engine.close(grace_s=0)
 
 
 @dataclass(eq=False)
@@ -121,9 +133,11 @@ class Engine:
         self._last: torch.Tensor | None = None
         self._mergeable = True
         self._closing = False
-        self.steps = 0
+        self.steps = 0  # decode steps run
+        self.peak_batch = 0  # the most rows ever decoded together
         self._thread = threading.Thread(target=self._run, name="toolkit-engine", daemon=True)
         self._thread.start()
+        _LIVE_ENGINES.add(self)
 
     # ----- public API -------------------------------------------------------------
 
@@ -256,23 +270,24 @@ class Engine:
     # ----- scheduler ----------------------------------------------------------------
 
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._cond:
-                    while not self._pending and not self._rows:
-                        if self._closing:
-                            return
-                        self._cond.wait()
-                    self._admitting = self._take_admissible()
-                try:
+        while True:
+            with self._cond:
+                while not self._pending and not self._rows:
+                    if self._closing:
+                        return
+                    self._cond.wait()
+                self._admitting = self._take_admissible()
+            try:
+                # inference mode only around the work: a thread parked in it aborts at interpreter exit
+                with torch.inference_mode():
                     if self._admitting:
                         self._prefill(self._admitting)
                     if self._rows:
                         self._decode_step()
-                except Exception as exc:  # keep serving: fail this batch, not the engine
-                    self._fail_batch(exc)
-                finally:
-                    self._admitting = []
+            except Exception as exc:  # keep serving: fail this batch, not the engine
+                self._fail_batch(exc)
+            finally:
+                self._admitting = []
 
     def _take_admissible(self) -> list[Job]:
         """Called under the lock: drop expired queued jobs and pop those that fit."""
@@ -339,6 +354,7 @@ class Engine:
         with self._cond:
             self._rows.extend(rows)
             self._admitting = []
+            self.peak_batch = max(self.peak_batch, len(self._rows))
         self._accept(rows, tokens)
 
     def _merge(self, cache: Any, mask: torch.Tensor) -> None:

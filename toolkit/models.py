@@ -349,7 +349,7 @@ def _load_weights(path: Path, dtype: str, device: str, load_in_4bit: bool) -> An
         )
         kwargs["device_map"] = {"": device}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"loading the weights from {path} failed: {exc}") from exc
     if not load_in_4bit:

@@ -1,0 +1,50 @@
+"""The project's own files agree with each other."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from toolkit.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyproject() -> dict:  # type: ignore[type-arg]
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_environment_yml_installs_the_same_packages_as_pyproject() -> None:
+    project = pyproject()["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "conda-forge" in env["channels"]
+    assert "python=3.11" in env["dependencies"]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert {p for p in pip if not p.startswith("-")} == wanted
+    assert "-e ." in pip
+
+
+def test_torch_is_pinned_for_the_cpu_build() -> None:
+    assert "torch==2.13.0" in pyproject()["project"]["dependencies"]
+    assert "torch==2.13.0" in (ROOT / "Makefile").read_text()
+
+
+def test_env_example_documents_every_setting() -> None:
+    text = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^([A-Z_0-9]+)=", text, re.M))
+    assert {Settings.ENV[f.name] for f in fields(Settings)} <= documented
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for f in fields(Settings):
+        assert f"`{Settings.ENV[f.name]}`" in readme, f"README does not document {Settings.ENV[f.name]}"
+
+
+def test_ci_runs_make_test() -> None:
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
