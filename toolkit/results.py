@@ -26,6 +26,16 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Source:
+    """A search result that was sent to the model, as ``[index]``."""
+
+    index: int
+    title: str
+    url: str
+    snippet: str
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """Everything needed to replay an answer."""
 
@@ -42,6 +52,8 @@ class RunRecord:
     messages: list[dict[str, str]]
     prompt_text: str  # the messages rendered by the chat template, as the model saw them
     versions: dict[str, str]
+    search: dict[str, Any] | None = None  # provider, query, time, status and results of the web search
+    dropped_history_turns: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,9 @@ class InferResult:
     model: str
     adapter: str | None
     run_record: RunRecord
+    sources: tuple[Source, ...] = ()
+    search_status: str = "off"  # off | ok | timeout | rate_limited | no_results | network | error
+    search_message: str | None = None  # why the search failed, for the user
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -80,13 +95,34 @@ class Token:
 
 
 @dataclass(frozen=True)
+class SearchStarted:
+    """Web search began (before any token)."""
+
+    request_id: str
+    query: str
+    provider: str
+
+
+@dataclass(frozen=True)
+class SearchFinished:
+    """Web search ended: ``sources`` when ``status == "ok"``, else ``message`` says why not."""
+
+    request_id: str
+    status: str
+    sources: tuple[Source, ...]
+    message: str | None
+    from_cache: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Done:
     """The last stream event, with the full result."""
 
     result: InferResult
 
 
-StreamEvent = Token | Done
+StreamEvent = SearchStarted | SearchFinished | Token | Done
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,37 @@ events into ``Token``/``Done`` with a full ``InferResult``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import platform
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 from toolkit import __version__ as TOOLKIT_VERSION
 from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong, ToolkitError
 from toolkit.params import GenerationParams, InferRequest, Limits
-from toolkit.results import Done, Health, InferResult, ModelInfo, RunRecord, StreamEvent, Timings, Token, Usage
+from toolkit.rag import BuiltMessages, build_messages, merge_system_messages
+from toolkit.results import (
+    Done,
+    Health,
+    InferResult,
+    ModelInfo,
+    RunRecord,
+    SearchFinished,
+    SearchStarted,
+    Source,
+    StreamEvent,
+    Timings,
+    Token,
+    Usage,
+)
+from toolkit.search import Searcher, SearchOutcome, clean_text, make_searcher
 from toolkit.settings import Settings
 
 
@@ -36,29 +54,36 @@ def _versions() -> dict[str, str]:
     return out
 
 
-class _Prepared:
-    """A validated request, ready for the engine."""
+@dataclass
+class Prepared:
+    """A validated request, its chat messages and token ids, ready for the engine."""
 
-    def __init__(
-        self,
-        request: InferRequest,
-        params: GenerationParams,
-        messages: list[dict[str, str]],
-        prompt_text: str,
-        input_ids: list[int],
-    ) -> None:
-        self.request = request
-        self.params = params
-        self.messages = messages
-        self.prompt_text = prompt_text
-        self.input_ids = input_ids
-        self.created_at = datetime.now(UTC).isoformat(timespec="seconds")
+    request: InferRequest
+    params: GenerationParams
+    built: BuiltMessages
+    prompt_text: str
+    input_ids: list[int]
+    search: SearchOutcome | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return self.built.messages
+
+
+def search_query(prompt: str, limit: int = 300) -> str:
+    """The web query for a prompt: one line, at most ``limit`` characters."""
+    query = " ".join(clean_text(prompt).split())
+    return query if len(query) <= limit else query[:limit].rsplit(" ", 1)[0]
+
+
+_UNSET: Any = object()
 
 
 class InferenceService:
     """Load one model, then answer requests: ``infer``, ``stream`` and their async twins."""
 
-    def __init__(self, settings: Settings | None = None, *, loaded: Any = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, loaded: Any = None, searcher: Any = _UNSET) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.limits = Limits(self.settings.max_new_tokens_limit, self.settings.max_input_tokens)
         self._started_at = time.monotonic()
@@ -69,6 +94,7 @@ class InferenceService:
         self._engine: Any = None
         self._versions: dict[str, str] = {}
         self._loader: threading.Thread | None = None
+        self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
         if loaded is not None:
             self._attach(loaded)
 
@@ -163,8 +189,8 @@ class InferenceService:
 
     # ----- requests ----------------------------------------------------------------
 
-    def prepare(self, request: InferRequest | str, **kwargs: Any) -> _Prepared:
-        """Validate a request against this deployment and tokenize it (no generation)."""
+    def validate(self, request: InferRequest | str, **kwargs: Any) -> tuple[InferRequest, GenerationParams]:
+        """Check a request against this deployment (no tokenizing, no search)."""
         if isinstance(request, str):
             request = InferRequest.build(request, **kwargs)
         elif kwargs:
@@ -178,30 +204,71 @@ class InferenceService:
             raise InvalidRequest("model", f"unknown model {request.model!r}; this service serves {loaded.name!r}")
         if request.adapter is not None:
             raise InvalidRequest("adapter", f"unknown adapter {request.adapter!r}: no LoRA adapters are loaded")
-        if request.web_search:
-            raise InvalidRequest("web_search", "web search is not available in this version of the toolkit")
-        params = request.resolved_params(self.limits)
-        messages = request.messages()
-        tokenizer = loaded.tokenizer
-        prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        input_ids = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+        if request.web_search and self.searcher is None:
+            raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
+        return request, request.resolved_params(self.limits)
+
+    @property
+    def searcher(self) -> Searcher | None:
+        """The web search this service uses (from SEARCH_PROVIDER unless one was passed in)."""
+        if self._searcher is _UNSET:
+            with self._lock:
+                if self._searcher is _UNSET:
+                    self._searcher = make_searcher(self.settings)
+        return cast("Searcher | None", self._searcher)
+
+    def search(self, query: str) -> SearchOutcome:
+        """Run the configured web search (cached, rate limited, bounded by SEARCH_TIMEOUT)."""
+        searcher = self.searcher
+        if searcher is None:
+            raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
+        return searcher.search(query)
+
+    def prepare(self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any) -> Prepared:
+        """Validate, build the chat messages (with ``search`` results, if given) and tokenize."""
+        request, params = self.validate(request, **kwargs)
+        loaded = self._loaded
         limit = min(self.limits.max_input_tokens, loaded.context_length - 1)
+        boundary = secrets.token_hex(8)
+        failure = None if search is None or search.ok else search.failure.message  # type: ignore[union-attr]
+        built = build_messages(
+            request.prompt,
+            history=request.history,
+            system_prompt=request.system_prompt,
+            sources=list(search.results) if search is not None and search.ok else None,
+            search_failure=failure,
+            today=date.today(),
+            boundary=boundary,
+            count_tokens=self._count_tokens,
+            count_messages=self._count_messages,
+            # without search, nothing is trimmed: an over-long conversation is refused below
+            budget=limit if search is not None else 1 << 62,
+        )
+        prompt_text = self._render(built.messages)
+        input_ids = list(loaded.tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
         if len(input_ids) > limit:
-            field = "history" if request.history else "prompt"
+            field = "history" if request.history and search is None else "prompt"
             raise PromptTooLong(field, len(input_ids), limit)
-        return _Prepared(request, params, messages, prompt_text, input_ids)
+        return Prepared(request, params, built, prompt_text, input_ids, search)
 
     def stream(self, request: InferRequest | str, **kwargs: Any) -> Iterator[StreamEvent]:
-        """``Token`` events as text is generated, then one ``Done``. Closing early cancels."""
-        prepared = self.prepare(request, **kwargs)
+        """Search events (with web search on), ``Token`` events as text is generated, then ``Done``.
+
+        Closing the iterator early cancels the request.
+        """
         from toolkit.engine import Finished
 
+        request, _ = self.validate(request, **kwargs)
+        outcome = None
+        if request.web_search:
+            query = search_query(request.prompt)
+            yield SearchStarted(request.request_id, query, self._provider())
+            outcome = self.search(query)
+            yield self._search_finished(request.request_id, outcome)
+        prepared = self.prepare(request, search=outcome)
         text = ""
         for event in self._engine.stream(
-            prepared.input_ids,
-            prepared.params,
-            request_id=prepared.request.request_id,
-            timeout_s=prepared.request.timeout_s,
+            prepared.input_ids, prepared.params, request_id=request.request_id, timeout_s=request.timeout_s
         ):
             if isinstance(event, Finished):
                 yield Done(self._result(prepared, event))
@@ -210,15 +277,19 @@ class InferenceService:
             yield Token(event.request_id, event.text, text)
 
     async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        prepared = self.prepare(request, **kwargs)
         from toolkit.engine import Finished
 
+        request, _ = self.validate(request, **kwargs)
+        outcome = None
+        if request.web_search:
+            query = search_query(request.prompt)
+            yield SearchStarted(request.request_id, query, self._provider())
+            outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
+            yield self._search_finished(request.request_id, outcome)
+        prepared = self.prepare(request, search=outcome)
         text = ""
         async for event in self._engine.astream(
-            prepared.input_ids,
-            prepared.params,
-            request_id=prepared.request.request_id,
-            timeout_s=prepared.request.timeout_s,
+            prepared.input_ids, prepared.params, request_id=request.request_id, timeout_s=request.timeout_s
         ):
             if isinstance(event, Finished):
                 yield Done(self._result(prepared, event))
@@ -251,10 +322,34 @@ class InferenceService:
             names.add(self.settings.model_id)
         return names
 
-    def _result(self, prepared: _Prepared, finished: Any) -> InferResult:
+    def _provider(self) -> str:
+        return self.searcher.provider if self.searcher else "none"
+
+    @staticmethod
+    def _search_finished(request_id: str, outcome: SearchOutcome) -> SearchFinished:
+        sources = tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(outcome.results, start=1))
+        message = outcome.failure.message if outcome.failure else None
+        return SearchFinished(request_id, outcome.status, sources, message, outcome.from_cache, outcome.seconds)
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self._loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _count_messages(self, messages: list[dict[str, str]]) -> int:
+        return self._count_tokens(self._render(messages))
+
+    def _render(self, messages: list[dict[str, str]]) -> str:
+        """The messages as the model sees them; one leading system message for templates that insist."""
+        tokenizer = self._loaded.tokenizer
+        try:
+            return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        except Exception:
+            merged = merge_system_messages(messages)
+            return str(tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False))
+
+    def _result(self, prepared: Prepared, finished: Any) -> InferResult:
         if finished.error is not None:
             raise finished.error
-        loaded, request = self._loaded, prepared.request
+        loaded, request, search = self._loaded, prepared.request, prepared.search
         record = RunRecord(
             request_id=request.request_id,
             created_at=prepared.created_at,
@@ -269,6 +364,8 @@ class InferenceService:
             messages=prepared.messages,
             prompt_text=prepared.prompt_text,
             versions=self._versions,
+            search=search.to_dict() if search is not None else None,
+            dropped_history_turns=prepared.built.dropped_history_turns,
         )
         return InferResult(
             id=request.request_id,
@@ -279,4 +376,7 @@ class InferenceService:
             model=loaded.name,
             adapter=request.adapter,
             run_record=record,
+            sources=tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(prepared.built.sources, start=1)),
+            search_status=search.status if search is not None else "off",
+            search_message=search.failure.message if search is not None and search.failure else None,
         )

@@ -47,6 +47,13 @@ class Settings:
     max_batch_size: int = 16
     max_queue: int = 64
     request_timeout_s: float = 300.0
+    # Web search.
+    search_provider: str = "ddgs"  # ddgs | local:<folder> | none
+    search_timeout_s: float = 5.0
+    search_region: str = "us-en"
+    search_safesearch: str = "moderate"
+    search_cache_ttl_s: float = 600.0
+    search_per_minute: int = 30
 
     # environment variable for each field; the names users already know
     ENV: ClassVar[dict[str, str]] = {
@@ -61,6 +68,12 @@ class Settings:
         "max_batch_size": "MAX_BATCH_SIZE",
         "max_queue": "MAX_QUEUE",
         "request_timeout_s": "REQUEST_TIMEOUT",
+        "search_provider": "SEARCH_PROVIDER",
+        "search_timeout_s": "SEARCH_TIMEOUT",
+        "search_region": "SEARCH_REGION",
+        "search_safesearch": "SEARCH_SAFESEARCH",
+        "search_cache_ttl_s": "SEARCH_CACHE_TTL",
+        "search_per_minute": "SEARCH_PER_MINUTE",
     }
 
     def __post_init__(self) -> None:
@@ -77,14 +90,23 @@ class Settings:
             ("max_input_tokens", 16),
             ("max_batch_size", 1),
             ("max_queue", 1),
+            ("search_per_minute", 1),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(env[name], f"must be an integer >= {low}, got {value!r}")
-        if not (isinstance(self.request_timeout_s, (int, float)) and self.request_timeout_s > 0):
-            raise ConfigError(
-                env["request_timeout_s"], f"must be a number of seconds > 0, got {self.request_timeout_s!r}"
-            )
+        for name in ("request_timeout_s", "search_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(env[name], f"must be a number of seconds > 0, got {value!r}")
+        ttl = self.search_cache_ttl_s
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl < 0:
+            raise ConfigError(env["search_cache_ttl_s"], f"must be a number of seconds >= 0, got {ttl!r}")
+        provider = self.search_provider
+        if provider not in ("ddgs", "none") and not (provider.startswith("local:") and provider[6:].strip()):
+            raise ConfigError(env["search_provider"], f"must be ddgs, none or local:<folder>, got {provider!r}")
+        if self.search_safesearch not in ("on", "moderate", "off"):
+            raise ConfigError(env["search_safesearch"], f"must be on, moderate or off, got {self.search_safesearch!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -98,7 +120,7 @@ class Settings:
             var = cls.ENV[f.name]
             if f.name in overrides:
                 values[f.name] = overrides[f.name]
-            elif var in environ:
+            elif environ.get(var, "").strip():  # an empty variable means unset, as in .env.example
                 values[f.name] = _parse(f.name, var, environ[var])
         return cls(**values)
 
@@ -118,11 +140,13 @@ def _parse(name: str, var: str, raw: str) -> Any:
         if low in _FALSE:
             return False
         raise ConfigError(var, f"must be true or false, got {raw!r}")
+    if name in ("search_provider", "search_region", "search_safesearch"):
+        return raw if name == "search_provider" and raw.startswith("local:") else raw.lower()
     if name in ("dtype", "device"):
         return raw.lower() or "auto"
     if name == "cache_dir":
         return Path(raw) if raw else default_cache_dir()
-    if name == "request_timeout_s":
+    if name in ("request_timeout_s", "search_timeout_s", "search_cache_ttl_s"):
         try:
             return float(raw)
         except ValueError:
