@@ -15,7 +15,7 @@ help:
 	@echo "make run      answer one question with the configured model (bundled default if MODEL_ID is unset)"
 	@echo "make test     install if needed, then run the whole test suite"
 	@echo "make lint     ruff and mypy"
-	@echo "make bench    engine benchmark: prints a table, writes bench/results/engine.json"
+	@echo "make bench    engine and search benchmarks: tables, and JSON in bench/results/"
 	@echo "make clean    remove .venv and caches"
 
 install: $(STAMP)
@@ -44,6 +44,7 @@ lint: install
 
 bench: install
 	$(PY) bench/engine.py
+	$(PY) bench/search.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -140,6 +140,8 @@ class Chunk:
 
     @property
     def url(self) -> str:
+        if self.section == self.path.stem:  # text before any heading: no anchor to point at
+            return self.path.resolve().as_uri()
         anchor = re.sub(r"[^a-z0-9]+", "-", self.section.lower()).strip("-")
         return self.path.resolve().as_uri() + (f"#{anchor}" if anchor else "")
 

@@ -217,6 +217,11 @@ class InferenceService:
                     self._searcher = make_searcher(self.settings)
         return cast("Searcher | None", self._searcher)
 
+    @searcher.setter
+    def searcher(self, searcher: Searcher | None) -> None:
+        """Swap the web search at run time (e.g. a ``LocalDocsBackend`` in a notebook); None turns it off."""
+        self._searcher = searcher
+
     def search(self, query: str) -> SearchOutcome:
         """Run the configured web search (cached, rate limited, bounded by SEARCH_TIMEOUT)."""
         searcher = self.searcher
