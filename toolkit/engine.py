@@ -399,6 +399,9 @@ class Engine:
             job, token = row.job, int(ids[i])
             if job.done:
                 continue
+            if job.deadline is not None and now >= job.deadline:  # computed too late: not shown
+                self._finish_row(row, "timeout")
+                continue
             row.generated += 1
             if job.first_token is None:
                 job.first_token = now

@@ -93,6 +93,12 @@ class GenerationError(ToolkitError):
     code = "MODEL_ERROR"
 
 
+class RequestTimeout(ToolkitError):
+    """A request ran out of time (REQUEST_TIMEOUT or its own timeout) before producing anything."""
+
+    code = "TIMEOUT"
+
+
 class EngineClosed(ToolkitError):
     """The engine is shutting down and takes no new requests."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import platform
 import secrets
 import threading
@@ -291,7 +292,10 @@ class InferenceService:
             yield SearchStarted(request.request_id, query, self._provider())
             outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
             yield self._search_finished(request.request_id, outcome)
-        prepared = self.prepare(request, search=outcome)
+        # templating and tokenizing take milliseconds: off the event loop, which must stay responsive
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self.prepare, request, search=outcome)
+        )
         text = ""
         async for event in self._engine.astream(
             prepared.input_ids, prepared.params, request_id=request.request_id, timeout_s=request.timeout_s

@@ -1,0 +1,208 @@
+"""GraphQL server benchmark: what the server adds over the in-process service, in the same run.
+
+    python bench/server.py [--requests 50] [--out bench/results/server.json]
+
+Default model, greedy, 16 new tokens. Measures
+- the latency the GraphQL mutation adds (p50/p99 over N paired requests; target p50 < 5 ms),
+- 16 concurrent mutations vs 16 sequential ones, aggregate tokens/s (target >= 4x),
+- time to first token over the subscription vs in-process streaming (target < 10 ms more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tornado.httpserver import HTTPServer  # noqa: E402
+from tornado.netutil import bind_sockets  # noqa: E402
+
+from server.app import make_app  # noqa: E402
+from server.config import ServerSettings  # noqa: E402
+from toolkit.client import STREAM, RemoteService, variables  # noqa: E402
+from toolkit.params import InferRequest  # noqa: E402
+from toolkit.results import Token  # noqa: E402
+from toolkit.service import InferenceService  # noqa: E402
+from toolkit.settings import Settings  # noqa: E402
+
+PROMPTS = [f"Write one sentence about the number {i}." for i in range(64)]
+
+
+def start(service: InferenceService) -> str:
+    loop = asyncio.new_event_loop()
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        sockets = bind_sockets(0, "127.0.0.1")
+        HTTPServer(make_app(service, ServerSettings(port=0, rate_burst=100_000, rate_per_minute=1e9))).add_sockets(
+            sockets
+        )
+        box["port"] = sockets[0].getsockname()[1]
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=run, daemon=True).start()
+    ready.wait(10)
+    return f"http://127.0.0.1:{box['port']}/graphql"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def request(i: int, n: int = 16) -> InferRequest:
+    return InferRequest.build(PROMPTS[i % len(PROMPTS)], temperature=0, max_new_tokens=n)
+
+
+async def ws_first_token(url: str, req: InferRequest) -> tuple[float, float]:
+    """(seconds from subscribe to the first TOKEN, the engine's own first-token time from DONE)."""
+    from websockets.asyncio.client import connect
+
+    async with connect("ws" + url[4:], subprotocols=["graphql-transport-ws"], proxy=None) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init"}))
+        await ws.recv()
+        started = time.perf_counter()
+        await ws.send(
+            json.dumps({"id": "1", "type": "subscribe", "payload": {"query": STREAM, "variables": variables(req)}})
+        )
+        first, engine = None, None
+        async for raw in ws:
+            message = json.loads(raw)
+            if message["type"] == "complete":
+                break
+            event = message["payload"]["data"]["inferStream"]
+            if event["type"] == "TOKEN" and first is None:
+                first = time.perf_counter() - started
+            if event["type"] == "DONE":
+                engine = event["result"]["timings"]["firstTokenSeconds"]
+        assert first is not None and engine is not None
+        return first, engine
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "server.json"))
+    args = parser.parse_args()
+
+    service = InferenceService(Settings.from_env(max_batch_size=16)).start(progress=False)
+    url = start(service)
+    remote = RemoteService(url)
+    for i in range(3):  # warm-up
+        service.infer(request(i))
+        remote.infer(request(i))
+
+    added = []
+    for i in range(args.requests):
+        t0 = time.perf_counter()
+        local = service.infer(request(i))
+        t1 = time.perf_counter()
+        there = remote.infer(request(i))
+        t2 = time.perf_counter()
+        assert there.text == local.text
+        # what each path adds around the engine's own time (which the result reports), so that the
+        # jitter of generating 16 tokens cancels out of the difference
+        around_local = (t1 - t0) - local.timings.total_s
+        around_remote = (t2 - t1) - there.timings.total_s
+        added.append((around_remote - around_local) * 1000)
+
+    health = []
+    for _ in range(args.requests):
+        t0 = time.perf_counter()
+        remote.health()
+        health.append((time.perf_counter() - t0) * 1000)
+
+    def run_all(concurrent: bool) -> tuple[float, int]:
+        results: list[Any] = [None] * 16
+
+        def one(i: int) -> None:
+            results[i] = remote.infer(request(i))
+
+        started = time.perf_counter()
+        if concurrent:
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            for i in range(16):
+                one(i)
+        return time.perf_counter() - started, sum(r.usage.completion_tokens for r in results)
+
+    seq_s, seq_n = run_all(False)
+    con_s, con_n = run_all(True)
+
+    local_ttft, ws_ttft, added_ttft = [], [], []
+    for i in range(20):
+        started = time.perf_counter()
+        first = None
+        for event in service.stream(request(i)):
+            if isinstance(event, Token) and first is None:
+                first = time.perf_counter() - started
+        assert first is not None
+        local_engine = event.result.timings.first_token_s  # type: ignore[union-attr]
+        remote_first, remote_engine = asyncio.run(ws_first_token(url, request(i)))
+        local_ttft.append(first)
+        ws_ttft.append(remote_first)
+        # what each path adds around the engine's own time to first token (cancels the model's jitter)
+        added_ttft.append(((remote_first - remote_engine) - (first - local_engine)) * 1000)
+    service.close(grace_s=1)
+
+    report: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "new_tokens": 16,
+        "mutation_added_latency_ms": {
+            "p50": round(pct(added, 0.5), 2),
+            "p99": round(pct(added, 0.99), 2),
+            "n": len(added),
+            "target_p50": 5,
+        },
+        "health_round_trip_ms": {"p50": round(pct(health, 0.5), 2), "p99": round(pct(health, 0.99), 2)},
+        "throughput": {
+            "sequential_tokens_per_s": round(seq_n / seq_s, 1),
+            "concurrent16_tokens_per_s": round(con_n / con_s, 1),
+            "ratio": round((con_n / con_s) / (seq_n / seq_s), 2),
+            "target_ratio": 4,
+        },
+        "first_token_ms": {
+            "in_process_median": round(statistics.median(local_ttft) * 1000, 1),
+            "subscription_median": round(statistics.median(ws_ttft) * 1000, 1),
+            "added_median": round(statistics.median(added_ttft), 1),
+            "target_added": 10,
+        },
+    }
+    lat, thr, ttft = report["mutation_added_latency_ms"], report["throughput"], report["first_token_ms"]
+    print(f"\n{'measure':<52}{'value':>12}{'target':>10}")
+    print(f"{'mutation: added latency p50 (ms)':<52}{lat['p50']:>12.2f}{'< 5':>10}")
+    print(f"{'mutation: added latency p99 (ms)':<52}{lat['p99']:>12.2f}{'':>10}")
+    floor = report["health_round_trip_ms"]["p50"]
+    print(f"{'health query round trip p50 (ms): the transport floor':<52}{floor:>12.2f}{'':>10}")
+    print(f"{'16 sequential mutations (tokens/s)':<52}{thr['sequential_tokens_per_s']:>12.1f}{'':>10}")
+    print(f"{'16 concurrent mutations (tokens/s)':<52}{thr['concurrent16_tokens_per_s']:>12.1f}{'':>10}")
+    print(f"{'concurrent / sequential':<52}{thr['ratio']:>12.2f}{'>= 4':>10}")
+    print(f"{'first token in-process, median (ms)':<52}{ttft['in_process_median']:>12.1f}{'':>10}")
+    print(f"{'first token over the subscription, median (ms)':<52}{ttft['subscription_median']:>12.1f}{'':>10}")
+    print(f"{'subscription adds (ms)':<52}{ttft['added_median']:>12.1f}{'< 10':>10}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

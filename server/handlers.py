@@ -1,0 +1,398 @@
+"""Tornado handlers: GraphQL over HTTP, graphql-transport-ws, and the offline GraphiQL page.
+
+Handlers get their collaborators through ``initialize()``; nothing is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import tornado.web
+import tornado.websocket
+from graphql import OperationType
+
+from server.gateway import Gateway, RequestError, error
+from server.resolvers import Context
+from server.security import ApiKeys, is_free
+
+log = logging.getLogger("server")
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+PROTOCOL = "graphql-transport-ws"
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The response media type for an Accept header, or None when we can offer none of them."""
+    if not accept or not accept.strip():
+        return JSON  # legacy clients send nothing: the draft says application/json
+    best: tuple[float, int, str] | None = None
+    for position, item in enumerate(accept.split(",")):
+        media, *params = [p.strip() for p in item.split(";")]
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        offer = {GRAPHQL_RESPONSE: GRAPHQL_RESPONSE, JSON: JSON, "application/*": GRAPHQL_RESPONSE, "*/*": JSON}.get(
+            media.lower()
+        )
+        if offer and q > 0:
+            rank = (q, -position, offer)
+            if best is None or rank[:2] > best[:2]:
+                best = rank
+    return best[2] if best else None
+
+
+@tornado.web.stream_request_body
+class GraphQLHandler(tornado.web.RequestHandler):
+    """``/graphql``: POST (any operation) and GET (queries only), per the GraphQL-over-HTTP draft."""
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.context: Context | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+
+    def prepare(self) -> None:
+        self._cors()
+        limit = self.gateway.settings.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self._too_large = True
+        self.request.connection.set_max_body_size(max(limit + 1, 1 << 16) if not self._too_large else 1 << 62)  # type: ignore[union-attr]
+        if self._too_large:
+            self._fail(413, [error(f"the body is over the limit of {limit} bytes", "PAYLOAD_TOO_LARGE", limit=limit)])
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._too_large or self._finished:
+            return
+        self._size += len(chunk)
+        if self._size > self.gateway.settings.max_body_bytes:
+            self._too_large = True
+            limit = self.gateway.settings.max_body_bytes
+            self._fail(413, [error(f"the body is over the limit of {limit} bytes", "PAYLOAD_TOO_LARGE", limit=limit)])
+            return
+        self._chunks.append(chunk)
+
+    def _cors(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and origin in self.gateway.settings.cors_origins:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+            self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization, Accept")
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+
+    def options(self) -> None:
+        self.set_status(204)
+        self.finish()
+
+    def _fail(self, status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> None:
+        media = negotiate(self.request.headers.get("Accept")) or JSON
+        self.set_status(status)
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", f"{media}; charset=utf-8")
+        self.finish(json.dumps({"errors": errors}))
+
+    async def get(self) -> None:
+        if self._finished:
+            return
+        args = {
+            k: self.get_query_argument(k)
+            for k in ("query", "variables", "operationName", "extensions")
+            if self.get_query_argument(k, None) is not None
+        }
+        try:
+            variables = json.loads(args["variables"]) if "variables" in args else None
+        except ValueError:
+            self._fail(400, [error("'variables' is not valid JSON", "BAD_REQUEST")])
+            return
+        await self._handle(args.get("query"), variables, args.get("operationName"), method="GET")
+
+    async def post(self) -> None:
+        if self._finished:
+            return
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != JSON:
+            self._fail(415, [error("send the request as Content-Type: application/json", "UNSUPPORTED_MEDIA_TYPE")])
+            return
+        try:
+            body = json.loads(b"".join(self._chunks) or b"null")
+        except ValueError:
+            self._fail(400, [error("the body is not valid JSON", "BAD_REQUEST")])
+            return
+        if isinstance(body, list):
+            self._fail(
+                400,
+                [
+                    error(
+                        "batched requests (a JSON array) are not supported: send one operation per request",
+                        "BAD_REQUEST",
+                    )
+                ],
+            )
+            return
+        if not isinstance(body, dict):
+            self._fail(400, [error("the body must be a JSON object with a 'query'", "BAD_REQUEST")])
+            return
+        await self._handle(body.get("query"), body.get("variables"), body.get("operationName"), method="POST")
+
+    async def _handle(self, query: Any, variables: Any, operation_name: Any, *, method: str) -> None:
+        gateway = self.gateway
+        media = negotiate(self.request.headers.get("Accept"))
+        if media is None:
+            self._fail(
+                406,
+                [
+                    error(
+                        f"cannot answer in the accepted media types; accept {GRAPHQL_RESPONSE} or {JSON}",
+                        "NOT_ACCEPTABLE",
+                    )
+                ],
+            )
+            return
+        presented = gateway.keys.from_authorization(self.request.headers.get("Authorization"))
+        try:
+            prepared = gateway.prepare(query, variables, operation_name)
+            if not _public(prepared):
+                gateway.authenticate(presented)
+            if method == "GET" and prepared.kind != OperationType.QUERY:
+                self.set_header("Allow", "POST")
+                raise RequestError(
+                    405, [error(f"a {prepared.kind.value} needs POST; GET runs queries only", "METHOD_NOT_ALLOWED")]
+                )
+            if prepared.kind == OperationType.SUBSCRIPTION:
+                raise RequestError(
+                    400,
+                    [error("subscriptions run over the WebSocket at /graphql (graphql-transport-ws)", "BAD_REQUEST")],
+                )
+            gateway.check_rate(prepared, gateway.keys.identity(presented, self.request.remote_ip or ""))
+        except RequestError as exc:
+            status = exc.status
+            if status == 400 and media == JSON and _is_graphql_error(exc):
+                status = 200  # application/json: a well-formed request gets 200 even with GraphQL errors
+            self._fail(status, exc.errors, exc.headers)
+            return
+        self.context = Context(service=gateway.service, client=self.request.remote_ip or "")
+        body = await gateway.execute(prepared, self.context)
+        self.context.on_close.clear()
+        status = 200
+        errors = body.get("errors", [])
+        codes = {e.get("extensions", {}).get("code") for e in errors}
+        if body.get("data") is None and codes == {"OVERLOADED"}:
+            status = 503
+            self.set_header("Retry-After", "1")
+        elif body.get("data") is None and errors and media == GRAPHQL_RESPONSE and all("path" not in e for e in errors):
+            status = 400  # a request error (variables that do not coerce): nothing was executed
+        self.set_status(status)
+        self.set_header("Content-Type", f"{media}; charset=utf-8")
+        self.finish(json.dumps(body))
+
+    def on_connection_close(self) -> None:
+        """The client went away: cancel the generation it was waiting for."""
+        if self.context is not None:
+            for cleanup in self.context.on_close:
+                cleanup()
+            self.context.on_close.clear()
+
+
+def _public(prepared: Any) -> bool:
+    """``health`` stays public with API keys on (container health checks), and tells nothing secret."""
+    return prepared.kind == OperationType.QUERY and is_free(prepared.shape)
+
+
+def _is_graphql_error(exc: RequestError) -> bool:
+    codes = {e.get("extensions", {}).get("code") for e in exc.errors}
+    return bool(codes & {"GRAPHQL_PARSE_FAILED", "GRAPHQL_VALIDATION_FAILED", "BAD_USER_INPUT"})
+
+
+class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
+    """``/graphql`` over WebSocket: the graphql-transport-ws protocol (graphql-ws PROTOCOL.md)."""
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.acknowledged = False
+        self.init_received = False
+        self.identity = ""
+        self.subscriptions: dict[str, asyncio.Task[None]] = {}
+        self.contexts: dict[str, Context] = {}
+        self._init_timer: asyncio.TimerHandle | None = None
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.gateway.settings.cors_origins
+        host = self.request.headers.get("Host", "")
+        return urlparse(origin).netloc == host or origin in allowed
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return PROTOCOL if PROTOCOL in subprotocols else None
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        if self.selected_subprotocol != PROTOCOL:
+            self.close(4406, "Subprotocol not acceptable: use graphql-transport-ws")
+            return
+        loop = asyncio.get_running_loop()
+        self._init_timer = loop.call_later(self.gateway.settings.ws_init_timeout_s, self._init_timeout)
+
+    def _init_timeout(self) -> None:
+        if not self.acknowledged:
+            self.close(4408, "Connection initialisation timeout")
+
+    def _send(self, message: dict[str, Any]) -> Any:
+        try:
+            return self.write_message(json.dumps(message))
+        except tornado.websocket.WebSocketClosedError:
+            return None
+
+    def on_message(self, message: str | bytes) -> None:
+        # Returns at once: each subscription runs in its own task, so the next frame can be read.
+        try:
+            msg = json.loads(message)
+        except ValueError:
+            self.close(4400, "Invalid message: not JSON")
+            return
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            self.close(4400, "Invalid message: no type")
+            return
+        kind = msg["type"]
+        if kind == "connection_init":
+            self._connection_init(msg.get("payload"))
+        elif kind == "ping":
+            self._send({"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "subscribe":
+            self._subscribe(msg)
+        elif kind == "complete":
+            task = self.subscriptions.pop(str(msg.get("id")), None)
+            if task is not None:
+                task.cancel()
+        else:
+            self.close(4400, f"Invalid message type {kind!r}")
+
+    def _connection_init(self, payload: Any) -> None:
+        if self.init_received:
+            self.close(4429, "Too many initialisation requests")
+            return
+        self.init_received = True
+        if payload is not None and not isinstance(payload, dict):
+            self.close(4400, "Invalid message: the connection_init payload must be an object")
+            return
+        presented = _key_from_payload(payload or {}) or self.gateway.keys.from_authorization(
+            self.request.headers.get("Authorization")
+        )
+        if not self.gateway.keys.check(presented):
+            self.close(4403, "Forbidden")
+            return
+        self.identity = self.gateway.keys.identity(presented, self.request.remote_ip or "")
+        self.acknowledged = True
+        if self._init_timer:
+            self._init_timer.cancel()
+        self._send({"type": "connection_ack"})
+
+    def _subscribe(self, msg: dict[str, Any]) -> None:
+        if not self.acknowledged:
+            self.close(4401, "Unauthorized")
+            return
+        sub_id, payload = msg.get("id"), msg.get("payload")
+        if not isinstance(sub_id, str) or not sub_id or not isinstance(payload, dict):
+            self.close(4400, "Invalid message: subscribe needs an id and a payload")
+            return
+        if sub_id in self.subscriptions:
+            self.close(4409, f"Subscriber for {sub_id} already exists")
+            return
+        self.subscriptions[sub_id] = asyncio.create_task(self._run(sub_id, payload))
+
+    async def _run(self, sub_id: str, payload: dict[str, Any]) -> None:
+        gateway = self.gateway
+        context = Context(service=gateway.service, client=self.request.remote_ip or "")
+        stream = None
+        try:
+            try:
+                prepared = gateway.prepare(payload.get("query"), payload.get("variables"), payload.get("operationName"))
+                gateway.check_rate(prepared, self.identity)
+            except RequestError as exc:
+                self._send({"id": sub_id, "type": "error", "payload": exc.errors})
+                return
+            if prepared.kind == OperationType.SUBSCRIPTION:
+                outcome = await gateway.subscribe(prepared, context)
+                if isinstance(outcome, dict):
+                    await self._next(sub_id, outcome)
+                else:
+                    stream = outcome
+                    async for item in stream:
+                        await self._next(sub_id, item)
+            else:
+                await self._next(sub_id, await gateway.execute(prepared, context))
+            self._send({"id": sub_id, "type": "complete"})
+        except asyncio.CancelledError:
+            pass  # the client completed it, or went away: the generation is cancelled below
+        except Exception:
+            log.exception("subscription %s failed", sub_id)
+            self._send(
+                {"id": sub_id, "type": "error", "payload": [error("internal error; it has been logged", "INTERNAL")]}
+            )
+        finally:
+            if stream is not None:
+                await stream.aclose()  # type: ignore[attr-defined]
+            for cleanup in context.on_close:
+                cleanup()
+            if self.subscriptions.get(sub_id) is asyncio.current_task():
+                del self.subscriptions[sub_id]
+
+    async def _next(self, sub_id: str, body: dict[str, Any]) -> None:
+        future = self._send({"id": sub_id, "type": "next", "payload": body})
+        if future is not None:
+            await future  # backpressure: a slow client slows its own stream, not the server
+
+    def on_close(self) -> None:
+        if self._init_timer:
+            self._init_timer.cancel()
+        for task in self.subscriptions.values():
+            task.cancel()
+        self.subscriptions.clear()
+
+
+def _key_from_payload(payload: dict[str, Any]) -> str | None:
+    """The key in a connection_init payload: GraphiQL sends its headers editor's content as the payload."""
+    for name in ("Authorization", "authorization"):
+        if isinstance(payload.get(name), str):
+            return ApiKeys.from_authorization(payload[name])
+    headers = payload.get("headers")
+    if isinstance(headers, dict):
+        for name in ("Authorization", "authorization"):
+            if isinstance(headers.get(name), str):
+                return ApiKeys.from_authorization(headers[name])
+    for name in ("apiKey", "api_key"):
+        if isinstance(payload.get(name), str):
+            return str(payload[name])
+    return None
+
+
+class GraphiQLHandler(tornado.web.RequestHandler):
+    """The GraphiQL page; its scripts come from npm (``make install``), served from disk: no CDN."""
+
+    def initialize(self, page: Path, assets_ready: bool) -> None:
+        self.page = page
+        self.assets_ready = assets_ready
+
+    def get(self) -> None:
+        if not self.assets_ready:
+            self.set_status(503)
+            self.finish("GraphiQL's files are not installed: run make install (it runs npm ci in server/)")
+            return
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+            "connect-src 'self' ws: wss:; img-src 'self' data:",
+        )
+        self.finish(self.page.read_bytes())

@@ -1,0 +1,187 @@
+"""Thin resolvers: GraphQL arguments -> ``InferRequest``, toolkit results -> GraphQL shapes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graphql import GraphQLResolveInfo, GraphQLSchema, build_schema
+
+from toolkit.errors import InvalidRequest, RequestTimeout
+from toolkit.params import GenerationParams, InferRequest, Turn
+from toolkit.results import Done, InferResult, SearchFinished, SearchStarted, Source, StreamEvent, Token
+
+SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+PARAM_NAMES = {
+    "maxNewTokens": "max_new_tokens",
+    "temperature": "temperature",
+    "topP": "top_p",
+    "topK": "top_k",
+    "repetitionPenalty": "repetition_penalty",
+    "seed": "seed",
+    "stop": "stop",
+}
+FIELD_NAMES = {  # toolkit field names -> GraphQL argument names, for error messages
+    "web_search": "webSearch",
+    "system_prompt": "systemPrompt",
+    "request_id": "requestId",
+    **{f"params.{snake}": f"params.{camel}" for camel, snake in PARAM_NAMES.items()},
+}
+
+
+@dataclass
+class Context:
+    """What resolvers get: the service, and a place to register cleanups for when the client goes away."""
+
+    service: Any  # InferenceService or anything with its interface
+    client: str = ""
+    on_close: list[Callable[[], object]] = field(default_factory=list)
+
+
+def graphql_field(name: str) -> str:
+    head, sep, rest = name.partition("[")
+    return FIELD_NAMES.get(name, FIELD_NAMES.get(head, head) + sep + rest)
+
+
+def to_request(args: dict[str, Any]) -> InferRequest:
+    params = {PARAM_NAMES[k]: v for k, v in (args.get("params") or {}).items() if v is not None}
+    request_id = args.get("requestId")
+    if request_id is not None and not REQUEST_ID.match(request_id):
+        raise InvalidRequest("requestId", "must be 1-128 letters, digits, '_', '.', ':' or '-'")
+    extra = {"request_id": request_id} if request_id else {}
+    return InferRequest(
+        prompt=args["prompt"],
+        history=tuple(Turn(t["role"].lower(), t["content"]) for t in args.get("history") or ()),
+        system_prompt=args.get("systemPrompt"),
+        web_search=bool(args.get("webSearch")),
+        model=args.get("model"),
+        adapter=args.get("adapter"),
+        params=GenerationParams(**params),
+        **extra,
+    )
+
+
+def source_dict(source: Source) -> dict[str, Any]:
+    return asdict(source)
+
+
+def result_dict(result: InferResult) -> dict[str, Any]:
+    t = result.timings
+    return {
+        "id": result.id,
+        "text": result.text,
+        "sources": [source_dict(s) for s in result.sources],
+        "searchStatus": result.search_status.upper(),
+        "searchMessage": result.search_message,
+        "finishReason": result.finish_reason.upper(),
+        "usage": {"promptTokens": result.usage.prompt_tokens, "completionTokens": result.usage.completion_tokens},
+        "timings": {
+            "queuedSeconds": t.queued_s,
+            "firstTokenSeconds": t.first_token_s,
+            "totalSeconds": t.total_s,
+            "tokensPerSecond": result.tokens_per_s,
+        },
+        "model": result.model,
+        "adapter": result.adapter,
+        "runRecord": asdict(result.run_record),
+    }
+
+
+def event_dict(event: StreamEvent) -> dict[str, Any]:
+    if isinstance(event, SearchStarted):
+        return {"type": "SEARCH_STARTED", "requestId": event.request_id, "query": event.query}
+    if isinstance(event, SearchFinished):
+        return {
+            "type": "SEARCH_FINISHED",
+            "requestId": event.request_id,
+            "searchStatus": event.status.upper(),
+            "searchMessage": event.message,
+            "sources": [source_dict(s) for s in event.sources],
+        }
+    if isinstance(event, Token):
+        return {"type": "TOKEN", "requestId": event.request_id, "delta": event.delta, "text": event.text}
+    assert isinstance(event, Done)
+    return {
+        "type": "DONE",
+        "requestId": event.result.id,
+        "text": event.result.text,
+        "result": result_dict(event.result),
+    }
+
+
+# ----- resolvers --------------------------------------------------------------------
+
+
+def resolve_health(_: Any, info: GraphQLResolveInfo) -> dict[str, Any]:
+    h = info.context.service.health()
+    return {
+        "status": h.status.upper(),
+        "model": h.model,
+        "device": h.device,
+        "dtype": h.dtype,
+        "quantization": h.quantization,
+        "queueDepth": h.queue_depth,
+        "active": h.active,
+        "uptimeSeconds": h.uptime_s,
+        "version": h.version,
+        "error": h.error,
+    }
+
+
+def resolve_models(_: Any, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": m.id,
+            "source": m.source,
+            "loaded": m.loaded,
+            "contextLength": m.context_length,
+            "contentHash": m.content_hash,
+        }
+        for m in info.context.service.models()
+    ]
+
+
+async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[str, Any]:
+    context: Context = info.context
+    request = to_request(args)
+    context.on_close.append(lambda: context.service.cancel(request.request_id))
+    result = await context.service.ainfer(request)
+    if result.finish_reason == "timeout" and not result.text:
+        raise RequestTimeout(
+            f"the request timed out after {result.timings.total_s:.1f} s before it produced any text; "
+            "retry later, or raise REQUEST_TIMEOUT"
+        )
+    return result_dict(result)
+
+
+def resolve_cancel(_: Any, info: GraphQLResolveInfo, requestId: str) -> bool:
+    return bool(info.context.service.cancel(requestId))
+
+
+async def subscribe_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> AsyncIterator[dict[str, Any]]:
+    context: Context = info.context
+    request = to_request(args)
+    context.service.validate(request)  # bad input fails the subscription at once, before any event
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for event in context.service.astream(request):
+            yield event_dict(event)
+
+    return events()
+
+
+def make_schema() -> GraphQLSchema:
+    schema = build_schema(SCHEMA_FILE.read_text())
+    assert schema.query_type and schema.mutation_type and schema.subscription_type
+    schema.query_type.fields["health"].resolve = resolve_health
+    schema.query_type.fields["models"].resolve = resolve_models
+    schema.mutation_type.fields["infer"].resolve = resolve_infer
+    schema.mutation_type.fields["cancel"].resolve = resolve_cancel
+    stream = schema.subscription_type.fields["inferStream"]
+    stream.subscribe = subscribe_infer
+    stream.resolve = lambda event, info, **args: event
+    return schema

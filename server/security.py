@@ -1,0 +1,164 @@
+"""API keys, rate limiting and limits on what one GraphQL document may ask for."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+)
+
+MODEL_FIELDS = frozenset({"infer", "inferStream"})
+FREE_FIELDS = frozenset({"health", "__typename"})
+
+
+class ApiKeys:
+    """Optional bearer keys, compared in constant time. No keys configured: everything is allowed."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._keys = tuple(k.encode() for k in keys)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def check(self, presented: str | None) -> bool:
+        if not self._keys:
+            return True
+        if not presented:
+            return False
+        candidate = presented.encode()
+        ok = False
+        for key in self._keys:  # no early exit: the time does not depend on which key matched
+            ok |= hmac.compare_digest(candidate, key)
+        return ok
+
+    @staticmethod
+    def from_authorization(header: str | None) -> str | None:
+        """The token of an ``Authorization: Bearer <token>`` value."""
+        if not header:
+            return None
+        scheme, _, token = header.strip().partition(" ")
+        return token.strip() or None if scheme.lower() == "bearer" else None
+
+    def identity(self, presented: str | None, address: str) -> str:
+        """Who to rate limit: a hash prefix of the key, or the client address without keys."""
+        if self._keys and presented:
+            import hashlib
+
+            return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
+        return f"addr:{address}"
+
+
+class TokenBucket:
+    """``rate_per_minute`` tokens a minute, up to ``burst`` saved, per identity."""
+
+    def __init__(self, rate_per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate_per_minute / 60.0
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, identity: str, cost: float = 1.0) -> float | None:
+        """Spend ``cost``; None if allowed, else the seconds to wait before retrying."""
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(identity, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= cost:
+                self._buckets[identity] = (tokens - cost, now)
+                if len(self._buckets) > 10_000:
+                    self._prune(now)
+                return None
+            self._buckets[identity] = (tokens, now)
+            return (cost - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full = [k for k, (tokens, last) in self._buckets.items() if tokens + (now - last) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]
+
+
+@dataclass(frozen=True)
+class DocumentShape:
+    operation: OperationDefinitionNode
+    root_fields: tuple[str, ...]  # field names (not aliases) at the root, through fragments
+    depth: int
+
+
+def select_operation(document: DocumentNode, operation_name: str | None) -> OperationDefinitionNode | None:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is None:
+        return operations[0] if len(operations) == 1 else None
+    return next((o for o in operations if o.name and o.name.value == operation_name), None)
+
+
+def shape(document: DocumentNode, operation: OperationDefinitionNode) -> DocumentShape:
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+
+    def root(selection_set: SelectionSetNode, seen: frozenset[str]) -> list[str]:
+        names: list[str] = []
+        for sel in selection_set.selections:
+            if isinstance(sel, FieldNode):
+                names.append(sel.name.value)
+            elif isinstance(sel, InlineFragmentNode):
+                names += root(sel.selection_set, seen)
+            elif isinstance(sel, FragmentSpreadNode) and sel.name.value in fragments and sel.name.value not in seen:
+                names += root(fragments[sel.name.value].selection_set, seen | {sel.name.value})
+        return names
+
+    def depth(selection_set: SelectionSetNode | None, seen: frozenset[str]) -> int:
+        if selection_set is None:
+            return 0
+        best = 0
+        for sel in selection_set.selections:
+            if isinstance(sel, FieldNode):
+                best = max(best, 1 + depth(sel.selection_set, seen))
+            elif isinstance(sel, InlineFragmentNode):
+                best = max(best, depth(sel.selection_set, seen))
+            elif isinstance(sel, FragmentSpreadNode) and sel.name.value in fragments and sel.name.value not in seen:
+                best = max(best, depth(fragments[sel.name.value].selection_set, seen | {sel.name.value}))
+        return best
+
+    return DocumentShape(
+        operation, tuple(root(operation.selection_set, frozenset())), depth(operation.selection_set, frozenset())
+    )
+
+
+def limit_errors(doc_shape: DocumentShape, max_depth: int) -> list[GraphQLError]:
+    """Errors for documents that ask too much: too deep, or the model more than once."""
+    errors = []
+    if doc_shape.depth > max_depth:
+        errors.append(
+            GraphQLError(
+                f"the query is {doc_shape.depth} levels deep, over the limit of {max_depth}",
+                extensions={"code": "BAD_USER_INPUT", "field": "query", "limit": max_depth},
+            )
+        )
+    model_calls = sum(1 for name in doc_shape.root_fields if name in MODEL_FIELDS)
+    if model_calls > 1:
+        errors.append(
+            GraphQLError(
+                f"one operation may run the model once; this one asks for infer/inferStream {model_calls} times "
+                "(through aliases or fragments): send separate requests",
+                extensions={"code": "BAD_USER_INPUT", "field": "query", "limit": 1},
+            )
+        )
+    return errors
+
+
+def is_free(doc_shape: DocumentShape) -> bool:
+    """Health checks and __typename cost nothing, so monitoring never gets rate limited."""
+    return bool(doc_shape.root_fields) and set(doc_shape.root_fields) <= FREE_FIELDS

@@ -1,0 +1,88 @@
+"""A real server on a loopback port, in a thread with its own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from server.app import make_app
+from server.config import ServerSettings
+from toolkit.service import InferenceService
+from toolkit.settings import Settings
+
+
+@dataclass
+class RunningServer:
+    url: str  # http://127.0.0.1:PORT/graphql
+    ws_url: str
+    base: str
+    service: Any
+    loop: asyncio.AbstractEventLoop
+    stop: Callable[[], None]
+
+
+def start_server(service: Any, settings: ServerSettings | None = None) -> RunningServer:
+    settings = settings or ServerSettings(port=0)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        sockets = bind_sockets(0, "127.0.0.1")
+        server = HTTPServer(make_app(service, settings))
+        server.add_sockets(sockets)
+        box["server"], box["port"] = server, sockets[0].getsockname()[1]
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+
+    def stop() -> None:
+        async def shutdown() -> None:
+            box["server"].stop()
+            await box["server"].close_all_connections()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+    base = f"http://127.0.0.1:{box['port']}"
+    return RunningServer(f"{base}/graphql", f"ws://127.0.0.1:{box['port']}/graphql", base, service, loop, stop)
+
+
+@pytest.fixture(scope="session")
+def server_service(settings: Settings, loaded: Any) -> Iterator[InferenceService]:
+    svc = InferenceService(settings, loaded=loaded)
+    yield svc
+    svc.close(grace_s=0)
+
+
+@pytest.fixture(scope="session")
+def server(server_service: InferenceService) -> Iterator[RunningServer]:
+    running = start_server(server_service, ServerSettings(port=0, max_body_bytes=64 * 1024, rate_burst=10_000))
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def make_server() -> Iterator[Callable[..., RunningServer]]:
+    started: list[RunningServer] = []
+
+    def make(service: Any, **settings: Any) -> RunningServer:
+        running = start_server(service, ServerSettings(port=0, **settings))
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()

@@ -1,0 +1,123 @@
+"""API keys, rate limits, introspection, CORS and the document limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from gqlhttp import code_of, post
+from graphql import parse
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from server.security import ApiKeys, TokenBucket, is_free, limit_errors, select_operation, shape
+from toolkit.service import InferenceService
+
+KEY = "test-key-0123456789"
+
+
+@pytest.fixture()
+def keyed(make_server: Any, server_service: InferenceService) -> Any:
+    return make_server(server_service, api_keys=(KEY, "other-key-abcdefgh"))
+
+
+def test_api_keys_on_http(keyed: Any) -> None:
+    infer = {"query": 'mutation { infer(prompt: "Hi", params: {maxNewTokens: 2}) { text } }'}
+    status, headers, body = post(keyed.url, infer)
+    assert status == 401 and code_of(body) == "UNAUTHENTICATED" and headers["WWW-Authenticate"].startswith("Bearer")
+    status, _, body = post(keyed.url, infer, headers={"Authorization": "Bearer wrong-key-000000"})
+    assert status == 401 and "not valid" in body["errors"][0]["message"]
+    status, _, body = post(keyed.url, infer, headers={"Authorization": f"Bearer {KEY}"})
+    assert status == 200 and body["data"]["infer"]["text"] is not None
+    status, _, body = post(keyed.url, {"query": "{ models { id } }"})
+    assert status == 401
+
+
+def test_health_stays_public_and_tells_nothing_secret(keyed: Any) -> None:
+    status, _, body = post(keyed.url, {"query": "{ health { status model device version error } }"})
+    assert status == 200 and body["data"]["health"]["status"] == "READY"
+    assert KEY not in json.dumps(body)
+
+
+def test_api_keys_on_websocket(keyed: Any) -> None:
+    async def attempt(payload: Any) -> Any:
+        ws = await connect(keyed.ws_url, subprotocols=["graphql-transport-ws"], proxy=None)  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+        try:
+            return json.loads(await asyncio.wait_for(ws.recv(), 5))
+        except ConnectionClosed as exc:
+            return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else None
+        finally:
+            await ws.close()
+
+    assert asyncio.run(attempt({})) == (4403, "Forbidden")
+    assert asyncio.run(attempt({"Authorization": "Bearer nope-nope-nope"})) == (4403, "Forbidden")
+    assert asyncio.run(attempt({"Authorization": f"Bearer {KEY}"})) == {"type": "connection_ack"}  # GraphiQL's headers
+    assert asyncio.run(attempt({"apiKey": KEY})) == {"type": "connection_ack"}
+
+
+def test_rate_limit_per_key(make_server: Any, server_service: InferenceService) -> None:
+    running = make_server(server_service, rate_per_minute=1, rate_burst=2)
+    infer = {"query": 'mutation { infer(prompt: "Hi", params: {maxNewTokens: 1}) { text } }'}
+    assert post(running.url, infer)[0] == 200
+    assert post(running.url, infer)[0] == 200
+    status, headers, body = post(running.url, infer)
+    assert status == 429 and code_of(body) == "RATE_LIMITED"
+    assert int(headers["Retry-After"]) == body["errors"][0]["extensions"]["retryAfter"] > 0
+    assert post(running.url, {"query": "{ health { status } }"})[0] == 200  # health is never limited
+
+
+def test_introspection_can_be_switched_off(make_server: Any, server_service: InferenceService, server: Any) -> None:
+    introspect = {"query": "{ __schema { queryType { name } } }"}
+    assert post(server.url, introspect)[2] == {"data": {"__schema": {"queryType": {"name": "Query"}}}}
+    running = make_server(server_service, introspection=False)
+    status, _, body = post(running.url, introspect)
+    assert status == 400 and code_of(body) == "GRAPHQL_VALIDATION_FAILED"
+
+
+def test_cors_only_for_configured_origins(make_server: Any, server_service: InferenceService) -> None:
+    running = make_server(server_service, cors_origins=("http://notebook.example",))
+    _, headers, _ = post(running.url, {"query": "{ health { status } }"}, headers={"Origin": "http://notebook.example"})
+    assert headers["Access-Control-Allow-Origin"] == "http://notebook.example"
+    _, headers, _ = post(running.url, {"query": "{ health { status } }"}, headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_token_bucket() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate_per_minute=60, burst=2, clock=lambda: now[0])
+    assert bucket.take("a") is None and bucket.take("a") is None
+    wait = bucket.take("a")
+    assert wait is not None and 0.9 < wait <= 1.0
+    assert bucket.take("b") is None  # per identity
+    now[0] += 1.0
+    assert bucket.take("a") is None
+
+
+def test_api_key_helpers() -> None:
+    keys = ApiKeys(["k1-aaaaaaaa"])
+    assert keys.enabled and keys.check("k1-aaaaaaaa") and not keys.check("k1-aaaaaaab") and not keys.check(None)
+    assert ApiKeys([]).check(None)
+    assert ApiKeys.from_authorization("Bearer  abc ") == "abc"
+    assert ApiKeys.from_authorization("Basic abc") is None
+    assert keys.identity("k1-aaaaaaaa", "1.2.3.4").startswith("key:") and "k1" not in keys.identity("k1-aaaaaaaa", "")
+    assert ApiKeys([]).identity(None, "1.2.3.4") == "addr:1.2.3.4"
+
+
+def test_document_shape_through_fragments() -> None:
+    doc = parse(
+        'mutation M { ...F a: cancel(requestId: "x") } fragment F on Mutation { infer(prompt: "p") { usage { promptTokens } } }'
+    )
+    op = select_operation(doc, None)
+    assert op is not None
+    s = shape(doc, op)
+    assert s.root_fields == ("infer", "cancel") and s.depth == 3
+    assert limit_errors(s, max_depth=3) == []
+    assert "3 levels deep" in limit_errors(s, max_depth=2)[0].message
+    assert is_free(
+        shape(
+            parse("{ health { status } __typename }"), select_operation(parse("{ health { status } __typename }"), None)
+        )
+    )  # type: ignore[arg-type]

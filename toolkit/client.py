@@ -1,0 +1,350 @@
+"""``RemoteService``: the ``InferenceService`` interface over the GraphQL endpoint.
+
+    service = RemoteService("http://127.0.0.1:8080/graphql", api_key=None)
+    service.infer("What is the capital of France?", temperature=0).text
+    for event in service.stream("Tell me a story", web_search=True): ...
+
+``infer``, ``health``, ``models`` and ``cancel`` go over HTTP; ``stream`` over
+a WebSocket speaking graphql-transport-ws. Results come back as the same
+dataclasses the in-process service returns, and GraphQL errors as the same
+``ToolkitError`` subclasses (``InvalidRequest`` with its field, ``Overloaded``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from toolkit.errors import (
+    GenerationError,
+    InvalidRequest,
+    ModelNotReady,
+    Overloaded,
+    ToolkitError,
+)
+from toolkit.params import InferRequest
+from toolkit.results import (
+    Done,
+    Health,
+    InferResult,
+    ModelInfo,
+    RunRecord,
+    SearchFinished,
+    SearchStarted,
+    Source,
+    StreamEvent,
+    Timings,
+    Token,
+    Usage,
+)
+
+RESULT_FIELDS = """
+  id text searchStatus searchMessage finishReason model adapter runRecord
+  sources { index title url snippet }
+  usage { promptTokens completionTokens }
+  timings { queuedSeconds firstTokenSeconds totalSeconds }
+"""
+ARGS = """$prompt: String!, $webSearch: Boolean, $history: [TurnInput!], $systemPrompt: String,
+  $params: GenerationInput, $model: String, $adapter: String, $requestId: ID"""
+PASS = """prompt: $prompt, webSearch: $webSearch, history: $history, systemPrompt: $systemPrompt,
+  params: $params, model: $model, adapter: $adapter, requestId: $requestId"""
+INFER = f"mutation Infer({ARGS}) {{ infer({PASS}) {{ {RESULT_FIELDS} }} }}"
+STREAM = f"""subscription InferStream({ARGS}) {{ inferStream({PASS}) {{
+  type requestId query searchStatus searchMessage delta text
+  sources {{ index title url snippet }}
+  result {{ {RESULT_FIELDS} }}
+}} }}"""
+HEALTH = "{ health { status model device dtype quantization queueDepth active uptimeSeconds version error } }"
+MODELS = "{ models { id source loaded contextLength contentHash } }"
+CANCEL = "mutation Cancel($id: ID!) { cancel(requestId: $id) }"
+PARAM_NAMES = {
+    "max_new_tokens": "maxNewTokens",
+    "temperature": "temperature",
+    "top_p": "topP",
+    "top_k": "topK",
+    "repetition_penalty": "repetitionPenalty",
+    "seed": "seed",
+    "stop": "stop",
+}
+
+
+class ServiceUnavailable(ToolkitError):
+    """The server cannot be reached (down, wrong URL) or answered with something that is not GraphQL."""
+
+    code = "UNAVAILABLE"
+
+
+class RemoteError(ToolkitError):
+    """A GraphQL error whose code has no closer ToolkitError."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteService:
+    """The same interface as ``InferenceService``, over HTTP and WebSocket."""
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8080/graphql", *, api_key: str | None = None, timeout_s: float = 600.0
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        self.url = url
+        self.ws_url = "ws" + url[4:]
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    # ----- HTTP -----------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/graphql-response+json, application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def execute(
+        self, query: str, variables: dict[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """POST one operation; return ``data`` or raise the error it carries."""
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
+                payload = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                payload = json.loads(exc.read())
+            except ValueError:
+                raise ServiceUnavailable(f"the server at {self.url} answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServiceUnavailable(
+                f"cannot reach the GraphQL server at {self.url} ({reason}); is it running (make serve)?"
+            ) from None
+        except ValueError:
+            raise ServiceUnavailable(f"the server at {self.url} did not answer with JSON") from None
+        if payload.get("errors"):
+            raise error_from(payload["errors"][0])
+        return dict(payload.get("data") or {})
+
+    def health(self) -> Health:
+        h = self.execute(HEALTH, timeout_s=10)["health"]
+        return Health(
+            status=h["status"].lower(),
+            model=h["model"],
+            device=h["device"],
+            dtype=h["dtype"],
+            quantization=h["quantization"],
+            queue_depth=h["queueDepth"],
+            active=h["active"],
+            uptime_s=h["uptimeSeconds"],
+            version=h["version"],
+            error=h["error"],
+        )
+
+    def models(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(m["id"], m["source"], m["loaded"], m["contextLength"], m["contentHash"])
+            for m in self.execute(MODELS, timeout_s=10)["models"]
+        ]
+
+    def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
+        request = _request(request, kwargs)
+        return result_from(self.execute(INFER, variables(request))["infer"])
+
+    def cancel(self, request_id: str) -> bool:
+        return bool(self.execute(CANCEL, {"id": request_id}, timeout_s=10)["cancel"])
+
+    # ----- WebSocket ------------------------------------------------------------------
+
+    def _ws_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def stream(self, request: InferRequest | str, **kwargs: Any) -> Iterator[StreamEvent]:
+        """Events as they come; closing the iterator early cancels the generation on the server."""
+        from websockets.exceptions import WebSocketException
+        from websockets.sync.client import connect
+
+        request = _request(request, kwargs)
+        try:
+            ws = connect(self.ws_url, subprotocols=["graphql-transport-ws"], proxy=None, open_timeout=10)  # type: ignore[list-item]
+        except (OSError, WebSocketException) as exc:
+            raise ServiceUnavailable(
+                f"cannot open a WebSocket to {self.ws_url} ({exc}); is the server running?"
+            ) from None
+        with ws:
+            try:
+                ws.send(json.dumps({"type": "connection_init", "payload": self._ws_headers()}))
+                ack = json.loads(ws.recv(timeout=10))
+                if ack.get("type") != "connection_ack":
+                    raise ServiceUnavailable(f"the server did not acknowledge the connection: {ack}")
+                sub_id = uuid.uuid4().hex
+                ws.send(
+                    json.dumps(
+                        {
+                            "id": sub_id,
+                            "type": "subscribe",
+                            "payload": {"query": STREAM, "variables": variables(request)},
+                        }
+                    )
+                )
+                while True:
+                    message = json.loads(ws.recv(timeout=self.timeout_s))
+                    event = _stream_message(message, sub_id)
+                    if event is None:
+                        if message.get("type") == "ping":
+                            ws.send(json.dumps({"type": "pong"}))
+                        continue
+                    if isinstance(event, str):  # "complete"
+                        return
+                    yield event
+            except WebSocketException as exc:
+                code = getattr(getattr(exc, "rcvd", None), "code", None)
+                raise ServiceUnavailable(f"the WebSocket closed ({code or exc}); {_close_hint(code)}") from None
+            except TimeoutError:
+                raise ServiceUnavailable(f"no answer from {self.ws_url} within the timeout") from None
+
+    async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import WebSocketException
+
+        request = _request(request, kwargs)
+        try:
+            ws = await connect(self.ws_url, subprotocols=["graphql-transport-ws"], proxy=None, open_timeout=10)  # type: ignore[list-item]
+        except (OSError, WebSocketException) as exc:
+            raise ServiceUnavailable(
+                f"cannot open a WebSocket to {self.ws_url} ({exc}); is the server running?"
+            ) from None
+        async with ws:
+            try:
+                await ws.send(json.dumps({"type": "connection_init", "payload": self._ws_headers()}))
+                ack = json.loads(await ws.recv())
+                if ack.get("type") != "connection_ack":
+                    raise ServiceUnavailable(f"the server did not acknowledge the connection: {ack}")
+                sub_id = uuid.uuid4().hex
+                await ws.send(
+                    json.dumps(
+                        {
+                            "id": sub_id,
+                            "type": "subscribe",
+                            "payload": {"query": STREAM, "variables": variables(request)},
+                        }
+                    )
+                )
+                async for raw in ws:
+                    message = json.loads(raw)
+                    event = _stream_message(message, sub_id)
+                    if isinstance(event, str):  # "complete"
+                        return
+                    if event is not None:
+                        yield event
+            except WebSocketException as exc:
+                code = getattr(getattr(exc, "rcvd", None), "code", None)
+                raise ServiceUnavailable(f"the WebSocket closed ({code or exc}); {_close_hint(code)}") from None
+
+    async def ainfer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
+        async for event in self.astream(request, **kwargs):
+            if isinstance(event, Done):
+                return event.result
+        raise ServiceUnavailable("the stream ended without a result")
+
+
+# ----- mapping -------------------------------------------------------------------------
+
+
+def _request(request: InferRequest | str, kwargs: dict[str, Any]) -> InferRequest:
+    if isinstance(request, str):
+        return InferRequest.build(request, **kwargs)
+    if kwargs:
+        raise TypeError("pass keyword arguments only with a prompt string, not with an InferRequest")
+    return request
+
+
+def variables(request: InferRequest) -> dict[str, Any]:
+    params = {PARAM_NAMES[k]: v for k, v in request.params.to_dict().items() if v is not None and v != []}
+    return {
+        "prompt": request.prompt,
+        "webSearch": request.web_search,
+        "history": [{"role": t.role.upper(), "content": t.content} for t in request.history],
+        "systemPrompt": request.system_prompt,
+        "params": params,
+        "model": request.model,
+        "adapter": request.adapter,
+        "requestId": request.request_id,
+    }
+
+
+def result_from(data: dict[str, Any]) -> InferResult:
+    t = data["timings"]
+    record = dict(data["runRecord"])
+    return InferResult(
+        id=data["id"],
+        text=data["text"],
+        finish_reason=data["finishReason"].lower(),
+        usage=Usage(data["usage"]["promptTokens"], data["usage"]["completionTokens"]),
+        timings=Timings(t["queuedSeconds"], t["firstTokenSeconds"], t["totalSeconds"]),
+        model=data["model"],
+        adapter=data["adapter"],
+        run_record=RunRecord(**record),
+        sources=tuple(Source(**s) for s in data["sources"]),
+        search_status=data["searchStatus"].lower(),
+        search_message=data["searchMessage"],
+    )
+
+
+def _stream_message(message: dict[str, Any], sub_id: str) -> StreamEvent | str | None:
+    kind = message.get("type")
+    if message.get("id") != sub_id:
+        return None
+    if kind == "complete":
+        return "complete"
+    if kind == "error":
+        raise error_from((message.get("payload") or [{}])[0])
+    if kind != "next":
+        return None
+    payload = message.get("payload") or {}
+    if payload.get("errors"):
+        raise error_from(payload["errors"][0])
+    e = payload["data"]["inferStream"]
+    if e["type"] == "SEARCH_STARTED":
+        return SearchStarted(e["requestId"], e["query"], "")
+    if e["type"] == "SEARCH_FINISHED":
+        sources = tuple(Source(**s) for s in e["sources"] or ())
+        return SearchFinished(e["requestId"], e["searchStatus"].lower(), sources, e["searchMessage"], False, 0.0)
+    if e["type"] == "TOKEN":
+        return Token(e["requestId"], e["delta"], e["text"])
+    return Done(result_from(e["result"]))
+
+
+def error_from(err: dict[str, Any]) -> ToolkitError:
+    """The ToolkitError a GraphQL error stands for."""
+    ext = err.get("extensions") or {}
+    code, message = ext.get("code", "INTERNAL"), err.get("message", "unknown error")
+    if code == "BAD_USER_INPUT":
+        field = str(ext.get("field") or "query")
+        return InvalidRequest(field, message.split(": ", 1)[-1] if message.startswith(field) else message)
+    if code == "OVERLOADED":
+        exc = Overloaded(0, 0)
+        exc.message = message
+        exc.args = (message,)
+        return exc
+    if code == "MODEL_LOADING":
+        return ModelNotReady(message)
+    if code == "MODEL_ERROR":
+        return GenerationError(message)
+    return RemoteError(code, message)
+
+
+def _close_hint(code: int | None) -> str:
+    return {
+        4401: "the connection was not initialised",
+        4403: "the API key was refused",
+        4406: "the server wants the graphql-transport-ws subprotocol",
+        4408: "the connection was not initialised in time",
+        4429: "too many initialisation requests",
+    }.get(code or 0, "retry")
