@@ -34,12 +34,9 @@ def gql_ws(url: str, **kwargs: Any) -> WebsocketsTransport:
 def test_gql_subscription_streams_tokens_then_the_result(server: Any) -> None:
     async def run() -> list[dict[str, Any]]:
         async with Client(transport=gql_ws(server.ws_url)) as session:
-            return [
-                e
-                async for e in session.subscribe(
-                    gql(STREAM), variable_values={"prompt": "What is the capital of France?", "n": 24}
-                )
-            ]
+            request = gql(STREAM)
+            request.variable_values = {"prompt": "What is the capital of France?", "n": 24}
+            return [e async for e in session.subscribe(request)]
 
     events = [e["inferStream"] for e in asyncio.run(run())]
     assert [e["type"] for e in events[:-1]] == ["TOKEN"] * (len(events) - 1) and events[-1]["type"] == "DONE"
