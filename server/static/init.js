@@ -27,7 +27,9 @@ subscription Stream {
 }
 `;
   // ?query=... opens GraphiQL with that document (handy for links, and for the browser test)
-  const query = new URLSearchParams(window.location.search).get("query") || undefined;
+  const props = { fetcher, defaultQuery, defaultEditorToolsVisibility: true };
+  const query = new URLSearchParams(window.location.search).get("query");
+  if (query) props.query = query;
   const root = ReactDOM.createRoot(document.getElementById("graphiql"));
-  root.render(React.createElement(GraphiQL, { fetcher, defaultQuery, query, defaultEditorToolsVisibility: true }));
+  root.render(React.createElement(GraphiQL, props));
 })();

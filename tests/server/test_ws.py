@@ -201,3 +201,19 @@ def test_foreign_origins_are_refused(server: Any) -> None:
     with pytest.raises(InvalidStatus) as info:
         asyncio.run(run())
     assert info.value.response.status_code == 403
+
+
+def test_an_oversized_message_closes_the_socket(make_server: Any, server_service: InferenceService) -> None:
+    running = make_server(server_service, max_ws_message_bytes=4096)
+
+    async def run() -> tuple[int, str]:
+        ws = await _open(running)
+        await _init(ws)
+        await ws.send(
+            json.dumps(
+                {"id": "big", "type": "subscribe", "payload": {"query": "{ health { status } }", "x": "y" * 10_000}}
+            )
+        )
+        return await _closed_with(ws)
+
+    assert asyncio.run(run())[0] == 1009  # message too big

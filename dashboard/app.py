@@ -1,0 +1,271 @@
+"""``ChatApp``: the chat and the GraphQL Explorer as ipywidgets, over any service with the
+``InferenceService`` interface (``RemoteService`` by default).
+
+Widgets are only ever updated by setting their values, also from the streaming
+thread (never ``with output:`` from a thread); that needs ipykernel >= 7.1.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from typing import Any
+
+import ipywidgets as widgets
+
+from dashboard import bubbles
+from toolkit.errors import ToolkitError
+from toolkit.params import GenerationParams, InferRequest, Turn
+from toolkit.results import Done, SearchFinished, SearchStarted, Token
+
+WEB_OFF, WEB_ON = "🌐 Off", "🌐 On"
+SEARCHING = "🌐 searching…"
+
+
+def backend_from_env() -> Any:
+    """``RemoteService`` on ``GRAPHQL_URL``, or with ``DASHBOARD_BACKEND=inprocess`` a service in this kernel."""
+    if os.environ.get("DASHBOARD_BACKEND", "remote").strip().lower() == "inprocess":
+        from toolkit.service import InferenceService
+
+        return InferenceService().start(wait=False, progress=False)
+    from toolkit.client import RemoteService
+
+    url = os.environ.get("GRAPHQL_URL", "").strip() or "http://127.0.0.1:8080/graphql"
+    return RemoteService(url, api_key=os.environ.get("GRAPHQL_API_KEY") or None)
+
+
+def explorer_url(backend: Any) -> str | None:
+    explicit = os.environ.get("EXPLORER_URL", "").strip()
+    if explicit:
+        return explicit
+    url = getattr(backend, "url", None)
+    return url.rsplit("/graphql", 1)[0] + "/graphiql" if isinstance(url, str) else None
+
+
+class ChatApp:
+    """Bubble chat with web search, sources, stop and settings; a GraphQL Explorer tab."""
+
+    def __init__(self, backend: Any, *, graphiql_url: str | None = None, poll_s: float = 2.0) -> None:
+        self.backend = backend
+        self.history: list[Turn] = []
+        self.last_result: Any = None
+        self.busy = False
+        self.request_id: str | None = None
+        self._thread: threading.Thread | None = None
+        self._poll_s = poll_s
+        self._stop_polling = threading.Event()
+
+        self.banner = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.messages = widgets.VBox(layout=widgets.Layout(min_height="240px", overflow="auto"))
+        self.messages.add_class("tk-chat")
+        self.indicator = widgets.HTML(value="")
+        self.indicator.add_class("tk-indicator")
+        self.prompt = widgets.Text(placeholder="Ask something… (Enter sends)", layout=widgets.Layout(flex="1 1 auto"))
+        self.web = widgets.ToggleButton(
+            value=False, description=WEB_OFF, tooltip="web search", layout=widgets.Layout(width="90px")
+        )
+        self.send_button = widgets.Button(
+            description="Send", button_style="primary", layout=widgets.Layout(width="80px")
+        )
+        self.stop_button = widgets.Button(description="Stop", disabled=True, layout=widgets.Layout(width="70px"))
+        self.clear_button = widgets.Button(description="Clear", layout=widgets.Layout(width="70px"))
+        for w, name in (
+            (self.prompt, "tk-prompt"),
+            (self.web, "tk-web"),
+            (self.send_button, "tk-send"),
+            (self.stop_button, "tk-stop"),
+            (self.clear_button, "tk-clear"),
+        ):
+            w.add_class(name)
+
+        self.model = widgets.Dropdown(description="Model", options=["(server default)"], value="(server default)")
+        self.adapter = widgets.Dropdown(description="Adapter", options=["none"], value="none", disabled=True)
+        self.temperature = widgets.FloatSlider(description="Temperature", value=0.2, min=0.0, max=2.0, step=0.05)
+        self.max_new_tokens = widgets.IntSlider(description="Max tokens", value=256, min=1, max=1024, step=1)
+        self.system_prompt = widgets.Textarea(
+            description="System", placeholder="optional system prompt", layout=widgets.Layout(width="95%")
+        )
+        settings = widgets.VBox([self.model, self.adapter, self.temperature, self.max_new_tokens, self.system_prompt])
+        self.settings = widgets.Accordion(children=[settings], titles=("Settings",))
+        self.settings.selected_index = None
+
+        input_bar = widgets.HBox([self.prompt, self.web, self.send_button, self.stop_button, self.clear_button])
+        chat = widgets.VBox(
+            [widgets.HTML(bubbles.CSS), self.banner, self.messages, self.indicator, input_bar, self.settings]
+        )
+        self.graphiql_url = graphiql_url if graphiql_url is not None else explorer_url(backend)
+        if self.graphiql_url:
+            src = bubbles.escape(self.graphiql_url)
+            explorer = widgets.HTML(
+                f'<iframe src="{src}" title="GraphQL Explorer" style="width: 100%; height: 640px; border: 0;"></iframe>'
+            )
+        else:
+            explorer = widgets.HTML(
+                "<p>The GraphQL Explorer needs the GraphQL server: set GRAPHQL_URL and run <code>make serve</code>.</p>"
+            )
+        self.tabs = widgets.Tab(children=[chat, explorer], titles=("Chat", "GraphQL Explorer"))
+
+        self.web.observe(self._on_web, names="value")
+        self.send_button.on_click(lambda _: self.send())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.clear_button.on_click(lambda _: self.clear())
+        with warnings.catch_warnings():  # Enter in a Text: on_submit is the one event that means it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.prompt.on_submit(lambda _: self.send())
+        self.refresh_health()
+        if poll_s > 0:
+            threading.Thread(target=self._poll, name="dashboard-health", daemon=True).start()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.tabs)
+
+    # ----- health ----------------------------------------------------------------------
+
+    def refresh_health(self) -> bool:
+        """Show a banner when the backend is down, loading or broken; True when ready."""
+        try:
+            health = self.backend.health()
+        except ToolkitError as exc:
+            self._banner(f"The model server is not reachable ({exc.message}). Retrying…")
+            return False
+        except Exception as exc:  # never a traceback on the page
+            self._banner(f"The model server cannot be asked ({type(exc).__name__}). Retrying…")
+            return False
+        if health.status == "loading":
+            self._banner(f"The model {health.model} is still loading; the chat will work when it is ready.")
+            return False
+        if health.status != "ready":
+            self._banner(f"The model is not available ({health.status}): {health.error or 'see the server log'}")
+            return False
+        self._banner(None)
+        self._fill_models()
+        return True
+
+    def _banner(self, message: str | None) -> None:
+        if message is None:
+            self.banner.layout.display = "none"
+            self.banner.value = ""
+        else:
+            self.banner.value = bubbles.banner(message)
+            self.banner.layout.display = None
+
+    def _fill_models(self) -> None:
+        if len(self.model.options) > 1:
+            return
+        try:
+            ids = [m.id for m in self.backend.models()]
+        except Exception:
+            return
+        self.model.options = ["(server default)", *ids]
+
+    def _poll(self) -> None:
+        while not self._stop_polling.wait(self._poll_s):
+            self.refresh_health()
+
+    def close(self) -> None:
+        self._stop_polling.set()
+
+    # ----- chat --------------------------------------------------------------------------
+
+    def _on_web(self, change: dict[str, Any]) -> None:
+        self.web.description = WEB_ON if change["new"] else WEB_OFF
+
+    def request_for(self, text: str) -> InferRequest:
+        model = None if self.model.value == "(server default)" else self.model.value
+        return InferRequest(
+            prompt=text,
+            history=tuple(self.history),
+            system_prompt=self.system_prompt.value or None,
+            web_search=self.web.value,
+            model=model,
+            params=GenerationParams(
+                temperature=float(self.temperature.value), max_new_tokens=int(self.max_new_tokens.value)
+            ),
+        )
+
+    def send(self, text: str | None = None) -> None:
+        """Send the prompt (or ``text``); the answer streams in from a background thread."""
+        text = self.prompt.value if text is None else text
+        if self.busy or not text.strip():
+            return
+        try:
+            request = self.request_for(text)
+        except ToolkitError as exc:
+            self.indicator.value = bubbles.escape(exc.message)
+            return
+        self.busy = True
+        self.request_id = request.request_id
+        self.prompt.value = ""
+        self.send_button.disabled = True
+        self.stop_button.disabled = False
+        user = widgets.HTML(bubbles.user_bubble(text, web_search=request.web_search))
+        answer = widgets.HTML(bubbles.assistant_bubble(""))
+        answer.add_class("tk-answer")
+        self.messages.children = (*self.messages.children, user, answer)
+        self.indicator.value = SEARCHING if request.web_search else "…"
+        self._thread = threading.Thread(target=self._stream, args=(request, answer, text), daemon=True)
+        self._thread.start()
+
+    def _stream(self, request: InferRequest, answer: widgets.HTML, text: str) -> None:
+        sources: tuple[Any, ...] = ()
+        notice = None
+        try:
+            for event in self.backend.stream(request):
+                if isinstance(event, SearchStarted):
+                    self.indicator.value = SEARCHING
+                elif isinstance(event, SearchFinished):
+                    self.indicator.value = "…"
+                    if event.status != "ok":
+                        why = event.status.replace("_", " ")
+                        notice = f"Web search failed ({why}): {event.message}. Answered without sources."
+                elif isinstance(event, Token):
+                    self.indicator.value = ""
+                    answer.value = bubbles.assistant_bubble(event.text, notice=notice)
+                elif isinstance(event, Done):
+                    result = event.result
+                    sources = result.sources
+                    self.last_result = result
+                    answer.value = bubbles.assistant_bubble(
+                        result.text, sources=sources, notice=notice, stats=bubbles.stats_line(result)
+                    )
+                    if result.text.strip():
+                        self.history += [Turn("user", text), Turn("assistant", result.text)]
+        except ToolkitError as exc:
+            answer.value = bubbles.assistant_bubble("", error=f"The request failed: {exc.message}")
+            self.prompt.value = text  # keep the input, to retry
+            if exc.code in ("UNAVAILABLE", "MODEL_LOADING"):
+                self.refresh_health()
+        except Exception as exc:  # never a traceback on the page
+            answer.value = bubbles.assistant_bubble("", error=f"The request failed ({type(exc).__name__}).")
+            self.prompt.value = text
+        finally:
+            self.indicator.value = ""
+            self.busy = False
+            self.request_id = None
+            self.send_button.disabled = False
+            self.stop_button.disabled = True
+
+    def stop(self) -> None:
+        """Cancel the running answer: the service stops generating at the next token."""
+        if self.request_id is not None:
+            try:
+                self.backend.cancel(self.request_id)
+            except ToolkitError as exc:
+                self.indicator.value = bubbles.escape(f"Could not stop: {exc.message}")
+
+    def clear(self) -> None:
+        if self.busy:
+            self.stop()
+        self.messages.children = ()
+        self.history = []
+        self.last_result = None
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Block until the current answer is complete (for tests and scripts)."""
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            time.sleep(0.01)

@@ -1,0 +1,142 @@
+"""ChatApp with an in-process service on the real bundled model."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboard.app import SEARCHING, WEB_OFF, WEB_ON, ChatApp
+from toolkit.client import RemoteService
+from toolkit.search import LocalDocsBackend, Searcher
+from toolkit.service import InferenceService
+
+DOCS = Path(__file__).parents[1] / "data" / "docs"
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture()
+def app(service: InferenceService) -> Any:
+    chat = ChatApp(service, graphiql_url="http://127.0.0.1:8080/graphiql", poll_s=0)
+    chat.temperature.value = 0.0
+    chat.max_new_tokens.value = 32
+    yield chat
+    chat.close()
+
+
+def bubbles(app: ChatApp) -> list[str]:
+    return [w.value for w in app.messages.children]
+
+
+def test_sending_streams_an_answer_with_stats(app: ChatApp) -> None:
+    app.prompt.value = "What is the capital of France?"
+    app.send()
+    assert app.busy and app.prompt.value == "" and not app.stop_button.disabled
+    app.wait()
+    user, answer = bubbles(app)
+    assert "What is the capital of France?" in user and "tk-row user" in user
+    assert "Paris" in answer and "tokens" in answer and "first token" in answer
+    assert not app.busy and app.stop_button.disabled and not app.send_button.disabled
+
+
+def test_history_is_sent_with_each_request(app: ChatApp) -> None:
+    app.send("My name is Zorblax.")
+    app.wait()
+    app.send("What is my name?")
+    app.wait()
+    messages = app.last_result.run_record.messages
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[0]["content"] == "My name is Zorblax." and messages[2]["content"] == "What is my name?"
+    app.clear()
+    assert app.messages.children == () and app.history == []
+
+
+def test_settings_reach_the_request(app: ChatApp) -> None:
+    app.system_prompt.value = "Answer in French."
+    app.temperature.value = 0.0
+    app.max_new_tokens.value = 5
+    app.send("Hello")
+    app.wait()
+    record = app.last_result.run_record
+    assert record.messages[0] == {"role": "system", "content": "Answer in French."}
+    assert record.params["max_new_tokens"] == 5 and record.params["temperature"] == 0.0
+    assert app.model.options[1:] == ("SmolLM2-135M-Instruct",)
+
+
+def test_web_toggle_labels_indicator_and_sources(settings: Any, loaded: Any) -> None:
+    grounded = InferenceService(settings, loaded=loaded, searcher=Searcher(LocalDocsBackend(DOCS)))
+    app = ChatApp(grounded, poll_s=0)
+    app.temperature.value = 0.0
+    seen: list[str] = []
+    app.indicator.observe(lambda change: seen.append(change["new"]), names="value")
+    assert app.web.description == WEB_OFF
+    app.web.value = True
+    assert app.web.description == WEB_ON
+    app.send("What is the capital city of the planet Zorvath?")
+    app.wait()
+    user, answer = bubbles(app)
+    assert "🌐 web search" in user
+    assert SEARCHING in seen
+    assert "Quillborough" in answer
+    assert "[1] <a" in answer and "zorvath.md" in answer and "(local file)" in answer
+    grounded.close(grace_s=0)
+
+
+def test_a_failed_search_shows_a_notice_and_the_answer_still_comes(app: ChatApp) -> None:
+    app.web.value = True  # ddgs: no network here
+    app.send("What is the capital of France?")
+    app.wait()
+    answer = bubbles(app)[1]
+    assert "Web search failed (network)" in answer and "Answered without sources" in answer
+    assert "tokens" in answer
+
+
+def test_stop_ends_a_long_answer(app: ChatApp) -> None:
+    app.max_new_tokens.value = 400
+    app.send("Count from one to five hundred.")
+    deadline = time.monotonic() + 20
+    while "…" in bubbles(app)[1] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    app.stop()
+    app.wait()
+    assert app.last_result.finish_reason == "cancelled"
+    assert app.last_result.usage.completion_tokens < 400 and "cancelled" in bubbles(app)[1]
+
+
+def test_user_and_model_text_is_escaped(app: ChatApp) -> None:
+    app.send(f"Repeat exactly: {XSS}")
+    app.wait()
+    for html in bubbles(app):
+        assert "<img" not in html and "onerror=alert" not in html.replace("&lt;img src=x onerror=alert(1)&gt;", "")
+    assert "&lt;img src=x onerror=alert(1)&gt;" in bubbles(app)[0]
+
+
+def test_server_down_shows_a_banner_keeps_the_input_and_recovers(service: InferenceService) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = ChatApp(RemoteService(f"http://127.0.0.1:{port}/graphql"), poll_s=0)
+    assert app.banner.layout.display is None and "not reachable" in app.banner.value
+    assert app.graphiql_url == f"http://127.0.0.1:{port}/graphiql"
+    app.prompt.value = "Hello?"
+    app.send()
+    app.wait()
+    assert app.prompt.value == "Hello?"  # kept, to retry
+    answer = bubbles(app)[1]
+    assert "The request failed" in answer and "Traceback" not in answer
+    app.backend = service  # the server is back
+    assert app.refresh_health() and app.banner.layout.display == "none"
+
+
+def test_loading_shows_a_banner(settings: Any) -> None:
+    loading = InferenceService(settings)  # not started: status loading
+    app = ChatApp(loading, poll_s=0)
+    assert "still loading" in app.banner.value
+
+
+def test_tabs(app: ChatApp) -> None:
+    assert app.tabs.titles == ("Chat", "GraphQL Explorer")
+    assert 'src="http://127.0.0.1:8080/graphiql"' in app.tabs.children[1].value

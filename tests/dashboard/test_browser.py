@@ -1,0 +1,219 @@
+"""The dashboard end to end: the GraphQL server and Voila on loopback, Debian's Chromium through Playwright.
+
+Every request that is not to this machine is blocked. Screenshots go to tests/screenshots/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "tests" / "screenshots"
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, first_load: Any) -> Iterator[dict[str, Any]]:
+    corpus = tmp_path_factory.mktemp("corpus")
+    shutil.copy(ROOT / "tests" / "data" / "docs" / "zorvath.md", corpus)
+    (corpus / "xss.md").write_text(f"# Markup {XSS}\n\nThe harbour of Varnholt has {XSS} a red lighthouse.\n")
+    env = {**os.environ, "TOOLKIT_CACHE_DIR": str(cache_dir), "SEARCH_PROVIDER": f"local:{corpus}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert server.stdout is not None
+    url = server.stdout.readline().split()[1]
+    port = free_port()
+    voila = subprocess.Popen(
+        [sys.executable, "-m", "dashboard", "--port", str(port)],
+        cwd=ROOT,
+        env={**env, "GRAPHQL_URL": url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        from toolkit.client import RemoteService, ServiceUnavailable
+
+        remote = RemoteService(url)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if remote.health().status == "ready":
+                    break
+            except ServiceUnavailable:
+                pass
+            time.sleep(0.2)
+        yield {"graphql": url, "dashboard": f"http://127.0.0.1:{port}/"}
+    finally:
+        for proc in (voila, server):
+            proc.terminate()
+        for proc in (voila, server):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(stack: dict[str, Any]) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.outside = []  # type: ignore[attr-defined]
+        page.dialogs = []  # type: ignore[attr-defined]
+
+        def guard(route: Any) -> None:
+            if urllib.parse.urlparse(route.request.url).hostname in ("127.0.0.1", "localhost"):
+                route.continue_()
+            else:
+                page.outside.append(route.request.url)  # type: ignore[attr-defined]
+                route.abort()
+
+        page.context.route("**/*", guard)
+        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
+        page.goto(stack["dashboard"])
+        page.wait_for_selector(".tk-prompt input", timeout=90_000)
+        # greedy for repeatable answers: the temperature slider to its minimum, with the keyboard
+        page.click(
+            ".p-Accordion .lm-AccordionPanel-title, .jupyter-widget-Collapse-header, .widget-accordion .p-Collapse-header"
+        )
+        handle = page.locator(".noUi-handle").first
+        handle.focus()
+        handle.press("Home")
+        yield page
+        browser.close()
+
+
+def answers(page: Any) -> list[str]:
+    return [str(t) for t in page.locator(".tk-answer").all_inner_texts()]
+
+
+def ask(page: Any, text: str) -> None:
+    before = len(answers(page))
+    page.fill(".tk-prompt input", text)
+    page.press(".tk-prompt input", "Enter")
+    page.wait_for_function(f"() => document.querySelectorAll('.tk-answer').length > {before}", timeout=30_000)
+
+
+def wait_done(page: Any, timeout: float = 90_000) -> str:
+    page.wait_for_function(
+        "() => { const a = [...document.querySelectorAll('.tk-answer')].pop(); return a && a.querySelector('.tk-stats, .tk-error'); }",
+        timeout=timeout,
+    )
+    return answers(page)[-1]
+
+
+def test_a_streamed_answer(page: Any) -> None:
+    page.evaluate(
+        """() => {
+        window.__firstPaint = null;
+        new MutationObserver(() => {
+            const a = [...document.querySelectorAll('.tk-answer')].pop();
+            if (window.__sent && !window.__firstPaint && a && !a.innerText.trim().startsWith('…') && a.innerText.trim()) {
+                window.__firstPaint = performance.now();
+            }
+        }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }"""
+    )
+    page.fill(".tk-prompt input", "What is the capital of France?")
+    page.evaluate("() => { window.__sent = performance.now(); }")
+    page.press(".tk-prompt input", "Enter")
+    text = wait_done(page)
+    assert "Paris" in text and "tokens" in text
+    painted_ms = page.evaluate("() => window.__firstPaint - window.__sent")
+    server_first = float(text.split("first token ")[1].split(" s")[0]) * 1000
+    report = {
+        "send_to_first_token_painted_ms": round(painted_ms, 1),
+        "subscription_first_token_ms": round(server_first, 1),
+    }
+    report["added_ms"] = round(painted_ms - server_first, 1)
+    (SHOTS / "first-token.json").write_text(json.dumps(report, indent=2))
+    print(report)
+    page.screenshot(path=str(SHOTS / "1-answer.png"))
+    assert page.outside == []  # type: ignore[attr-defined]
+
+
+def test_web_search_label_indicator_and_sources(page: Any) -> None:
+    page.evaluate(
+        """() => {
+        window.__indicator = [];
+        new MutationObserver(() => {
+            const i = document.querySelector('.tk-indicator');
+            if (i) window.__indicator.push(i.innerText);
+        }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }"""
+    )
+    page.click(".tk-web")
+    page.wait_for_function("() => document.querySelector('.tk-web').innerText.includes('🌐 On')")
+    ask(page, "What is the capital city of the planet Zorvath?")
+    text = wait_done(page)
+    bubbles = page.locator(".tk-row.user").all_inner_texts()
+    assert "🌐 web search" in bubbles[-1]
+    assert any("🌐 searching…" in s for s in page.evaluate("() => window.__indicator"))
+    assert "Quillborough" in text and "Sources" in text and "[1]" in text and "zorvath.md" in text
+    page.screenshot(path=str(SHOTS / "2-web-search.png"))
+
+
+def test_markup_from_the_user_and_the_web_shows_as_text(page: Any) -> None:
+    ask(page, f"What does the harbour of Varnholt have? {XSS}")
+    text = wait_done(page)
+    assert XSS in page.locator(".tk-row.user").all_inner_texts()[-1]
+    assert "Varnholt" in text or "xss.md" in text
+    assert page.locator(".tk-chat img").count() == 0
+    page.wait_for_timeout(500)
+    assert page.dialogs == []  # type: ignore[attr-defined]
+    page.screenshot(path=str(SHOTS / "3-escaped.png"))
+
+
+def test_stop_ends_a_long_answer(page: Any) -> None:
+    page.click(".tk-web")  # web search off again
+    ask(page, "Count from one to five hundred, one number per line.")
+    page.wait_for_function(
+        "() => { const a = [...document.querySelectorAll('.tk-answer')].pop(); return a && a.innerText.length > 20; }",
+        timeout=60_000,
+    )
+    page.click(".tk-stop")
+    text = wait_done(page)
+    assert "cancelled" in text
+    tokens = int(text.split(" tokens")[0].split()[-1])
+    assert tokens < 256
+    page.screenshot(path=str(SHOTS / "4-stopped.png"))
+
+
+def test_the_explorer_tab_loads_graphiql(page: Any) -> None:
+    page.get_by_text("GraphQL Explorer").click()
+    frame = page.frame_locator("iframe[title='GraphQL Explorer']")
+    frame.locator(".graphiql-execute-button").wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "5-explorer.png"))
+    assert page.outside == []  # type: ignore[attr-defined]
