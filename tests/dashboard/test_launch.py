@@ -1,0 +1,92 @@
+"""``python -m dashboard --with-server`` (what ``make run`` runs) and the backend choice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboard.__main__ import content_security_policy
+from dashboard.app import backend_from_env
+from toolkit.client import RemoteService, ServiceUnavailable
+from toolkit.service import InferenceService
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_make_run_starts_both_prints_both_urls_and_stops_both(cache_dir: Path, first_load: Any) -> None:
+    port = free_port()
+    env = {**os.environ, "TOOLKIT_CACHE_DIR": str(cache_dir), "SERVER_PORT": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboard", "--with-server", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        graphql_line, dashboard_line = proc.stdout.readline(), proc.stdout.readline()
+        assert graphql_line.startswith("GraphQL: http://127.0.0.1:") and "GraphiQL" in graphql_line
+        assert dashboard_line.startswith(f"Dashboard: http://127.0.0.1:{port}/") and "stops both" in dashboard_line
+        remote = RemoteService(graphql_line.split()[1])
+        deadline = time.monotonic() + 90
+        page = None
+        while time.monotonic() < deadline and page is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+                    page = response.read().decode()
+                    policy = response.headers["Content-Security-Policy"]
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None and "default-src 'self'" in policy and "frame-src http://127.0.0.1:" in policy
+        assert remote.health().status in ("loading", "ready")
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the whole group
+        assert proc.wait(60) == 0
+        with pytest.raises(ServiceUnavailable):  # the server went down with it
+            remote.health()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_content_security_policy_allows_only_the_explorer_frame() -> None:
+    policy = content_security_policy("http://127.0.0.1:8080/graphiql")
+    assert "default-src 'self'" in policy and "frame-src http://127.0.0.1:8080" in policy
+    assert "frame-src 'none'" in content_security_policy(None)
+
+
+def test_backend_choice(monkeypatch: pytest.MonkeyPatch, cache_dir: Path, first_load: Any) -> None:
+    monkeypatch.setenv("GRAPHQL_URL", "http://127.0.0.1:9999/graphql")
+    monkeypatch.setenv("GRAPHQL_API_KEY", "dash-key-12345678")
+    remote = backend_from_env()
+    assert (
+        isinstance(remote, RemoteService)
+        and remote.url == "http://127.0.0.1:9999/graphql"
+        and remote.api_key == "dash-key-12345678"
+    )
+    monkeypatch.setenv("DASHBOARD_BACKEND", "inprocess")
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(cache_dir))
+    local = backend_from_env()
+    try:
+        assert isinstance(local, InferenceService)
+        local.wait_ready(timeout=120)
+        assert local.health().status == "ready"
+    finally:
+        local.close(grace_s=0)
