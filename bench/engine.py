@@ -12,7 +12,6 @@ times: these machines are noisy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -24,6 +23,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import save_report  # noqa: E402  (bench/, the script's own folder)
 
 TOPICS = [
     "the history of the printing press",
@@ -259,10 +260,7 @@ def main() -> int:
         "rows": rows,
         "summary": summary,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    save_report(report, args.out)
     return 0
 
 

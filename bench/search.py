@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
@@ -25,6 +24,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import save_report  # noqa: E402  (bench/, the script's own folder)
 
 from toolkit.search import DDGSBackend, LocalDocsBackend, Searcher, SearchResult  # noqa: E402
 
@@ -137,10 +138,7 @@ def main() -> int:
             if key in row:
                 print(f"{key}: {row[key]}")
     report = {"machine": {"python": platform.python_version(), "platform": platform.platform()}, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    save_report(report, args.out)
     return 0
 
 

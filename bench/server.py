@@ -24,6 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import save_report  # noqa: E402  (bench/, the script's own folder)
 from tornado.httpserver import HTTPServer  # noqa: E402
 from tornado.netutil import bind_sockets  # noqa: E402
 
@@ -197,10 +198,7 @@ def main() -> int:
     print(f"{'first token in-process, median (ms)':<52}{ttft['in_process_median']:>12.1f}{'':>10}")
     print(f"{'first token over the subscription, median (ms)':<52}{ttft['subscription_median']:>12.1f}{'':>10}")
     print(f"{'subscription adds (ms)':<52}{ttft['added_median']:>12.1f}{'< 10':>10}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    save_report(report, args.out)
     return 0
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from toolkit.errors import ConfigError
+from toolkit.settings import read_env
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,8 @@ class ServerSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = cls.ENV[f.name]
-            if f.name in overrides:
-                values[f.name] = overrides[f.name]
-            elif environ.get(var, "").strip():
-                values[f.name] = _parse(f.name, var, environ[var].strip())
-        return cls(**values)
+        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
+        return cls(**read_env(cls, environ, overrides, _parse))
 
 
 def _parse(name: str, var: str, raw: str) -> Any:

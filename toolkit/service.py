@@ -262,8 +262,6 @@ class InferenceService:
 
         Closing the iterator early cancels the request.
         """
-        from toolkit.engine import Finished
-
         request, _ = self.validate(request, **kwargs)
         outcome = None
         if request.web_search:
@@ -272,19 +270,13 @@ class InferenceService:
             outcome = self.search(query)
             yield self._search_finished(request.request_id, outcome)
         prepared = self.prepare(request, search=outcome)
-        text = ""
+        translate = self._translator(prepared)
         for event in self._engine.stream(
             prepared.input_ids, prepared.params, request_id=request.request_id, timeout_s=request.timeout_s
         ):
-            if isinstance(event, Finished):
-                yield Done(self._result(prepared, event))
-                return
-            text += event.text
-            yield Token(event.request_id, event.text, text)
+            yield translate(event)
 
     async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        from toolkit.engine import Finished
-
         request, _ = self.validate(request, **kwargs)
         outcome = None
         if request.web_search:
@@ -296,15 +288,11 @@ class InferenceService:
         prepared = await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(self.prepare, request, search=outcome)
         )
-        text = ""
+        translate = self._translator(prepared)
         async for event in self._engine.astream(
             prepared.input_ids, prepared.params, request_id=request.request_id, timeout_s=request.timeout_s
         ):
-            if isinstance(event, Finished):
-                yield Done(self._result(prepared, event))
-                return
-            text += event.text
-            yield Token(event.request_id, event.text, text)
+            yield translate(event)
 
     def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
         for event in self.stream(request, **kwargs):
@@ -330,6 +318,24 @@ class InferenceService:
         if self.settings.model_id:
             names.add(self.settings.model_id)
         return names
+
+    def _translator(self, prepared: Prepared) -> Any:
+        """Engine events -> stream events: ``Token`` with the text so far, the last one ``Done``.
+
+        (The engine's stream ends after its ``Finished``, so ``Done`` is the last event.)
+        """
+        from toolkit.engine import Finished
+
+        text = ""
+
+        def translate(event: Any) -> StreamEvent:
+            nonlocal text
+            if isinstance(event, Finished):
+                return Done(self._result(prepared, event))
+            text += event.text
+            return Token(event.request_id, event.text, text)
+
+        return translate
 
     def _provider(self) -> str:
         return self.searcher.provider if self.searcher else "none"

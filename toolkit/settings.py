@@ -9,7 +9,7 @@ that names the variable.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -111,22 +111,32 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
-        environ = os.environ if environ is None else environ
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = cls.ENV[f.name]
-            if f.name in overrides:
-                values[f.name] = overrides[f.name]
-            elif environ.get(var, "").strip():  # an empty variable means unset, as in .env.example
-                values[f.name] = _parse(f.name, var, environ[var])
-        return cls(**values)
+        return cls(**read_env(cls, environ, overrides, _parse))
 
     @property
     def model_label(self) -> str:
         return self.model_id or "bundled:SmolLM2-135M-Instruct"
+
+
+def read_env(
+    cls: Any, environ: Mapping[str, str] | None, overrides: dict[str, Any], parse: Callable[[str, str, str], Any]
+) -> dict[str, Any]:
+    """Field values for the dataclass ``cls`` from the variables in ``cls.ENV``; ``overrides`` win.
+
+    An empty variable counts as unset, as in ``.env.example``.
+    """
+    environ = os.environ if environ is None else environ
+    unknown = set(overrides) - {f.name for f in fields(cls)}
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        var = cls.ENV[f.name]
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+        elif environ.get(var, "").strip():
+            values[f.name] = parse(f.name, var, environ[var].strip())
+    return values
 
 
 def _parse(name: str, var: str, raw: str) -> Any:
