@@ -83,3 +83,10 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext toolkit``: registers ``%%ask`` and ``%ask`` (see ``toolkit.magic``)."""
+    from toolkit.magic import load_ipython_extension as load
+
+    load(ipython)
