@@ -53,6 +53,7 @@ class ChatApp:
         self.last_result: Any = None
         self.busy = False
         self.request_id: str | None = None
+        self._conversation = 0  # bumped by Clear: a stream of an older conversation adds no history
         self._thread: threading.Thread | None = None
         self._poll_s = poll_s
         self._stop_polling = threading.Event()
@@ -207,10 +208,12 @@ class ChatApp:
         answer.add_class("tk-answer")
         self.messages.children = (*self.messages.children, user, answer)
         self.indicator.value = SEARCHING if request.web_search else "…"
-        self._thread = threading.Thread(target=self._stream, args=(request, answer, text), daemon=True)
+        self._thread = threading.Thread(
+            target=self._stream, args=(request, answer, text, self._conversation), daemon=True
+        )
         self._thread.start()
 
-    def _stream(self, request: InferRequest, answer: widgets.HTML, text: str) -> None:
+    def _stream(self, request: InferRequest, answer: widgets.HTML, text: str, conversation: int) -> None:
         sources: tuple[Any, ...] = ()
         notice = None
         try:
@@ -232,7 +235,7 @@ class ChatApp:
                     answer.value = bubbles.assistant_bubble(
                         result.text, sources=sources, notice=notice, stats=bubbles.stats_line(result)
                     )
-                    if result.text.strip():
+                    if result.text.strip() and conversation == self._conversation:
                         self.history += [Turn("user", text), Turn("assistant", result.text)]
         except ToolkitError as exc:
             answer.value = bubbles.assistant_bubble("", error=f"The request failed: {exc.message}")
@@ -260,6 +263,7 @@ class ChatApp:
     def clear(self) -> None:
         if self.busy:
             self.stop()
+        self._conversation += 1
         self.messages.children = ()
         self.history = []
         self.last_result = None

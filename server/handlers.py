@@ -14,11 +14,12 @@ from urllib.parse import urlparse
 
 import tornado.web
 import tornado.websocket
-from graphql import OperationType
+from graphql import GraphQLError, OperationType
 
 from server.gateway import Gateway, RequestError, error
 from server.resolvers import Context
 from server.security import ApiKeys, is_free
+from toolkit.errors import ToolkitError
 
 log = logging.getLogger("server")
 
@@ -332,9 +333,14 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
                         await self._next(sub_id, item)
             else:
                 await self._next(sub_id, await gateway.execute(prepared, context))
+            context.on_close.clear()  # finished: nothing left to cancel (the id may be reused)
             self._send({"id": sub_id, "type": "complete"})
         except asyncio.CancelledError:
             pass  # the client completed it, or went away: the generation is cancelled below
+        except ToolkitError as exc:  # raised while streaming (overloaded, prompt too long, model error)
+            body = {"data": None, "errors": [gateway.format_error(GraphQLError(exc.message, original_error=exc))]}
+            await self._next(sub_id, body)
+            self._send({"id": sub_id, "type": "complete"})
         except Exception:
             log.exception("subscription %s failed", sub_id)
             self._send(

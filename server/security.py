@@ -94,7 +94,8 @@ class TokenBucket:
 @dataclass(frozen=True)
 class DocumentShape:
     operation: OperationDefinitionNode
-    root_fields: tuple[str, ...]  # field names (not aliases) at the root, through fragments
+    root_fields: frozenset[str]  # field names (not aliases) at the root, through fragments
+    model_calls: int  # distinct response keys that run the model (infer / inferStream)
     depth: int
 
 
@@ -106,34 +107,49 @@ def select_operation(document: DocumentNode, operation_name: str | None) -> Oper
 
 
 def shape(document: DocumentNode, operation: OperationDefinitionNode) -> DocumentShape:
+    """Root fields and depth, through fragments. Each fragment is measured once (memoized), so a
+    chain of fragments that spread the next one twice costs linear, not exponential, time.
+    Runs after validation, which rules out fragment cycles."""
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    root_memo: dict[str, frozenset[tuple[str, str]]] = {}
+    depth_memo: dict[str, int] = {}
 
-    def root(selection_set: SelectionSetNode, seen: frozenset[str]) -> list[str]:
-        names: list[str] = []
+    def root(selection_set: SelectionSetNode) -> frozenset[tuple[str, str]]:
+        keys: set[tuple[str, str]] = set()  # (response key, field name): GraphQL merges equal keys
         for sel in selection_set.selections:
             if isinstance(sel, FieldNode):
-                names.append(sel.name.value)
+                keys.add(((sel.alias or sel.name).value, sel.name.value))
             elif isinstance(sel, InlineFragmentNode):
-                names += root(sel.selection_set, seen)
-            elif isinstance(sel, FragmentSpreadNode) and sel.name.value in fragments and sel.name.value not in seen:
-                names += root(fragments[sel.name.value].selection_set, seen | {sel.name.value})
-        return names
+                keys |= root(sel.selection_set)
+            elif isinstance(sel, FragmentSpreadNode) and sel.name.value in fragments:
+                name = sel.name.value
+                if name not in root_memo:
+                    root_memo[name] = root(fragments[name].selection_set)
+                keys |= root_memo[name]
+        return frozenset(keys)
 
-    def depth(selection_set: SelectionSetNode | None, seen: frozenset[str]) -> int:
+    def depth(selection_set: SelectionSetNode | None) -> int:
         if selection_set is None:
             return 0
         best = 0
         for sel in selection_set.selections:
             if isinstance(sel, FieldNode):
-                best = max(best, 1 + depth(sel.selection_set, seen))
+                best = max(best, 1 + depth(sel.selection_set))
             elif isinstance(sel, InlineFragmentNode):
-                best = max(best, depth(sel.selection_set, seen))
-            elif isinstance(sel, FragmentSpreadNode) and sel.name.value in fragments and sel.name.value not in seen:
-                best = max(best, depth(fragments[sel.name.value].selection_set, seen | {sel.name.value}))
+                best = max(best, depth(sel.selection_set))
+            elif isinstance(sel, FragmentSpreadNode) and sel.name.value in fragments:
+                name = sel.name.value
+                if name not in depth_memo:
+                    depth_memo[name] = depth(fragments[name].selection_set)
+                best = max(best, depth_memo[name])
         return best
 
+    keys = root(operation.selection_set)
     return DocumentShape(
-        operation, tuple(root(operation.selection_set, frozenset())), depth(operation.selection_set, frozenset())
+        operation,
+        frozenset(name for _, name in keys),
+        sum(1 for _, name in keys if name in MODEL_FIELDS),
+        depth(operation.selection_set),
     )
 
 
@@ -147,7 +163,7 @@ def limit_errors(doc_shape: DocumentShape, max_depth: int) -> list[GraphQLError]
                 extensions={"code": "BAD_USER_INPUT", "field": "query", "limit": max_depth},
             )
         )
-    model_calls = sum(1 for name in doc_shape.root_fields if name in MODEL_FIELDS)
+    model_calls = doc_shape.model_calls
     if model_calls > 1:
         errors.append(
             GraphQLError(
@@ -161,4 +177,4 @@ def limit_errors(doc_shape: DocumentShape, max_depth: int) -> list[GraphQLError]
 
 def is_free(doc_shape: DocumentShape) -> bool:
     """Health checks and __typename cost nothing, so monitoring never gets rate limited."""
-    return bool(doc_shape.root_fields) and set(doc_shape.root_fields) <= FREE_FIELDS
+    return bool(doc_shape.root_fields) and doc_shape.root_fields <= FREE_FIELDS

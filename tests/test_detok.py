@@ -49,3 +49,12 @@ def test_text_held_for_a_possible_stop_is_released_at_the_end(tokenizer: Any, te
     deltas, stream = run(tokenizer, text, stop=("STOP",))
     assert not stream.stopped
     assert "".join(deltas) == text
+
+
+def test_a_partial_character_never_lets_a_stop_prefix_out(tokenizer: Any) -> None:
+    """The tail held for a stop string is measured on what can be shown, before a partial character."""
+    text = "xab🎉yz"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in tokenizer.decode(ids[: i + 1]) for i in range(len(ids)))  # 🎉 spans three tokens
+    deltas, stream = run(tokenizer, text, stop=("ab🎉",))
+    assert stream.stopped and "".join(deltas) == stream.emitted == "x"

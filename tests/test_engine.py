@@ -309,3 +309,26 @@ def test_close_finishes_in_flight_work_then_refuses(
     assert isinstance(events[-1], Finished) and events[-1].finish_reason == "stop"
     with pytest.raises(EngineClosed):
         engine.submit(ids(QUESTIONS[0]), GREEDY, events.append)
+
+
+def test_a_failed_prefill_does_not_touch_running_rows(
+    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]], tiny_model_dir: Any
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    engine = make_engine(tiny, context_length=256)
+    events: list[Any] = []
+    engine.submit(
+        ids("Hello there"), GenerationParams(temperature=0, max_new_tokens=120), events.append, request_id="good"
+    )
+    deadline = time.monotonic() + 10
+    while not events and time.monotonic() < deadline:  # it is generating
+        time.sleep(0.005)
+    bad = engine.generate([1, 2, tiny.config.vocab_size + 10], GREEDY)
+    assert bad.finish_reason == "error"
+    deadline = time.monotonic() + 30
+    while not any(isinstance(e, Finished) for e in events) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    good = next(e for e in events if isinstance(e, Finished))
+    assert good.finish_reason in ("length", "stop") and good.error is None

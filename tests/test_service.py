@@ -326,3 +326,34 @@ def test_async_stream_with_search(grounded: InferenceService) -> None:
     events = asyncio.run(go())
     assert isinstance(events[0], SearchStarted) and isinstance(events[1], SearchFinished)
     assert isinstance(events[-1], Done) and events[-1].result.search_status == "ok"
+
+
+def test_cancel_while_searching_stops_before_generating(settings: Settings, loaded: Any) -> None:
+    release = threading.Event()
+
+    class Slow:
+        name = "slow"
+
+        def search(self, query: str, max_results: int) -> list[SearchResult]:
+            release.wait(10)
+            return [SearchResult("t", "https://example.org", "s")]
+
+    svc = InferenceService(settings, loaded=loaded, searcher=Searcher(Slow(), timeout_s=10))
+    try:
+        request = InferRequest.build("Count to one hundred.", web_search=True, temperature=0, max_new_tokens=100)
+        events: list[Any] = []
+        thread = threading.Thread(target=lambda: events.extend(svc.stream(request)))
+        thread.start()
+        deadline = time.monotonic() + 5
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert isinstance(events[0], SearchStarted)
+        assert svc.cancel(request.request_id)  # still searching: not in the engine yet
+        release.set()
+        thread.join(30)
+        result = events[-1].result
+        assert result.finish_reason == "cancelled" and result.usage.completion_tokens == 0 and result.text == ""
+        assert svc.cancel(request.request_id) is False
+    finally:
+        release.set()
+        svc.close(grace_s=0)

@@ -41,7 +41,7 @@ class TextStream:
         safe = len(full)
         while safe > len(self.emitted) and full[safe - 1] == REPLACEMENT:
             safe -= 1
-        safe = min(safe, len(full) - self._held_for_stop(full))
+        safe -= self._held_for_stop(full[:safe])  # measured on what could be shown, not past a partial character
         return self._emit(full[:safe]) if safe > len(self.emitted) else ""
 
     def finish(self) -> str:

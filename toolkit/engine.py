@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import inspect
+import logging
 import queue
 import secrets
 import threading
@@ -61,6 +62,8 @@ class Finished:
 
 Event = Delta | Finished
 Sink = Callable[[Event], None]
+
+log = logging.getLogger("toolkit.engine")
 
 # Engines still running at interpreter exit are stopped first: a scheduler thread that has run
 # the model and is still parked when Python finalizes makes the process abort.
@@ -281,7 +284,12 @@ class Engine:
                 # inference mode only around the work: a thread parked in it aborts at interpreter exit
                 with torch.inference_mode():
                     if self._admitting:
-                        self._prefill(self._admitting)
+                        try:
+                            self._prefill(self._admitting)
+                        except Exception as exc:
+                            if not self._admitting:  # it failed after joining the batch: fail them all
+                                raise
+                            self._fail_jobs(self._admitting, exc)  # the running rows were not touched
                     if self._rows:
                         self._decode_step()
             except Exception as exc:  # keep serving: fail this batch, not the engine
@@ -478,10 +486,23 @@ class Engine:
         except Exception:  # the consumer is gone (closed event loop, ...): stop its work
             job.cancelled.set()
 
-    def _fail_batch(self, exc: Exception) -> None:
-        error = GenerationError(
-            f"generation failed: {type(exc).__name__}: {exc}; the request was not completed, retry it"
+    @staticmethod
+    def _error(exc: Exception) -> GenerationError:
+        """A message for users without internals (paths, memory figures): those go to the log, by id."""
+        error_id = secrets.token_hex(6)
+        log.error("generation failed (error id %s)", error_id, exc_info=exc)
+        return GenerationError(
+            f"generation failed ({type(exc).__name__}, error id {error_id}, logged); "
+            "the request was not completed, retry it"
         )
+
+    def _fail_jobs(self, jobs: list[Job], exc: Exception) -> None:
+        error = self._error(exc)
+        for job in jobs:
+            self._finish(job, "error", "", 0, error)
+
+    def _fail_batch(self, exc: Exception) -> None:
+        error = self._error(exc)
         for row in list(self._rows):
             self._finish(row.job, "error", row.text.emitted, row.generated, error)
         for job in list(self._admitting):

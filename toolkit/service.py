@@ -96,6 +96,7 @@ class InferenceService:
         self._versions: dict[str, str] = {}
         self._loader: threading.Thread | None = None
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
+        self._starting: dict[str, bool] = {}  # requests before the engine (searching): cancelled?
         if loaded is not None:
             self._attach(loaded)
 
@@ -113,8 +114,9 @@ class InferenceService:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        if self._loader is not None:
-            self._loader.join(timeout)
+        loader = self._loader  # read once: the loader clears it when it is done
+        if loader is not None:
+            loader.join(timeout)
         if self._status == "error":
             raise ModelNotReady(f"the model failed to load: {self._error}")
         if self._status != "ready":
@@ -263,14 +265,21 @@ class InferenceService:
         Closing the iterator early cancels the request.
         """
         request, _ = self.validate(request, **kwargs)
-        outcome = None
-        if request.web_search:
-            query = search_query(request.prompt)
-            yield SearchStarted(request.request_id, query, self._provider())
-            outcome = self.search(query)
-            yield self._search_finished(request.request_id, outcome)
-        prepared = self.prepare(request, search=outcome)
+        self._begin(request.request_id)
+        try:
+            outcome = None
+            if request.web_search:
+                query = search_query(request.prompt)
+                yield SearchStarted(request.request_id, query, self._provider())
+                outcome = self.search(query)
+                yield self._search_finished(request.request_id, outcome)
+            prepared = self.prepare(request, search=outcome)
+        finally:
+            early = self._submit_or_cancelled_id(request.request_id)
         translate = self._translator(prepared)
+        if early:
+            yield translate(self._cancelled_before_engine(prepared))
+            return
         for event in self._engine.stream(
             prepared.input_ids, prepared.params, request_id=request.request_id, timeout_s=request.timeout_s
         ):
@@ -278,17 +287,24 @@ class InferenceService:
 
     async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         request, _ = self.validate(request, **kwargs)
-        outcome = None
-        if request.web_search:
-            query = search_query(request.prompt)
-            yield SearchStarted(request.request_id, query, self._provider())
-            outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
-            yield self._search_finished(request.request_id, outcome)
-        # templating and tokenizing take milliseconds: off the event loop, which must stay responsive
-        prepared = await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(self.prepare, request, search=outcome)
-        )
+        self._begin(request.request_id)
+        try:
+            outcome = None
+            if request.web_search:
+                query = search_query(request.prompt)
+                yield SearchStarted(request.request_id, query, self._provider())
+                outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
+                yield self._search_finished(request.request_id, outcome)
+            # templating and tokenizing take milliseconds: off the event loop, which must stay responsive
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(self.prepare, request, search=outcome)
+            )
+        finally:
+            early = self._submit_or_cancelled_id(request.request_id)
         translate = self._translator(prepared)
+        if early:
+            yield translate(self._cancelled_before_engine(prepared))
+            return
         async for event in self._engine.astream(
             prepared.input_ids, prepared.params, request_id=request.request_id, timeout_s=request.timeout_s
         ):
@@ -307,8 +323,30 @@ class InferenceService:
         raise AssertionError("a stream always ends with Done")  # pragma: no cover
 
     def cancel(self, request_id: str) -> bool:
-        """Cancel a queued or running request; False if there is no such request."""
-        return bool(self._engine and self._engine.cancel(request_id))
+        """Cancel a request that is searching, queued or running; False if there is no such request."""
+        if self._engine is not None and self._engine.cancel(request_id):
+            return True
+        with self._lock:
+            if request_id in self._starting:  # still searching or tokenizing: stop before the engine
+                self._starting[request_id] = True
+                return True
+        return False
+
+    def _begin(self, request_id: str) -> None:
+        with self._lock:
+            self._starting[request_id] = False
+
+    def _submit_or_cancelled_id(self, request_id: str) -> bool:
+        """Leave the before-the-engine phase; True if the request was cancelled during it."""
+        with self._lock:
+            return self._starting.pop(request_id, False)
+
+    @staticmethod
+    def _cancelled_before_engine(prepared: Prepared) -> Any:
+        from toolkit.engine import Finished
+
+        seed = prepared.params.seed if prepared.params.seed is not None else 0
+        return Finished(prepared.request.request_id, "", "cancelled", len(prepared.input_ids), 0, seed, 0.0, None, 0.0)
 
     # ----- helpers -----------------------------------------------------------------
 

@@ -140,3 +140,14 @@ def test_loading_shows_a_banner(settings: Any) -> None:
 def test_tabs(app: ChatApp) -> None:
     assert app.tabs.titles == ("Chat", "GraphQL Explorer")
     assert 'src="http://127.0.0.1:8080/graphiql"' in app.tabs.children[1].value
+
+
+def test_clear_during_an_answer_leaves_no_history(app: ChatApp) -> None:
+    app.max_new_tokens.value = 300
+    app.send("Count from one to five hundred.")
+    deadline = time.monotonic() + 20
+    while "…" in bubbles(app)[1] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    app.clear()
+    app.wait()
+    assert app.history == [] and app.messages.children == ()

@@ -113,7 +113,7 @@ def test_document_shape_through_fragments() -> None:
     op = select_operation(doc, None)
     assert op is not None
     s = shape(doc, op)
-    assert s.root_fields == ("infer", "cancel") and s.depth == 3
+    assert s.root_fields == {"infer", "cancel"} and s.model_calls == 1 and s.depth == 3
     assert limit_errors(s, max_depth=3) == []
     assert "3 levels deep" in limit_errors(s, max_depth=2)[0].message
     assert is_free(
@@ -121,3 +121,26 @@ def test_document_shape_through_fragments() -> None:
             parse("{ health { status } __typename }"), select_operation(parse("{ health { status } __typename }"), None)
         )
     )  # type: ignore[arg-type]
+
+
+def test_a_fragment_bomb_is_measured_in_linear_time() -> None:
+    """Each fragment spreads the next twice: 2^40 paths if expanded, one visit each when memoized."""
+    import time
+
+    n = 40
+    doc = "query { ...F0 } " + " ".join(f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(n))
+    doc += f" fragment F{n} on Query {{ health {{ status }} }}"
+    parsed = parse(doc)
+    op = select_operation(parsed, None)
+    assert op is not None
+    started = time.perf_counter()
+    s = shape(parsed, op)
+    assert time.perf_counter() - started < 0.5
+    assert s.root_fields == {"health"} and s.depth == 2
+
+
+def test_the_same_infer_twice_is_one_call_but_aliases_are_two() -> None:
+    same = parse('mutation { ...A ...A } fragment A on Mutation { infer(prompt: "x") { text } }')
+    assert shape(same, select_operation(same, None)).model_calls == 1  # type: ignore[arg-type]
+    aliased = parse('mutation { a: infer(prompt: "x") { text } b: infer(prompt: "y") { text } }')
+    assert shape(aliased, select_operation(aliased, None)).model_calls == 2  # type: ignore[arg-type]

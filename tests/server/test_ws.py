@@ -217,3 +217,28 @@ def test_an_oversized_message_closes_the_socket(make_server: Any, server_service
         return await _closed_with(ws)
 
     assert asyncio.run(run())[0] == 1009  # message too big
+
+
+def test_errors_raised_while_streaming_keep_their_code(make_server: Any, server_service: InferenceService) -> None:
+    from toolkit.settings import Settings
+
+    small = InferenceService(
+        Settings(cache_dir=server_service.settings.cache_dir, max_input_tokens=32), loaded=server_service.loaded
+    )
+    running = make_server(small)
+
+    async def run() -> list[dict[str, Any]]:
+        ws = await _open(running)
+        await _init(ws)
+        payload = {"query": STREAM, "variables": {"prompt": "word " * 200, "n": 8}}
+        await ws.send(json.dumps({"id": "long", "type": "subscribe", "payload": payload}))
+        out = [json.loads(await ws.recv()), json.loads(await ws.recv())]
+        await ws.close()
+        return out
+
+    first, second = asyncio.run(run())
+    assert first["type"] == "next"
+    ext = first["payload"]["errors"][0]["extensions"]
+    assert ext["code"] == "BAD_USER_INPUT" and ext["field"] == "prompt" and ext["limit"] == 32
+    assert second == {"id": "long", "type": "complete"}
+    small.close(grace_s=0)
