@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,21 +116,30 @@ def main() -> int:
             page.locator(".noUi-handle").first.press("Home")  # temperature 0: the same answer each time
             page.evaluate(
                 """() => new MutationObserver(() => {
-                    const a = [...document.querySelectorAll('.tk-answer')].pop();
+                    const all = document.querySelectorAll('.tk-answer');
+                    const a = all.length > window.__count ? all[all.length - 1] : null;  // the new answer only
                     const text = a ? a.innerText.trim() : "";
                     if (window.__sent && !window.__painted && text && !text.startsWith('…'))
                         window.__painted = performance.now();
                 }).observe(document.body, {subtree: true, childList: true, characterData: true})"""
             )
-            for run in range(args.runs + 1):
-                subscription.append(asyncio.run(subscription_first_token(url)))
+            for _ in range(args.runs + 1):
+                # Playwright's sync API owns this thread's event loop: measure from another thread
+                with ThreadPoolExecutor(1) as pool:
+                    subscription.append(pool.submit(asyncio.run, subscription_first_token(url)).result())
+                # the same request as the subscription's: no history from earlier runs
+                page.click(".tk-clear")
+                page.wait_for_function("() => document.querySelectorAll('.tk-answer').length === 0")
                 page.evaluate("() => { window.__painted = null; }")
                 page.fill(".tk-prompt input", PROMPT)
-                page.evaluate("() => { window.__sent = performance.now(); }")
+                page.evaluate(
+                    "() => { window.__count = document.querySelectorAll('.tk-answer').length;"
+                    " window.__sent = performance.now(); }"
+                )
                 page.press(".tk-prompt input", "Enter")
                 page.wait_for_function("() => window.__painted !== null", timeout=60_000)
                 painted.append(page.evaluate("() => window.__painted - window.__sent") / 1000)
-                page.wait_for_function(f"() => document.querySelectorAll('.tk-stats').length > {run}", timeout=60_000)
+                page.wait_for_function("() => document.querySelectorAll('.tk-stats').length > 0", timeout=60_000)
             browser.close()
         painted, subscription = painted[1:], subscription[1:]  # the first of each warms up
         report = {
