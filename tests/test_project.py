@@ -71,3 +71,14 @@ def test_graphiql_comes_from_npm_with_a_lockfile_and_no_cdn() -> None:
     for name in ("graphiql.html", "init.js"):
         text = (ROOT / "server" / "static" / name).read_text()
         assert "unpkg" not in text and "cdn" not in text.lower() and "https://" not in text
+
+
+def test_readme_documents_every_make_target() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    phony = re.search(r"^\.PHONY: (.+)$", makefile, re.M)
+    assert phony is not None
+    readme = (ROOT / "README.md").read_text()
+    for target in phony.group(1).split():
+        if target in ("help",):
+            continue
+        assert f"make {target}" in readme or f"`{target}`" in readme, f"README does not mention make {target}"
