@@ -20,6 +20,7 @@ from graphql import (
 )
 
 MODEL_FIELDS = frozenset({"infer", "inferStream"})
+INTROSPECTION_DEPTH_LIMIT = 25  # GraphiQL's introspection query is about 15 deep
 FREE_FIELDS = frozenset({"health", "__typename"})
 
 
@@ -96,7 +97,8 @@ class DocumentShape:
     operation: OperationDefinitionNode
     root_fields: frozenset[str]  # field names (not aliases) at the root, through fragments
     model_calls: int  # distinct response keys that run the model (infer / inferStream)
-    depth: int
+    depth: int  # of the data selection (introspection counts as one level)
+    full_depth: int  # everything, introspection included
 
 
 def select_operation(document: DocumentNode, operation_name: str | None) -> OperationDefinitionNode | None:
@@ -129,11 +131,15 @@ def shape(document: DocumentNode, operation: OperationDefinitionNode) -> Documen
         return frozenset(keys)
 
     def depth(selection_set: SelectionSetNode | None) -> int:
+        """Depth of the data selection. Introspection (``__schema``, ``__type``) counts as one level:
+        clients such as GraphiQL send a fixed, deep introspection query; it is bounded on its own."""
         if selection_set is None:
             return 0
         best = 0
         for sel in selection_set.selections:
-            if isinstance(sel, FieldNode):
+            if isinstance(sel, FieldNode) and sel.name.value.startswith("__"):
+                best = max(best, 1)
+            elif isinstance(sel, FieldNode):
                 best = max(best, 1 + depth(sel.selection_set))
             elif isinstance(sel, InlineFragmentNode):
                 best = max(best, depth(sel.selection_set))
@@ -144,12 +150,31 @@ def shape(document: DocumentNode, operation: OperationDefinitionNode) -> Documen
                 best = max(best, depth_memo[name])
         return best
 
+    full_memo: dict[str, int] = {}
+
+    def full_depth(selection_set: SelectionSetNode | None) -> int:
+        if selection_set is None:
+            return 0
+        best = 0
+        for sel in selection_set.selections:
+            if isinstance(sel, FieldNode):
+                best = max(best, 1 + full_depth(sel.selection_set))
+            elif isinstance(sel, InlineFragmentNode):
+                best = max(best, full_depth(sel.selection_set))
+            elif isinstance(sel, FragmentSpreadNode) and sel.name.value in fragments:
+                name = sel.name.value
+                if name not in full_memo:
+                    full_memo[name] = full_depth(fragments[name].selection_set)
+                best = max(best, full_memo[name])
+        return best
+
     keys = root(operation.selection_set)
     return DocumentShape(
         operation,
         frozenset(name for _, name in keys),
         sum(1 for _, name in keys if name in MODEL_FIELDS),
         depth(operation.selection_set),
+        full_depth(operation.selection_set),
     )
 
 
@@ -161,6 +186,14 @@ def limit_errors(doc_shape: DocumentShape, max_depth: int) -> list[GraphQLError]
             GraphQLError(
                 f"the query is {doc_shape.depth} levels deep, over the limit of {max_depth}",
                 extensions={"code": "BAD_USER_INPUT", "field": "query", "limit": max_depth},
+            )
+        )
+    if doc_shape.full_depth > max(max_depth, INTROSPECTION_DEPTH_LIMIT):
+        limit = max(max_depth, INTROSPECTION_DEPTH_LIMIT)
+        errors.append(
+            GraphQLError(
+                f"the query is {doc_shape.full_depth} levels deep with introspection, over the limit of {limit}",
+                extensions={"code": "BAD_USER_INPUT", "field": "query", "limit": limit},
             )
         )
     model_calls = doc_shape.model_calls

@@ -57,6 +57,10 @@ def test_graphiql_runs_a_query_offline(browser: Any, server: Any) -> None:
     )
     assert '"status": "READY"' in response_text(page)
     assert outside == []  # no CDN, nothing from outside this machine
+    # the schema loaded (GraphiQL's introspection passed the limits): the docs explorer lists the root types
+    page.click(".graphiql-sidebar button[aria-label='Show Documentation Explorer']")
+    page.wait_for_selector(".graphiql-doc-explorer", timeout=10_000)
+    assert "Query" in page.inner_text(".graphiql-doc-explorer")
     page.close()
 
 

@@ -212,10 +212,32 @@ def test_a_query_over_the_depth_limit(make_server: Any, server_service: Any) -> 
     running = make_server(server_service, max_query_depth=3)
     status, _, body = post(running.url, {"query": "{ health { status } models { id } }"})
     assert status == 200 and "errors" not in body
-    status, _, body = post(running.url, {"query": "query { __schema { types { fields { type { name } } } } }"})
+    status, _, body = post(running.url, {"query": 'mutation { infer(prompt: "x") { timings { totalSeconds } } }'})
+    assert status == 200  # 3 levels: allowed
+    status, _, body = post(
+        running.url, {"query": 'subscription { inferStream(prompt: "x") { result { usage { promptTokens } } } }'}
+    )
     assert status == 400 and code_of(body) == "BAD_USER_INPUT"
-    assert "5 levels deep, over the limit of 3" in body["errors"][0]["message"]
+    assert "4 levels deep, over the limit of 3" in body["errors"][0]["message"]
     assert body["errors"][0]["extensions"]["limit"] == 3
+
+
+def test_graphiqls_introspection_query_passes_the_limits(server: Any) -> None:
+    """The deep, fixed introspection query that GraphiQL sends on load must not hit the depth limit."""
+    from graphql import get_introspection_query
+
+    query = get_introspection_query(
+        descriptions=True,
+        specified_by_url=True,
+        directive_is_repeatable=True,
+        schema_description=True,
+        input_value_deprecation=True,
+    )
+    status, _, body = post(server.url, {"query": query})
+    assert status == 200 and "errors" not in body and body["data"]["__schema"]["queryType"]["name"] == "Query"
+    nested = "{ __schema { types { " + "fields { type { " * 12 + "name" + " } }" * 12 + " } } }"
+    status, _, body = post(server.url, {"query": nested})
+    assert status == 400 and "introspection" in body["errors"][0]["message"].lower()  # graphql-core bounds it too
 
 
 def test_with_application_json_graphql_errors_are_200(server: Any) -> None:
