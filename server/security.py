@@ -114,7 +114,6 @@ def shape(document: DocumentNode, operation: OperationDefinitionNode) -> Documen
     Runs after validation, which rules out fragment cycles."""
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
     root_memo: dict[str, frozenset[tuple[str, str]]] = {}
-    depth_memo: dict[str, int] = {}
 
     def root(selection_set: SelectionSetNode) -> frozenset[tuple[str, str]]:
         keys: set[tuple[str, str]] = set()  # (response key, field name): GraphQL merges equal keys
@@ -130,42 +129,26 @@ def shape(document: DocumentNode, operation: OperationDefinitionNode) -> Documen
                 keys |= root_memo[name]
         return frozenset(keys)
 
-    def depth(selection_set: SelectionSetNode | None) -> int:
-        """Depth of the data selection. Introspection (``__schema``, ``__type``) counts as one level:
-        clients such as GraphiQL send a fixed, deep introspection query; it is bounded on its own."""
+    depth_memo: dict[tuple[str, bool], int] = {}
+
+    def depth(selection_set: SelectionSetNode | None, introspection: bool) -> int:
+        """Nesting depth. Without ``introspection``, ``__schema``/``__type`` count as one level:
+        clients such as GraphiQL send a fixed, deep introspection query, bounded on its own."""
         if selection_set is None:
             return 0
         best = 0
         for sel in selection_set.selections:
-            if isinstance(sel, FieldNode) and sel.name.value.startswith("__"):
+            if isinstance(sel, FieldNode) and sel.name.value.startswith("__") and not introspection:
                 best = max(best, 1)
             elif isinstance(sel, FieldNode):
-                best = max(best, 1 + depth(sel.selection_set))
+                best = max(best, 1 + depth(sel.selection_set, introspection))
             elif isinstance(sel, InlineFragmentNode):
-                best = max(best, depth(sel.selection_set))
+                best = max(best, depth(sel.selection_set, introspection))
             elif isinstance(sel, FragmentSpreadNode) and sel.name.value in fragments:
-                name = sel.name.value
-                if name not in depth_memo:
-                    depth_memo[name] = depth(fragments[name].selection_set)
-                best = max(best, depth_memo[name])
-        return best
-
-    full_memo: dict[str, int] = {}
-
-    def full_depth(selection_set: SelectionSetNode | None) -> int:
-        if selection_set is None:
-            return 0
-        best = 0
-        for sel in selection_set.selections:
-            if isinstance(sel, FieldNode):
-                best = max(best, 1 + full_depth(sel.selection_set))
-            elif isinstance(sel, InlineFragmentNode):
-                best = max(best, full_depth(sel.selection_set))
-            elif isinstance(sel, FragmentSpreadNode) and sel.name.value in fragments:
-                name = sel.name.value
-                if name not in full_memo:
-                    full_memo[name] = full_depth(fragments[name].selection_set)
-                best = max(best, full_memo[name])
+                key = (sel.name.value, introspection)
+                if key not in depth_memo:
+                    depth_memo[key] = depth(fragments[key[0]].selection_set, introspection)
+                best = max(best, depth_memo[key])
         return best
 
     keys = root(operation.selection_set)
@@ -173,8 +156,8 @@ def shape(document: DocumentNode, operation: OperationDefinitionNode) -> Documen
         operation,
         frozenset(name for _, name in keys),
         sum(1 for _, name in keys if name in MODEL_FIELDS),
-        depth(operation.selection_set),
-        full_depth(operation.selection_set),
+        depth(operation.selection_set, introspection=False),
+        depth(operation.selection_set, introspection=True),
     )
 
 
