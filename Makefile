@@ -55,7 +55,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check toolkit server dashboard tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check toolkit server dashboard tests bench
 	$(VENV)/bin/mypy
 
