@@ -32,6 +32,7 @@ import torch
 
 from toolkit.detok import TextStream
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
+from toolkit.kvbatch import KVBatch, left_padded
 from toolkit.params import GenerationParams
 from toolkit.sampling import RowSampler, next_tokens
 
@@ -130,11 +131,7 @@ class Engine:
         self._jobs: dict[str, Job] = {}
         self._rows: list[_Row] = []
         self._admitting: list[Job] = []
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None
-        self._positions: torch.Tensor | None = None
-        self._last: torch.Tensor | None = None
-        self._mergeable = True
+        self._batch = KVBatch(self.device)
         self._closing = False
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # the most rows ever decoded together
@@ -303,7 +300,7 @@ class Engine:
         for job in [j for j in self._pending if j.deadline is not None and now >= j.deadline]:
             self._pending.remove(job)
             self._finish(job, "timeout", "", 0)
-        if not self._mergeable and self._rows:
+        if not self._batch.mergeable and self._rows:
             return []
         room = self.max_batch_size - len(self._rows)
         taken: list[Job] = []
@@ -326,16 +323,9 @@ class Engine:
         from transformers import DynamicCache
 
         now = time.perf_counter()
-        width = max(len(j.input_ids) for j in jobs)
-        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for i, job in enumerate(jobs):
+        for job in jobs:
             job.started = now
-            n = len(job.input_ids)
-            ids[i, width - n :] = torch.tensor(job.input_ids, dtype=torch.long)
-            mask[i, width - n :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded([j.input_ids for j in jobs], self.pad_id, self.device)
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(ids, mask, positions, cache)
         rows = [
@@ -347,34 +337,12 @@ class Engine:
             for job in jobs
         ]
         tokens = next_tokens(logits, [r.sampler for r in rows])
-        if self._rows:
-            self._merge(cache, mask)
-        else:
-            from transformers.cache_utils import DynamicLayer
-
-            self._mergeable = all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
-            self._cache, self._mask = cache, mask
-            self._positions = torch.zeros(0, dtype=torch.long, device=self.device)
-            self._last = torch.zeros(0, dtype=torch.long, device=self.device)
-        assert self._positions is not None and self._last is not None
-        self._positions = torch.cat([self._positions, mask.sum(-1)])
-        self._last = torch.cat([self._last, tokens])
+        self._batch.add(cache, mask, tokens)
         with self._cond:
             self._rows.extend(rows)
             self._admitting = []
             self.peak_batch = max(self.peak_batch, len(self._rows))
         self._accept(rows, tokens)
-
-    def _merge(self, cache: Any, mask: torch.Tensor) -> None:
-        """Append a freshly prefilled batch to the running one, left-padding the shorter."""
-        assert self._mask is not None
-        have, new = self._mask.shape[1], mask.shape[1]
-        pad_old, pad_new = max(0, new - have), max(0, have - new)
-        for old_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
-            for attr in ("keys", "values"):
-                a, b = getattr(old_layer, attr), getattr(new_layer, attr)
-                setattr(old_layer, attr, torch.cat([_pad_left(a, pad_old, -2), _pad_left(b, pad_new, -2)], dim=0))
-        self._mask = torch.cat([_pad_left(self._mask, pad_old, -1), _pad_left(mask, pad_new, -1)], dim=0)
 
     def _decode_step(self) -> None:
         now = time.perf_counter()
@@ -387,15 +355,10 @@ class Engine:
         self._prune()
         if not self._rows:
             return
-        assert self._mask is not None and self._positions is not None and self._last is not None
-        mask = torch.cat(
-            [self._mask, torch.ones((len(self._rows), 1), dtype=self._mask.dtype, device=self.device)], dim=1
-        )
-        logits = self._forward(self._last.unsqueeze(1), mask, self._positions.unsqueeze(1), self._cache)
-        self._mask = mask
-        self._positions = self._positions + 1
+        ids, mask, positions = self._batch.step_inputs()
+        logits = self._forward(ids, mask, positions, self._batch.cache)
         tokens = next_tokens(logits, [r.sampler for r in self._rows])
-        self._last = tokens
+        self._batch.advance(mask, tokens)
         self.steps += 1
         self._accept(self._rows, tokens)
 
@@ -429,27 +392,13 @@ class Engine:
         self._prune()
 
     def _prune(self) -> None:
-        """Drop finished rows from the batch and the padding columns nobody needs any more."""
+        """Drop finished rows from the batch."""
         keep = [i for i, row in enumerate(self._rows) if not row.job.done]
         if len(keep) == len(self._rows):
             return
         with self._cond:
             self._rows = [self._rows[i] for i in keep]
-        if not keep:
-            self._cache = self._mask = self._positions = self._last = None
-            return
-        assert self._mask is not None and self._positions is not None and self._last is not None
-        index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self._cache.batch_select_indices(index)
-        self._mask = self._mask.index_select(0, index)
-        self._positions = self._positions.index_select(0, index)
-        self._last = self._last.index_select(0, index)
-        first = int(self._mask.any(dim=0).nonzero()[0, 0])
-        if first > 0 and self._mergeable:
-            for layer in self._cache.layers:
-                layer.keys = layer.keys[..., first:, :]
-                layer.values = layer.values[..., first:, :]
-            self._mask = self._mask[:, first:]
+        self._batch.keep(keep)
 
     def _finish_row(self, row: _Row, reason: str) -> None:
         """End a running row; ``completion_tokens`` counts every generated token, EOS included."""
@@ -509,12 +458,4 @@ class Engine:
             self._finish(job, "error", "", 0, error)
         with self._cond:
             self._rows = []
-        self._cache = self._mask = self._positions = self._last = None
-
-
-def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
-    if n == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = n
-    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+        self._batch.reset()
