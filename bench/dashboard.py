@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from common import save_report  # noqa: E402  (bench/, the script's own folder)
 
-from toolkit.client import STREAM, RemoteService, ServiceUnavailable, variables  # noqa: E402
+from server.spawn import spawn_server  # noqa: E402
+from toolkit.client import STREAM, RemoteService, variables  # noqa: E402
 from toolkit.params import InferRequest  # noqa: E402
 
 PROMPT = "What is the capital of France?"
@@ -71,15 +72,7 @@ def main() -> int:
     if chromium is None:
         print("needs Debian's chromium (apt-get install chromium)", file=sys.stderr)
         return 1
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert server.stdout is not None
-    url = server.stdout.readline().split()[1]
+    server, url = spawn_server()
     port = free_port()
     dashboard = subprocess.Popen(
         [sys.executable, "-m", "dashboard", "--port", str(port)],
@@ -89,14 +82,7 @@ def main() -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        remote = RemoteService(url)
-        for _ in range(600):
-            try:
-                if remote.health().status == "ready":
-                    break
-            except ServiceUnavailable:
-                pass
-            time.sleep(0.2)
+        RemoteService(url).wait_ready(timeout_s=120)
         from playwright.sync_api import sync_playwright
 
         painted, subscription = [], []

@@ -59,17 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     children: list[subprocess.Popen[Any]] = []
     try:
         if args.with_server:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
-            )
-            children.append(server)
-            assert server.stdout is not None
-            banner = server.stdout.readline()
-            if not banner:
-                print("error: the GraphQL server did not start; see its messages above", file=sys.stderr)
+            from server.spawn import spawn_server
+
+            try:
+                server, env["GRAPHQL_URL"] = spawn_server(port=None, env=env, quiet=False)
+            except RuntimeError as exc:
+                print(f"error: {exc}", file=sys.stderr)
                 return 1
-            print(banner.strip(), flush=True)
-            env["GRAPHQL_URL"] = banner.split()[1]
+            children.append(server)
+            print(
+                f"GraphQL: {env['GRAPHQL_URL']}   GraphiQL: {env['GRAPHQL_URL'].rsplit('/graphql', 1)[0]}/graphiql",
+                flush=True,
+            )
         from dashboard.app import explorer_url
         from toolkit.client import RemoteService
 

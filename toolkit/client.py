@@ -13,6 +13,7 @@ dataclasses the in-process service returns, and GraphQL errors as the same
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -146,6 +147,26 @@ class RemoteService:
             version=h["version"],
             error=h["error"],
         )
+
+    def wait_ready(self, timeout_s: float = 120.0, poll_s: float = 0.2) -> Health:
+        """Wait until the server is up and its model loaded; ``ServiceUnavailable`` past the timeout."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while True:
+            try:
+                health = self.health()
+                if health.status == "ready":
+                    return health
+                if health.status == "error":
+                    raise ServiceUnavailable(f"the server's model failed to load: {health.error}")
+                last = health.status
+            except ServiceUnavailable as exc:
+                if "failed to load" in exc.message:
+                    raise
+                last = exc.message
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(f"{self.url} was not ready within {timeout_s:g} s ({last})")
+            time.sleep(poll_s)
 
     def models(self) -> list[ModelInfo]:
         return [

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import platform
 import secrets
 import threading
@@ -235,6 +234,9 @@ class InferenceService:
     def prepare(self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any) -> Prepared:
         """Validate, build the chat messages (with ``search`` results, if given) and tokenize."""
         request, params = self.validate(request, **kwargs)
+        return self._prepare(request, params, search)
+
+    def _prepare(self, request: InferRequest, params: GenerationParams, search: SearchOutcome | None) -> Prepared:
         loaded = self._loaded
         limit = min(self.limits.max_input_tokens, loaded.context_length - 1)
         boundary = secrets.token_hex(8)
@@ -264,7 +266,7 @@ class InferenceService:
 
         Closing the iterator early cancels the request.
         """
-        request, _ = self.validate(request, **kwargs)
+        request, params = self.validate(request, **kwargs)
         self._begin(request.request_id)
         try:
             outcome = None
@@ -273,7 +275,7 @@ class InferenceService:
                 yield SearchStarted(request.request_id, query, self._provider())
                 outcome = self.search(query)
                 yield self._search_finished(request.request_id, outcome)
-            prepared = self.prepare(request, search=outcome)
+            prepared = self._prepare(request, params, outcome)
         finally:
             early = self._submit_or_cancelled_id(request.request_id)
         translate = self._translator(prepared)
@@ -286,7 +288,7 @@ class InferenceService:
             yield translate(event)
 
     async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        request, _ = self.validate(request, **kwargs)
+        request, params = self.validate(request, **kwargs)
         self._begin(request.request_id)
         try:
             outcome = None
@@ -296,9 +298,7 @@ class InferenceService:
                 outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
                 yield self._search_finished(request.request_id, outcome)
             # templating and tokenizing take milliseconds: off the event loop, which must stay responsive
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(self.prepare, request, search=outcome)
-            )
+            prepared = await asyncio.get_running_loop().run_in_executor(None, self._prepare, request, params, outcome)
         finally:
             early = self._submit_or_cancelled_id(request.request_id)
         translate = self._translator(prepared)

@@ -11,13 +11,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from server.spawn import spawn_server
+from toolkit.client import RemoteService
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -38,16 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, first_load:
     shutil.copy(ROOT / "tests" / "data" / "docs" / "zorvath.md", corpus)
     (corpus / "xss.md").write_text(f"# Markup {XSS}\n\nThe harbour of Varnholt has {XSS} a red lighthouse.\n")
     env = {**os.environ, "TOOLKIT_CACHE_DIR": str(cache_dir), "SEARCH_PROVIDER": f"local:{corpus}"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert server.stdout is not None
-    url = server.stdout.readline().split()[1]
+    server, url = spawn_server(env=env)
     port = free_port()
     voila = subprocess.Popen(
         [sys.executable, "-m", "dashboard", "--port", str(port)],
@@ -57,17 +50,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, first_load:
         stderr=subprocess.DEVNULL,
     )
     try:
-        from toolkit.client import RemoteService, ServiceUnavailable
-
-        remote = RemoteService(url)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if remote.health().status == "ready":
-                    break
-            except ServiceUnavailable:
-                pass
-            time.sleep(0.2)
+        RemoteService(url).wait_ready(timeout_s=90)
         yield {"graphql": url, "dashboard": f"http://127.0.0.1:{port}/"}
     finally:
         for proc in (voila, server):

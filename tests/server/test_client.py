@@ -108,6 +108,12 @@ def test_a_server_that_is_not_there() -> None:
         remote.health()
     with pytest.raises(ServiceUnavailable):
         list(remote.stream("hi"))
+    with pytest.raises(ServiceUnavailable, match="not ready within"):
+        remote.wait_ready(timeout_s=0.3)
+
+
+def test_wait_ready_on_a_ready_server(remote: RemoteService) -> None:
+    assert remote.wait_ready(timeout_s=5).status == "ready"
 
 
 def test_api_key_is_sent(make_server: Any, server_service: InferenceService) -> None:
