@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings(cache_dir: Path) -> Settings:
-    return Settings(cache_dir=cache_dir, request_timeout_s=120)
+def settings(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The bundled model; an empty ADAPTERS_DIR (not ./adapters of whoever runs the tests)."""
+    return Settings(cache_dir=cache_dir, request_timeout_s=120, adapters_dir=tmp_path_factory.mktemp("no-adapters"))
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +98,76 @@ def no_template_dir(tmp_path: Path, tiny_model_dir: Path) -> Path:
     config.pop("chat_template", None)
     config_file.write_text(json.dumps(config))
     return target
+
+
+QUENBY_TRAIN = Path(__file__).parent.parent / "notebooks" / "data" / "quenby_train.jsonl"
+
+
+@dataclass
+class Trained:
+    """An ADAPTERS_DIR with two adapters trained on the bundled model, and the trained model itself."""
+
+    adapters_dir: Path
+    run: Any  # TrainRun of "quenby": the peft model, still in memory, and its losses
+    base_hash: str
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Trained:
+    """``quenby`` learns the taught fact (notebooks/data); ``quenby-draft`` is a short, hot run of the same data,
+    so that base, A and B answer differently. Each trains a copy of its own: peft changes the model it is given."""
+    from toolkit.lora import LoraSettings, load_examples, save_adapter, train_lora
+    from toolkit.models import load_model
+
+    adapters_dir = tmp_path_factory.mktemp("adapters")
+    examples = load_examples(QUENBY_TRAIN)
+    runs = {}
+    for name, lora in (
+        ("quenby", LoraSettings(steps=30, learning_rate=1.5e-3)),
+        ("quenby-draft", LoraSettings(steps=4, learning_rate=5e-3, warmup_steps=1, seed=1)),
+    ):
+        base = load_model(settings, progress=False)
+        runs[name] = train_lora(base.model, base.tokenizer, examples, lora, progress=False)
+        save_adapter(runs[name], adapters_dir / name, base_name=base.name, base_hash=base.content_hash)
+    return Trained(adapters_dir, runs["quenby"], base.content_hash)
+
+
+ADAPTERS = ("quenby", "quenby-draft")
+
+
+@pytest.fixture(scope="session")
+def adapter_service(settings: Settings, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A service on a model of its own (adapters are injected into the served model) whose ADAPTERS_DIR holds
+    the trained adapters and three bad folders: no card, a card for another base, a symlink to outside."""
+    import shutil
+    from dataclasses import replace
+
+    from toolkit.lora import CARD
+    from toolkit.service import InferenceService
+
+    folder = tmp_path_factory.mktemp("served-adapters")
+    for name in ADAPTERS:
+        shutil.copytree(trained.adapters_dir / name, folder / name)
+    (folder / "no-card").mkdir()
+    shutil.copytree(trained.adapters_dir / "quenby-draft", folder / "other-base")
+    card = json.loads((folder / "other-base" / CARD).read_text())
+    (folder / "other-base" / CARD).write_text(json.dumps({**card, "base_model_hash": "sha256:" + "1" * 64}))
+    outside = tmp_path_factory.mktemp("outside-adapters-dir")
+    shutil.copytree(trained.adapters_dir / "quenby", outside / "quenby")
+    (folder / "link-out").symlink_to(outside / "quenby")
+    svc = InferenceService(replace(settings, adapters_dir=folder)).start(progress=False)
+    yield svc
+    svc.close(grace_s=1)
+
+
+@pytest.fixture()
+def served(adapter_service: Any) -> Iterator[Any]:
+    """``adapter_service``, put back afterwards to exactly its two adapters, each under its folder's name."""
+    yield adapter_service
+    for info in adapter_service.adapters():
+        if info.name not in ADAPTERS or info.path != info.name:
+            adapter_service.unload_adapter(info.name)
+    loaded = {info.name for info in adapter_service.adapters()}
+    for name in ADAPTERS:
+        if name not in loaded:
+            adapter_service.load_adapter(name)

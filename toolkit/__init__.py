@@ -26,6 +26,7 @@ _EXPORTS = {
     "Done": "toolkit.results",
     "Health": "toolkit.results",
     "RunRecord": "toolkit.results",
+    "AdapterInfo": "toolkit.results",
     "ToolkitError": "toolkit.errors",
     "InvalidRequest": "toolkit.errors",
     "PromptTooLong": "toolkit.errors",
@@ -33,14 +34,17 @@ _EXPORTS = {
     "ModelLoadError": "toolkit.errors",
     "ModelNotReady": "toolkit.errors",
     "ConfigError": "toolkit.errors",
+    "Forbidden": "toolkit.errors",
     "Engine": "toolkit.engine",
     "load_model": "toolkit.models",
 }
 
 __all__ = [
+    "AdapterInfo",
     "ConfigError",
     "Done",
     "Engine",
+    "Forbidden",
     "GenerationParams",
     "Health",
     "InferRequest",
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
     from toolkit.engine import Engine
     from toolkit.errors import (
         ConfigError,
+        Forbidden,
         InvalidRequest,
         ModelLoadError,
         ModelNotReady,
@@ -73,7 +78,7 @@ if TYPE_CHECKING:
     )
     from toolkit.models import load_model
     from toolkit.params import GenerationParams, InferRequest, Limits, Turn
-    from toolkit.results import Done, Health, InferResult, RunRecord, Token
+    from toolkit.results import AdapterInfo, Done, Health, InferResult, RunRecord, Token
     from toolkit.service import InferenceService
     from toolkit.settings import Settings
 

@@ -5,7 +5,9 @@ requests at every step: it prefills them together (left padded) and merges
 their KV cache into the running batch, so a request that arrives while
 others are generating joins them instead of waiting for them to finish
 (continuous batching). Each row has its own sampling parameters, stop strings,
-``max_new_tokens``, deadline and cancel flag, and leaves the batch on its own.
+``max_new_tokens``, deadline, cancel flag and LoRA adapter (``toolkit.adapters``:
+rows with different adapters share a batch), and leaves the batch on its own.
+Adapters load and unload on the scheduler thread, between two steps.
 
 The layers of generation stack as generators: the scheduler emits events
 into a per-request sink; ``stream``/``astream`` turn the sink into an iterator;
@@ -26,10 +28,12 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from toolkit.adapters import LoraStack
 from toolkit.detok import TextStream
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.kvbatch import KVBatch, left_padded
@@ -86,10 +90,28 @@ class Job:
     sink: Sink
     submitted: float
     deadline: float | None
+    adapter: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float | None = None
     first_token: float | None = None
     done: bool = False
+
+
+@dataclass(eq=False)
+class _Op:
+    """A change to the model that the scheduler thread makes between two steps."""
+
+    change: Callable[[], None]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.change()
+        except BaseException as exc:  # handed to the caller, who is waiting for it
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 @dataclass(eq=False)
@@ -132,6 +154,9 @@ class Engine:
         self._rows: list[_Row] = []
         self._admitting: list[Job] = []
         self._batch = KVBatch(self.device)
+        self._lora = LoraStack(model)
+        self._adapters: set[str] = set()  # adapters requests may name (loaded, not being unloaded)
+        self._between_steps: list[_Op] = []  # changes to the model, run by the scheduler thread
         self._closing = False
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # the most rows ever decoded together
@@ -159,10 +184,12 @@ class Engine:
         *,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        adapter: str | None = None,
     ) -> Job:
         """Queue a request; its events go to ``sink`` from the scheduler thread.
 
-        Raises ``Overloaded`` at once when the queue is full.
+        ``adapter`` names a loaded LoRA adapter (None: the base model). Raises
+        ``Overloaded`` at once when the queue is full.
         """
         if not input_ids:
             raise InvalidRequest("prompt", "the prompt has no tokens")
@@ -179,10 +206,13 @@ class Engine:
             sink=sink,
             submitted=now,
             deadline=now + timeout_s if timeout_s else None,
+            adapter=adapter,
         )
         with self._cond:
             if self._closing:
                 raise EngineClosed("the engine is shutting down; retry against a running service")
+            if adapter is not None and adapter not in self._adapters:
+                raise InvalidRequest("adapter", f"adapter {adapter!r} is not loaded (or is being unloaded)")
             if len(self._pending) >= self.max_queue:
                 raise Overloaded(len(self._pending), self.max_queue)
             if job.request_id in self._jobs:
@@ -250,6 +280,60 @@ class Engine:
                 return event
         raise AssertionError("a stream always ends with Finished")  # pragma: no cover
 
+    @property
+    def adapters(self) -> list[str]:
+        with self._cond:
+            return sorted(self._adapters)
+
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Load a LoRA adapter between two decode steps; requests may name it from then on."""
+
+        def load() -> None:
+            if name in self._lora.names:
+                raise InvalidRequest("name", f"an adapter named {name!r} is already loaded; unload it first")
+            self._lora.load(name, folder)
+
+        self._run_between_steps(load)
+        with self._cond:
+            self._adapters.add(name)
+
+    def unload_adapter(self, name: str, grace_s: float = 60.0) -> int:
+        """Refuse new requests for ``name``, let its queued and running ones finish, then unload it.
+
+        Requests still running after ``grace_s`` are cancelled (finish reason ``cancelled``).
+        Returns how many requests were cancelled.
+        """
+        with self._cond:
+            if name not in self._adapters:
+                raise InvalidRequest("name", f"adapter {name!r} is not loaded")
+            self._adapters.discard(name)
+            self._cond.wait_for(lambda: not self._jobs_on(name), timeout=grace_s)
+            late = self._jobs_on(name)
+            for job in late:
+                job.cancelled.set()
+                if job in self._pending:
+                    self._pending.remove(job)
+                    self._finish(job, "cancelled", "", 0)
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._jobs_on(name), timeout=30)
+        self._run_between_steps(lambda: self._lora.unload(name))
+        return len(late)
+
+    def _jobs_on(self, adapter: str) -> list[Job]:
+        return [job for job in self._jobs.values() if job.adapter == adapter]
+
+    def _run_between_steps(self, change: Callable[[], None]) -> None:
+        """Run ``change`` on the scheduler thread before its next step, wait for it, raise what it raised."""
+        op = _Op(change)
+        with self._cond:
+            if self._closing:
+                raise EngineClosed("the engine is shutting down; retry against a running service")
+            self._between_steps.append(op)
+            self._cond.notify_all()
+        op.done.wait()
+        if op.error is not None:
+            raise op.error
+
     def close(self, grace_s: float = 10.0) -> None:
         """Take no new requests; let running ones finish for ``grace_s``, then cancel the rest."""
         with self._cond:
@@ -272,11 +356,14 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._rows:
+                while not self._pending and not self._rows and not self._between_steps:
                     if self._closing:
                         return
                     self._cond.wait()
+                changes, self._between_steps = self._between_steps, []
                 self._admitting = self._take_admissible()
+            for change in changes:  # e.g. load an adapter: between steps, not in inference mode
+                change.run()
             try:
                 # inference mode only around the work: a thread parked in it aborts at interpreter exit
                 with torch.inference_mode():
@@ -308,8 +395,11 @@ class Engine:
             taken.append(self._pending.popleft())
         return taken
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        out = self.model(
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, jobs: Sequence[Job]
+    ) -> torch.Tensor:
+        out = self._lora(
+            [job.adapter for job in jobs],
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
@@ -327,7 +417,7 @@ class Engine:
             job.started = now
         ids, mask, positions = left_padded([j.input_ids for j in jobs], self.pad_id, self.device)
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(ids, mask, positions, cache)
+        logits = self._forward(ids, mask, positions, cache, jobs)
         rows = [
             _Row(
                 job,
@@ -356,7 +446,7 @@ class Engine:
         if not self._rows:
             return
         ids, mask, positions = self._batch.step_inputs()
-        logits = self._forward(ids, mask, positions, self._batch.cache)
+        logits = self._forward(ids, mask, positions, self._batch.cache, [r.job for r in self._rows])
         tokens = next_tokens(logits, [r.sampler for r in self._rows])
         self._batch.advance(mask, tokens)
         self.steps += 1
@@ -427,6 +517,7 @@ class Engine:
         )
         with self._cond:
             self._jobs.pop(job.request_id, None)
+            self._cond.notify_all()  # for unload_adapter, waiting for an adapter's requests to end
         self._emit(job, event)
 
     def _emit(self, job: Job, event: Event) -> None:

@@ -105,6 +105,12 @@ class EngineClosed(ToolkitError):
     code = "UNAVAILABLE"
 
 
+class Forbidden(ToolkitError):
+    """The caller is known but may not do this (e.g. load an adapter without an admin key)."""
+
+    code = "FORBIDDEN"
+
+
 class MissingDependency(ToolkitError, ImportError):
     """An optional package is not installed; the message says what to install."""
 

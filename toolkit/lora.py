@@ -8,7 +8,10 @@ A plain PyTorch loop rather than TRL's ``SFTTrainer``: a few dozen lines, no ext
 dependency, the same code on CPU, CUDA and a 4-bit base, and the loss on assistant
 tokens only is explicit (below) instead of a trainer option.
 
-Serving adapters per request (the engine, the service, GraphQL) is not here yet.
+Serving adapters per request (hot load and unload, mixed batches) is ``toolkit.adapters``
+behind ``InferenceService.load_adapter``. ``train_lora`` injects LoRA layers into the model
+it is given: train on a model of its own (``toolkit.models.load_model``), not on the one a
+service is serving.
 """
 
 from __future__ import annotations
@@ -224,14 +227,27 @@ def save_adapter(run: TrainRun, path: str | Path, *, base_name: str, base_hash: 
     return target
 
 
-def read_card(path: str | Path) -> dict[str, Any]:
+def read_card(path: str | Path, *, field: str = "adapter") -> dict[str, Any]:
     card_file = Path(path) / CARD
     try:
         return dict(json.loads(card_file.read_text()))
     except OSError:
-        raise InvalidRequest("adapter", f"{path} is not an adapter saved by the toolkit (no {CARD})") from None
+        raise InvalidRequest(field, f"{Path(path).name!r} is not an adapter saved by the toolkit (no {CARD})") from None
     except ValueError:
-        raise InvalidRequest("adapter", f"{card_file} is not valid JSON") from None
+        raise InvalidRequest(field, f"the {CARD} of {Path(path).name!r} is not valid JSON") from None
+
+
+def check_card(path: str | Path, *, base_hash: str, field: str = "adapter") -> dict[str, Any]:
+    """The adapter's card, if it was trained on the base model with content hash ``base_hash``."""
+    card = read_card(path, field=field)
+    if card.get("base_model_hash") != base_hash:
+        raise InvalidRequest(
+            field,
+            f"{Path(path).name!r} was trained on {card.get('base_model')!r} "
+            f"({str(card.get('base_model_hash'))[:19]}…), not on this base model ({base_hash[:19]}…); "
+            "train it again on this model",
+        )
+    return card
 
 
 def load_adapter(model: Any, path: str | Path, *, base_hash: str, name: str = "default") -> Any:
@@ -240,13 +256,7 @@ def load_adapter(model: Any, path: str | Path, *, base_hash: str, name: str = "d
         from peft import PeftModel
     except ImportError:
         raise MissingDependency("peft", "loading a LoRA adapter") from None
-    card = read_card(path)
-    if card.get("base_model_hash") != base_hash:
-        raise InvalidRequest(
-            "adapter",
-            f"{path} was trained on {card.get('base_model')!r} ({str(card.get('base_model_hash'))[:19]}…), "
-            f"not on this base model ({base_hash[:19]}…); train it again on this model",
-        )
+    check_card(path, base_hash=base_hash)
     try:
         return PeftModel.from_pretrained(model, str(path), adapter_name=name)
     except (OSError, ValueError) as exc:

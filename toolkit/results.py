@@ -54,6 +54,7 @@ class RunRecord:
     versions: dict[str, str]
     search: dict[str, Any] | None = None  # provider, query, time, status and results of the web search
     dropped_history_turns: int = 0
+    adapter_hash: str | None = None  # sha256 of the LoRA adapter's weights, with ``adapter``
 
 
 @dataclass(frozen=True)
@@ -152,3 +153,24 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A loaded adapter, as ``adapters()`` and the GraphQL ``adapters`` query list it."""
+
+    name: str
+    path: str  # relative to ADAPTERS_DIR
+    base_model: str | None
+    adapter_hash: str  # sha256 of the adapter weights file
+    r: int | None
+    alpha: int | None
+    target_modules: tuple[str, ...]
+    steps: int | None
+    examples: int | None
+    final_loss: float | None
+    created_at: str | None
+    loaded_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "target_modules": list(self.target_modules)}

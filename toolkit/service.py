@@ -4,6 +4,8 @@
     result = service.infer("What is the capital of France?", temperature=0)
     for event in service.stream(InferRequest(prompt="Tell me a story")):
         ...                                        # Token(delta, text) ..., then Done(result)
+    service.load_adapter("pirate")                 # ADAPTERS_DIR/pirate, no restart
+    service.infer("Hello", adapter="pirate")
 
 The service validates the request (once, here), formats the chat messages,
 checks the input budget, hands token ids to the engine and turns engine
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import platform
 import secrets
 import threading
@@ -25,10 +28,12 @@ from importlib import metadata
 from typing import Any, cast
 
 from toolkit import __version__ as TOOLKIT_VERSION
+from toolkit.adapters import check_name, describe, discover, resolve_path
 from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong, ToolkitError
 from toolkit.params import GenerationParams, InferRequest, Limits
 from toolkit.rag import BuiltMessages, build_messages, merge_system_messages
 from toolkit.results import (
+    AdapterInfo,
     Done,
     Health,
     InferResult,
@@ -64,6 +69,7 @@ class Prepared:
     prompt_text: str
     input_ids: list[int]
     search: SearchOutcome | None = None
+    adapter_hash: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -78,6 +84,7 @@ def search_query(prompt: str, limit: int = 300) -> str:
 
 
 _UNSET: Any = object()
+log = logging.getLogger("toolkit.service")
 
 
 class InferenceService:
@@ -96,6 +103,8 @@ class InferenceService:
         self._loader: threading.Thread | None = None
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
         self._starting: dict[str, bool] = {}  # requests before the engine (searching): cancelled?
+        self._adapters: dict[str, AdapterInfo] = {}
+        self._adapter_lock = threading.Lock()  # one load or unload at a time
         if loaded is not None:
             self._attach(loaded)
 
@@ -147,7 +156,16 @@ class InferenceService:
         )
         self._versions = _versions()
         self._loaded = loaded
+        self._load_adapters_dir(loaded)
         self._status = "ready"
+
+    def _load_adapters_dir(self, loaded: Any) -> None:
+        """Load every adapter found in ADAPTERS_DIR; one that does not fit this model is skipped, with a warning."""
+        for name, folder in discover(self.settings.adapters_dir):
+            try:
+                self._load_adapter(loaded, name, folder.name)
+            except ToolkitError as exc:
+                log.warning("adapter %r in ADAPTERS_DIR not loaded: %s", name, exc.message)
 
     def close(self, grace_s: float = 10.0) -> None:
         """Finish (or after ``grace_s`` cancel) in-flight requests and stop the engine."""
@@ -189,6 +207,51 @@ class InferenceService:
             return [ModelInfo(self.settings.model_label, "pending", False, None, None)]
         return [ModelInfo(loaded.name, loaded.source.kind, True, loaded.context_length, loaded.content_hash)]
 
+    # ----- LoRA adapters ------------------------------------------------------------
+
+    def adapters(self) -> list[AdapterInfo]:
+        """The loaded adapters, by name; requests pick one with ``adapter=``."""
+        return [self._adapters[name] for name in sorted(self._adapters)]
+
+    def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
+        """Load the adapter in ``ADAPTERS_DIR/<path>`` (default: ``<name>``) as ``name``, without a restart.
+
+        The folder must lie inside ADAPTERS_DIR and its card must name this base model.
+        """
+        return self._load_adapter(self._ready(), name, path)
+
+    def _load_adapter(self, loaded: Any, name: str, path: str | None) -> AdapterInfo:
+        check_name(name)
+        folder = resolve_path(self.settings.adapters_dir, name if path is None else path)
+        with self._adapter_lock:
+            if name in self._adapters:
+                raise InvalidRequest("name", f"an adapter named {name!r} is already loaded; unload it first")
+            info = describe(name, folder, self.settings.adapters_dir, base_hash=loaded.content_hash)
+            self._engine.load_adapter(name, folder)
+            self._adapters[name] = info
+        log.info("adapter %r loaded from %s", name, info.path)
+        return info
+
+    def unload_adapter(self, name: str, grace_s: float | None = None) -> AdapterInfo:
+        """Unload ``name``: new requests for it are refused at once, queued and running ones finish first.
+
+        Requests still running after ``grace_s`` (default: REQUEST_TIMEOUT) are cancelled.
+        """
+        self._ready()
+        with self._adapter_lock:
+            info = self._adapters.get(name)
+            if info is None:
+                raise InvalidRequest("name", f"no adapter named {name!r} is loaded{self._loaded_names()}")
+            grace = self.settings.request_timeout_s if grace_s is None else grace_s
+            cancelled = self._engine.unload_adapter(name, grace)
+            del self._adapters[name]
+        log.info("adapter %r unloaded (%d running request(s) cancelled)", name, cancelled)
+        return info
+
+    def _loaded_names(self) -> str:
+        names = sorted(self._adapters)
+        return f"; loaded: {', '.join(names)}" if names else "; none are loaded (see ADAPTERS_DIR, load_adapter)"
+
     # ----- requests ----------------------------------------------------------------
 
     def validate(self, request: InferRequest | str, **kwargs: Any) -> tuple[InferRequest, GenerationParams]:
@@ -197,18 +260,23 @@ class InferenceService:
             request = InferRequest.build(request, **kwargs)
         elif kwargs:
             raise TypeError("pass keyword arguments only with a prompt string, not with an InferRequest")
+        loaded = self._ready()
+        if request.model is not None and request.model not in self._model_names():
+            raise InvalidRequest("model", f"unknown model {request.model!r}; this service serves {loaded.name!r}")
+        if request.adapter is not None and request.adapter not in self._adapters:
+            raise InvalidRequest("adapter", f"unknown adapter {request.adapter!r}{self._loaded_names()}")
+        if request.web_search and self.searcher is None:
+            raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
+        return request, request.resolved_params(self.limits)
+
+    def _ready(self) -> Any:
+        """The loaded model, or ``ModelNotReady``."""
         loaded = self._loaded
         if loaded is None or self._status != "ready":
             if self._status == "error":
                 raise ModelNotReady(f"the model failed to load: {self._error}")
             raise ModelNotReady("the model is still loading; wait and retry (see health())")
-        if request.model is not None and request.model not in self._model_names():
-            raise InvalidRequest("model", f"unknown model {request.model!r}; this service serves {loaded.name!r}")
-        if request.adapter is not None:
-            raise InvalidRequest("adapter", f"unknown adapter {request.adapter!r}: no LoRA adapters are loaded")
-        if request.web_search and self.searcher is None:
-            raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
-        return request, request.resolved_params(self.limits)
+        return loaded
 
     @property
     def searcher(self) -> Searcher | None:
@@ -259,7 +327,11 @@ class InferenceService:
         if len(input_ids) > limit:
             field = "history" if request.history and search is None else "prompt"
             raise PromptTooLong(field, len(input_ids), limit)
-        return Prepared(request, params, built, prompt_text, input_ids, search)
+        adapter = self._adapters.get(request.adapter) if request.adapter else None
+        if request.adapter and adapter is None:  # unloaded since validate()
+            raise InvalidRequest("adapter", f"unknown adapter {request.adapter!r}{self._loaded_names()}")
+        adapter_hash = adapter.adapter_hash if adapter else None
+        return Prepared(request, params, built, prompt_text, input_ids, search, adapter_hash)
 
     def stream(self, request: InferRequest | str, **kwargs: Any) -> Iterator[StreamEvent]:
         """Search events (with web search on), ``Token`` events as text is generated, then ``Done``.
@@ -283,7 +355,11 @@ class InferenceService:
             yield translate(self._cancelled_before_engine(prepared))
             return
         for event in self._engine.stream(
-            prepared.input_ids, prepared.params, request_id=request.request_id, timeout_s=request.timeout_s
+            prepared.input_ids,
+            prepared.params,
+            request_id=request.request_id,
+            timeout_s=request.timeout_s,
+            adapter=request.adapter,
         ):
             yield translate(event)
 
@@ -306,7 +382,11 @@ class InferenceService:
             yield translate(self._cancelled_before_engine(prepared))
             return
         async for event in self._engine.astream(
-            prepared.input_ids, prepared.params, request_id=request.request_id, timeout_s=request.timeout_s
+            prepared.input_ids,
+            prepared.params,
+            request_id=request.request_id,
+            timeout_s=request.timeout_s,
+            adapter=request.adapter,
         ):
             yield translate(event)
 
@@ -419,6 +499,7 @@ class InferenceService:
             versions=self._versions,
             search=search.to_dict() if search is not None else None,
             dropped_history_turns=prepared.built.dropped_history_turns,
+            adapter_hash=prepared.adapter_hash,
         )
         return InferResult(
             id=request.request_id,

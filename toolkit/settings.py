@@ -54,6 +54,8 @@ class Settings:
     search_safesearch: str = "moderate"
     search_cache_ttl_s: float = 600.0
     search_per_minute: int = 30
+    # LoRA adapters: found here at start, loaded at run time only from folders inside it.
+    adapters_dir: Path = Path("adapters")
 
     # environment variable for each field; the names users already know
     ENV: ClassVar[dict[str, str]] = {
@@ -74,6 +76,7 @@ class Settings:
         "search_safesearch": "SEARCH_SAFESEARCH",
         "search_cache_ttl_s": "SEARCH_CACHE_TTL",
         "search_per_minute": "SEARCH_PER_MINUTE",
+        "adapters_dir": "ADAPTERS_DIR",
     }
 
     def __post_init__(self) -> None:
@@ -85,6 +88,7 @@ class Settings:
         if self.device not in DEVICES:
             raise ConfigError(env["device"], f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        object.__setattr__(self, "adapters_dir", Path(self.adapters_dir).expanduser())
         for name, low in (
             ("max_new_tokens_limit", 1),
             ("max_input_tokens", 16),
@@ -156,6 +160,8 @@ def _parse(name: str, var: str, raw: str) -> Any:
         return raw.lower() or "auto"
     if name == "cache_dir":
         return Path(raw) if raw else default_cache_dir()
+    if name == "adapters_dir":
+        return Path(raw)
     if name in ("request_timeout_s", "search_timeout_s", "search_cache_ttl_s"):
         try:
             return float(raw)

@@ -1,0 +1,129 @@
+"""LoRA adapters served per request: the folders in ``ADAPTERS_DIR`` and the stack the engine runs.
+
+The engine holds the base model once. The first adapter wraps it in a peft
+``PeftModel`` (peft injects LoRA layers into the model's modules in place); more
+adapters load next to it. Every forward pass then names an adapter per batch row
+(peft's mixed-adapter batches, ``adapter_names=``; ``__base__`` is the base model),
+so requests for different adapters and for the base share one batch. When the last
+adapter is unloaded the LoRA layers come out again and the model is the plain base.
+
+Adapters load only from folders inside ``ADAPTERS_DIR`` and only when their card
+says they were trained on this base model (by content hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import InvalidRequest, MissingDependency
+from toolkit.lora import CARD, check_card
+from toolkit.results import AdapterInfo
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_name(name: Any) -> str:
+    """An adapter name: 1-64 letters, digits, ``.``, ``_`` or ``-``, starting with a letter or digit."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidRequest(
+            "name", f"must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit; got {name!r}"
+        )
+    return name
+
+
+def resolve_path(adapters_dir: Path, path: Any) -> Path:
+    """The adapter folder ``path`` names, which must lie inside ``adapters_dir`` (symlinks resolved)."""
+    if not isinstance(path, str) or not path.strip() or len(path) > 1024 or "\x00" in path:
+        raise InvalidRequest("path", "must be a folder name inside ADAPTERS_DIR (1-1024 characters)")
+    root = adapters_dir.resolve()
+    target = (root / path.strip()).resolve()
+    if target == root or not target.is_relative_to(root):
+        raise InvalidRequest("path", f"{path!r} is outside ADAPTERS_DIR; adapters load only from folders inside it")
+    if not target.is_dir():
+        raise InvalidRequest("path", f"there is no adapter folder {path!r} in ADAPTERS_DIR")
+    return target
+
+
+def discover(adapters_dir: Path) -> list[tuple[str, Path]]:
+    """(name, folder) for each folder in ``adapters_dir`` that holds an adapter card; the folder name is the name."""
+    if not adapters_dir.is_dir():
+        return []
+    found = []
+    for folder in sorted(adapters_dir.iterdir()):
+        if folder.is_dir() and not folder.name.startswith(".") and (folder / CARD).is_file():
+            found.append((folder.name, folder))
+    return found
+
+
+def describe(name: str, folder: Path, adapters_dir: Path, *, base_hash: str) -> AdapterInfo:
+    """Read and check an adapter folder (card, base model, weights) without loading it."""
+    card = check_card(folder, base_hash=base_hash, field="path")
+    weights = next((folder / w for w in _WEIGHTS if (folder / w).is_file()), None)
+    if weights is None or not (folder / "adapter_config.json").is_file():
+        raise InvalidRequest("path", f"{folder.name!r} has a card but no peft adapter files; save it again")
+    lora = card.get("lora") or {}
+    loss = card.get("final_loss")
+    return AdapterInfo(
+        name=name,
+        path=str(folder.resolve().relative_to(adapters_dir.resolve())),
+        base_model=card.get("base_model"),
+        adapter_hash="sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest(),
+        r=lora.get("r"),
+        alpha=lora.get("alpha"),
+        target_modules=tuple(lora.get("target_modules") or ()),
+        steps=card.get("steps"),
+        examples=card.get("examples"),
+        final_loss=float(loss) if isinstance(loss, (int, float)) else None,
+        created_at=card.get("created_at"),
+        loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
+class LoraStack:
+    """The base model plus the LoRA adapters loaded into it; not thread-safe (the engine locks)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.peft: Any = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.peft.peft_config) if self.peft is not None else []
+
+    def load(self, name: str, folder: Path) -> None:
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise MissingDependency("peft", "serving LoRA adapters") from None
+        try:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name, is_trainable=False)
+            else:
+                self.peft.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            if name in self.names:
+                self.unload(name)
+            raise InvalidRequest("path", f"cannot load the adapter in {folder.name!r}: {exc}") from None
+        self.peft.eval()
+
+    def unload(self, name: str) -> None:
+        with warnings.catch_warnings():  # "adapter X was active, now Y": we name adapters per row anyway
+            warnings.simplefilter("ignore", UserWarning)
+            self.peft.delete_adapter(name)
+        if not self.names:  # the last one: take the LoRA layers out, the plain base model remains
+            self.peft.unload()
+            self.peft = None
+
+    def __call__(self, adapters: Sequence[str | None], **kwargs: Any) -> Any:
+        """A forward pass; row ``i`` runs with ``adapters[i]`` (None: the base model)."""
+        if self.peft is None:
+            return self.model(**kwargs)
+        return self.peft(**kwargs, adapter_names=[a or BASE for a in adapters])
