@@ -70,7 +70,7 @@ class Gateway:
         self.service = service
         self.settings = settings
         self.schema = make_schema()
-        self.keys = ApiKeys(settings.api_keys)
+        self.keys = ApiKeys(settings.api_keys, settings.admin_keys)
         self.limiter = TokenBucket(settings.rate_per_minute, settings.rate_burst)
         rules = list(specified_rules)
         if not settings.introspection:

@@ -183,7 +183,9 @@ class GraphQLHandler(tornado.web.RequestHandler):
                 status = 200  # application/json: a well-formed request gets 200 even with GraphQL errors
             self._fail(status, exc.errors, exc.headers)
             return
-        self.context = Context(service=gateway.service, client=self.request.remote_ip or "")
+        self.context = Context(
+            service=gateway.service, client=self.request.remote_ip or "", admin=gateway.keys.is_admin(presented)
+        )
         body = await gateway.execute(prepared, self.context)
         self.context.on_close.clear()
         status = 200
@@ -224,6 +226,7 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
         self.acknowledged = False
         self.init_received = False
         self.identity = ""
+        self.admin = False
         self.subscriptions: dict[str, asyncio.Task[None]] = {}
         self.contexts: dict[str, Context] = {}
         self._init_timer: asyncio.TimerHandle | None = None
@@ -294,6 +297,7 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
             self.close(4403, "Forbidden")
             return
         self.identity = self.gateway.keys.identity(presented, self.request.remote_ip or "")
+        self.admin = self.gateway.keys.is_admin(presented)
         self.acknowledged = True
         if self._init_timer:
             self._init_timer.cancel()
@@ -314,7 +318,7 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
 
     async def _run(self, sub_id: str, payload: dict[str, Any]) -> None:
         gateway = self.gateway
-        context = Context(service=gateway.service, client=self.request.remote_ip or "")
+        context = Context(service=gateway.service, client=self.request.remote_ip or "", admin=self.admin)
         stream = None
         try:
             try:

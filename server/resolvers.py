@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
@@ -10,9 +11,9 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo, GraphQLSchema, build_schema
 
-from toolkit.errors import InvalidRequest, RequestTimeout
+from toolkit.errors import Forbidden, InvalidRequest, RequestTimeout
 from toolkit.params import GenerationParams, InferRequest, Turn
-from toolkit.results import Done, InferResult, SearchFinished, SearchStarted, Source, StreamEvent, Token
+from toolkit.results import AdapterInfo, Done, InferResult, SearchFinished, SearchStarted, Source, StreamEvent, Token
 
 SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -39,6 +40,7 @@ class Context:
 
     service: Any  # InferenceService or anything with its interface
     client: str = ""
+    admin: bool = True  # may load and unload adapters (without API keys, everyone may)
     on_close: list[Callable[[], object]] = field(default_factory=list)
 
 
@@ -174,11 +176,53 @@ async def subscribe_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> Asyn
     return events()
 
 
+def adapter_dict(info: AdapterInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "path": info.path,
+        "baseModel": info.base_model,
+        "adapterHash": info.adapter_hash,
+        "r": info.r,
+        "alpha": info.alpha,
+        "targetModules": list(info.target_modules),
+        "steps": info.steps,
+        "examples": info.examples,
+        "finalLoss": info.final_loss,
+        "createdAt": info.created_at,
+        "loadedAt": info.loaded_at,
+    }
+
+
+def resolve_adapters(_: Any, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+    return [adapter_dict(a) for a in info.context.service.adapters()]
+
+
+def _admin(info: GraphQLResolveInfo) -> Any:
+    if not info.context.admin:
+        raise Forbidden("loading and unloading adapters needs an admin key (one of ADMIN_API_KEYS)")
+    return info.context.service
+
+
+async def resolve_load_adapter(_: Any, info: GraphQLResolveInfo, name: str, path: str | None = None) -> dict[str, Any]:
+    service = _admin(info)
+    loop = asyncio.get_running_loop()  # reading the files and injecting the layers: off the event loop
+    return adapter_dict(await loop.run_in_executor(None, service.load_adapter, name, path))
+
+
+async def resolve_unload_adapter(_: Any, info: GraphQLResolveInfo, name: str) -> dict[str, Any]:
+    service = _admin(info)
+    loop = asyncio.get_running_loop()  # waits for the adapter's running requests
+    return adapter_dict(await loop.run_in_executor(None, service.unload_adapter, name))
+
+
 def make_schema() -> GraphQLSchema:
     schema = build_schema(SCHEMA_FILE.read_text())
     assert schema.query_type and schema.mutation_type and schema.subscription_type
     schema.query_type.fields["health"].resolve = resolve_health
     schema.query_type.fields["models"].resolve = resolve_models
+    schema.query_type.fields["adapters"].resolve = resolve_adapters
+    schema.mutation_type.fields["loadAdapter"].resolve = resolve_load_adapter
+    schema.mutation_type.fields["unloadAdapter"].resolve = resolve_unload_adapter
     schema.mutation_type.fields["infer"].resolve = resolve_infer
     schema.mutation_type.fields["cancel"].resolve = resolve_cancel
     stream = schema.subscription_type.fields["inferStream"]

@@ -25,25 +25,24 @@ FREE_FIELDS = frozenset({"health", "__typename"})
 
 
 class ApiKeys:
-    """Optional bearer keys, compared in constant time. No keys configured: everything is allowed."""
+    """Optional bearer keys, compared in constant time. No keys configured: everything is allowed.
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = tuple(k.encode() for k in keys)
+    Admin keys are API keys that may also load and unload adapters.
+    """
+
+    def __init__(self, keys: Iterable[str], admin_keys: Iterable[str] = ()) -> None:
+        self._admin = tuple(k.encode() for k in admin_keys)
+        self._keys = tuple(k.encode() for k in keys) + self._admin
 
     @property
     def enabled(self) -> bool:
         return bool(self._keys)
 
     def check(self, presented: str | None) -> bool:
-        if not self._keys:
-            return True
-        if not presented:
-            return False
-        candidate = presented.encode()
-        ok = False
-        for key in self._keys:  # no early exit: the time does not depend on which key matched
-            ok |= hmac.compare_digest(candidate, key)
-        return ok
+        return not self._keys or _matches(presented, self._keys)
+
+    def is_admin(self, presented: str | None) -> bool:
+        return not self._keys or _matches(presented, self._admin)
 
     @staticmethod
     def from_authorization(header: str | None) -> str | None:
@@ -60,6 +59,16 @@ class ApiKeys:
 
             return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
         return f"addr:{address}"
+
+
+def _matches(presented: str | None, keys: tuple[bytes, ...]) -> bool:
+    if not presented:
+        return False
+    candidate = presented.encode()
+    ok = False
+    for key in keys:  # no early exit: the time does not depend on which key matched
+        ok |= hmac.compare_digest(candidate, key)
+    return ok
 
 
 class TokenBucket:

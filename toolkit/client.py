@@ -4,7 +4,7 @@
     service.infer("What is the capital of France?", temperature=0).text
     for event in service.stream("Tell me a story", web_search=True): ...
 
-``infer``, ``health``, ``models`` and ``cancel`` go over HTTP; ``stream`` over
+``infer``, ``health``, ``models``, ``cancel`` and the adapter calls go over HTTP; ``stream`` over
 a WebSocket speaking graphql-transport-ws. Results come back as the same
 dataclasses the in-process service returns, and GraphQL errors as the same
 ``ToolkitError`` subclasses (``InvalidRequest`` with its field, ``Overloaded``, ...).
@@ -12,15 +12,18 @@ dataclasses the in-process service returns, and GraphQL errors as the same
 
 from __future__ import annotations
 
+import atexit
 import json
 import time
 import urllib.error
 import urllib.request
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from toolkit.errors import (
+    Forbidden,
     GenerationError,
     InvalidRequest,
     ModelNotReady,
@@ -29,6 +32,7 @@ from toolkit.errors import (
 )
 from toolkit.params import InferRequest
 from toolkit.results import (
+    AdapterInfo,
     Done,
     Health,
     InferResult,
@@ -62,6 +66,11 @@ STREAM = f"""subscription InferStream({ARGS}) {{ inferStream({PASS}) {{
 HEALTH = "{ health { status model device dtype quantization queueDepth active uptimeSeconds version error } }"
 MODELS = "{ models { id source loaded contextLength contentHash } }"
 CANCEL = "mutation Cancel($id: ID!) { cancel(requestId: $id) }"
+ADAPTER_FIELDS = "name path baseModel adapterHash r alpha targetModules steps examples finalLoss createdAt loadedAt"
+ADAPTERS = f"{{ adapters {{ {ADAPTER_FIELDS} }} }}"
+LOAD_ADAPTER = f"""mutation LoadAdapter($name: String!, $path: String) {{
+  loadAdapter(name: $name, path: $path) {{ {ADAPTER_FIELDS} }} }}"""
+UNLOAD_ADAPTER = f"mutation UnloadAdapter($name: String!) {{ unloadAdapter(name: $name) {{ {ADAPTER_FIELDS} }} }}"
 PARAM_NAMES = {
     "max_new_tokens": "maxNewTokens",
     "temperature": "temperature",
@@ -71,6 +80,17 @@ PARAM_NAMES = {
     "seed": "seed",
     "stop": "stop",
 }
+
+
+# WebSockets of streams still open at exit are closed first: once Python finalizes, the thread that
+# would finish the close handshake no longer runs, and closing the stream's generator would hang.
+_OPEN_STREAMS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_streams() -> None:
+    for ws in list(_OPEN_STREAMS):
+        ws.close()
 
 
 class ServiceUnavailable(ToolkitError):
@@ -181,6 +201,15 @@ class RemoteService:
     def cancel(self, request_id: str) -> bool:
         return bool(self.execute(CANCEL, {"id": request_id}, timeout_s=10)["cancel"])
 
+    def adapters(self) -> list[AdapterInfo]:
+        return [adapter_from(a) for a in self.execute(ADAPTERS, timeout_s=10)["adapters"]]
+
+    def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
+        return adapter_from(self.execute(LOAD_ADAPTER, {"name": name, "path": path})["loadAdapter"])
+
+    def unload_adapter(self, name: str) -> AdapterInfo:
+        return adapter_from(self.execute(UNLOAD_ADAPTER, {"name": name})["unloadAdapter"])
+
     # ----- WebSocket ------------------------------------------------------------------
 
     def _ws_headers(self) -> dict[str, str]:
@@ -199,6 +228,7 @@ class RemoteService:
                 f"cannot open a WebSocket to {self.ws_url} ({exc}); is the server running?"
             ) from None
         with ws:
+            _OPEN_STREAMS.add(ws)
             try:
                 ws.send(json.dumps({"type": "connection_init", "payload": self._ws_headers()}))
                 ack = json.loads(ws.recv(timeout=10))
@@ -318,6 +348,23 @@ def result_from(data: dict[str, Any]) -> InferResult:
     )
 
 
+def adapter_from(data: dict[str, Any]) -> AdapterInfo:
+    return AdapterInfo(
+        name=data["name"],
+        path=data["path"],
+        base_model=data["baseModel"],
+        adapter_hash=data["adapterHash"],
+        r=data["r"],
+        alpha=data["alpha"],
+        target_modules=tuple(data["targetModules"]),
+        steps=data["steps"],
+        examples=data["examples"],
+        final_loss=data["finalLoss"],
+        created_at=data["createdAt"],
+        loaded_at=data["loadedAt"],
+    )
+
+
 def _stream_message(message: dict[str, Any], sub_id: str) -> StreamEvent | str | None:
     kind = message.get("type")
     if message.get("id") != sub_id:
@@ -358,6 +405,8 @@ def error_from(err: dict[str, Any]) -> ToolkitError:
         return ModelNotReady(message)
     if code == "MODEL_ERROR":
         return GenerationError(message)
+    if code == "FORBIDDEN":
+        return Forbidden(message)
     return RemoteError(code, message)
 
 

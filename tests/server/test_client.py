@@ -74,6 +74,20 @@ def test_closing_the_stream_cancels_on_the_server(remote: RemoteService, server_
     assert server_service.health().active == 0
 
 
+def test_a_script_that_exits_with_a_stream_open_does_not_hang(server: Any) -> None:
+    """The generator is closed during interpreter shutdown, when the WebSocket's reader thread no longer runs."""
+    import subprocess
+    import sys
+
+    script = (
+        "from toolkit.client import RemoteService\n"
+        f"stream = RemoteService({server.url!r}).stream('Count to a thousand.', max_new_tokens=300)\n"
+        "print(type(next(stream)).__name__)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0 and child.stdout.strip() == "Token", child.stderr
+
+
 def test_web_search_events_over_the_wire(make_server: Any, server_service: InferenceService) -> None:
     from pathlib import Path
 
