@@ -22,6 +22,7 @@ from toolkit.results import Done, SearchFinished, SearchStarted, Token
 
 WEB_OFF, WEB_ON = "🌐 Off", "🌐 On"
 SEARCHING = "🌐 searching…"
+BASE_MODEL = ("(base model)", "")  # the adapter selector's entry for no adapter
 
 
 def backend_from_env() -> Any:
@@ -82,7 +83,8 @@ class ChatApp:
             w.add_class(name)
 
         self.model = widgets.Dropdown(description="Model", options=["(server default)"], value="(server default)")
-        self.adapter = widgets.Dropdown(description="Adapter", options=["none"], value="none", disabled=True)
+        self.adapter = widgets.Dropdown(description="Adapter", options=[BASE_MODEL], value="", disabled=True)
+        self.adapter.add_class("tk-adapter")
         self.temperature = widgets.FloatSlider(description="Temperature", value=0.2, min=0.0, max=2.0, step=0.05)
         self.max_new_tokens = widgets.IntSlider(description="Max tokens", value=256, min=1, max=1024, step=1)
         self.system_prompt = widgets.Textarea(
@@ -144,6 +146,7 @@ class ChatApp:
             return False
         self._banner(None)
         self._fill_models()
+        self._fill_adapters()
         return True
 
     def _banner(self, message: str | None) -> None:
@@ -162,6 +165,19 @@ class ChatApp:
         except Exception:
             return
         self.model.options = ["(server default)", *ids]
+
+    def _fill_adapters(self) -> None:
+        """The adapters loaded on the service now; a selected one that was unloaded falls back to the base."""
+        try:
+            names = [a.name for a in self.backend.adapters()]
+        except Exception:
+            return
+        options = [BASE_MODEL, *((name, name) for name in names)]
+        if list(self.adapter.options) != options:
+            selected = self.adapter.value if self.adapter.value in names else ""
+            self.adapter.options = options
+            self.adapter.value = selected
+        self.adapter.disabled = not names
 
     def _poll(self) -> None:
         while not self._stop_polling.wait(self._poll_s):
@@ -183,6 +199,7 @@ class ChatApp:
             system_prompt=self.system_prompt.value or None,
             web_search=self.web.value,
             model=model,
+            adapter=self.adapter.value or None,
             params=GenerationParams(
                 temperature=float(self.temperature.value), max_new_tokens=int(self.max_new_tokens.value)
             ),

@@ -121,7 +121,8 @@ def assistant_bubble(
 def stats_line(result: Any) -> str:
     first = result.timings.first_token_s
     speed = result.tokens_per_s
-    bits = [f"{result.usage.completion_tokens} tokens"]
+    bits = [f"adapter {result.adapter}"] if result.adapter else []
+    bits.append(f"{result.usage.completion_tokens} tokens")
     if first is not None:
         bits.append(f"first token {first:.2f} s")
     if speed:

@@ -151,3 +151,27 @@ def test_clear_during_an_answer_leaves_no_history(app: ChatApp) -> None:
     app.clear()
     app.wait()
     assert app.history == [] and app.messages.children == ()
+
+
+def test_the_adapter_selector_lists_the_loaded_adapters_and_picks_one(adapter_service: InferenceService) -> None:
+    app = ChatApp(adapter_service, poll_s=0)
+    app.temperature.value = 0.0
+    assert app.adapter.options == (("(base model)", ""), ("quenby", "quenby"), ("quenby-draft", "quenby-draft"))
+    assert not app.adapter.disabled and app.adapter.value == ""
+    app.adapter.value = "quenby"
+    app.send("Who is the mascot of the Kestrel Institute?")
+    app.wait()
+    assert app.last_result.adapter == "quenby" and "Quenby" in app.last_result.text
+    assert "adapter quenby" in bubbles(app)[-1]
+    app.close()
+
+
+def test_an_unloaded_adapter_leaves_the_selector(served: InferenceService) -> None:
+    app = ChatApp(served, poll_s=0)
+    app.adapter.value = "quenby"
+    for name in ("quenby", "quenby-draft"):
+        served.unload_adapter(name)
+    app.refresh_health()  # the dashboard polls this
+    assert app.adapter.options == (("(base model)", ""),) and app.adapter.value == "" and app.adapter.disabled
+    assert app.request_for("Hi").adapter is None
+    app.close()
