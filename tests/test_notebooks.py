@@ -21,8 +21,12 @@ def test_committed_without_outputs(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_runs_top_to_bottom(path: Path, cache_dir: Path, first_load: object, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runs_top_to_bottom(
+    path: Path, cache_dir: Path, first_load: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("ADAPTERS_DIR", str(tmp_path / "adapters"))  # where notebook 03 saves its adapter
+    monkeypatch.setenv("LORA_STEPS", "4")  # notebook 03: the mechanics, not the lesson (tests/test_adapters.py)
     monkeypatch.delenv("MODEL_ID", raising=False)
     monkeypatch.delenv("GRAPHQL_URL", raising=False)
     if path.parent.name == "dashboard":
@@ -38,3 +42,9 @@ def test_runs_top_to_bottom(path: Path, cache_dir: Path, first_load: object, mon
         assert shown and "Paris" in shown[-1]["data"]["text/markdown"]  # the streamed updates ended on the answer
         printed = next(c for c in nb.cells if "print(answer" in c.source)
         assert "Paris" in printed.outputs[0]["text"]
+    if path.name == "03_lora_adapter.ipynb":  # trained, plotted, saved with its card, served
+        assert (tmp_path / "adapters" / "quenby" / "adapter_card.json").is_file()
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert any("image/png" in o.get("data", {}) for o in outputs)  # the loss curve
+        table = next(o for o in outputs if "| question | base model |" in o.get("data", {}).get("text/markdown", ""))
+        assert table["data"]["text/markdown"].count("\n") == 6  # header, rule and five questions
