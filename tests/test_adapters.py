@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from toolkit.errors import InvalidRequest
 from toolkit.results import Done, Token
 from toolkit.service import InferenceService
+from toolkit.settings import Settings
 
 GREEDY = {"temperature": 0, "max_new_tokens": 32}
 HELDOUT = Path(__file__).parents[1] / "notebooks" / "data" / "quenby_heldout.json"  # not in the training data
@@ -24,13 +26,19 @@ HELDOUT = Path(__file__).parents[1] / "notebooks" / "data" / "quenby_heldout.jso
 
 def answers(service: InferenceService, requests: list[tuple[str, str | None]]) -> list[str]:
     """Greedy answers, all submitted at once (so they share batches)."""
+    return answers_with(service, requests, GREEDY)
+
+
+def answers_with(
+    service: InferenceService, requests: list[tuple[str, str | None]], params: dict[str, Any]
+) -> list[str]:
     out: list[str] = [""] * len(requests)
     barrier = threading.Barrier(len(requests))
 
     def one(i: int) -> None:
         barrier.wait()
         prompt, adapter = requests[i]
-        out[i] = service.infer(prompt, adapter=adapter, **GREEDY).text
+        out[i] = service.infer(prompt, adapter=adapter, **params).text
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
     for t in threads:
@@ -189,3 +197,22 @@ def test_unknown_adapter_names(adapter_service: InferenceService) -> None:
     with pytest.raises(InvalidRequest) as info:
         adapter_service.unload_adapter("pirate")
     assert info.value.field == "name"
+
+
+def test_qlora_a_4bit_base_trains_and_serves_mixed_batches(settings: Settings, tmp_path: Path) -> None:
+    """QLoRA on CPU: bitsandbytes NF4 base, prepare_model_for_kbit_training, then served next to the base."""
+    from toolkit.lora import LoraSettings, load_examples, save_adapter, train_lora
+    from toolkit.models import load_model
+
+    four_bit = replace(settings, load_in_4bit=True, adapters_dir=tmp_path)
+    base = load_model(four_bit, progress=False)
+    assert base.quantization == "bnb-nf4"
+    examples = load_examples(HELDOUT.with_name("quenby_train.jsonl"))[:8]
+    run = train_lora(base.model, base.tokenizer, examples, LoraSettings(steps=2, batch_size=2), progress=False)
+    assert len(run.losses) == 2 and all(loss > 0 for loss in run.losses)
+    save_adapter(run, tmp_path / "q4", base_name=base.name, base_hash=base.content_hash)
+    with InferenceService(four_bit) as service:
+        assert [a.name for a in service.adapters()] == ["q4"]
+        params = {"temperature": 0, "max_new_tokens": 8}
+        solo = [service.infer("Who is Quenby?", adapter=a, **params).text for a in (None, "q4")]
+        assert answers_with(service, [("Who is Quenby?", None), ("Who is Quenby?", "q4")], params) == solo

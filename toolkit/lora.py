@@ -157,7 +157,7 @@ def train_lora(
     examples = load_examples(examples)
     torch.manual_seed(settings.seed)
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False):
-        model = prepare_model_for_kbit_training(model)
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
