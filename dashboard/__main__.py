@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,18 @@ def voila_command(host: str, port: int, explorer: str | None = None) -> list[str
     ]
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("DASHBOARD_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("DASHBOARD_PORT", "3000")))
     parser.add_argument("--with-server", action="store_true", help="also run the GraphQL server (python -m server)")
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # kill, docker stop: stop the children too, as Ctrl-C does
     env = dict(os.environ)
     children: list[subprocess.Popen[Any]] = []
     try:

@@ -66,6 +66,37 @@ def test_make_run_starts_both_prints_both_urls_and_stops_both(cache_dir: Path, f
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def test_sigterm_stops_voila_too() -> None:
+    """``kill`` (or a test's ``terminate()``) on the launcher must not leave Voila and its kernel running."""
+    port = free_port()
+    env = {**os.environ, "GRAPHQL_URL": "http://127.0.0.1:9/graphql"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboard", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("the dashboard did not come up")
+        proc.terminate()  # SIGTERM to the launcher alone, not its process group
+        assert proc.wait(60) == 0
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_content_security_policy_allows_only_the_explorer_frame() -> None:
     policy = content_security_policy("http://127.0.0.1:8080/graphiql")
     assert "default-src 'self'" in policy and "frame-src http://127.0.0.1:8080" in policy
