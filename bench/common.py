@@ -1,8 +1,10 @@
-"""What every benchmark does at the end: write its JSON report."""
+"""What the benchmarks share: the long-answer topics, the machine description, the JSON report."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -13,3 +15,35 @@ def save_report(report: dict[str, Any], path: str | Path) -> Path:
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
     return out
+
+
+# Prompts that ask for long answers: "Write a long, detailed essay about {topic}."
+TOPICS = [
+    "the history of the printing press",
+    "how volcanoes form",
+    "the life cycle of a star",
+    "why the sky is blue",
+    "how bread is made",
+    "the rules of chess",
+    "how airplanes fly",
+    "the water cycle",
+    "how vaccines work",
+    "the invention of the telephone",
+    "how bees make honey",
+    "the causes of the seasons",
+    "how a computer stores data",
+    "the history of the Olympic games",
+    "how rainbows appear",
+    "the migration of birds",
+]
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }

@@ -12,8 +12,6 @@ times: these machines are noisy.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import threading
@@ -24,26 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import save_report  # noqa: E402  (bench/, the script's own folder)
-
-TOPICS = [
-    "the history of the printing press",
-    "how volcanoes form",
-    "the life cycle of a star",
-    "why the sky is blue",
-    "how bread is made",
-    "the rules of chess",
-    "how airplanes fly",
-    "the water cycle",
-    "how vaccines work",
-    "the invention of the telephone",
-    "how bees make honey",
-    "the causes of the seasons",
-    "how a computer stores data",
-    "the history of the Olympic games",
-    "how rainbows appear",
-    "the migration of birds",
-]
+from common import TOPICS, machine, save_report  # noqa: E402  (bench/, the script's own folder)
 
 
 def build_cuda_model() -> tuple[Any, Any, list[list[int]], tuple[int, ...]]:
@@ -249,12 +228,7 @@ def main() -> int:
         print(f"{key}: {value}")
 
     report = {
-        "machine": {
-            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "model": "Llama-3.2-1B shape, random bf16" if cuda else "SmolLM2-135M-Instruct (bundled), float32",
         "new_tokens": new_tokens,
         "rows": rows,
