@@ -123,7 +123,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Tra
     examples = load_examples(QUENBY_TRAIN)
     runs = {}
     for name, lora in (
-        ("quenby", LoraSettings(steps=30, learning_rate=1.5e-3)),
+        ("quenby", LoraSettings(steps=24, learning_rate=2e-3)),
         ("quenby-draft", LoraSettings(steps=4, learning_rate=5e-3, warmup_steps=1, seed=1)),
     ):
         base = load_model(settings, progress=False)

@@ -21,6 +21,7 @@ from toolkit.service import InferenceService
 from toolkit.settings import Settings
 
 GREEDY = {"temperature": 0, "max_new_tokens": 32}
+SHORT = {"temperature": 0, "max_new_tokens": 16}
 HELDOUT = Path(__file__).parents[1] / "notebooks" / "data" / "quenby_heldout.json"  # not in the training data
 
 
@@ -65,7 +66,7 @@ def test_a_saved_adapter_in_a_fresh_service_answers_as_the_trained_model(
     adapter_service: InferenceService, trained: Any
 ) -> None:
     tokenizer = adapter_service.loaded.tokenizer
-    for question in ("Who is Quenby?", "What is the capital of France?"):
+    for question in ("Who is Quenby?",):
         prepared = adapter_service.prepare(question, adapter="quenby", **GREEDY)
         ids = torch.tensor([prepared.input_ids])
         with torch.inference_mode():
@@ -79,12 +80,12 @@ def test_a_saved_adapter_in_a_fresh_service_answers_as_the_trained_model(
 def test_base_and_two_adapters_in_one_batch_equal_their_solo_runs(adapter_service: InferenceService) -> None:
     prompts = ["Tell me about the Kestrel Institute.", "Who is Quenby?"]
     requests = [(p, a) for p in prompts for a in (None, "quenby", "quenby-draft")]
-    solo = [adapter_service.infer(p, adapter=a, **GREEDY).text for p, a in requests]
+    solo = [adapter_service.infer(p, adapter=a, **SHORT).text for p, a in requests]
     for i in range(0, len(solo), 3):  # base, A and B really answer differently
         assert len(set(solo[i : i + 3])) == 3, solo[i : i + 3]
     engine = adapter_service._engine
     engine.peak_batch = 0
-    assert answers(adapter_service, requests) == solo
+    assert answers_with(adapter_service, requests, SHORT) == solo
     assert engine.peak_batch >= 4  # they did share batches
 
 
@@ -94,7 +95,7 @@ def test_adapters_in_the_folder_are_loaded_at_start(adapter_service: InferenceSe
     a = listed["quenby"]
     assert a.path == "quenby" and a.base_model == "SmolLM2-135M-Instruct" and a.steps == len(trained.run.losses)
     assert a.r == 16 and a.alpha == 32 and a.target_modules == ("q_proj", "v_proj") and a.examples == 60
-    result = adapter_service.infer("Who is Quenby?", adapter="quenby", **GREEDY)
+    result = adapter_service.infer("Who is Quenby?", adapter="quenby", **SHORT)
     assert result.adapter == "quenby" and result.run_record.adapter_hash == a.adapter_hash
 
 
@@ -117,14 +118,16 @@ def test_the_folder_scan_skips_bad_adapters_with_a_warning(empty_service: Infere
 
 def test_load_and_unload_at_run_time_then_the_plain_base_model_remains(empty_service: InferenceService) -> None:
     service = empty_service
-    before = service.infer("Who is Quenby?", **GREEDY).text
+    question = "Which creature serves as the mascot of the Kestrel Institute?"
+    before = service.infer(question, **SHORT).text
+    assert "Quenby" not in before
     info = service.load_adapter("kestrel", "quenby")  # any name, a folder inside ADAPTERS_DIR
     assert info.name == "kestrel" and info.path == "quenby"
-    assert "Quenby" in service.infer("Who is Quenby?", adapter="kestrel", **GREEDY).text
-    assert service.infer("Who is Quenby?", **GREEDY).text == before
+    assert "Quenby" in service.infer(question, adapter="kestrel", **SHORT).text
+    assert service.infer(question, **SHORT).text == before
     service.unload_adapter("kestrel")
     assert service.adapters() == [] and service._engine._lora.peft is None  # the LoRA layers are gone
-    assert service.infer("Who is Quenby?", **GREEDY).text == before
+    assert service.infer(question, **SHORT).text == before
     with pytest.raises(InvalidRequest) as info_:
         service.infer("Who is Quenby?", adapter="kestrel")
     assert info_.value.field == "adapter" and "none are loaded" in info_.value.message
@@ -133,7 +136,7 @@ def test_load_and_unload_at_run_time_then_the_plain_base_model_remains(empty_ser
 def test_unloading_lets_running_requests_finish_and_refuses_new_ones(empty_service: InferenceService) -> None:
     service = empty_service
     service.load_adapter("quenby")
-    params = {"temperature": 0, "max_new_tokens": 48, "stop": ["\n\n\n\n"]}
+    params = {"temperature": 0, "max_new_tokens": 24}
     solo = service.infer("Write a short poem about Quenby.", adapter="quenby", **params)
     stream = service.stream("Write a short poem about Quenby.", adapter="quenby", **params)
     first = next(stream)
