@@ -30,7 +30,8 @@ COPY --from=assets --chown=app /app/server/node_modules ./server/node_modules
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/data/hf \
-    TOOLKIT_CACHE_DIR=/data/toolkit
+    TOOLKIT_CACHE_DIR=/data/toolkit \
+    ADAPTERS_DIR=/data/adapters
 USER app
 EXPOSE 8080 3000 8888
 CMD ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8080"]

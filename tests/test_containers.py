@@ -62,6 +62,9 @@ def test_gpu_blocks_health_checks_and_start_order() -> None:
         "hf-cache:/data/hf" in services["server"]["volumes"]
         and "./notebooks:/app/notebooks" in services["lab"]["volumes"]
     )
+    # the lab saves adapters where the server looks for them
+    assert "ADAPTERS_DIR=/data/adapters" in DOCKERFILE.read_text()
+    assert all("adapters:/data/adapters" in services[name]["volumes"] for name in ("server", "lab"))
 
 
 def test_every_variable_is_documented() -> None:
