@@ -23,6 +23,7 @@ from toolkit.results import Done, SearchFinished, SearchStarted, Token
 WEB_OFF, WEB_ON = "🌐 Off", "🌐 On"
 SEARCHING = "🌐 searching…"
 BASE_MODEL = ("(base model)", "")  # the adapter selector's entry for no adapter
+ADAPTERS_EVERY_S = 20.0  # how often the health poll also asks for the adapter list (it is rate limited)
 
 
 def backend_from_env() -> Any:
@@ -57,6 +58,7 @@ class ChatApp:
         self._conversation = 0  # bumped by Clear: a stream of an older conversation adds no history
         self._thread: threading.Thread | None = None
         self._poll_s = poll_s
+        self._adapters_asked = -ADAPTERS_EVERY_S
         self._stop_polling = threading.Event()
 
         self.banner = widgets.HTML(layout=widgets.Layout(display="none"))
@@ -93,6 +95,7 @@ class ChatApp:
         settings = widgets.VBox([self.model, self.adapter, self.temperature, self.max_new_tokens, self.system_prompt])
         self.settings = widgets.Accordion(children=[settings], titles=("Settings",))
         self.settings.selected_index = None
+        self.settings.observe(self._on_settings, names="selected_index")
 
         input_bar = widgets.HBox([self.prompt, self.web, self.send_button, self.stop_button, self.clear_button])
         chat = widgets.VBox(
@@ -146,7 +149,8 @@ class ChatApp:
             return False
         self._banner(None)
         self._fill_models()
-        self._fill_adapters()
+        if time.monotonic() - self._adapters_asked >= ADAPTERS_EVERY_S:
+            self._fill_adapters()
         return True
 
     def _banner(self, message: str | None) -> None:
@@ -167,7 +171,12 @@ class ChatApp:
         self.model.options = ["(server default)", *ids]
 
     def _fill_adapters(self) -> None:
-        """The adapters loaded on the service now; a selected one that was unloaded falls back to the base."""
+        """The adapters loaded on the service now; a selected one that was unloaded falls back to the base.
+
+        Asked at start, every ADAPTERS_EVERY_S with the health poll, when Settings opens, and when
+        a request names an adapter the service no longer has.
+        """
+        self._adapters_asked = time.monotonic()
         try:
             names = [a.name for a in self.backend.adapters()]
         except Exception:
@@ -178,6 +187,10 @@ class ChatApp:
             self.adapter.options = options
             self.adapter.value = selected
         self.adapter.disabled = not names
+
+    def _on_settings(self, change: dict[str, Any]) -> None:
+        if change["new"] == 0:  # Settings opened
+            self._fill_adapters()
 
     def _poll(self) -> None:
         while not self._stop_polling.wait(self._poll_s):
@@ -257,6 +270,8 @@ class ChatApp:
         except ToolkitError as exc:
             answer.value = bubbles.assistant_bubble("", error=f"The request failed: {exc.message}")
             self.prompt.value = text  # keep the input, to retry
+            if getattr(exc, "field", None) == "adapter":
+                self._fill_adapters()
             if exc.code in ("UNAVAILABLE", "MODEL_LOADING"):
                 self.refresh_health()
         except Exception as exc:  # never a traceback on the page

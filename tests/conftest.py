@@ -123,8 +123,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Tra
     examples = load_examples(QUENBY_TRAIN)
     runs = {}
     for name, lora in (
-        ("quenby", LoraSettings(steps=24, learning_rate=2e-3)),
-        ("quenby-draft", LoraSettings(steps=4, learning_rate=5e-3, warmup_steps=1, seed=1)),
+        ("quenby", LoraSettings(steps=24, batch_size=2, learning_rate=2e-3)),
+        ("quenby-draft", LoraSettings(steps=3, batch_size=2, learning_rate=5e-3, warmup_steps=1, seed=1)),
     ):
         base = load_model(settings, progress=False)
         runs[name] = train_lora(base.model, base.tokenizer, examples, lora, progress=False)
@@ -138,7 +138,8 @@ ADAPTERS = ("quenby", "quenby-draft")
 @pytest.fixture(scope="session")
 def adapter_service(settings: Settings, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A service on a model of its own (adapters are injected into the served model) whose ADAPTERS_DIR holds
-    the trained adapters and three bad folders: no card, a card for another base, a symlink to outside."""
+    the trained adapters and four bad folders: no card, a card for another base, a symlink to outside and
+    broken weights ("corrupt", the first folder the scan at start tries: the model must stay untouched)."""
     import shutil
     from dataclasses import replace
 
@@ -155,6 +156,8 @@ def adapter_service(settings: Settings, trained: Trained, tmp_path_factory: pyte
     outside = tmp_path_factory.mktemp("outside-adapters-dir")
     shutil.copytree(trained.adapters_dir / "quenby", outside / "quenby")
     (folder / "link-out").symlink_to(outside / "quenby")
+    shutil.copytree(trained.adapters_dir / "quenby-draft", folder / "corrupt")
+    (folder / "corrupt" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
     svc = InferenceService(replace(settings, adapters_dir=folder)).start(progress=False)
     yield svc
     svc.close(grace_s=1)

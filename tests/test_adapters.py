@@ -113,6 +113,7 @@ def test_the_folder_scan_skips_bad_adapters_with_a_warning(empty_service: Infere
     assert [a.name for a in empty_service.adapters()] == ["quenby", "quenby-draft"]
     assert "'other-base' in ADAPTERS_DIR not loaded" in caplog.text and "train it again" in caplog.text
     assert "'link-out' in ADAPTERS_DIR not loaded" in caplog.text and "outside ADAPTERS_DIR" in caplog.text
+    assert "'corrupt' in ADAPTERS_DIR not loaded" in caplog.text and "cannot load the adapter" in caplog.text
     assert "no-card" not in caplog.text  # not an adapter folder at all
 
 
@@ -176,6 +177,7 @@ def test_unloading_cancels_what_still_runs_after_the_grace_period(empty_service:
         ("x", "nope", "path", "no adapter folder"),
         ("x", "no-card", "path", "not an adapter saved by the toolkit"),
         ("x", "other-base", "path", "train it again"),
+        ("x", "corrupt", "path", "cannot load the adapter"),
         ("bad name!", None, "name", "letters, digits"),
         ("quenby", None, "name", "already loaded"),
     ],
@@ -191,6 +193,17 @@ def test_load_errors_name_the_field_and_the_service_serves_on(
     assert str(service.settings.adapters_dir) not in info.value.message  # no server paths in messages
     assert [a.name for a in service.adapters()] == ["quenby", "quenby-draft"]
     assert service.infer("Hi", temperature=0, max_new_tokens=4).finish_reason == "length"
+
+
+def test_a_failed_first_load_leaves_the_model_untouched(empty_service: InferenceService) -> None:
+    question = "Which creature serves as the mascot of the Kestrel Institute?"
+    before = empty_service.infer(question, **SHORT).text
+    with pytest.raises(InvalidRequest) as info:
+        empty_service.load_adapter("x", "corrupt")
+    assert info.value.field == "path"
+    model = empty_service.loaded.model
+    assert empty_service._engine._lora.peft is None and not any("lora" in name for name, _ in model.named_modules())
+    assert empty_service.infer(question, **SHORT).text == before
 
 
 def test_unknown_adapter_names(adapter_service: InferenceService) -> None:

@@ -26,7 +26,7 @@ def test_runs_top_to_bottom(
 ) -> None:
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("ADAPTERS_DIR", str(tmp_path / "adapters"))  # where notebook 03 saves its adapter
-    monkeypatch.setenv("LORA_STEPS", "4")  # notebook 03: the mechanics, not the lesson (tests/test_adapters.py)
+    monkeypatch.setenv("LORA_STEPS", "2")  # notebook 03: the mechanics, not the lesson (tests/test_adapters.py)
     monkeypatch.delenv("MODEL_ID", raising=False)
     monkeypatch.delenv("GRAPHQL_URL", raising=False)
     if path.parent.name == "dashboard":

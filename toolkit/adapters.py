@@ -101,17 +101,20 @@ class LoraStack:
     def load(self, name: str, folder: Path) -> None:
         try:
             from peft import PeftModel
+            from peft.utils import load_peft_weights
         except ImportError:
             raise MissingDependency("peft", "serving LoRA adapters") from None
         try:
+            load_peft_weights(str(folder), device="cpu")  # a broken file fails here, before the model is touched
             if self.peft is None:
                 self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name, is_trainable=False)
             else:
                 self.peft.load_adapter(str(folder), adapter_name=name, is_trainable=False)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except Exception as exc:  # whatever a broken adapter raises (SafetensorError, OSError, ...)
             if name in self.names:
                 self.unload(name)
-            raise InvalidRequest("path", f"cannot load the adapter in {folder.name!r}: {exc}") from None
+            why = f"{type(exc).__name__}: {exc}".replace(str(folder.resolve().parent), "ADAPTERS_DIR")
+            raise InvalidRequest("path", f"cannot load the adapter in {folder.name!r} ({why})") from None
         self.peft.eval()
 
     def unload(self, name: str) -> None:

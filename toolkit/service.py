@@ -166,6 +166,8 @@ class InferenceService:
                 self._load_adapter(loaded, name, folder.name)
             except ToolkitError as exc:
                 log.warning("adapter %r in ADAPTERS_DIR not loaded: %s", name, exc.message)
+            except Exception as exc:  # a bad adapter must not stop the service from starting
+                log.warning("adapter %r in ADAPTERS_DIR not loaded: %s: %s", name, type(exc).__name__, exc)
 
     def close(self, grace_s: float = 10.0) -> None:
         """Finish (or after ``grace_s`` cancel) in-flight requests and stop the engine."""

@@ -171,7 +171,14 @@ def test_an_unloaded_adapter_leaves_the_selector(served: InferenceService) -> No
     app.adapter.value = "quenby"
     for name in ("quenby", "quenby-draft"):
         served.unload_adapter(name)
-    app.refresh_health()  # the dashboard polls this
+    app.refresh_health()  # the health poll asks for adapters only every ADAPTERS_EVERY_S
+    assert app.adapter.value == "quenby"
+    app.send("Hi")  # names an adapter the service no longer has: a clear error, and the list is asked again
+    app.wait()
+    assert "The request failed" in bubbles(app)[-1] and "adapter" in bubbles(app)[-1]
     assert app.adapter.options == (("(base model)", ""),) and app.adapter.value == "" and app.adapter.disabled
     assert app.request_for("Hi").adapter is None
+    served.load_adapter("quenby")
+    app.settings.selected_index = 0  # opening Settings asks again
+    assert app.adapter.options == (("(base model)", ""), ("quenby", "quenby"))
     app.close()

@@ -296,6 +296,7 @@ def test_health_answers_fast_while_16_generations_run(make_server: Any, settings
         time.sleep(0.05)
     latencies.sort()
     assert latencies[len(latencies) // 2] < 0.05, latencies
+    service.close(grace_s=0)  # the rest of the 16 stories is not needed
     for t in threads:
         t.join(120)
     service.close(grace_s=0)
