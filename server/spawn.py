@@ -24,7 +24,11 @@ def spawn_server(
         text=True,
     )
     assert proc.stdout is not None
-    banner = proc.stdout.readline()  # "GraphQL: http://HOST:PORT/graphql   GraphiQL: ..."
+    try:
+        banner = proc.stdout.readline()  # "GraphQL: http://HOST:PORT/graphql   GraphiQL: ..."
+    except BaseException:  # Ctrl-C or SIGTERM while the model loads: do not leave the server behind
+        proc.kill()
+        raise
     if not banner.startswith("GraphQL: "):
         proc.kill()
         raise RuntimeError(f"the GraphQL server did not start (it printed {banner!r}); run python -m server to see why")

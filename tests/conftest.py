@@ -138,8 +138,9 @@ ADAPTERS = ("quenby", "quenby-draft")
 @pytest.fixture(scope="session")
 def adapter_service(settings: Settings, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A service on a model of its own (adapters are injected into the served model) whose ADAPTERS_DIR holds
-    the trained adapters and four bad folders: no card, a card for another base, a symlink to outside and
-    broken weights ("corrupt", the first folder the scan at start tries: the model must stay untouched)."""
+    the trained adapters and bad folders: no card, a card for another base, a symlink to outside, broken
+    weights, a DoRA config and weights that do not fit their config ("corrupt" and "mismatch" come before
+    "quenby" in the scan at start: a failed first load must leave the model untouched)."""
     import shutil
     from dataclasses import replace
 
@@ -158,6 +159,10 @@ def adapter_service(settings: Settings, trained: Trained, tmp_path_factory: pyte
     (folder / "link-out").symlink_to(outside / "quenby")
     shutil.copytree(trained.adapters_dir / "quenby-draft", folder / "corrupt")
     (folder / "corrupt" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    for name, change in (("dora", {"use_dora": True}), ("mismatch", {"r": 8})):  # r=8 config, r=16 weights
+        shutil.copytree(trained.adapters_dir / "quenby-draft", folder / name)
+        config = json.loads((folder / name / "adapter_config.json").read_text())
+        (folder / name / "adapter_config.json").write_text(json.dumps({**config, **change}))
     svc = InferenceService(replace(settings, adapters_dir=folder)).start(progress=False)
     yield svc
     svc.close(grace_s=1)

@@ -147,6 +147,7 @@ def test_unloading_lets_running_requests_finish_and_refuses_new_ones(empty_servi
     deadline = time.monotonic() + 10
     while "quenby" in service._engine.adapters and time.monotonic() < deadline:
         time.sleep(0.005)
+    assert service.adapters() == []  # not listed while it drains
     with pytest.raises(InvalidRequest) as info:  # refused at once, while the running one goes on
         service.infer("Hi", adapter="quenby")
     assert info.value.field == "adapter"
@@ -178,6 +179,8 @@ def test_unloading_cancels_what_still_runs_after_the_grace_period(empty_service:
         ("x", "no-card", "path", "not an adapter saved by the toolkit"),
         ("x", "other-base", "path", "train it again"),
         ("x", "corrupt", "path", "cannot load the adapter"),
+        ("x", "dora", "path", "not DoRA"),
+        ("x", "mismatch", "path", "size mismatch"),
         ("bad name!", None, "name", "letters, digits"),
         ("quenby", None, "name", "already loaded"),
     ],
@@ -195,11 +198,12 @@ def test_load_errors_name_the_field_and_the_service_serves_on(
     assert service.infer("Hi", temperature=0, max_new_tokens=4).finish_reason == "length"
 
 
-def test_a_failed_first_load_leaves_the_model_untouched(empty_service: InferenceService) -> None:
+@pytest.mark.parametrize("folder", ["corrupt", "mismatch"])  # fails before, and after, peft changed the model
+def test_a_failed_first_load_leaves_the_model_untouched(empty_service: InferenceService, folder: str) -> None:
     question = "Which creature serves as the mascot of the Kestrel Institute?"
     before = empty_service.infer(question, **SHORT).text
     with pytest.raises(InvalidRequest) as info:
-        empty_service.load_adapter("x", "corrupt")
+        empty_service.load_adapter("x", folder)
     assert info.value.field == "path"
     model = empty_service.loaded.model
     assert empty_service._engine._lora.peft is None and not any("lora" in name for name, _ in model.named_modules())

@@ -53,13 +53,21 @@ def resolve_path(adapters_dir: Path, path: Any) -> Path:
 
 
 def discover(adapters_dir: Path) -> list[tuple[str, Path]]:
-    """(name, folder) for each folder in ``adapters_dir`` that holds an adapter card; the folder name is the name."""
-    if not adapters_dir.is_dir():
-        return []
+    """(name, folder) for each folder in ``adapters_dir`` that holds an adapter card; the folder name is the name.
+
+    Folders that cannot be read (permissions) are left out; an unreadable ADAPTERS_DIR gives none.
+    """
     found = []
-    for folder in sorted(adapters_dir.iterdir()):
-        if folder.is_dir() and not folder.name.startswith(".") and (folder / CARD).is_file():
-            found.append((folder.name, folder))
+    try:
+        folders = sorted(adapters_dir.iterdir()) if adapters_dir.is_dir() else []
+    except OSError:
+        return []
+    for folder in folders:
+        try:
+            if folder.is_dir() and not folder.name.startswith(".") and (folder / CARD).is_file():
+                found.append((folder.name, folder))
+        except OSError:
+            continue
     return found
 
 
@@ -99,23 +107,50 @@ class LoraStack:
         return list(self.peft.peft_config) if self.peft is not None else []
 
     def load(self, name: str, folder: Path) -> None:
+        """Load and try the adapter (one token through a mixed batch); on any failure, the model is as before."""
         try:
-            from peft import PeftModel
+            from peft import PeftConfig, PeftModel
             from peft.utils import load_peft_weights
         except ImportError:
             raise MissingDependency("peft", "serving LoRA adapters") from None
+        modules = dict(self.model.named_modules())  # to put back if a first load fails half way
         try:
+            config = PeftConfig.from_pretrained(str(folder))
+            if config.peft_type != "LORA" or getattr(config, "use_dora", False):
+                kind = "DoRA" if getattr(config, "use_dora", False) else config.peft_type
+                raise ValueError(f"only LoRA adapters are served per request, not {kind}")
             load_peft_weights(str(folder), device="cpu")  # a broken file fails here, before the model is touched
             if self.peft is None:
                 self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name, is_trainable=False)
             else:
                 self.peft.load_adapter(str(folder), adapter_name=name, is_trainable=False)
-        except Exception as exc:  # whatever a broken adapter raises (SafetensorError, OSError, ...)
+            self.peft.eval()
+            self._try(name)
+        except Exception as exc:  # whatever a broken adapter raises (SafetensorError, OSError, size mismatch, ...)
             if name in self.names:
                 self.unload(name)
+            elif self.peft is None:
+                self._restore(modules)
             why = f"{type(exc).__name__}: {exc}".replace(str(folder.resolve().parent), "ADAPTERS_DIR")
             raise InvalidRequest("path", f"cannot load the adapter in {folder.name!r} ({why})") from None
-        self.peft.eval()
+
+    def _try(self, name: str) -> None:
+        """One token for the base and the new adapter together: an adapter peft cannot batch fails here."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            self([None, name], input_ids=torch.zeros((2, 1), dtype=torch.long, device=device))
+
+    def _restore(self, modules: dict[str, Any]) -> None:
+        """Undo a first load that failed half way: put back the modules peft replaced with LoRA layers,
+        and drop the ``peft_config`` it left on the model (the next ``PeftModel`` would adopt it)."""
+        for path, module in modules.items():
+            parent, _, attr = path.rpartition(".")
+            if path and self.model.get_submodule(path) is not module:
+                setattr(self.model.get_submodule(parent) if parent else self.model, attr, module)
+        if "peft_config" in vars(self.model):
+            delattr(self.model, "peft_config")
 
     def unload(self, name: str) -> None:
         with warnings.catch_warnings():  # "adapter X was active, now Y": we name adapters per row anyway

@@ -316,7 +316,12 @@ class Engine:
                     self._finish(job, "cancelled", "", 0)
             self._cond.notify_all()
             self._cond.wait_for(lambda: not self._jobs_on(name), timeout=30)
-        self._run_between_steps(lambda: self._lora.unload(name))
+        try:
+            self._run_between_steps(lambda: self._lora.unload(name))
+        except BaseException:
+            with self._cond:  # still in the model: requests may name it again
+                self._adapters.add(name)
+            raise
         return len(late)
 
     def _jobs_on(self, adapter: str) -> list[Job]:

@@ -103,8 +103,9 @@ class InferenceService:
         self._loader: threading.Thread | None = None
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
         self._starting: dict[str, bool] = {}  # requests before the engine (searching): cancelled?
-        self._adapters: dict[str, AdapterInfo] = {}
-        self._adapter_lock = threading.Lock()  # one load or unload at a time
+        self._adapters: dict[str, AdapterInfo] = {}  # loaded, and taking requests
+        self._draining: set[str] = set()  # being unloaded: no new requests, running ones finish
+        self._adapter_lock = threading.Lock()  # guards both
         if loaded is not None:
             self._attach(loaded)
 
@@ -161,7 +162,10 @@ class InferenceService:
 
     def _load_adapters_dir(self, loaded: Any) -> None:
         """Load every adapter found in ADAPTERS_DIR; one that does not fit this model is skipped, with a warning."""
-        for name, folder in discover(self.settings.adapters_dir):
+        found = discover(self.settings.adapters_dir)
+        if not found and self.settings.adapters_dir.exists() and not self.settings.adapters_dir.is_dir():
+            log.warning("ADAPTERS_DIR is not a folder; no adapters loaded")
+        for name, folder in found:
             try:
                 self._load_adapter(loaded, name, folder.name)
             except ToolkitError as exc:
@@ -213,7 +217,8 @@ class InferenceService:
 
     def adapters(self) -> list[AdapterInfo]:
         """The loaded adapters, by name; requests pick one with ``adapter=``."""
-        return [self._adapters[name] for name in sorted(self._adapters)]
+        adapters = dict(self._adapters)  # a snapshot: loads and unloads run on other threads
+        return [adapters[name] for name in sorted(adapters)]
 
     def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
         """Load the adapter in ``ADAPTERS_DIR/<path>`` (default: ``<name>``) as ``name``, without a restart.
@@ -226,7 +231,7 @@ class InferenceService:
         check_name(name)
         folder = resolve_path(self.settings.adapters_dir, name if path is None else path)
         with self._adapter_lock:
-            if name in self._adapters:
+            if name in self._adapters or name in self._draining:
                 raise InvalidRequest("name", f"an adapter named {name!r} is already loaded; unload it first")
             info = describe(name, folder, self.settings.adapters_dir, base_hash=loaded.content_hash)
             self._engine.load_adapter(name, folder)
@@ -240,13 +245,21 @@ class InferenceService:
         Requests still running after ``grace_s`` (default: REQUEST_TIMEOUT) are cancelled.
         """
         self._ready()
-        with self._adapter_lock:
-            info = self._adapters.get(name)
+        with self._adapter_lock:  # not held while draining: other adapters load and unload meanwhile
+            info = self._adapters.pop(name, None)
             if info is None:
                 raise InvalidRequest("name", f"no adapter named {name!r} is loaded{self._loaded_names()}")
+            self._draining.add(name)
+        try:
             grace = self.settings.request_timeout_s if grace_s is None else grace_s
             cancelled = self._engine.unload_adapter(name, grace)
-            del self._adapters[name]
+        except BaseException:
+            with self._adapter_lock:  # still loaded in the engine: keep serving it
+                self._adapters[name] = info
+            raise
+        finally:
+            with self._adapter_lock:
+                self._draining.discard(name)
         log.info("adapter %r unloaded (%d running request(s) cancelled)", name, cancelled)
         return info
 
