@@ -109,7 +109,7 @@ def empty_service(served: InferenceService) -> InferenceService:
 
 def test_the_folder_scan_skips_bad_adapters_with_a_warning(empty_service: InferenceService, caplog: Any) -> None:
     """What happens at start: ADAPTERS_DIR also holds a card for another base and a symlink to outside."""
-    empty_service._load_adapters_dir(empty_service.loaded)
+    empty_service._registry.load_folder()
     assert [a.name for a in empty_service.adapters()] == ["quenby", "quenby-draft"]
     assert "'other-base' in ADAPTERS_DIR not loaded" in caplog.text and "train it again" in caplog.text
     assert "'link-out' in ADAPTERS_DIR not loaded" in caplog.text and "outside ADAPTERS_DIR" in caplog.text

@@ -14,17 +14,20 @@ says they were trained on this base model (by content hash).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import threading
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import InvalidRequest, MissingDependency
+from toolkit.errors import InvalidRequest, MissingDependency, ToolkitError
 from toolkit.lora import CARD, check_card
 from toolkit.results import AdapterInfo
 
+log = logging.getLogger("toolkit.adapters")
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -93,6 +96,77 @@ def describe(name: str, folder: Path, adapters_dir: Path, *, base_hash: str) -> 
         created_at=card.get("created_at"),
         loaded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
+
+
+class AdapterRegistry:
+    """The adapters a service serves, by name: loaded ones take requests, draining ones are being unloaded.
+
+    Loads and unloads go through the engine (``load_adapter``/``unload_adapter``), one at a time;
+    the lock is not held while an unload drains, so other adapters load and unload meanwhile.
+    """
+
+    def __init__(self, adapters_dir: Path, engine: Any, base_hash: str) -> None:
+        self.adapters_dir = adapters_dir
+        self._engine = engine
+        self._base_hash = base_hash
+        self._loaded: dict[str, AdapterInfo] = {}
+        self._draining: set[str] = set()
+        self._lock = threading.Lock()
+
+    def list(self) -> list[AdapterInfo]:
+        loaded = dict(self._loaded)  # a snapshot: loads and unloads run on other threads
+        return [loaded[name] for name in sorted(loaded)]
+
+    def get(self, name: str) -> AdapterInfo:
+        """The loaded adapter ``name``, or BAD_USER_INPUT on ``adapter`` that lists the loaded ones."""
+        info = self._loaded.get(name)
+        if info is None:
+            raise InvalidRequest("adapter", f"unknown adapter {name!r}{self._names()}")
+        return info
+
+    def load_folder(self) -> None:
+        """Load every adapter found in ADAPTERS_DIR; one that does not fit is skipped, with a warning."""
+        for name, folder in discover(self.adapters_dir):
+            try:
+                self.load(name, folder.name)
+            except ToolkitError as exc:
+                log.warning("adapter %r in ADAPTERS_DIR not loaded: %s", name, exc.message)
+            except Exception as exc:  # a bad adapter must not stop the service from starting
+                log.warning("adapter %r in ADAPTERS_DIR not loaded: %s: %s", name, type(exc).__name__, exc)
+
+    def load(self, name: str, path: str | None = None) -> AdapterInfo:
+        check_name(name)
+        folder = resolve_path(self.adapters_dir, name if path is None else path)
+        with self._lock:
+            if name in self._loaded or name in self._draining:
+                raise InvalidRequest("name", f"an adapter named {name!r} is already loaded; unload it first")
+            info = describe(name, folder, self.adapters_dir, base_hash=self._base_hash)
+            self._engine.load_adapter(name, folder)
+            self._loaded[name] = info
+        log.info("adapter %r loaded from %s", name, info.path)
+        return info
+
+    def unload(self, name: str, grace_s: float) -> AdapterInfo:
+        with self._lock:
+            info = self._loaded.pop(name, None)
+            if info is None:
+                raise InvalidRequest("name", f"no adapter named {name!r} is loaded{self._names()}")
+            self._draining.add(name)
+        try:
+            cancelled = self._engine.unload_adapter(name, grace_s)
+        except BaseException:
+            with self._lock:  # still loaded in the engine: keep serving it
+                self._loaded[name] = info
+            raise
+        finally:
+            with self._lock:
+                self._draining.discard(name)
+        log.info("adapter %r unloaded (%d running request(s) cancelled)", name, cancelled)
+        return info
+
+    def _names(self) -> str:
+        names = sorted(self._loaded)
+        return f"; loaded: {', '.join(names)}" if names else "; none are loaded (see ADAPTERS_DIR, load_adapter)"
 
 
 class LoraStack:

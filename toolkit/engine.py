@@ -10,23 +10,21 @@ rows with different adapters share a batch), and leaves the batch on its own.
 Adapters load and unload on the scheduler thread, between two steps.
 
 The layers of generation stack as generators: the scheduler emits events
-into a per-request sink; ``stream``/``astream`` turn the sink into an iterator;
+into a per-request sink; ``stream``/``astream`` (``toolkit.events``) turn the sink into an iterator;
 the service turns events into ``Token``/``Done`` for the front ends.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import inspect
 import logging
-import queue
 import secrets
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,37 +34,10 @@ import torch
 from toolkit.adapters import LoraStack
 from toolkit.detok import TextStream
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
+from toolkit.events import Delta, Event, Finished, Sink, Streams
 from toolkit.kvbatch import KVBatch, left_padded
 from toolkit.params import GenerationParams
 from toolkit.sampling import RowSampler, next_tokens
-
-
-@dataclass(frozen=True)
-class Delta:
-    """New text for one request; never empty."""
-
-    request_id: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The last event of a request. ``error`` is set when ``finish_reason == "error"``."""
-
-    request_id: str
-    text: str
-    finish_reason: str  # stop | length | cancelled | timeout | error
-    prompt_tokens: int
-    completion_tokens: int
-    seed: int
-    queued_s: float
-    first_token_s: float | None
-    total_s: float
-    error: ToolkitError | None = None
-
-
-Event = Delta | Finished
-Sink = Callable[[Event], None]
 
 log = logging.getLogger("toolkit.engine")
 
@@ -122,7 +93,7 @@ class _Row:
     generated: int = 0
 
 
-class Engine:
+class Engine(Streams):
     """Batched, streaming, cancellable generation over one loaded model."""
 
     def __init__(
@@ -234,51 +205,6 @@ class Engine:
                 self._finish(job, "cancelled", "", 0)
             self._cond.notify_all()
         return True
-
-    def stream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Iterator[Event]:
-        """Events of one request; closing the iterator early cancels the request."""
-        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        job = self.submit(input_ids, params, events.put, **kwargs)
-        try:
-            while True:
-                event = events.get()
-                yield event
-                if isinstance(event, Finished):
-                    return
-        finally:
-            if not job.done:
-                self.cancel(job.request_id)
-
-    def generate(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Finished:
-        for event in self.stream(input_ids, params, **kwargs):
-            if isinstance(event, Finished):
-                return event
-        raise AssertionError("a stream always ends with Finished")  # pragma: no cover
-
-    async def astream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> AsyncIterator[Event]:
-        """Async version of ``stream``, for the server's event loop."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
-
-        def sink(event: Event) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-        job = self.submit(input_ids, params, sink, **kwargs)
-        try:
-            while True:
-                event = await events.get()
-                yield event
-                if isinstance(event, Finished):
-                    return
-        finally:
-            if not job.done:
-                self.cancel(job.request_id)
-
-    async def agenerate(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Finished:
-        async for event in self.astream(input_ids, params, **kwargs):
-            if isinstance(event, Finished):
-                return event
-        raise AssertionError("a stream always ends with Finished")  # pragma: no cover
 
     @property
     def adapters(self) -> list[str]:

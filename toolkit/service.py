@@ -28,8 +28,9 @@ from importlib import metadata
 from typing import Any, cast
 
 from toolkit import __version__ as TOOLKIT_VERSION
-from toolkit.adapters import check_name, describe, discover, resolve_path
+from toolkit.adapters import AdapterRegistry
 from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong, ToolkitError
+from toolkit.events import Finished
 from toolkit.params import GenerationParams, InferRequest, Limits
 from toolkit.rag import BuiltMessages, build_messages, merge_system_messages
 from toolkit.results import (
@@ -76,6 +77,11 @@ class Prepared:
     def messages(self) -> list[dict[str, str]]:
         return self.built.messages
 
+    def engine_options(self) -> dict[str, Any]:
+        """The request's options for ``Engine.stream``/``astream``, next to the ids and params."""
+        r = self.request
+        return {"request_id": r.request_id, "timeout_s": r.timeout_s, "adapter": r.adapter}
+
 
 def search_query(prompt: str, limit: int = 300) -> str:
     """The web query for a prompt: one line, at most ``limit`` characters."""
@@ -103,9 +109,7 @@ class InferenceService:
         self._loader: threading.Thread | None = None
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
         self._starting: dict[str, bool] = {}  # requests before the engine (searching): cancelled?
-        self._adapters: dict[str, AdapterInfo] = {}  # loaded, and taking requests
-        self._draining: set[str] = set()  # being unloaded: no new requests, running ones finish
-        self._adapter_lock = threading.Lock()  # guards both
+        self._registry: AdapterRegistry | None = None  # the LoRA adapters, once the model is loaded
         if loaded is not None:
             self._attach(loaded)
 
@@ -157,21 +161,9 @@ class InferenceService:
         )
         self._versions = _versions()
         self._loaded = loaded
-        self._load_adapters_dir(loaded)
+        self._registry = AdapterRegistry(self.settings.adapters_dir, self._engine, loaded.content_hash)
+        self._registry.load_folder()
         self._status = "ready"
-
-    def _load_adapters_dir(self, loaded: Any) -> None:
-        """Load every adapter found in ADAPTERS_DIR; one that does not fit this model is skipped, with a warning."""
-        found = discover(self.settings.adapters_dir)
-        if not found and self.settings.adapters_dir.exists() and not self.settings.adapters_dir.is_dir():
-            log.warning("ADAPTERS_DIR is not a folder; no adapters loaded")
-        for name, folder in found:
-            try:
-                self._load_adapter(loaded, name, folder.name)
-            except ToolkitError as exc:
-                log.warning("adapter %r in ADAPTERS_DIR not loaded: %s", name, exc.message)
-            except Exception as exc:  # a bad adapter must not stop the service from starting
-                log.warning("adapter %r in ADAPTERS_DIR not loaded: %s: %s", name, type(exc).__name__, exc)
 
     def close(self, grace_s: float = 10.0) -> None:
         """Finish (or after ``grace_s`` cancel) in-flight requests and stop the engine."""
@@ -217,27 +209,16 @@ class InferenceService:
 
     def adapters(self) -> list[AdapterInfo]:
         """The loaded adapters, by name; requests pick one with ``adapter=``."""
-        adapters = dict(self._adapters)  # a snapshot: loads and unloads run on other threads
-        return [adapters[name] for name in sorted(adapters)]
+        return self._registry.list() if self._registry is not None else []
 
     def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
         """Load the adapter in ``ADAPTERS_DIR/<path>`` (default: ``<name>``) as ``name``, without a restart.
 
         The folder must lie inside ADAPTERS_DIR and its card must name this base model.
         """
-        return self._load_adapter(self._ready(), name, path)
-
-    def _load_adapter(self, loaded: Any, name: str, path: str | None) -> AdapterInfo:
-        check_name(name)
-        folder = resolve_path(self.settings.adapters_dir, name if path is None else path)
-        with self._adapter_lock:
-            if name in self._adapters or name in self._draining:
-                raise InvalidRequest("name", f"an adapter named {name!r} is already loaded; unload it first")
-            info = describe(name, folder, self.settings.adapters_dir, base_hash=loaded.content_hash)
-            self._engine.load_adapter(name, folder)
-            self._adapters[name] = info
-        log.info("adapter %r loaded from %s", name, info.path)
-        return info
+        self._ready()
+        assert self._registry is not None
+        return self._registry.load(name, path)
 
     def unload_adapter(self, name: str, grace_s: float | None = None) -> AdapterInfo:
         """Unload ``name``: new requests for it are refused at once, queued and running ones finish first.
@@ -245,27 +226,8 @@ class InferenceService:
         Requests still running after ``grace_s`` (default: REQUEST_TIMEOUT) are cancelled.
         """
         self._ready()
-        with self._adapter_lock:  # not held while draining: other adapters load and unload meanwhile
-            info = self._adapters.pop(name, None)
-            if info is None:
-                raise InvalidRequest("name", f"no adapter named {name!r} is loaded{self._loaded_names()}")
-            self._draining.add(name)
-        try:
-            grace = self.settings.request_timeout_s if grace_s is None else grace_s
-            cancelled = self._engine.unload_adapter(name, grace)
-        except BaseException:
-            with self._adapter_lock:  # still loaded in the engine: keep serving it
-                self._adapters[name] = info
-            raise
-        finally:
-            with self._adapter_lock:
-                self._draining.discard(name)
-        log.info("adapter %r unloaded (%d running request(s) cancelled)", name, cancelled)
-        return info
-
-    def _loaded_names(self) -> str:
-        names = sorted(self._adapters)
-        return f"; loaded: {', '.join(names)}" if names else "; none are loaded (see ADAPTERS_DIR, load_adapter)"
+        assert self._registry is not None
+        return self._registry.unload(name, self.settings.request_timeout_s if grace_s is None else grace_s)
 
     # ----- requests ----------------------------------------------------------------
 
@@ -278,8 +240,8 @@ class InferenceService:
         loaded = self._ready()
         if request.model is not None and request.model not in self._model_names():
             raise InvalidRequest("model", f"unknown model {request.model!r}; this service serves {loaded.name!r}")
-        if request.adapter is not None and request.adapter not in self._adapters:
-            raise InvalidRequest("adapter", f"unknown adapter {request.adapter!r}{self._loaded_names()}")
+        if request.adapter is not None and self._registry is not None:
+            self._registry.get(request.adapter)
         if request.web_search and self.searcher is None:
             raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
         return request, request.resolved_params(self.limits)
@@ -342,10 +304,8 @@ class InferenceService:
         if len(input_ids) > limit:
             field = "history" if request.history and search is None else "prompt"
             raise PromptTooLong(field, len(input_ids), limit)
-        adapter = self._adapters.get(request.adapter) if request.adapter else None
-        if request.adapter and adapter is None:  # unloaded since validate()
-            raise InvalidRequest("adapter", f"unknown adapter {request.adapter!r}{self._loaded_names()}")
-        adapter_hash = adapter.adapter_hash if adapter else None
+        registry = self._registry
+        adapter_hash = registry.get(request.adapter).adapter_hash if request.adapter and registry else None
         return Prepared(request, params, built, prompt_text, input_ids, search, adapter_hash)
 
     def stream(self, request: InferRequest | str, **kwargs: Any) -> Iterator[StreamEvent]:
@@ -369,13 +329,7 @@ class InferenceService:
         if early:
             yield translate(self._cancelled_before_engine(prepared))
             return
-        for event in self._engine.stream(
-            prepared.input_ids,
-            prepared.params,
-            request_id=request.request_id,
-            timeout_s=request.timeout_s,
-            adapter=request.adapter,
-        ):
+        for event in self._engine.stream(prepared.input_ids, prepared.params, **prepared.engine_options()):
             yield translate(event)
 
     async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
@@ -396,13 +350,7 @@ class InferenceService:
         if early:
             yield translate(self._cancelled_before_engine(prepared))
             return
-        async for event in self._engine.astream(
-            prepared.input_ids,
-            prepared.params,
-            request_id=request.request_id,
-            timeout_s=request.timeout_s,
-            adapter=request.adapter,
-        ):
+        async for event in self._engine.astream(prepared.input_ids, prepared.params, **prepared.engine_options()):
             yield translate(event)
 
     def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
@@ -438,8 +386,6 @@ class InferenceService:
 
     @staticmethod
     def _cancelled_before_engine(prepared: Prepared) -> Any:
-        from toolkit.engine import Finished
-
         seed = prepared.params.seed if prepared.params.seed is not None else 0
         return Finished(prepared.request.request_id, "", "cancelled", len(prepared.input_ids), 0, seed, 0.0, None, 0.0)
 
@@ -457,8 +403,6 @@ class InferenceService:
 
         (The engine's stream ends after its ``Finished``, so ``Done`` is the last event.)
         """
-        from toolkit.engine import Finished
-
         text = ""
 
         def translate(event: Any) -> StreamEvent:

@@ -1,0 +1,97 @@
+"""What the engine emits, and the iterators over it.
+
+The scheduler calls a per-request sink with ``Delta`` events and one ``Finished``;
+``Streams`` turns ``submit(ids, params, sink)`` into iterators (sync and async)
+whose early close cancels the request. No torch here: the service imports these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from toolkit.errors import ToolkitError
+from toolkit.params import GenerationParams
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text for one request; never empty."""
+
+    request_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a request. ``error`` is set when ``finish_reason == "error"``."""
+
+    request_id: str
+    text: str
+    finish_reason: str  # stop | length | cancelled | timeout | error
+    prompt_tokens: int
+    completion_tokens: int
+    seed: int
+    queued_s: float
+    first_token_s: float | None
+    total_s: float
+    error: ToolkitError | None = None
+
+
+Event = Delta | Finished
+Sink = Callable[[Event], None]
+
+
+class Streams:
+    """Iterator faces over ``submit``/``cancel``; the engine provides those two."""
+
+    submit: Callable[..., Any]  # (input_ids, params, sink, **options) -> a job with .request_id and .done
+    cancel: Callable[[str], bool]
+
+    def stream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Iterator[Event]:
+        """Events of one request; closing the iterator early cancels the request."""
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        job = self.submit(input_ids, params, events.put, **kwargs)
+        try:
+            while True:
+                event = events.get()
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            if not job.done:
+                self.cancel(job.request_id)
+
+    def generate(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Finished:
+        for event in self.stream(input_ids, params, **kwargs):
+            if isinstance(event, Finished):
+                return event
+        raise AssertionError("a stream always ends with Finished")  # pragma: no cover
+
+    async def astream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> AsyncIterator[Event]:
+        """Async version of ``stream``, for the server's event loop."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(event: Event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        job = self.submit(input_ids, params, sink, **kwargs)
+        try:
+            while True:
+                event = await events.get()
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            if not job.done:
+                self.cancel(job.request_id)
+
+    async def agenerate(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Finished:
+        async for event in self.astream(input_ids, params, **kwargs):
+            if isinstance(event, Finished):
+                return event
+        raise AssertionError("a stream always ends with Finished")  # pragma: no cover
