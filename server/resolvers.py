@@ -11,7 +11,7 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo, GraphQLSchema, build_schema
 
-from toolkit.errors import Forbidden, InvalidRequest, RequestTimeout
+from toolkit.errors import ClientGone, Forbidden, InvalidRequest, RequestTimeout
 from toolkit.params import GenerationParams, InferRequest, Turn
 from toolkit.results import AdapterInfo, Done, InferResult, SearchFinished, SearchStarted, Source, StreamEvent, Token
 
@@ -41,6 +41,7 @@ class Context:
     service: Any  # InferenceService or anything with its interface
     client: str = ""
     admin: bool = True  # may load and unload adapters (without API keys, everyone may)
+    owner: str = ""  # the caller's identity: its request ids are its own (see InferenceService.cancel)
     on_close: list[Callable[[], object]] = field(default_factory=list)
 
 
@@ -49,7 +50,7 @@ def graphql_field(name: str) -> str:
     return FIELD_NAMES.get(name, FIELD_NAMES.get(head, head) + sep + rest)
 
 
-def to_request(args: dict[str, Any]) -> InferRequest:
+def to_request(args: dict[str, Any], owner: str = "") -> InferRequest:
     params = {PARAM_NAMES[k]: v for k, v in (args.get("params") or {}).items() if v is not None}
     request_id = args.get("requestId")
     if request_id is not None and not REQUEST_ID.match(request_id):
@@ -63,6 +64,7 @@ def to_request(args: dict[str, Any]) -> InferRequest:
         model=args.get("model"),
         adapter=args.get("adapter"),
         params=GenerationParams(**params),
+        owner=owner,
         **extra,
     )
 
@@ -149,9 +151,18 @@ def resolve_models(_: Any, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
 
 async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[str, Any]:
     context: Context = info.context
-    request = to_request(args)
-    context.on_close.append(lambda: context.service.cancel(request.request_id))
-    result = await context.service.ainfer(request)
+    request = to_request(args, context.owner)
+    # The client going away cancels this request, the one this task runs, and no other (not one
+    # that happens to have the same id: a refused duplicate's disconnect touches nothing).
+    task = asyncio.ensure_future(context.service.ainfer(request))
+    context.on_close.append(task.cancel)
+    try:
+        result = await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # this resolver itself is being cancelled (the WebSocket closed)
+        raise ClientGone("the client closed the connection; the request was cancelled") from None
     if result.finish_reason == "timeout" and not result.text:
         raise RequestTimeout(
             f"the request timed out after {result.timings.total_s:.1f} s before it produced any text; "
@@ -161,12 +172,13 @@ async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[s
 
 
 def resolve_cancel(_: Any, info: GraphQLResolveInfo, requestId: str) -> bool:
-    return bool(info.context.service.cancel(requestId))
+    """Only the caller's own requests: someone else's id answers false, as an unknown one does."""
+    return bool(info.context.service.cancel(requestId, owner=info.context.owner))
 
 
 async def subscribe_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> AsyncIterator[dict[str, Any]]:
     context: Context = info.context
-    request = to_request(args)
+    request = to_request(args, context.owner)
     context.service.validate(request)  # bad input fails the subscription at once, before any event
 
     async def events() -> AsyncIterator[dict[str, Any]]:

@@ -6,12 +6,13 @@ import asyncio
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong
+from toolkit.errors import ConfigError, InvalidRequest, ModelNotReady, PromptTooLong
 from toolkit.params import GenerationParams, InferRequest
 from toolkit.results import Done, SearchFinished, SearchStarted, Token
 from toolkit.search import LocalDocsBackend, Searcher, SearchResult
@@ -156,6 +157,25 @@ def test_cancel_through_the_service(service: InferenceService) -> None:
     assert service.cancel("no-such-request") is False
 
 
+def test_request_ids_belong_to_their_owner(service: InferenceService) -> None:
+    """Another owner can neither cancel nor collide with a request id; the owner itself can't reuse a running one."""
+    mine = InferRequest.build("Count from one to five hundred.", temperature=0, max_new_tokens=300, owner="alice")
+    stream = service.stream(mine)
+    first = next(stream)  # the request is in the engine now
+    assert isinstance(first, Token)
+    assert service.cancel(mine.request_id, owner="bob") is False  # as for an unknown id
+    assert service.cancel(mine.request_id) is False  # the in-process owner "" is someone else too
+    same_id = InferRequest.build("Hi", temperature=0, max_new_tokens=2, owner="bob", request_id=mine.request_id)
+    assert service.infer(same_id).finish_reason in ("stop", "length")  # bob's own request, no collision
+    with pytest.raises(InvalidRequest, match="already running") as refused:
+        service.infer(InferRequest.build("Hi", owner="alice", request_id=mine.request_id))
+    assert refused.value.field == "request_id"
+    assert service.cancel(mine.request_id, owner="alice")
+    events = [first, *stream]
+    assert isinstance(events[-1], Done) and events[-1].result.finish_reason == "cancelled"
+    assert service.cancel(mine.request_id, owner="alice") is False  # over
+
+
 def test_async_infer_and_stream(service: InferenceService) -> None:
     async def go() -> tuple[Any, list[Any]]:
         result = await service.ainfer("What is the capital of France?", temperature=0, max_new_tokens=16)
@@ -170,13 +190,22 @@ def test_async_infer_and_stream(service: InferenceService) -> None:
 def test_loading_then_ready(settings: Settings) -> None:
     svc = InferenceService(settings)
     assert svc.health().status == "loading"
-    with pytest.raises(ModelNotReady, match="loading"):
+    with pytest.raises(ModelNotReady, match=r"not started: call service.start\(\)"):
         svc.infer("hi")
     svc.start(wait=False, progress=False)
+    with pytest.raises(ModelNotReady, match="still loading"):  # loading from the cache takes a second or more
+        svc.infer("hi")
     svc.wait_ready(timeout=120)
     assert svc.health().status == "ready"
     svc.close(grace_s=0)
     assert svc.health().status == "stopped"
+
+
+def test_a_missing_local_docs_folder_fails_the_start_not_a_request(settings: Settings, tmp_path: Path) -> None:
+    svc = InferenceService(replace(settings, search_provider=f"local:{tmp_path / 'no-such-folder'}"))
+    with pytest.raises(ConfigError, match=r"SEARCH_PROVIDER: local:.*no-such-folder: no such folder"):
+        svc.start(wait=False, progress=False)
+    assert svc.health().status == "loading"  # nothing was started
 
 
 def test_a_failed_load_is_reported_not_raised_from_the_thread(settings: Settings) -> None:
@@ -207,7 +236,7 @@ def test_grounding_answers_from_the_local_corpus(grounded: InferenceService) -> 
     assert "Quillborough" in with_search.text
     assert with_search.search_status == "ok" and with_search.search_message is None
     assert with_search.sources[0].index == 1
-    assert with_search.sources[0].url.endswith("zorvath.md#the-planet-zorvath")
+    assert with_search.sources[0].url == "docs://zorvath.md#the-planet-zorvath"  # no server path
     assert "Quillborough" in with_search.sources[0].snippet
     without = grounded.infer(question, temperature=0, max_new_tokens=40)
     assert "Quillborough" not in without.text

@@ -147,6 +147,12 @@ class Engine(Streams):
         with self._cond:
             return len(self._rows) + len(self._admitting)
 
+    def check_room(self) -> None:
+        """Raise ``Overloaded`` now if the queue is full, before a caller spends time preparing a request."""
+        with self._cond:
+            if len(self._pending) >= self.max_queue:
+                raise Overloaded(len(self._pending), self.max_queue)
+
     def submit(
         self,
         input_ids: Sequence[int],

@@ -99,6 +99,12 @@ class RequestTimeout(ToolkitError):
     code = "TIMEOUT"
 
 
+class ClientGone(ToolkitError):
+    """The caller closed the connection before the answer; the request was cancelled."""
+
+    code = "CANCELLED"
+
+
 class EngineClosed(ToolkitError):
     """The engine is shutting down and takes no new requests."""
 

@@ -46,7 +46,12 @@ Sink = Callable[[Event], None]
 
 
 class Streams:
-    """Iterator faces over ``submit``/``cancel``; the engine provides those two."""
+    """Iterator faces over ``submit``/``cancel``; the engine provides those two.
+
+    ``stream`` and ``astream`` submit at once (so ``Overloaded`` and bad input raise at the call,
+    and a cancel that arrives right after finds the request), then return the iterator.
+    Iterate it to the end, or close it: closing early cancels the request.
+    """
 
     submit: Callable[..., Any]  # (input_ids, params, sink, **options) -> a job with .request_id and .done
     cancel: Callable[[str], bool]
@@ -55,6 +60,9 @@ class Streams:
         """Events of one request; closing the iterator early cancels the request."""
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         job = self.submit(input_ids, params, events.put, **kwargs)
+        return self._drain(job, events)
+
+    def _drain(self, job: Any, events: queue.SimpleQueue[Event]) -> Iterator[Event]:
         try:
             while True:
                 event = events.get()
@@ -71,8 +79,8 @@ class Streams:
                 return event
         raise AssertionError("a stream always ends with Finished")  # pragma: no cover
 
-    async def astream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> AsyncIterator[Event]:
-        """Async version of ``stream``, for the server's event loop."""
+    def astream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> AsyncIterator[Event]:
+        """Async version of ``stream``, for the server's event loop (call it from a coroutine)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -80,6 +88,9 @@ class Streams:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         job = self.submit(input_ids, params, sink, **kwargs)
+        return self._adrain(job, events)
+
+    async def _adrain(self, job: Any, events: asyncio.Queue[Event]) -> AsyncIterator[Event]:
         try:
             while True:
                 event = await events.get()

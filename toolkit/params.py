@@ -112,6 +112,9 @@ class InferRequest:
     params: GenerationParams = field(default_factory=GenerationParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     timeout_s: float | None = None
+    # Who sent it (the server's caller identity; "" in process). Request ids are unique per owner,
+    # and only the owner can cancel one: another owner's id answers as an unknown id does.
+    owner: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -136,6 +139,8 @@ class InferRequest:
         object.__setattr__(self, "params", params)
         if not isinstance(self.request_id, str) or not self.request_id:
             raise InvalidRequest("request_id", "must be a non-empty string")
+        if not isinstance(self.owner, str):
+            raise InvalidRequest("owner", "must be a string")
         if self.timeout_s is not None:
             _number("timeout_s", self.timeout_s)
             if self.timeout_s <= 0:

@@ -77,10 +77,28 @@ class Prepared:
     def messages(self) -> list[dict[str, str]]:
         return self.built.messages
 
-    def engine_options(self) -> dict[str, Any]:
-        """The request's options for ``Engine.stream``/``astream``, next to the ids and params."""
+    def engine_options(self, live: Any) -> dict[str, Any]:
+        """The request's arguments for ``Engine.stream``/``astream``."""
         r = self.request
-        return {"request_id": r.request_id, "timeout_s": r.timeout_s, "adapter": r.adapter}
+        return {
+            "input_ids": self.input_ids,
+            "params": self.params,
+            "request_id": live.engine_id,
+            "timeout_s": r.timeout_s,
+            "adapter": r.adapter,
+        }
+
+
+@dataclass(eq=False)
+class _Live:
+    """A request from its acceptance to its last event: what ``cancel`` needs to stop it.
+
+    The engine knows it by ``engine_id``, fresh for every request, so two callers' ids never meet there.
+    """
+
+    engine_id: str = field(default_factory=lambda: secrets.token_hex(12))
+    engine: Any = None  # set once the request is in the engine
+    cancelled: bool = False
 
 
 def search_query(prompt: str, limit: int = 300) -> str:
@@ -108,7 +126,8 @@ class InferenceService:
         self._versions: dict[str, str] = {}
         self._loader: threading.Thread | None = None
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
-        self._starting: dict[str, bool] = {}  # requests before the engine (searching): cancelled?
+        self._live: dict[tuple[str, str], _Live] = {}  # (owner, request id) -> the request, until its last event
+        self._started = False
         self._registry: AdapterRegistry | None = None  # the LoRA adapters, once the model is loaded
         if loaded is not None:
             self._attach(loaded)
@@ -116,7 +135,17 @@ class InferenceService:
     # ----- lifecycle -------------------------------------------------------------------
 
     def start(self, *, wait: bool = True, progress: bool = True) -> InferenceService:
-        """Load the model (in a background thread). With ``wait``, block and raise a load error."""
+        """Load the model (in a background thread). With ``wait``, block and raise a load error.
+
+        The web search is built here (``SEARCH_PROVIDER=local:<folder>`` indexes the folder), so a
+        bad search setting fails the start, not the first request that searches.
+        """
+        if self._searcher is _UNSET:
+            searcher = make_searcher(self.settings)
+            with self._lock:
+                if self._searcher is _UNSET:
+                    self._searcher = searcher
+        self._started = True
         with self._lock:
             if self._loaded is None and self._loader is None:
                 self._status, self._error = "loading", None
@@ -133,7 +162,7 @@ class InferenceService:
         if self._status == "error":
             raise ModelNotReady(f"the model failed to load: {self._error}")
         if self._status != "ready":
-            raise ModelNotReady("the model is still loading; wait and retry")
+            raise ModelNotReady(self._not_ready_message())
 
     def _load(self, progress: bool) -> None:
         from toolkit.models import load_model
@@ -252,8 +281,13 @@ class InferenceService:
         if loaded is None or self._status != "ready":
             if self._status == "error":
                 raise ModelNotReady(f"the model failed to load: {self._error}")
-            raise ModelNotReady("the model is still loading; wait and retry (see health())")
+            raise ModelNotReady(self._not_ready_message())
         return loaded
+
+    def _not_ready_message(self) -> str:
+        if not self._started and self._loaded is None:
+            return "the service was not started: call service.start() first (start(wait=False) loads in the background)"
+        return "the model is still loading; wait and retry (see health())"
 
     @property
     def searcher(self) -> Searcher | None:
@@ -314,7 +348,9 @@ class InferenceService:
         Closing the iterator early cancels the request.
         """
         request, params = self.validate(request, **kwargs)
-        self._begin(request.request_id)
+        self._engine.check_room()  # a full queue answers at once, before search and tokenizing
+        live = self._begin(request)
+        events = None
         try:
             outcome = None
             if request.web_search:
@@ -323,18 +359,23 @@ class InferenceService:
                 outcome = self.search(query)
                 yield self._search_finished(request.request_id, outcome)
             prepared = self._prepare(request, params, outcome)
+            translate = self._translator(prepared)
+            events = self._submit(live, prepared, lambda: self._engine.stream(**prepared.engine_options(live)))
+            if events is None:
+                yield translate(self._cancelled_before_engine(prepared))
+                return
+            for event in events:
+                yield translate(event)
         finally:
-            early = self._submit_or_cancelled_id(request.request_id)
-        translate = self._translator(prepared)
-        if early:
-            yield translate(self._cancelled_before_engine(prepared))
-            return
-        for event in self._engine.stream(prepared.input_ids, prepared.params, **prepared.engine_options()):
-            yield translate(event)
+            if events is not None:
+                events.close()  # a generator: cancels the request if it still runs
+            self._end(request)
 
     async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
         request, params = self.validate(request, **kwargs)
-        self._begin(request.request_id)
+        self._engine.check_room()  # a full queue answers at once, before search and tokenizing
+        live = self._begin(request)
+        events = None
         try:
             outcome = None
             if request.web_search:
@@ -344,14 +385,17 @@ class InferenceService:
                 yield self._search_finished(request.request_id, outcome)
             # templating and tokenizing take milliseconds: off the event loop, which must stay responsive
             prepared = await asyncio.get_running_loop().run_in_executor(None, self._prepare, request, params, outcome)
+            translate = self._translator(prepared)
+            events = self._submit(live, prepared, lambda: self._engine.astream(**prepared.engine_options(live)))
+            if events is None:
+                yield translate(self._cancelled_before_engine(prepared))
+                return
+            async for event in events:
+                yield translate(event)
         finally:
-            early = self._submit_or_cancelled_id(request.request_id)
-        translate = self._translator(prepared)
-        if early:
-            yield translate(self._cancelled_before_engine(prepared))
-            return
-        async for event in self._engine.astream(prepared.input_ids, prepared.params, **prepared.engine_options()):
-            yield translate(event)
+            if events is not None:
+                await events.aclose()
+            self._end(request)
 
     def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
         for event in self.stream(request, **kwargs):
@@ -365,24 +409,48 @@ class InferenceService:
                 return event.result
         raise AssertionError("a stream always ends with Done")  # pragma: no cover
 
-    def cancel(self, request_id: str) -> bool:
-        """Cancel a request that is searching, queued or running; False if there is no such request."""
-        if self._engine is not None and self._engine.cancel(request_id):
-            return True
-        with self._lock:
-            if request_id in self._starting:  # still searching or tokenizing: stop before the engine
-                self._starting[request_id] = True
-                return True
-        return False
+    def cancel(self, request_id: str, owner: str = "") -> bool:
+        """Cancel a request that is searching, queued or running; False if there is no such request.
 
-    def _begin(self, request_id: str) -> None:
+        Request ids belong to their ``owner`` (the server passes its caller's identity): another
+        owner's id answers False, exactly as an unknown one does.
+        """
         with self._lock:
-            self._starting[request_id] = False
+            live = self._live.get((owner, request_id))
+            if live is None:
+                return False
+            live.cancelled = True
+            engine = live.engine
+        if engine is not None:
+            return bool(engine.cancel(live.engine_id))
+        return True  # still searching or tokenizing: it stops before the engine
 
-    def _submit_or_cancelled_id(self, request_id: str) -> bool:
-        """Leave the before-the-engine phase; True if the request was cancelled during it."""
+    def _begin(self, request: InferRequest) -> _Live:
+        """Accept a request: its id must be new for its owner."""
+        key = (request.owner, request.request_id)
         with self._lock:
-            return self._starting.pop(request_id, False)
+            if key in self._live:
+                raise InvalidRequest(
+                    "request_id", f"a request with id {request.request_id!r} is already running; use a new id"
+                )
+            live = self._live[key] = _Live()
+        return live
+
+    def _end(self, request: InferRequest) -> None:
+        with self._lock:
+            self._live.pop((request.owner, request.request_id), None)
+
+    def _submit(self, live: _Live, prepared: Prepared, submit: Any) -> Any:
+        """Hand the request to the engine, or None when it was cancelled before it got there.
+
+        Under the lock, so that a ``cancel`` either sees the request in the engine or stops it here.
+        """
+        with self._lock:
+            if live.cancelled:
+                return None
+            events = submit()
+            live.engine = self._engine
+        return events
 
     @staticmethod
     def _cancelled_before_engine(prepared: Prepared) -> Any:
@@ -410,7 +478,7 @@ class InferenceService:
             if isinstance(event, Finished):
                 return Done(self._result(prepared, event))
             text += event.text
-            return Token(event.request_id, event.text, text)
+            return Token(prepared.request.request_id, event.text, text)
 
         return translate
 
