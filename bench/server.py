@@ -25,10 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import save_report  # noqa: E402  (bench/, the script's own folder)
-from tornado.httpserver import HTTPServer  # noqa: E402
 from tornado.netutil import bind_sockets  # noqa: E402
 
-from server.app import make_app  # noqa: E402
+from server.app import make_app, make_http_server  # noqa: E402
 from server.config import ServerSettings  # noqa: E402
 from toolkit.client import STREAM, RemoteService, variables  # noqa: E402
 from toolkit.params import InferRequest  # noqa: E402
@@ -47,9 +46,8 @@ def start(service: InferenceService) -> str:
     def run() -> None:
         asyncio.set_event_loop(loop)
         sockets = bind_sockets(0, "127.0.0.1")
-        HTTPServer(make_app(service, ServerSettings(port=0, rate_burst=100_000, rate_per_minute=1e9))).add_sockets(
-            sockets
-        )
+        settings = ServerSettings(port=0, rate_burst=100_000, rate_per_minute=1e9)
+        make_http_server(make_app(service, settings)).add_sockets(sockets)
         box["port"] = sockets[0].getsockname()[1]
         ready.set()
         loop.run_forever()

@@ -13,10 +13,9 @@ import logging
 import signal
 import sys
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from server.app import make_app
+from server.app import make_app, make_http_server
 from server.config import ServerSettings
 from toolkit.errors import ToolkitError
 from toolkit.service import InferenceService
@@ -30,7 +29,7 @@ async def serve(settings: Settings, server_settings: ServerSettings) -> None:
     app = make_app(service, server_settings)
     sockets = bind_sockets(server_settings.port, address=server_settings.host)
     port = sockets[0].getsockname()[1]  # the real port when 0 was asked
-    http = HTTPServer(app)
+    http = make_http_server(app)
     http.add_sockets(sockets)
     base = f"http://{server_settings.host}:{port}"
     print(f"GraphQL: {base}/graphql   GraphiQL: {base}/graphiql   (model loading: {settings.model_label})", flush=True)

@@ -1,11 +1,14 @@
-"""``make_app(service, settings)``: the Tornado application, with every collaborator passed in."""
+"""``make_app(service, settings)``: the Tornado application, with every collaborator passed in;
+``make_http_server(app)``: the HTTP server for it, with the header bounds the application answers within."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import tornado.web
+from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPServerRequest
 from tornado.routing import PathMatches, Rule
 
@@ -14,6 +17,8 @@ from server.gateway import Gateway
 from server.handlers import GraphiQLHandler, GraphQLHandler, GraphQLWebSocket
 
 STATIC = Path(__file__).with_name("static")
+MAX_URL_BYTES = 64 * 1024  # a longer URL gets 414
+MAX_HEADER_BYTES = 1 << 20  # request line and headers read before answering; beyond it the connection closes
 NODE_MODULES = Path(__file__).with_name("node_modules")
 ASSETS = {  # URL name -> file installed by npm (server/package.json) or written by us
     "graphiql.min.js": NODE_MODULES / "graphiql" / "graphiql.min.js",
@@ -52,11 +57,31 @@ class WebSocketUpgrade(PathMatches):
         return super().match(request)
 
 
+class URITooLong(tornado.web.RequestHandler):
+    def prepare(self) -> None:
+        self.set_status(414)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        message = f"the URL is over the limit of {MAX_URL_BYTES} bytes; send the operation as a POST body"
+        self.finish(json.dumps({"errors": [{"message": message, "extensions": {"code": "URI_TOO_LONG"}}]}))
+
+
+class Application(tornado.web.Application):
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> tornado.web._HandlerDelegate:
+        if len(request.uri or "") > MAX_URL_BYTES:
+            return self.get_handler_delegate(request, URITooLong)
+        return super().find_handler(request, **kwargs)
+
+
+def make_http_server(app: tornado.web.Application) -> HTTPServer:
+    """Reads up to MAX_HEADER_BYTES of request line and headers, so that an over-long URL gets its 414."""
+    return HTTPServer(app, max_header_size=MAX_HEADER_BYTES)
+
+
 def make_app(service: Any, settings: ServerSettings | None = None) -> tornado.web.Application:
     settings = settings or ServerSettings()
     gateway = Gateway(service, settings)
     assets_ready = all(p.is_file() for p in ASSETS.values())
-    return tornado.web.Application(
+    return Application(
         [
             Rule(WebSocketUpgrade(r"/graphql"), GraphQLWebSocket, {"gateway": gateway}),
             (r"/graphql", GraphQLHandler, {"gateway": gateway}),

@@ -23,6 +23,7 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     max_query_tokens: int = 2000
     max_query_depth: int = 12
+    max_query_fields: int = 150  # field selections per document (GraphiQL's introspection query has about 70)
     max_ws_message_bytes: int = 1 << 20
     ws_init_timeout_s: float = 10.0
     shutdown_grace_s: float = 20.0
@@ -39,6 +40,7 @@ class ServerSettings:
         "max_body_bytes": "MAX_BODY_BYTES",
         "max_query_tokens": "MAX_QUERY_TOKENS",
         "max_query_depth": "MAX_QUERY_DEPTH",
+        "max_query_fields": "MAX_QUERY_FIELDS",
         "max_ws_message_bytes": "MAX_WS_MESSAGE_BYTES",
         "ws_init_timeout_s": "WS_INIT_TIMEOUT",
         "shutdown_grace_s": "SHUTDOWN_GRACE",
@@ -52,6 +54,7 @@ class ServerSettings:
             ("max_body_bytes", 1024),
             ("max_query_tokens", 50),
             ("max_query_depth", 2),
+            ("max_query_fields", 10),
         ):
             if getattr(self, name) < low:
                 raise ConfigError(self.ENV[name], f"must be >= {low}, got {getattr(self, name)}")

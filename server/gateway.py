@@ -1,24 +1,31 @@
 """One place that turns a GraphQL request into a result, for HTTP and WebSocket alike.
 
-It parses (with a token limit), validates (with depth, one-model-call and
-optional no-introspection rules), checks the rate limit, executes or
-subscribes, and formats errors: a ``ToolkitError`` keeps its code, anything
-unexpected becomes INTERNAL with a request id that is logged, never a traceback.
+Admission runs in the order that keeps an outsider's cost low: the caller's key first (no
+parsing for a caller without a valid key, except a small public ``health`` query), then the
+rate limit, then parsing (with a token limit) and validation (with depth, field-count,
+one-model-call and optional no-introspection rules) on a worker thread, so that a costly
+document never holds the event loop. Then it executes or subscribes, and formats errors: a
+``ToolkitError`` keeps its code, anything unexpected becomes INTERNAL with a request id that is
+logged, never a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
     DocumentNode,
     ExecutionResult,
+    FieldNode,
     GraphQLError,
+    OperationDefinitionNode,
     OperationType,
     execute,
     parse,
@@ -30,11 +37,35 @@ from graphql.validation import NoSchemaIntrospectionCustomRule
 
 from server.config import ServerSettings
 from server.resolvers import Context, graphql_field, make_schema
-from server.security import ApiKeys, DocumentShape, TokenBucket, is_free, limit_errors, select_operation, shape
+from server.security import (
+    FREE_FIELDS,
+    ApiKeys,
+    DocumentShape,
+    TokenBucket,
+    count_fields,
+    is_free,
+    json_depth,
+    limit_errors,
+    select_operation,
+    shape,
+)
 from toolkit.errors import InvalidRequest, ToolkitError
 
 log = logging.getLogger("server")
 DOCUMENT_CACHE_SIZE = 256
+# A public health check is small: a document over these bounds is never parsed for a caller without a key.
+FREE_DOCUMENT_CHARS = 1000
+FREE_DOCUMENT_TOKENS = 120
+MAX_VARIABLES_DEPTH = 32  # nesting of the variables' JSON
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: request ids and the rate-limit bucket belong to ``identity``."""
+
+    identity: str  # a hash prefix of the API key, or the client address without keys
+    authenticated: bool
+    admin: bool
 
 
 @dataclass
@@ -49,6 +80,11 @@ class Prepared:
     @property
     def kind(self) -> OperationType:
         return self.shape.operation.operation
+
+    @property
+    def public(self) -> bool:
+        """``health`` stays public with API keys on (container health checks), and tells nothing secret."""
+        return self.kind == OperationType.QUERY and is_free(self.shape)
 
 
 class RequestError(Exception):
@@ -76,47 +112,100 @@ class Gateway:
         if not settings.introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
         self.rules = rules
+        self.hide_suggestions = not settings.introspection  # "Did you mean …?" would describe the schema
         self._documents: OrderedDict[str, DocumentNode] = OrderedDict()
+        # one thread: a flood of costly documents queues behind itself, and the event loop keeps answering
+        self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphql-parse")
 
     # ----- before execution -----------------------------------------------------
 
+    def caller(self, presented: str | None, address: str) -> Caller:
+        return Caller(self.keys.identity(presented, address), self.keys.check(presented), self.keys.is_admin(presented))
+
+    def unauthenticated(self, presented: str | None) -> RequestError:
+        message = (
+            "the API key is not valid" if presented else "a valid API key is required: send Authorization: Bearer <key>"
+        )
+        return RequestError(401, [error(message, "UNAUTHENTICATED")], {"WWW-Authenticate": 'Bearer realm="graphql"'})
+
+    async def admit(
+        self, query: Any, variables: Any, operation_name: Any, caller: Caller, presented: str | None = None
+    ) -> Prepared:
+        """Key, rate limit, then parse and validate: raises ``RequestError`` for a request that cannot run."""
+        check_envelope(query, variables, operation_name)
+        document = self._documents.get(query)
+        if document is not None:
+            self._documents.move_to_end(query)
+        else:
+            document = self._small_public_document(query)
+        if document is not None:
+            try:
+                prepared = self._prepared(document, operation_name, variables)
+            except RequestError:
+                if not caller.authenticated:
+                    raise self.unauthenticated(presented) from None
+                raise
+            if prepared.public:
+                return prepared  # health: no key needed, never rate limited
+        if not caller.authenticated:
+            raise self.unauthenticated(presented)
+        self.check_rate(caller.identity)
+        if document is None:
+            loop = asyncio.get_running_loop()
+            document = await loop.run_in_executor(self._parser, self._parse_and_validate, query)
+            self._cache(query, document)
+            prepared = self._prepared(document, operation_name, variables)
+        return prepared
+
+    def _small_public_document(self, query: str) -> DocumentNode | None:
+        """A small document asking only ``health``/``__typename``, parsed and validated; else None (unparsed)."""
+        if len(query) > FREE_DOCUMENT_CHARS:
+            return None
+        try:
+            document = parse(query, max_tokens=FREE_DOCUMENT_TOKENS)
+        except GraphQLError:
+            return None
+        definitions = document.definitions
+        if len(definitions) != 1 or not isinstance(definitions[0], OperationDefinitionNode):
+            return None
+        operation = definitions[0]
+        if operation.operation != OperationType.QUERY or not all(
+            isinstance(sel, FieldNode) and sel.name.value in FREE_FIELDS for sel in operation.selection_set.selections
+        ):
+            return None
+        self._validate(document)
+        self._cache(query, document)
+        return document
+
     def _parse_and_validate(self, query: str) -> DocumentNode:
-        """Parse (with a token limit) and validate. Valid documents are cached: a client that sends
-        the same operation again skips both steps (about 5 ms for the client's stream document)."""
+        """Parse (with a token limit), count fields, validate. Runs on the parser thread."""
         try:
             document = parse(query, max_tokens=self.settings.max_query_tokens)
         except GraphQLError as exc:
             code = "BAD_USER_INPUT" if "token limit" in exc.message.lower() else "GRAPHQL_PARSE_FAILED"
             raise RequestError(400, [{**exc.formatted, "extensions": {"code": code}}]) from None
-        errors = validate(self.schema, document, self.rules)
+        fields = count_fields(document)
+        limit = self.settings.max_query_fields
+        if fields > limit:
+            message = f"the document selects {fields} fields, over the limit of {limit}"
+            raise RequestError(400, [error(message, "BAD_USER_INPUT", field="query", limit=limit)])
+        self._validate(document)
+        return document
+
+    def _validate(self, document: DocumentNode) -> None:
+        errors = validate(self.schema, document, self.rules, hide_suggestions=self.hide_suggestions)
         if errors:
             formatted = [{**e.formatted, "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}} for e in errors]
             raise RequestError(400, formatted)
-        return document
 
-    def authenticate(self, presented: str | None) -> None:
-        if not self.keys.check(presented):
-            message = "a valid API key is required: send Authorization: Bearer <key>"
-            if presented:
-                message = "the API key is not valid"
-            raise RequestError(401, [error(message, "UNAUTHENTICATED")], {"WWW-Authenticate": 'Bearer realm="graphql"'})
+    def _cache(self, query: str, document: DocumentNode) -> None:
+        """Valid documents are kept: a client that sends the same operation again skips parsing and validation."""
+        self._documents[query] = document
+        self._documents.move_to_end(query)
+        if len(self._documents) > DOCUMENT_CACHE_SIZE:
+            self._documents.popitem(last=False)
 
-    def prepare(self, query: Any, variables: Any, operation_name: Any) -> Prepared:
-        """Parse and validate; raises ``RequestError`` (400) for a document that cannot run."""
-        if not isinstance(query, str) or not query.strip():
-            raise RequestError(400, [error("the request needs a 'query' string", "BAD_REQUEST")])
-        if variables is not None and not isinstance(variables, dict):
-            raise RequestError(400, [error("'variables' must be a JSON object", "BAD_REQUEST")])
-        if operation_name is not None and not isinstance(operation_name, str):
-            raise RequestError(400, [error("'operationName' must be a string", "BAD_REQUEST")])
-        document = self._documents.get(query)
-        if document is None:
-            document = self._parse_and_validate(query)
-            self._documents[query] = document
-            if len(self._documents) > DOCUMENT_CACHE_SIZE:
-                self._documents.popitem(last=False)
-        else:
-            self._documents.move_to_end(query)
+    def _prepared(self, document: DocumentNode, operation_name: str | None, variables: Any) -> Prepared:
         operation = select_operation(document, operation_name)
         if operation is None:
             message = "operationName names no operation in the document"
@@ -129,9 +218,7 @@ class Gateway:
             raise RequestError(400, [dict(e.formatted) for e in limits])
         return Prepared(document, doc_shape, operation_name, variables)
 
-    def check_rate(self, prepared: Prepared, identity: str) -> None:
-        if is_free(prepared.shape):
-            return
+    def check_rate(self, identity: str) -> None:
         wait = self.limiter.take(identity)
         if wait is not None:
             seconds = max(1, round(wait + 0.5))
@@ -140,6 +227,9 @@ class Gateway:
                 [error(f"rate limit exceeded; retry in {seconds} s", "RATE_LIMITED", retryAfter=seconds)],
                 {"Retry-After": str(seconds)},
             )
+
+    def close(self) -> None:
+        self._parser.shutdown(wait=False, cancel_futures=True)
 
     # ----- execution ------------------------------------------------------------
 
@@ -150,6 +240,7 @@ class Gateway:
             context_value=context,
             variable_values=prepared.variables,
             operation_name=prepared.operation_name,
+            hide_suggestions=self.hide_suggestions,
         )
         if not isinstance(result, ExecutionResult):
             result = await result
@@ -163,6 +254,7 @@ class Gateway:
             context_value=context,
             variable_values=prepared.variables,
             operation_name=prepared.operation_name,
+            hide_suggestions=self.hide_suggestions,
         )
         if not isinstance(result, (ExecutionResult, AsyncIterator)):
             result = await result
@@ -209,3 +301,16 @@ class Gateway:
         elif "extensions" not in formatted or not formatted.get("extensions"):
             formatted["extensions"] = {"code": "BAD_USER_INPUT"}
         return formatted
+
+
+def check_envelope(query: Any, variables: Any, operation_name: Any) -> None:
+    """The request's JSON fields have the right types (and the variables a bounded nesting)."""
+    if not isinstance(query, str) or not query.strip():
+        raise RequestError(400, [error("the request needs a 'query' string", "BAD_REQUEST")])
+    if variables is not None and not isinstance(variables, dict):
+        raise RequestError(400, [error("'variables' must be a JSON object", "BAD_REQUEST")])
+    if variables is not None and json_depth(variables) > MAX_VARIABLES_DEPTH:
+        message = f"'variables' are nested more than {MAX_VARIABLES_DEPTH} levels deep"
+        raise RequestError(400, [error(message, "BAD_REQUEST", limit=MAX_VARIABLES_DEPTH)])
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise RequestError(400, [error("'operationName' must be a string", "BAD_REQUEST")])

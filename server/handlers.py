@@ -16,9 +16,9 @@ import tornado.web
 import tornado.websocket
 from graphql import GraphQLError, OperationType
 
-from server.gateway import Gateway, RequestError, error
+from server.gateway import Caller, Gateway, RequestError, error
 from server.resolvers import Context
-from server.security import ApiKeys, is_free
+from server.security import ApiKeys
 from toolkit.errors import ToolkitError
 
 log = logging.getLogger("server")
@@ -52,6 +52,11 @@ def negotiate(accept: str | None) -> str | None:
     return best[2] if best else None
 
 
+# A body over MAX_BODY_BYTES is read and thrown away up to this bound, then answered 413, so that
+# a client still sending it reads the answer instead of a reset connection. Beyond it: 413 at once.
+DISCARD_BODY_BYTES = 16 << 20
+
+
 @tornado.web.stream_request_body
 class GraphQLHandler(tornado.web.RequestHandler):
     """``/graphql``: POST (any operation) and GET (queries only), per the GraphQL-over-HTTP draft."""
@@ -66,21 +71,27 @@ class GraphQLHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         self._cors()
         limit = self.gateway.settings.max_body_bytes
+        discard = max(DISCARD_BODY_BYTES, limit + 1)
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            self._too_large = True
-        self.request.connection.set_max_body_size(max(limit + 1, 1 << 16) if not self._too_large else 1 << 62)  # type: ignore[union-attr]
-        if self._too_large:
-            self._fail(413, [error(f"the body is over the limit of {limit} bytes", "PAYLOAD_TOO_LARGE", limit=limit)])
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > discard:
+            self._fail(413, [self._too_large_error()])  # not worth reading: the connection closes after the answer
+            return
+        self._too_large = declared is not None and declared > limit
+        # chunked bodies and declared ones alike: Tornado's own cap only beyond the discard bound
+        self.request.connection.set_max_body_size(discard)  # type: ignore[union-attr]
+
+    def _too_large_error(self) -> dict[str, Any]:
+        limit = self.gateway.settings.max_body_bytes
+        return error(f"the body is over the limit of {limit} bytes (MAX_BODY_BYTES)", "PAYLOAD_TOO_LARGE", limit=limit)
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large or self._finished:
-            return
+            return  # read and thrown away
         self._size += len(chunk)
         if self._size > self.gateway.settings.max_body_bytes:
             self._too_large = True
-            limit = self.gateway.settings.max_body_bytes
-            self._fail(413, [error(f"the body is over the limit of {limit} bytes", "PAYLOAD_TOO_LARGE", limit=limit)])
+            self._chunks = []
             return
         self._chunks.append(chunk)
 
@@ -104,8 +115,17 @@ class GraphQLHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", f"{media}; charset=utf-8")
         self.finish(json.dumps({"errors": errors}))
 
-    async def get(self) -> None:
+    def _refused_body(self) -> bool:
+        """Answer 413 for a body that was over the limit (and has been read); True if answered."""
         if self._finished:
+            return True
+        if self._too_large:
+            self._fail(413, [self._too_large_error()])
+            return True
+        return False
+
+    async def get(self) -> None:
+        if self._refused_body():
             return
         args = {
             k: self.get_query_argument(k)
@@ -114,13 +134,16 @@ class GraphQLHandler(tornado.web.RequestHandler):
         }
         try:
             variables = json.loads(args["variables"]) if "variables" in args else None
+        except RecursionError:
+            self._fail(400, [error("'variables' nest too deeply", "BAD_REQUEST")])
+            return
         except ValueError:
             self._fail(400, [error("'variables' is not valid JSON", "BAD_REQUEST")])
             return
         await self._handle(args.get("query"), variables, args.get("operationName"), method="GET")
 
     async def post(self) -> None:
-        if self._finished:
+        if self._refused_body():
             return
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != JSON:
@@ -128,6 +151,9 @@ class GraphQLHandler(tornado.web.RequestHandler):
             return
         try:
             body = json.loads(b"".join(self._chunks) or b"null")
+        except RecursionError:
+            self._fail(400, [error("the body nests too deeply", "BAD_REQUEST")])
+            return
         except ValueError:
             self._fail(400, [error("the body is not valid JSON", "BAD_REQUEST")])
             return
@@ -161,11 +187,10 @@ class GraphQLHandler(tornado.web.RequestHandler):
                 ],
             )
             return
-        presented = gateway.keys.from_authorization(self.request.headers.get("Authorization"))
+        presented = ApiKeys.from_authorization(self.request.headers.get("Authorization"))
+        caller = gateway.caller(presented, self.request.remote_ip or "")
         try:
-            prepared = gateway.prepare(query, variables, operation_name)
-            if not _public(prepared):
-                gateway.authenticate(presented)
+            prepared = await gateway.admit(query, variables, operation_name, caller, presented)
             if method == "GET" and prepared.kind != OperationType.QUERY:
                 self.set_header("Allow", "POST")
                 raise RequestError(
@@ -176,15 +201,18 @@ class GraphQLHandler(tornado.web.RequestHandler):
                     400,
                     [error("subscriptions run over the WebSocket at /graphql (graphql-transport-ws)", "BAD_REQUEST")],
                 )
-            gateway.check_rate(prepared, gateway.keys.identity(presented, self.request.remote_ip or ""))
         except RequestError as exc:
+            if self._finished:
+                return
             status = exc.status
             if status == 400 and media == JSON and _is_graphql_error(exc):
                 status = 200  # application/json: a well-formed request gets 200 even with GraphQL errors
             self._fail(status, exc.errors, exc.headers)
             return
+        if self._finished:
+            return
         self.context = Context(
-            service=gateway.service, client=self.request.remote_ip or "", admin=gateway.keys.is_admin(presented)
+            service=gateway.service, client=self.request.remote_ip or "", admin=caller.admin, owner=caller.identity
         )
         body = await gateway.execute(prepared, self.context)
         self.context.on_close.clear()
@@ -208,11 +236,6 @@ class GraphQLHandler(tornado.web.RequestHandler):
             self.context.on_close.clear()
 
 
-def _public(prepared: Any) -> bool:
-    """``health`` stays public with API keys on (container health checks), and tells nothing secret."""
-    return prepared.kind == OperationType.QUERY and is_free(prepared.shape)
-
-
 def _is_graphql_error(exc: RequestError) -> bool:
     codes = {e.get("extensions", {}).get("code") for e in exc.errors}
     return bool(codes & {"GRAPHQL_PARSE_FAILED", "GRAPHQL_VALIDATION_FAILED", "BAD_USER_INPUT"})
@@ -225,8 +248,7 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
         self.gateway = gateway
         self.acknowledged = False
         self.init_received = False
-        self.identity = ""
-        self.admin = False
+        self.caller: Caller | None = None  # set by connection_init
         self.subscriptions: dict[str, asyncio.Task[None]] = {}
         self.contexts: dict[str, Context] = {}
         self._init_timer: asyncio.TimerHandle | None = None
@@ -260,6 +282,9 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
         # Returns at once: each subscription runs in its own task, so the next frame can be read.
         try:
             msg = json.loads(message)
+        except RecursionError:
+            self.close(4400, "Invalid message: nested too deeply")
+            return
         except ValueError:
             self.close(4400, "Invalid message: not JSON")
             return
@@ -296,8 +321,7 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
         if not self.gateway.keys.check(presented):
             self.close(4403, "Forbidden")
             return
-        self.identity = self.gateway.keys.identity(presented, self.request.remote_ip or "")
-        self.admin = self.gateway.keys.is_admin(presented)
+        self.caller = self.gateway.caller(presented, self.request.remote_ip or "")
         self.acknowledged = True
         if self._init_timer:
             self._init_timer.cancel()
@@ -318,12 +342,16 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
 
     async def _run(self, sub_id: str, payload: dict[str, Any]) -> None:
         gateway = self.gateway
-        context = Context(service=gateway.service, client=self.request.remote_ip or "", admin=self.admin)
+        caller = self.caller
+        assert caller is not None  # subscribe is refused before connection_ack
+        context = Context(
+            service=gateway.service, client=self.request.remote_ip or "", admin=caller.admin, owner=caller.identity
+        )
         stream = None
         try:
             try:
-                prepared = gateway.prepare(payload.get("query"), payload.get("variables"), payload.get("operationName"))
-                gateway.check_rate(prepared, self.identity)
+                query, variables = payload.get("query"), payload.get("variables")
+                prepared = await gateway.admit(query, variables, payload.get("operationName"), caller)
             except RequestError as exc:
                 self._send({"id": sub_id, "type": "error", "payload": exc.errors})
                 return

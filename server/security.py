@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -198,6 +199,37 @@ def limit_errors(doc_shape: DocumentShape, max_depth: int) -> list[GraphQLError]
             )
         )
     return errors
+
+
+def count_fields(document: DocumentNode) -> int:
+    """Field selections in the whole document, as written (fragments counted once): bounds validation's work."""
+    count = 0
+    stack: list[Any] = list(document.definitions)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, FieldNode):
+            count += 1
+        selection_set = getattr(node, "selection_set", None)
+        if selection_set is not None:
+            stack.extend(selection_set.selections)
+    return count
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests lists and objects (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+    return deepest
 
 
 def is_free(doc_shape: DocumentShape) -> bool:

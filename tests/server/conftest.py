@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from server.app import make_app
+from server.app import make_app, make_http_server
 from server.config import ServerSettings
 from toolkit.service import InferenceService
 from toolkit.settings import Settings
@@ -37,7 +36,7 @@ def start_server(service: Any, settings: ServerSettings | None = None) -> Runnin
     def run() -> None:
         asyncio.set_event_loop(loop)
         sockets = bind_sockets(0, "127.0.0.1")
-        server = HTTPServer(make_app(service, settings))
+        server = make_http_server(make_app(service, settings))
         server.add_sockets(sockets)
         box["server"], box["port"] = server, sockets[0].getsockname()[1]
         ready.set()
