@@ -139,7 +139,7 @@ ADAPTERS = ("quenby", "quenby-draft")
 def adapter_service(settings: Settings, trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A service on a model of its own (adapters are injected into the served model) whose ADAPTERS_DIR holds
     the trained adapters and bad folders: no card, a card for another base, a symlink to outside, broken
-    weights, a DoRA config and weights that do not fit their config ("corrupt" and "mismatch" come before
+    weights, cards of the wrong shape, a DoRA config and weights that do not fit their config ("corrupt" and "mismatch" come before
     "quenby" in the scan at start: a failed first load must leave the model untouched)."""
     import shutil
     from dataclasses import replace
@@ -159,6 +159,9 @@ def adapter_service(settings: Settings, trained: Trained, tmp_path_factory: pyte
     (folder / "link-out").symlink_to(outside / "quenby")
     shutil.copytree(trained.adapters_dir / "quenby-draft", folder / "corrupt")
     (folder / "corrupt" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    for name, card_text in (("wrong-shape", "[1, 2]"), ("bad-lora", json.dumps({**card, "lora": [16]}))):
+        shutil.copytree(trained.adapters_dir / "quenby-draft", folder / name)  # valid JSON, wrong shape
+        (folder / name / CARD).write_text(card_text)
     for name, change in (("dora", {"use_dora": True}), ("mismatch", {"r": 8})):  # r=8 config, r=16 weights
         shutil.copytree(trained.adapters_dir / "quenby-draft", folder / name)
         config = json.loads((folder / name / "adapter_config.json").read_text())

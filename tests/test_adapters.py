@@ -179,6 +179,8 @@ def test_unloading_cancels_what_still_runs_after_the_grace_period(empty_service:
         ("x", "no-card", "path", "not an adapter saved by the toolkit"),
         ("x", "other-base", "path", "train it again"),
         ("x", "corrupt", "path", "cannot load the adapter"),
+        ("x", "wrong-shape", "path", "is not a JSON object"),
+        ("x", "bad-lora", "path", "malformed 'lora'"),
         ("x", "dora", "path", "not DoRA"),
         ("x", "mismatch", "path", "size mismatch"),
         ("bad name!", None, "name", "letters, digits"),

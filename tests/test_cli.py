@@ -1,4 +1,4 @@
-"""``python -m toolkit``: what ``make run`` runs today."""
+"""``python -m toolkit``: one streamed answer in the terminal."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""``python -m toolkit [QUESTION]``: load the configured model and stream one answer.
+"""``python -m toolkit [QUESTION]``: load the configured model and stream one answer in the terminal.
 
-Until the server and dashboard exist this is what ``make run`` runs.
+(``make run`` starts the GraphQL server and the dashboard; this is the one-question way in.)
 """
 
 from __future__ import annotations

@@ -19,10 +19,12 @@ import urllib.error
 import urllib.request
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from toolkit.errors import (
+    ConfigError,
     Forbidden,
     GenerationError,
     InvalidRequest,
@@ -46,6 +48,7 @@ from toolkit.results import (
     Token,
     Usage,
 )
+from toolkit.settings import read_env
 
 RESULT_FIELDS = """
   id text searchStatus searchMessage finishReason model adapter runRecord
@@ -93,6 +96,27 @@ def _close_open_streams() -> None:
         ws.close()
 
 
+DEFAULT_URL = "http://127.0.0.1:8080/graphql"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Where the GraphQL server is, for the dashboard, the magic and ``RemoteService.from_env()``."""
+
+    graphql_url: str | None = None  # None: no server configured
+    api_key: str | None = field(default=None, repr=False)
+
+    ENV: ClassVar[dict[str, str]] = {"graphql_url": "GRAPHQL_URL", "api_key": "GRAPHQL_API_KEY"}
+
+    def __post_init__(self) -> None:
+        if self.graphql_url is not None and not self.graphql_url.startswith(("http://", "https://")):
+            raise ConfigError("GRAPHQL_URL", f"must start with http:// or https://, got {self.graphql_url!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
+        return cls(**read_env(cls, environ, overrides, lambda name, var, raw: raw))
+
+
 class ServiceUnavailable(ToolkitError):
     """The server cannot be reached (down, wrong URL) or answered with something that is not GraphQL."""
 
@@ -110,15 +134,19 @@ class RemoteError(ToolkitError):
 class RemoteService:
     """The same interface as ``InferenceService``, over HTTP and WebSocket."""
 
-    def __init__(
-        self, url: str = "http://127.0.0.1:8080/graphql", *, api_key: str | None = None, timeout_s: float = 600.0
-    ) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None, timeout_s: float = 600.0) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
         self.url = url
         self.ws_url = "ws" + url[4:]
         self.api_key = api_key
         self.timeout_s = timeout_s
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RemoteService:
+        """``GRAPHQL_URL`` (default the local server on 8080) with ``GRAPHQL_API_KEY``."""
+        settings = ClientSettings.from_env(environ)
+        return cls(settings.graphql_url or DEFAULT_URL, api_key=settings.api_key)
 
     # ----- HTTP -----------------------------------------------------------------------
 

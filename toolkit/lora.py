@@ -31,6 +31,15 @@ from toolkit import __version__
 from toolkit.errors import ConfigError, InvalidRequest, MissingDependency, ToolkitError
 
 CARD = "adapter_card.json"
+CARD_FIELDS: dict[str, type | tuple[type, ...]] = {  # what a card's fields must be, where present
+    "base_model": str,
+    "base_model_hash": str,
+    "lora": dict,
+    "steps": int,
+    "examples": int,
+    "final_loss": (int, float),
+    "created_at": str,
+}
 IGNORE = -100
 Messages = list[dict[str, str]]
 
@@ -229,12 +238,19 @@ def save_adapter(run: TrainRun, path: str | Path, *, base_name: str, base_hash: 
 
 def read_card(path: str | Path, *, field: str = "adapter") -> dict[str, Any]:
     card_file = Path(path) / CARD
+    name = Path(path).name
     try:
-        return dict(json.loads(card_file.read_text()))
+        card = json.loads(card_file.read_text())
     except OSError:
-        raise InvalidRequest(field, f"{Path(path).name!r} is not an adapter saved by the toolkit (no {CARD})") from None
-    except ValueError:
-        raise InvalidRequest(field, f"the {CARD} of {Path(path).name!r} is not valid JSON") from None
+        raise InvalidRequest(field, f"{name!r} is not an adapter saved by the toolkit (no {CARD})") from None
+    except (ValueError, RecursionError):
+        raise InvalidRequest(field, f"the {CARD} of {name!r} is not valid JSON") from None
+    if not isinstance(card, dict):
+        raise InvalidRequest(field, f"the {CARD} of {name!r} is not a JSON object; save the adapter again")
+    for key, kinds in CARD_FIELDS.items():
+        if card.get(key) is not None and not isinstance(card[key], kinds):
+            raise InvalidRequest(field, f"the {CARD} of {name!r} has a malformed {key!r}; save the adapter again")
+    return card
 
 
 def check_card(path: str | Path, *, base_hash: str, field: str = "adapter") -> dict[str, Any]:

@@ -13,7 +13,6 @@ service started on first use.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
@@ -55,11 +54,10 @@ class AskMagics(Magics):
                 raise ToolkitError(f"--service {name}: no such variable in this notebook")
             return self._ns[name]
         if self._service is None:
-            url = os.environ.get("GRAPHQL_URL", "").strip()
-            if url:
-                from toolkit.client import RemoteService
+            from toolkit.client import ClientSettings, RemoteService
 
-                self._service = RemoteService(url, api_key=os.environ.get("GRAPHQL_API_KEY") or None)
+            if ClientSettings.from_env().graphql_url:
+                self._service = RemoteService.from_env()
             else:
                 from toolkit.service import InferenceService
 

@@ -27,7 +27,8 @@ CountMessages = Callable[[Messages], int]
 
 SNIPPET_TOKENS = 160
 BLOCK_TOKENS = 700
-_FENCE = re.compile(r"<{2,}|>{2,}|(BEGIN|END)[ _]SEARCH[ _]RESULTS", re.I)
+# The block's markers, and near copies of them: any non-letters between the words, and angle-bracket runs.
+_FENCE = re.compile(r"<{2,}|>{2,}|(?:BEGIN|END)[\W_]*SEARCH[\W_]*RESULTS", re.I)
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,16 @@ def failure_instructions(today: date, reason: str) -> str:
 
 def sanitize(text: str, boundary: str, *, single_line: bool = False) -> str:
     """Untrusted text made safe to place inside the block."""
-    text = clean_text(text).replace(boundary, "")
-    text = _FENCE.sub(" ", text)
-    if single_line:
-        return " ".join(text.split())
-    return "\n".join(line for line in (" ".join(raw.split()) for raw in text.splitlines()) if line)
+    text = clean_text(text)
+    while True:  # until nothing changes: removing one piece must not assemble a marker from the rest
+        before = text
+        text = _FENCE.sub(" ", text.replace(boundary, ""))
+        if single_line:
+            text = " ".join(text.split())
+        else:
+            text = "\n".join(line for line in (" ".join(raw.split()) for raw in text.splitlines()) if line)
+        if text == before:
+            return text
 
 
 def truncate_tokens(text: str, limit: int, count: CountTokens) -> str:

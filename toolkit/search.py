@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
-from toolkit.errors import MissingDependency, ToolkitError
+from toolkit.errors import ConfigError, MissingDependency, ToolkitError
 from toolkit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,17 +138,23 @@ class Chunk:
     path: Path
     section: str
     text: str
+    name: str = ""  # the file's path relative to the documents folder (posix); default: its file name
 
     @property
     def url(self) -> str:
+        """``docs://<path in the folder>#<section>``: stable, and it never tells a client where the folder lies."""
+        base = "docs://" + quote(self.name or self.path.name)
         if self.section == self.path.stem:  # text before any heading: no anchor to point at
-            return self.path.resolve().as_uri()
+            return base
         anchor = re.sub(r"[^a-z0-9]+", "-", self.section.lower()).strip("-")
-        return self.path.resolve().as_uri() + (f"#{anchor}" if anchor else "")
+        return base + (f"#{anchor}" if anchor else "")
 
 
-def chunk_document(path: Path, text: str, max_chars: int = 1200) -> list[Chunk]:
-    """Split a document by headings, then by paragraphs so no chunk is longer than ``max_chars``."""
+def chunk_document(path: Path, text: str, max_chars: int = 1200, *, name: str = "") -> list[Chunk]:
+    """Split a document by headings, then by paragraphs so no chunk is longer than ``max_chars``.
+
+    ``name`` is the document's path in its folder, for the chunks' ``docs://`` URLs.
+    """
     if path.suffix.lower() in (".html", ".htm"):
         text = _SCRIPT.sub(" ", text)
         text = _HTML_HEADING.sub(lambda m: "\n\n# " + _TAG.sub("", m.group(1)).strip() + "\n\n", text)
@@ -166,11 +173,11 @@ def chunk_document(path: Path, text: str, max_chars: int = 1200) -> list[Chunk]:
         current = ""
         for para in filter(None, paragraphs):
             if current and len(current) + len(para) + 1 > max_chars:
-                chunks.append(Chunk(path, title, current))
+                chunks.append(Chunk(path, title, current, name))
                 current = ""
             current = f"{current}\n{para}" if current else para
         if current:
-            chunks.append(Chunk(path, title, current))
+            chunks.append(Chunk(path, title, current, name))
     return chunks
 
 
@@ -188,7 +195,7 @@ class LocalDocsBackend:
         self._stemmer = snowballstemmer.stemmer("english")
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
-            raise ToolkitError(f"SEARCH_PROVIDER=local:{folder}: no such folder; give a folder of .md/.txt/.html files")
+            raise ToolkitError(f"{folder}: no such folder; give a folder of .md/.txt/.html files")
         files = sorted(
             p
             for p in self.folder.rglob("*")
@@ -196,7 +203,11 @@ class LocalDocsBackend:
             and p.suffix.lower() in DOC_SUFFIXES
             and not any(part.startswith(".") for part in p.relative_to(self.folder).parts)
         )
-        self.chunks = [c for p in files for c in chunk_document(p, p.read_text(errors="replace"))]
+        self.chunks = [
+            c
+            for p in files
+            for c in chunk_document(p, p.read_text(errors="replace"), name=p.relative_to(self.folder).as_posix())
+        ]
         self.files = len(files)
         self._bm25s = bm25s
         self._index: Any = None
@@ -375,7 +386,12 @@ def make_searcher(settings: Settings) -> Searcher | None:
             timeout_s=settings.search_timeout_s, region=settings.search_region, safesearch=settings.search_safesearch
         )
     else:
-        backend = LocalDocsBackend(provider.removeprefix("local:").strip())
+        folder = provider.removeprefix("local:").strip()
+        if not Path(folder).expanduser().is_dir():
+            raise ConfigError(
+                "SEARCH_PROVIDER", f"local:{folder}: no such folder; give a folder of .md/.txt/.html files"
+            )
+        backend = LocalDocsBackend(folder)
     return Searcher(
         backend,
         timeout_s=settings.search_timeout_s,

@@ -5,6 +5,7 @@ Every request that is not to this machine is blocked. Screenshots go to tests/sc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "tests" / "screenshots"
 XSS = "<img src=x onerror=alert(1)>"
+KERNEL_IDLE_S = 4  # DASHBOARD_KERNEL_IDLE: short, so that the culling test does not wait minutes
 
 
 def free_port() -> int:
@@ -45,13 +47,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, first_load:
     voila = subprocess.Popen(
         [sys.executable, "-m", "dashboard", "--port", str(port)],
         cwd=ROOT,
-        env={**env, "GRAPHQL_URL": url},
+        env={**env, "GRAPHQL_URL": url, "DASHBOARD_KERNEL_IDLE": str(KERNEL_IDLE_S)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         RemoteService(url).wait_ready(timeout_s=90)
-        yield {"graphql": url, "dashboard": f"http://127.0.0.1:{port}/"}
+        yield {"graphql": url, "dashboard": f"http://127.0.0.1:{port}/", "launcher": voila.pid}
     finally:
         for proc in (voila, server):
             proc.terminate()
@@ -200,3 +202,38 @@ def test_the_explorer_tab_loads_graphiql(page: Any) -> None:
     frame.locator(".graphiql-execute-button").wait_for(timeout=30_000)
     page.screenshot(path=str(SHOTS / "5-explorer.png"))
     assert page.outside == []  # type: ignore[attr-defined]
+
+
+def kernels(stack: dict[str, Any]) -> int:
+    """The ipykernel processes Voila runs now."""
+    import psutil
+
+    launcher = psutil.Process(stack["launcher"])
+    count = 0
+    for child in launcher.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
+            count += "ipykernel" in " ".join(child.cmdline())
+    return count
+
+
+def test_kernels_of_closed_tabs_and_bare_requests_are_culled(stack: dict[str, Any], page: Any) -> None:
+    """Each page view starts a kernel; one whose tab closed, or a GET that never connected, must not stay."""
+    import time
+    import urllib.request
+
+    open_page = kernels(stack)  # the module's page, still open
+    for _ in range(2):
+        tab = page.context.browser.new_page()  # a visit of its own, as a second browser tab
+        tab.goto(stack["dashboard"])
+        tab.wait_for_selector(".tk-prompt input", timeout=90_000)
+        tab.close()
+    for _ in range(2):
+        urllib.request.urlopen(stack["dashboard"], timeout=60).read()
+    assert kernels(stack) >= open_page + 2
+    deadline = time.monotonic() + 12 * KERNEL_IDLE_S
+    while kernels(stack) > open_page and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert kernels(stack) == open_page
+    page.get_by_text("Chat", exact=True).click()  # back from the Explorer tab
+    ask(page, "What is the capital of France?")  # the open page kept its kernel
+    assert "Paris" in wait_done(page)
