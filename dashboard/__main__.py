@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from dashboard.config import DashboardSettings
+from toolkit.errors import ToolkitError
+
 NOTEBOOK = Path(__file__).with_name("chat.ipynb")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,18 +38,23 @@ def content_security_policy(explorer: str | None) -> str:
     )
 
 
-def voila_command(host: str, port: int, explorer: str | None = None) -> list[str]:
-    settings = {"headers": {"Content-Security-Policy": content_security_policy(explorer)}}
+def voila_command(settings: DashboardSettings, explorer: str | None = None) -> list[str]:
+    tornado = {"headers": {"Content-Security-Policy": content_security_policy(explorer)}}
     return [
         sys.executable,
         "-m",
         "voila",
         str(NOTEBOOK),
-        f"--port={port}",
+        f"--port={settings.port}",
         "--no-browser",
-        f"--Voila.ip={host}",
+        f"--Voila.ip={settings.host}",
         "--show_tracebacks=False",  # a failing cell shows a short message, never a traceback
-        f"--Voila.tornado_settings={json.dumps(settings)}",
+        f"--Voila.tornado_settings={json.dumps(tornado)}",
+        # every page view starts a kernel: one whose tab has closed (or a probe that never connected)
+        # is shut down after DASHBOARD_KERNEL_IDLE seconds; a page still open keeps its kernel
+        f"--MappingKernelManager.cull_idle_timeout={settings.kernel_idle_s}",
+        f"--MappingKernelManager.cull_interval={settings.cull_interval_s}",
+        "--MappingKernelManager.cull_connected=False",
     ]
 
 
@@ -56,14 +64,20 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("DASHBOARD_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("DASHBOARD_PORT", "3000")))
+    parser.add_argument("--host", default=None, help="address to bind (DASHBOARD_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (DASHBOARD_PORT, default 3000)")
     parser.add_argument("--with-server", action="store_true", help="also run the GraphQL server (python -m server)")
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # kill, docker stop: stop the children too, as Ctrl-C does
     env = dict(os.environ)
     children: list[subprocess.Popen[Any]] = []
+    try:
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        settings = DashboardSettings.from_env(**overrides)
+    except ToolkitError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     try:
         if args.with_server:
             from server.spawn import spawn_server
@@ -81,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         from dashboard.app import explorer_url
         from toolkit.client import RemoteService
 
-        graphql = env.get("GRAPHQL_URL", "").strip() or "http://127.0.0.1:8080/graphql"
-        explorer = env.get("EXPLORER_URL", "").strip() or explorer_url(RemoteService(graphql))
-        voila = subprocess.Popen(voila_command(args.host, args.port, explorer), cwd=ROOT, env=env)
+        explorer = explorer_url(RemoteService.from_env(env), settings)
+        voila = subprocess.Popen(voila_command(settings, explorer), cwd=ROOT, env=env)
         children.append(voila)
         print(
-            f"Dashboard: http://{args.host}:{args.port}/   (Ctrl-C stops {'both' if args.with_server else 'it'})",
+            f"Dashboard: http://{settings.host}:{settings.port}/   "
+            f"(Ctrl-C stops {'both' if args.with_server else 'it'})",
             flush=True,
         )
         while all(child.poll() is None for child in children):

@@ -7,7 +7,6 @@ thread (never ``with output:`` from a thread); that needs ipykernel >= 7.1.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import warnings
@@ -16,6 +15,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from dashboard import bubbles
+from dashboard.config import DashboardSettings
 from toolkit.errors import ToolkitError
 from toolkit.params import GenerationParams, InferRequest, Turn
 from toolkit.results import Done, SearchFinished, SearchStarted, Token
@@ -26,20 +26,20 @@ BASE_MODEL = ("(base model)", "")  # the adapter selector's entry for no adapter
 ADAPTERS_EVERY_S = 20.0  # how often the health poll also asks for the adapter list (it is rate limited)
 
 
-def backend_from_env() -> Any:
+def backend_from_env(settings: DashboardSettings | None = None) -> Any:
     """``RemoteService`` on ``GRAPHQL_URL``, or with ``DASHBOARD_BACKEND=inprocess`` a service in this kernel."""
-    if os.environ.get("DASHBOARD_BACKEND", "remote").strip().lower() == "inprocess":
+    settings = settings or DashboardSettings.from_env()
+    if settings.backend == "inprocess":
         from toolkit.service import InferenceService
 
         return InferenceService().start(wait=False, progress=False)
     from toolkit.client import RemoteService
 
-    url = os.environ.get("GRAPHQL_URL", "").strip() or "http://127.0.0.1:8080/graphql"
-    return RemoteService(url, api_key=os.environ.get("GRAPHQL_API_KEY") or None)
+    return RemoteService.from_env()
 
 
-def explorer_url(backend: Any) -> str | None:
-    explicit = os.environ.get("EXPLORER_URL", "").strip()
+def explorer_url(backend: Any, settings: DashboardSettings | None = None) -> str | None:
+    explicit = (settings or DashboardSettings.from_env()).explorer_url
     if explicit:
         return explicit
     url = getattr(backend, "url", None)

@@ -71,6 +71,8 @@ def domain(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return "local file"
+    if parsed.scheme == "docs":  # the local-documents search: the document's path in its folder
+        return "local document"
     return parsed.netloc.removeprefix("www.") or url
 
 
@@ -92,7 +94,7 @@ def sources_html(sources: Sequence[Any]) -> str:
     for s in sources:
         href = safe_href(s.url)
         title = escape(s.title or s.url)
-        where = escape(domain(s.url)) if href else "link removed"
+        where = escape(domain(s.url)) if href or s.url.startswith("docs://") else "link removed"
         link = f'<a href="{escape(href)}" target="_blank" title="{escape(s.url)}">{title}</a>' if href else title
         items.append(f"<li>[{s.index}] {link} <small>({where})</small></li>")
     return clean(f'<div class="tk-sources"><strong>Sources</strong><ol>{"".join(items)}</ol></div>')
