@@ -18,7 +18,7 @@ help:
 	@echo "make lab      JupyterLab on 127.0.0.1:8888 in the project's environment"
 	@echo "make test     install if needed, then run the whole test suite"
 	@echo "make lint     ruff and mypy"
-	@echo "make bench    engine, search, server, dashboard and LoRA benchmarks: tables, and JSON in bench/results/"
+	@echo "make bench    engine, search, server, dashboard, LoRA and load benchmarks: tables, and JSON in bench/results/"
 	@echo "make clean    remove .venv and caches"
 	@echo "make up       build and start server, dashboard and lab with docker compose (GPU); down, restart, logs"
 	@echo "make nvidia-setup  install the NVIDIA driver and container toolkit on a Debian/Ubuntu host (sudo)"
@@ -65,6 +65,7 @@ bench: install
 	$(PY) bench/server.py
 	$(PY) bench/dashboard.py
 	$(PY) bench/lora.py
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache
