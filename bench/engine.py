@@ -165,7 +165,7 @@ def main() -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from toolkit.engine import Engine
+    from toolkit.engines.local.engine import Engine
 
     cuda = torch.cuda.is_available()
     model, tokenizer, prompts, eos = build_cuda_model() if cuda else build_cpu_model()

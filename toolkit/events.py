@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import queue
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.errors import ToolkitError
-from toolkit.params import GenerationParams
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,7 @@ class Finished:
     first_token_s: float | None
     total_s: float
     error: ToolkitError | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # what the engine adds to the run record
 
 
 Event = Delta | Finished
@@ -53,13 +53,13 @@ class Streams:
     Iterate it to the end, or close it: closing early cancels the request.
     """
 
-    submit: Callable[..., Any]  # (input_ids, params, sink, **options) -> a job with .request_id and .done
+    submit: Callable[..., Any]  # (*request, sink=..., **options) -> a job with .request_id and .done
     cancel: Callable[[str], bool]
 
-    def stream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Iterator[Event]:
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Event]:
         """Events of one request; closing the iterator early cancels the request."""
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        job = self.submit(input_ids, params, events.put, **kwargs)
+        job = self.submit(*args, sink=events.put, **kwargs)
         return self._drain(job, events)
 
     def _drain(self, job: Any, events: queue.SimpleQueue[Event]) -> Iterator[Event]:
@@ -73,13 +73,13 @@ class Streams:
             if not job.done:
                 self.cancel(job.request_id)
 
-    def generate(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Finished:
-        for event in self.stream(input_ids, params, **kwargs):
+    def generate(self, *args: Any, **kwargs: Any) -> Finished:
+        for event in self.stream(*args, **kwargs):
             if isinstance(event, Finished):
                 return event
         raise AssertionError("a stream always ends with Finished")  # pragma: no cover
 
-    def astream(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> AsyncIterator[Event]:
+    def astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
         """Async version of ``stream``, for the server's event loop (call it from a coroutine)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
@@ -87,7 +87,7 @@ class Streams:
         def sink(event: Event) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        job = self.submit(input_ids, params, sink, **kwargs)
+        job = self.submit(*args, sink=sink, **kwargs)
         return self._adrain(job, events)
 
     async def _adrain(self, job: Any, events: asyncio.Queue[Event]) -> AsyncIterator[Event]:
@@ -101,8 +101,8 @@ class Streams:
             if not job.done:
                 self.cancel(job.request_id)
 
-    async def agenerate(self, input_ids: Sequence[int], params: GenerationParams, **kwargs: Any) -> Finished:
-        async for event in self.astream(input_ids, params, **kwargs):
+    async def agenerate(self, *args: Any, **kwargs: Any) -> Finished:
+        async for event in self.astream(*args, **kwargs):
             if isinstance(event, Finished):
                 return event
         raise AssertionError("a stream always ends with Finished")  # pragma: no cover

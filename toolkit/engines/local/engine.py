@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 
-from toolkit.adapters import LoraStack
-from toolkit.detok import TextStream
+from toolkit.engines.local.detok import TextStream
+from toolkit.engines.local.kvbatch import KVBatch, left_padded
+from toolkit.engines.local.lorastack import LoraStack
+from toolkit.engines.local.sampling import RowSampler, next_tokens
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.events import Delta, Event, Finished, Sink, Streams
-from toolkit.kvbatch import KVBatch, left_padded
 from toolkit.params import GenerationParams
-from toolkit.sampling import RowSampler, next_tokens
 
 log = logging.getLogger("toolkit.engine")
 

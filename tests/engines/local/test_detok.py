@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from toolkit.detok import TextStream
+from toolkit.engines.local.detok import TextStream
 
 
 def run(tokenizer: Any, text: str, stop: tuple[str, ...] = ()) -> tuple[list[str], TextStream]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from toolkit.engine import Delta, Engine, Finished
+from toolkit.engines.local.engine import Delta, Engine, Finished
 from toolkit.errors import GenerationError, InvalidRequest, Overloaded
 from toolkit.params import GenerationParams
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from toolkit.engines.local.sampling import RowSampler, _top_k_top_p, next_tokens
 from toolkit.params import GenerationParams
-from toolkit.sampling import RowSampler, _top_k_top_p, next_tokens
 
 
 def row(**kwargs: object) -> RowSampler:

@@ -1,0 +1,113 @@
+"""The seam between the service and whatever generates: one small ``Engine`` protocol.
+
+The service validates a request, searches, builds the chat messages within the model's input
+budget (counting tokens with the engine), then hands an ``EngineRequest`` to the engine of the
+model the request names and reads ``Delta``/``Finished`` events back (``toolkit.events``).
+Two engines implement it: ``LocalEngine`` (transformers, continuous batching, LoRA adapters in
+mixed batches) and ``OpenAIEngine`` (any OpenAI-compatible server: vLLM, SGLang, llama.cpp,
+Ollama, Ray Serve LLM). No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from toolkit.events import Event
+from toolkit.params import GenerationParams
+from toolkit.results import AdapterInfo
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The messages as one model sees them: rendered by its chat template and tokenized where the
+    engine can (local), and their size in tokens, counted as ``counted_by`` says."""
+
+    tokens: int
+    counted_by: str  # tokenizer | server | estimate
+    prompt_text: str | None = None
+    input_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One chat request, as the service hands it to an engine."""
+
+    engine_id: str  # unique in the service: ``cancel`` names it
+    messages: Messages
+    encoded: Encoded
+    params: GenerationParams  # resolved: max_new_tokens is set
+    adapter: str | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    adapters: bool  # requests may name a LoRA adapter
+    load_adapters: bool  # adapters can be loaded and unloaded at run time
+    token_count: str  # how prompts are counted: tokenizer | server | estimate
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the run record and ``models`` say about the engine serving a model."""
+
+    kind: str  # local | openai
+    served_model: str  # the model's name where it runs (the Hub id, or the remote server's name)
+    context_length: int
+    capabilities: Capabilities
+    content_hash: str | None = None  # the weights' sha256 (local); None where the engine cannot tell
+    device: str | None = None
+    dtype: str | None = None
+    quantization: str | None = None
+    version: str | None = None  # the remote server's version or system_fingerprint, when it says
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    queue_depth: int  # accepted, waiting for a slot
+    active: int  # generating now
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the service needs from an engine; ``submit``'s sink gets ``Delta``s then one ``Finished``."""
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def count_messages(self, messages: Messages) -> int: ...
+
+    def encode(self, messages: Messages) -> Encoded: ...
+
+    def check_room(self) -> None:
+        """Raise ``Overloaded`` at once when no request could be accepted now."""
+
+    def stream(self, request: EngineRequest) -> Iterator[Event]:
+        """Submit now; the events. Closing the iterator early cancels the request."""
+
+    def astream(self, request: EngineRequest) -> AsyncIterator[Event]: ...
+
+    def cancel(self, engine_id: str) -> bool: ...
+
+    def adapters(self) -> list[AdapterInfo]: ...
+
+    def adapter_hash(self, name: str) -> str | None:
+        """The weights hash of a served adapter, for the run record (None where unknown)."""
+
+    def check_adapter(self, name: str) -> None:
+        """Raise ``InvalidRequest`` on ``adapter`` when requests cannot name ``name``."""
+
+    def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo: ...
+
+    def unload_adapter(self, name: str, grace_s: float) -> AdapterInfo: ...
+
+    def close(self, grace_s: float = 10.0) -> None: ...

@@ -1,0 +1,535 @@
+"""``OpenAIEngine``: a model served by any OpenAI-compatible server (vLLM, SGLang, llama.cpp's server,
+Ollama, Ray Serve LLM, or another toolkit server), behind the same ``Engine`` protocol as the
+local one, so web search, run records, the dashboard, GraphQL, typed errors and cancel all work
+on top of it.
+
+Requests stream ``/v1/chat/completions`` with the official ``openai`` client on an event loop of
+the engine's own (one thread), which calls each request's sink with ``Delta``/``Finished`` events
+as the local scheduler does. Closing a request's stream (cancel, timeout) closes its connection,
+which vLLM and the others take as an abort. At most ``max_in_flight`` requests run at once; one
+more is ``Overloaded`` at once. A server that is down, refuses, times out or sends a broken stream
+gives ``EngineUnavailable`` (HTTP 503), naming the model and never the URL or the key; a 400 for
+an over-long prompt is ``PromptTooLong``. The client retries connections before the first token.
+
+Token counts (for the input budget and the web-search caps): the server's ``/tokenize`` when it
+has one (vLLM does), else a local tokenizer when the models file names one, else an estimate
+that errs on the long side: one token per ``ESTIMATE_BYTES_PER_TOKEN`` bytes of UTF-8, plus 8 per
+message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from toolkit.engines.base import Capabilities, Encoded, EngineInfo, EngineRequest, EngineStats, Messages
+from toolkit.errors import (
+    EngineClosed,
+    EngineUnavailable,
+    InvalidRequest,
+    MissingDependency,
+    Overloaded,
+    PromptTooLong,
+    ToolkitError,
+)
+from toolkit.events import Delta, Event, Finished, Sink, Streams
+from toolkit.results import AdapterInfo
+
+log = logging.getLogger("toolkit.engines.openai")
+ESTIMATE_BYTES_PER_TOKEN = 3  # English text runs about 4 bytes a token in common vocabularies: 3 overcounts
+ESTIMATE_PER_MESSAGE = 8  # role markers and separators of a chat template
+CONNECT_RETRIES = 2
+_NUMBER = re.compile(r"\d+")
+CONTEXT_WORDS = ("context length", "max_model_len", "maximum context", "too long", "context window")
+FINISH = {"stop": "stop", "length": "length", "abort": "cancelled", "content_filter": "stop", "tool_calls": "stop"}
+PARAM_FIELDS = {  # an OpenAI request field -> the toolkit's field, for errors a server reports by name
+    "max_tokens": "params.max_new_tokens",
+    "max_completion_tokens": "params.max_new_tokens",
+    "temperature": "params.temperature",
+    "top_p": "params.top_p",
+    "top_k": "params.top_k",
+    "repetition_penalty": "params.repetition_penalty",
+    "seed": "params.seed",
+    "stop": "params.stop",
+    "messages": "prompt",
+    "model": "model",
+}
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """One ``engine = "openai"`` model (see ``toolkit.registry``)."""
+
+    name: str  # the toolkit's name for the model
+    base_url: str  # ends in /v1
+    served_model: str  # the name the remote server knows
+    api_key: str | None = field(default=None, repr=False)
+    max_in_flight: int = 16
+    timeout_s: float = 60.0  # to connect, and between two chunks of an answer
+    tokenizer: str | None = None  # a local tokenizer (folder or Hub id in the cache) for token counts
+    context_length: int | None = None  # when the server does not say (vLLM does: max_model_len)
+
+    @property
+    def root(self) -> str:
+        """The server's root, for its endpoints beside the OpenAI API (/tokenize, /version, /metrics)."""
+        return self.base_url.rstrip("/").removesuffix("/v1")
+
+
+@dataclass(eq=False)
+class _Job:
+    request_id: str
+    adapter: str | None
+    done: bool = False
+    future: Any = None
+
+
+class OpenAIEngine(Streams):
+    def __init__(self, config: RemoteConfig, *, default_timeout_s: float | None = None) -> None:
+        try:
+            import openai
+        except ImportError:
+            raise MissingDependency("openai", f"model {config.name!r} (engine = openai)") from None
+        self.config = config
+        self.default_timeout_s = default_timeout_s
+        self._openai = openai
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+        self._closing = False
+        self._adapters: dict[str, AdapterInfo] = {}
+        self._tokenize: bool | None = None  # does the server have /tokenize? None: not asked yet
+        self._tokenizer: Any = None
+        self._info = self._make_info(config.context_length or 4096, None)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"openai-{config.name}", daemon=True)
+        self._thread.start()
+        self._client = openai.AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key or "none",  # servers without keys ignore it; the client insists on one
+            timeout=config.timeout_s,
+            max_retries=0,  # the engine retries connections itself, and only before the answer starts
+        )
+
+    def _make_info(self, context_length: int, version: str | None) -> EngineInfo:
+        count = "tokenizer" if self.config.tokenizer else ("server" if self._tokenize else "estimate")
+        return EngineInfo(
+            kind="openai",
+            served_model=self.config.served_model,
+            context_length=context_length,
+            capabilities=Capabilities(adapters=True, load_adapters=True, token_count=count),
+            version=version,
+        )
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return EngineStats(0, len(self._jobs))
+
+    # ----- the server's side endpoints (sync, small) ---------------------------------------
+
+    def _call(self, method: str, url: str, body: Any = None, timeout: float = 10.0, *, text: bool = False) -> Any:
+        """JSON in and out (``text``: the answer as text); ``EngineUnavailable`` (naming the model only)
+        when the server cannot answer."""
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise _HTTPStatus(exc.code, _error_message(exc.read())) from None
+        except (OSError, ValueError) as exc:
+            raise EngineUnavailable(self.config.name, f"its server cannot be reached ({type(exc).__name__})") from None
+        if text:
+            return raw.decode(errors="replace")
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise EngineUnavailable(self.config.name, "its server answered with something that is not JSON") from None
+
+    def probe(self) -> None:
+        """Ask the server what it serves: the model (its context length), its LoRA adapters, its version.
+
+        Raises ``EngineUnavailable`` while the server is down, or does not serve ``served_model``.
+        """
+        try:
+            listing = self._call("GET", self.config.base_url.rstrip("/") + "/models")
+        except _HTTPStatus as exc:
+            raise EngineUnavailable(self.config.name, f"its server answered HTTP {exc.status} to /models") from None
+        entries = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(entries, list):
+            raise EngineUnavailable(self.config.name, "its server's /models answer is not an OpenAI model list")
+        served = next((e for e in entries if isinstance(e, dict) and e.get("id") == self.config.served_model), None)
+        if served is None:
+            names = ", ".join(str(e.get("id")) for e in entries if isinstance(e, dict))
+            raise EngineUnavailable(
+                self.config.name, f"its server does not serve {self.config.served_model!r} (it serves: {names})"
+            )
+        context = served.get("max_model_len") or self.config.context_length or 4096
+        version = None
+        try:
+            answer = self._call("GET", self.config.root + "/version", timeout=5)
+            version = str(answer.get("version")) if isinstance(answer, dict) and answer.get("version") else None
+        except (ToolkitError, _HTTPStatus):
+            pass  # not every server has /version
+        self._refresh_adapters(entries)
+        if self._tokenize is None and not self.config.tokenizer:
+            self._tokenize = self._has_tokenize()
+        if self.config.tokenizer and self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.config.tokenizer)
+        self._info = self._make_info(int(context), version)
+
+    def _refresh_adapters(self, entries: list[Any] | None = None) -> None:
+        """The server's LoRA adapters for this model: /models entries whose parent is ``served_model``."""
+        if entries is None:
+            listing = self._call("GET", self.config.base_url.rstrip("/") + "/models")
+            entries = listing.get("data", []) if isinstance(listing, dict) else []
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        found = {}
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("parent") == self.config.served_model and entry.get("id"):
+                name = str(entry["id"])
+                old = self._adapters.get(name)
+                found[name] = old or AdapterInfo(
+                    name=name,
+                    path=str(entry.get("root") or name),
+                    base_model=self.config.served_model,
+                    adapter_hash="",
+                    r=None,
+                    alpha=None,
+                    target_modules=(),
+                    steps=None,
+                    examples=None,
+                    final_loss=None,
+                    created_at=None,
+                    loaded_at=now,
+                )
+        self._adapters = found
+
+    def _has_tokenize(self) -> bool:
+        try:
+            self._call("POST", self.config.root + "/tokenize", {"model": self.config.served_model, "prompt": "hi"})
+            return True
+        except (_HTTPStatus, ToolkitError):
+            return False
+
+    # ----- token counts ------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is not None:
+            return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self._tokenize:
+            body = {"model": self.config.served_model, "prompt": text, "add_special_tokens": False}
+            return int(self._tokenize_call(body))
+        return -(-len(text.encode()) // ESTIMATE_BYTES_PER_TOKEN)
+
+    def count_messages(self, messages: Messages) -> int:
+        if self._tokenizer is not None:
+            text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return len(self._tokenizer(str(text), add_special_tokens=False)["input_ids"])
+        if self._tokenize:
+            body = {"model": self.config.served_model, "messages": messages, "add_generation_prompt": True}
+            return int(self._tokenize_call(body))
+        return sum(self.count_tokens(m["content"]) + ESTIMATE_PER_MESSAGE for m in messages)
+
+    def _tokenize_call(self, body: dict[str, Any]) -> int:
+        try:
+            answer = self._call("POST", self.config.root + "/tokenize", body)
+        except _HTTPStatus as exc:
+            raise EngineUnavailable(self.config.name, f"its server answered HTTP {exc.status} to /tokenize") from None
+        return int(answer["count"])
+
+    def encode(self, messages: Messages) -> Encoded:
+        return Encoded(self.count_messages(messages), self.info.capabilities.token_count)
+
+    # ----- requests ----------------------------------------------------------------------
+
+    def check_room(self) -> None:
+        with self._lock:
+            if len(self._jobs) >= self.config.max_in_flight:
+                raise self._overloaded()
+
+    def _overloaded(self) -> Overloaded:
+        limit = self.config.max_in_flight
+        return Overloaded(
+            len(self._jobs),
+            limit,
+            f"model {self.config.name!r} is busy: {limit} requests are running on its server (max_in_flight); "
+            "retry in a few seconds",
+        )
+
+    def submit(self, request: EngineRequest, *, sink: Sink) -> _Job:
+        """Start a request on the engine's loop; its events go to ``sink`` from there."""
+        if request.adapter is not None:
+            self.check_adapter(request.adapter)
+        job = _Job(request.engine_id, request.adapter)
+        with self._lock:
+            if self._closing:
+                raise EngineClosed("the engine is shutting down; retry against a running service")
+            if len(self._jobs) >= self.config.max_in_flight:
+                raise self._overloaded()
+            if request.engine_id in self._jobs:
+                raise InvalidRequest("request_id", f"a request with id {request.engine_id!r} is already running")
+            self._jobs[request.engine_id] = job
+        job.future = asyncio.run_coroutine_threadsafe(self._run(job, request, sink), self._loop)
+        return job
+
+    def stream(self, request: EngineRequest) -> Iterator[Event]:
+        return super().stream(request)
+
+    def astream(self, request: EngineRequest) -> AsyncIterator[Event]:
+        return super().astream(request)
+
+    def cancel(self, engine_id: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(engine_id)
+        if job is None or job.done or job.future is None:
+            return False
+        job.future.cancel()  # the task is cancelled on the loop: its connection closes, the server aborts
+        return True
+
+    def _body(self, request: EngineRequest, seed: int) -> dict[str, Any]:
+        p = request.params
+        body: dict[str, Any] = {
+            "model": request.adapter or self.config.served_model,
+            "max_tokens": p.max_new_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "seed": seed,
+        }
+        if p.stop:
+            body["stop"] = list(p.stop)
+        extra: dict[str, Any] = {}  # what vLLM (and others) accept beside the OpenAI fields
+        if p.top_k:
+            extra["top_k"] = p.top_k
+        if p.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = p.repetition_penalty
+        if extra:
+            body["extra_body"] = extra
+        return body
+
+    async def _run(self, job: _Job, request: EngineRequest, sink: Sink) -> None:
+        submitted = time.perf_counter()
+        seed = request.params.seed if request.params.seed is not None else secrets.randbits(31)
+        body = self._body(request, seed)
+        timeout = request.timeout_s if request.timeout_s is not None else self.default_timeout_s
+        state: dict[str, Any] = {"text": [], "chunks": 0, "first": None, "usage": None, "finish": None, "fp": None}
+        reason, error = "error", cast("ToolkitError | None", None)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._stream(request, body, state, sink)
+            reason = FINISH.get(state["finish"] or "", "stop")
+            if state["finish"] is None:
+                error = EngineUnavailable(self.config.name, "its server ended the answer without a finish reason")
+                reason = "error"
+        except TimeoutError:
+            reason = "timeout"
+        except asyncio.CancelledError:
+            reason = "cancelled"
+        except ToolkitError as exc:
+            error = exc
+        except Exception as exc:  # whatever the transport raised: typed, named by model, no URL
+            error = self._translate(exc)
+        if error is not None:
+            reason = "error"
+        usage = state["usage"]
+        now = time.perf_counter()
+        finished = Finished(
+            request_id=request.engine_id,
+            text="".join(state["text"]),
+            finish_reason=reason,
+            prompt_tokens=usage.prompt_tokens if usage else request.encoded.tokens,
+            completion_tokens=usage.completion_tokens if usage else state["chunks"],
+            seed=seed,
+            queued_s=0.0,
+            first_token_s=(state["first"] - submitted) if state["first"] is not None else None,
+            total_s=now - submitted,
+            error=error,
+            extra={"system_fingerprint": state["fp"], "sent": {k: v for k, v in body.items() if k != "messages"}},
+        )
+        job.done = True
+        with self._lock:
+            self._jobs.pop(request.engine_id, None)
+        with contextlib.suppress(Exception):  # the consumer is gone
+            sink(finished)
+
+    async def _open(self, request: EngineRequest, body: dict[str, Any]) -> Any:
+        """The answer's stream, once the server has started it. A connection that fails before that is
+        tried again (``CONNECT_RETRIES`` times, with a short backoff); nothing is retried after."""
+        fields = {k: v for k, v in body.items() if k != "extra_body"}
+        create: Any = self._client.chat.completions.create  # the request's fields are built above, as sent
+        for attempt in range(CONNECT_RETRIES + 1):
+            try:
+                return await create(
+                    messages=request.messages,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body=body.get("extra_body"),
+                    **fields,
+                )
+            except self._openai.APIConnectionError as exc:
+                if isinstance(exc, self._openai.APITimeoutError) or attempt == CONNECT_RETRIES:
+                    raise
+                await asyncio.sleep(0.25 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _stream(self, request: EngineRequest, body: dict[str, Any], state: dict[str, Any], sink: Sink) -> None:
+        stream = await self._open(request, body)
+        async with stream:
+            async for chunk in stream:
+                state["fp"] = getattr(chunk, "system_fingerprint", None) or state["fp"]
+                if getattr(chunk, "usage", None) is not None:
+                    state["usage"] = chunk.usage
+                for choice in chunk.choices or ():
+                    content = choice.delta.content if choice.delta is not None else None
+                    if content:
+                        if state["first"] is None:
+                            state["first"] = time.perf_counter()
+                        state["text"].append(content)
+                        state["chunks"] += 1
+                        sink(Delta(request.engine_id, content))
+                    if choice.finish_reason:
+                        state["finish"] = choice.finish_reason
+
+    def _translate(self, exc: Exception) -> ToolkitError:
+        """A transport error as the toolkit's typed error; the server's URL and key never appear."""
+        openai, name = self._openai, self.config.name
+        if isinstance(exc, openai.APIStatusError):
+            message = _error_message(exc.response.content if exc.response is not None else b"") or str(exc)
+            return _status_error(name, exc.status_code, message)
+        if isinstance(exc, openai.APITimeoutError):
+            return EngineUnavailable(name, f"its server did not answer within {self.config.timeout_s:g} s")
+        if isinstance(exc, openai.APIConnectionError):
+            return EngineUnavailable(name, "its server cannot be reached, or the connection broke")
+        log.warning("model %s: unexpected answer from its server: %s: %s", name, type(exc).__name__, exc)
+        return EngineUnavailable(name, f"its server sent a broken stream ({type(exc).__name__})")
+
+    # ----- adapters ----------------------------------------------------------------------
+
+    def adapters(self) -> list[AdapterInfo]:
+        with contextlib.suppress(ToolkitError, _HTTPStatus):  # else the last known list
+            self._refresh_adapters()
+        return [self._adapters[name] for name in sorted(self._adapters)]
+
+    def adapter_hash(self, name: str) -> str | None:
+        return None  # the server does not say
+
+    def check_adapter(self, name: str) -> None:
+        if name in self._adapters:
+            return
+        with contextlib.suppress(ToolkitError, _HTTPStatus):
+            self._refresh_adapters()
+        if name not in self._adapters:
+            names = ", ".join(sorted(self._adapters)) or "none"
+            raise InvalidRequest("adapter", f"unknown adapter {name!r} for model {self.config.name!r}; served: {names}")
+
+    def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
+        """vLLM's runtime LoRA loading (the server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
+        try:
+            body = {"lora_name": name, "lora_path": path or name}
+            self._call("POST", self.config.base_url.rstrip("/") + "/load_lora_adapter", body, timeout=120, text=True)
+        except _HTTPStatus as exc:
+            raise self._runtime_lora_error(exc) from None
+        self._refresh_adapters()
+        return self._adapters[name]
+
+    def unload_adapter(self, name: str, grace_s: float) -> AdapterInfo:
+        self.check_adapter(name)
+        info = self._adapters[name]
+        try:
+            url = self.config.base_url.rstrip("/") + "/unload_lora_adapter"
+            self._call("POST", url, {"lora_name": name}, timeout=60, text=True)
+        except _HTTPStatus as exc:
+            raise self._runtime_lora_error(exc) from None
+        self._refresh_adapters()
+        return info
+
+    def _runtime_lora_error(self, exc: _HTTPStatus) -> ToolkitError:
+        if exc.status in (404, 405):
+            return InvalidRequest(
+                "model",
+                f"model {self.config.name!r}: its server does not load adapters at run time; start vLLM with "
+                "--enable-lora and the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, "
+                "or list the adapters at start with --lora-modules name=path",
+            )
+        return InvalidRequest("name", f"model {self.config.name!r}: its server refused: {exc.message}")
+
+    def close(self, grace_s: float = 10.0) -> None:
+        with self._lock:
+            self._closing = True
+            jobs = list(self._jobs.values())
+        deadline = time.monotonic() + grace_s
+        while any(not j.done for j in jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for job in jobs:
+            if not job.done and job.future is not None:
+                job.future.cancel()
+        with contextlib.suppress(Exception):  # already closed, or the loop is gone
+            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+class _HTTPStatus(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error_message(raw: bytes) -> str:
+    """The message of an OpenAI-shaped error body (``{"error": {"message"}}`` or vLLM's older flat form)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, TypeError):
+        return raw.decode(errors="replace")[:300] if isinstance(raw, bytes) else ""
+    if isinstance(body, dict):
+        inner = body["error"] if isinstance(body.get("error"), dict) else body
+        return str(inner.get("message") or "")[:1000]
+    return ""
+
+
+def _number_after(phrases: tuple[str, ...], text: str) -> int:
+    """The first number after one of ``phrases`` in ``text`` (0 when none is there)."""
+    for phrase in phrases:
+        at = text.find(phrase)
+        if at >= 0:
+            found = _NUMBER.search(text, at + len(phrase))
+            if found:
+                return int(found.group())
+    return 0
+
+
+def _status_error(name: str, status: int, message: str) -> ToolkitError:
+    lowered = message.lower()
+    if status in (400, 422):
+        if any(k in lowered for k in CONTEXT_WORDS):
+            limit = _number_after(("context length is", "max_model_len", "maximum context length of"), lowered)
+            count = _number_after(("requested", "messages resulted in", "prompt has"), lowered)
+            return PromptTooLong("prompt", count, limit, f"the model's server says: {message}")
+        field = next((f for k, f in PARAM_FIELDS.items() if re.search(rf"\b{k}\b", lowered)), "params")
+        return InvalidRequest(field, f"the model's server refused the request: {message}")
+    if status == 404:
+        return EngineUnavailable(name, "its server does not serve this model or adapter")
+    if status in (401, 403):
+        return EngineUnavailable(name, "its server refused the API key (see api_key_env in the models file)")
+    if status == 429:
+        return Overloaded(0, 0, f"model {name!r} is busy: its server is rate limiting; retry in a few seconds")
+    return EngineUnavailable(name, f"its server failed (HTTP {status})")
