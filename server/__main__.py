@@ -24,16 +24,16 @@ from toolkit.settings import Settings
 log = logging.getLogger("server")
 
 
-async def serve(settings: Settings, server_settings: ServerSettings) -> None:
-    service = InferenceService(settings)
+async def serve(service: InferenceService, server_settings: ServerSettings) -> None:
     app = make_app(service, server_settings)
     sockets = bind_sockets(server_settings.port, address=server_settings.host)
     port = sockets[0].getsockname()[1]  # the real port when 0 was asked
     http = make_http_server(app)
     http.add_sockets(sockets)
     base = f"http://{server_settings.host}:{port}"
-    print(f"GraphQL: {base}/graphql   GraphiQL: {base}/graphiql   (model loading: {settings.model_label})", flush=True)
-    service.start(wait=False)
+    names = ", ".join(entry.name for entry in service.registry)
+    print(f"GraphQL: {base}/graphql   GraphiQL: {base}/graphiql   (loading: {names})", flush=True)
+    service.start(wait=False)  # a bad SEARCH_PROVIDER fails here
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,12 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         server_settings = ServerSettings.from_env(**overrides)
-        settings = Settings.from_env()
+        service = InferenceService(Settings.from_env())  # a bad MODELS_FILE fails here, naming the key
     except ToolkitError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(settings, server_settings))
+        asyncio.run(serve(service, server_settings))
+    except ToolkitError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: cannot listen on {server_settings.host}:{server_settings.port}: {exc}", file=sys.stderr)
         return 1

@@ -290,7 +290,7 @@ class Gateway:
                 for extra in ("count", "limit"):
                     if hasattr(original, extra):
                         extensions[extra] = getattr(original, extra)
-            if original.code == "OVERLOADED":
+            if original.code in ("OVERLOADED", "ENGINE_UNAVAILABLE"):
                 extensions["retryAfter"] = 1
             formatted["extensions"] = extensions
         elif original is not None and not isinstance(original, GraphQLError):

@@ -219,7 +219,7 @@ class GraphQLHandler(tornado.web.RequestHandler):
         status = 200
         errors = body.get("errors", [])
         codes = {e.get("extensions", {}).get("code") for e in errors}
-        if body.get("data") is None and codes == {"OVERLOADED"}:
+        if body.get("data") is None and codes and codes <= {"OVERLOADED", "ENGINE_UNAVAILABLE"}:
             status = 503
             self.set_header("Retry-After", "1")
         elif body.get("data") is None and errors and media == GRAPHQL_RESPONSE and all("path" not in e for e in errors):

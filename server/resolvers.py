@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,9 @@ from graphql import GraphQLResolveInfo, GraphQLSchema, build_schema
 
 from toolkit.errors import ClientGone, Forbidden, InvalidRequest, RequestTimeout
 from toolkit.params import GenerationParams, InferRequest, Turn
-from toolkit.results import AdapterInfo, Done, InferResult, SearchFinished, SearchStarted, Source, StreamEvent, Token
+from toolkit.protocol import Service
+from toolkit.results import Done, InferResult, SearchFinished, SearchStarted, StreamEvent, Token
+from toolkit.wire import to_wire
 
 SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -38,7 +40,7 @@ FIELD_NAMES = {  # toolkit field names -> GraphQL argument names, for error mess
 class Context:
     """What resolvers get: the service, and a place to register cleanups for when the client goes away."""
 
-    service: Any  # InferenceService or anything with its interface
+    service: Service  # InferenceService, or anything with its interface
     client: str = ""
     admin: bool = True  # may load and unload adapters (without API keys, everyone may)
     owner: str = ""  # the caller's identity: its request ids are its own (see InferenceService.cancel)
@@ -69,30 +71,10 @@ def to_request(args: dict[str, Any], owner: str = "") -> InferRequest:
     )
 
 
-def source_dict(source: Source) -> dict[str, Any]:
-    return asdict(source)
-
-
 def result_dict(result: InferResult) -> dict[str, Any]:
-    t = result.timings
-    return {
-        "id": result.id,
-        "text": result.text,
-        "sources": [source_dict(s) for s in result.sources],
-        "searchStatus": result.search_status.upper(),
-        "searchMessage": result.search_message,
-        "finishReason": result.finish_reason.upper(),
-        "usage": {"promptTokens": result.usage.prompt_tokens, "completionTokens": result.usage.completion_tokens},
-        "timings": {
-            "queuedSeconds": t.queued_s,
-            "firstTokenSeconds": t.first_token_s,
-            "totalSeconds": t.total_s,
-            "tokensPerSecond": result.tokens_per_s,
-        },
-        "model": result.model,
-        "adapter": result.adapter,
-        "runRecord": asdict(result.run_record),
-    }
+    wire = to_wire(result)
+    wire["timings"]["tokensPerSecond"] = result.tokens_per_s
+    return dict(wire)
 
 
 def event_dict(event: StreamEvent) -> dict[str, Any]:
@@ -104,7 +86,7 @@ def event_dict(event: StreamEvent) -> dict[str, Any]:
             "requestId": event.request_id,
             "searchStatus": event.status.upper(),
             "searchMessage": event.message,
-            "sources": [source_dict(s) for s in event.sources],
+            "sources": to_wire(event.sources),
         }
     if isinstance(event, Token):
         return {"type": "TOKEN", "requestId": event.request_id, "delta": event.delta, "text": event.text}
@@ -121,32 +103,11 @@ def event_dict(event: StreamEvent) -> dict[str, Any]:
 
 
 def resolve_health(_: Any, info: GraphQLResolveInfo) -> dict[str, Any]:
-    h = info.context.service.health()
-    return {
-        "status": h.status.upper(),
-        "model": h.model,
-        "device": h.device,
-        "dtype": h.dtype,
-        "quantization": h.quantization,
-        "queueDepth": h.queue_depth,
-        "active": h.active,
-        "uptimeSeconds": h.uptime_s,
-        "version": h.version,
-        "error": h.error,
-    }
+    return dict(to_wire(info.context.service.health()))
 
 
 def resolve_models(_: Any, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": m.id,
-            "source": m.source,
-            "loaded": m.loaded,
-            "contextLength": m.context_length,
-            "contentHash": m.content_hash,
-        }
-        for m in info.context.service.models()
-    ]
+    return list(to_wire(info.context.service.models()))
 
 
 async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[str, Any]:
@@ -188,25 +149,8 @@ async def subscribe_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> Asyn
     return events()
 
 
-def adapter_dict(info: AdapterInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "path": info.path,
-        "baseModel": info.base_model,
-        "adapterHash": info.adapter_hash,
-        "r": info.r,
-        "alpha": info.alpha,
-        "targetModules": list(info.target_modules),
-        "steps": info.steps,
-        "examples": info.examples,
-        "finalLoss": info.final_loss,
-        "createdAt": info.created_at,
-        "loadedAt": info.loaded_at,
-    }
-
-
-def resolve_adapters(_: Any, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
-    return [adapter_dict(a) for a in info.context.service.adapters()]
+def resolve_adapters(_: Any, info: GraphQLResolveInfo, model: str | None = None) -> list[dict[str, Any]]:
+    return list(to_wire(info.context.service.adapters(model)))
 
 
 def _admin(info: GraphQLResolveInfo) -> Any:
@@ -215,16 +159,22 @@ def _admin(info: GraphQLResolveInfo) -> Any:
     return info.context.service
 
 
-async def resolve_load_adapter(_: Any, info: GraphQLResolveInfo, name: str, path: str | None = None) -> dict[str, Any]:
+async def resolve_load_adapter(
+    _: Any, info: GraphQLResolveInfo, name: str, path: str | None = None, model: str | None = None
+) -> dict[str, Any]:
     service = _admin(info)
     loop = asyncio.get_running_loop()  # reading the files and injecting the layers: off the event loop
-    return adapter_dict(await loop.run_in_executor(None, service.load_adapter, name, path))
+    adapter = await loop.run_in_executor(None, lambda: service.load_adapter(name, path, model=model))
+    return dict(to_wire(adapter))
 
 
-async def resolve_unload_adapter(_: Any, info: GraphQLResolveInfo, name: str) -> dict[str, Any]:
+async def resolve_unload_adapter(
+    _: Any, info: GraphQLResolveInfo, name: str, model: str | None = None
+) -> dict[str, Any]:
     service = _admin(info)
     loop = asyncio.get_running_loop()  # waits for the adapter's running requests
-    return adapter_dict(await loop.run_in_executor(None, service.unload_adapter, name))
+    adapter = await loop.run_in_executor(None, lambda: service.unload_adapter(name, model=model))
+    return dict(to_wire(adapter))
 
 
 def make_schema() -> GraphQLSchema:

@@ -83,7 +83,7 @@ def test_base_and_two_adapters_in_one_batch_equal_their_solo_runs(adapter_servic
     solo = [adapter_service.infer(p, adapter=a, **SHORT).text for p, a in requests]
     for i in range(0, len(solo), 3):  # base, A and B really answer differently
         assert len(set(solo[i : i + 3])) == 3, solo[i : i + 3]
-    engine = adapter_service._engine
+    engine = adapter_service.engine().scheduler
     engine.peak_batch = 0
     assert answers_with(adapter_service, requests, SHORT) == solo
     assert engine.peak_batch >= 4  # they did share batches
@@ -109,7 +109,7 @@ def empty_service(served: InferenceService) -> InferenceService:
 
 def test_the_folder_scan_skips_bad_adapters_with_a_warning(empty_service: InferenceService, caplog: Any) -> None:
     """What happens at start: ADAPTERS_DIR also holds a card for another base and a symlink to outside."""
-    empty_service._registry.load_folder()
+    empty_service.engine().registry.load_folder()
     assert [a.name for a in empty_service.adapters()] == ["quenby", "quenby-draft"]
     assert "'other-base' in ADAPTERS_DIR not loaded" in caplog.text and "train it again" in caplog.text
     assert "'link-out' in ADAPTERS_DIR not loaded" in caplog.text and "outside ADAPTERS_DIR" in caplog.text
@@ -127,7 +127,7 @@ def test_load_and_unload_at_run_time_then_the_plain_base_model_remains(empty_ser
     assert "Quenby" in service.infer(question, adapter="kestrel", **SHORT).text
     assert service.infer(question, **SHORT).text == before
     service.unload_adapter("kestrel")
-    assert service.adapters() == [] and service._engine._lora.peft is None  # the LoRA layers are gone
+    assert service.adapters() == [] and service.engine().scheduler._lora.peft is None  # the LoRA layers are gone
     assert service.infer(question, **SHORT).text == before
     with pytest.raises(InvalidRequest) as info_:
         service.infer("Who is Quenby?", adapter="kestrel")
@@ -145,7 +145,7 @@ def test_unloading_lets_running_requests_finish_and_refuses_new_ones(empty_servi
     unloaded = threading.Thread(target=service.unload_adapter, args=("quenby",))
     unloaded.start()
     deadline = time.monotonic() + 10
-    while "quenby" in service._engine.adapters and time.monotonic() < deadline:
+    while "quenby" in service.engine().scheduler.adapters and time.monotonic() < deadline:
         time.sleep(0.005)
     assert service.adapters() == []  # not listed while it drains
     with pytest.raises(InvalidRequest) as info:  # refused at once, while the running one goes on
@@ -208,7 +208,9 @@ def test_a_failed_first_load_leaves_the_model_untouched(empty_service: Inference
         empty_service.load_adapter("x", folder)
     assert info.value.field == "path"
     model = empty_service.loaded.model
-    assert empty_service._engine._lora.peft is None and not any("lora" in name for name, _ in model.named_modules())
+    assert empty_service.engine().scheduler._lora.peft is None and not any(
+        "lora" in name for name, _ in model.named_modules()
+    )
     assert empty_service.infer(question, **SHORT).text == before
 
 

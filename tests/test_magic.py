@@ -71,3 +71,35 @@ def test_bad_input_is_one_line_not_a_traceback(shell: Any) -> None:
     with capture_output():
         shell.run_cell_magic("ask", "--service nope", "Hi")
     assert "no such variable" in (magics.last_error or "")
+
+
+def test_model_routes_the_question(shell: Any, settings: Any, loaded: Any) -> None:
+    """``--model`` names one of the service's models: here a remote one (a server shaped like vLLM's)."""
+    import sys
+    from dataclasses import replace
+
+    sys.path.insert(0, str(Path(__file__).parent / "engines"))
+    from fake_openai import ANSWER, start_fake
+
+    from toolkit.registry import ModelConfig
+
+    fake = start_fake()
+    configs = [
+        ModelConfig(name=loaded.name),
+        ModelConfig("remote", engine="openai", base_url=fake.base_url, served_model="ok"),
+    ]
+    multi = InferenceService(replace(settings, search_provider="none"), models=configs, loaded=loaded).start(
+        progress=False
+    )
+    try:
+        multi.wait_ready(timeout=30, model="remote")
+        shell.user_ns["multi"] = multi
+        with capture_output():
+            shell.run_cell_magic("ask", "--service multi --model remote --temperature 0 --out routed", "Hi")
+        assert shell.user_ns["routed"].model == "remote" and shell.user_ns["routed"].text == ANSWER
+        with capture_output():
+            shell.run_cell_magic("ask", "--service multi --model nope", "Hi")
+        assert "unknown model 'nope'" in (shell.magics_manager.registry["AskMagics"].last_error or "")
+    finally:
+        multi.close(grace_s=0)
+        fake.stop()

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from toolkit.errors import (
     ConfigError,
+    EngineUnavailable,
     Forbidden,
     GenerationError,
     InvalidRequest,
@@ -32,30 +33,23 @@ from toolkit.errors import (
     Overloaded,
     ToolkitError,
 )
-from toolkit.params import InferRequest
+from toolkit.params import GenerationParams, InferRequest
 from toolkit.results import (
     AdapterInfo,
     Done,
     Health,
     InferResult,
     ModelInfo,
-    RunRecord,
     SearchFinished,
     SearchStarted,
     Source,
     StreamEvent,
-    Timings,
     Token,
-    Usage,
 )
 from toolkit.settings import read_env
+from toolkit.wire import from_wire, selection
 
-RESULT_FIELDS = """
-  id text searchStatus searchMessage finishReason model adapter runRecord
-  sources { index title url snippet }
-  usage { promptTokens completionTokens }
-  timings { queuedSeconds firstTokenSeconds totalSeconds }
-"""
+RESULT_FIELDS = selection(InferResult) + " timings { tokensPerSecond }"
 ARGS = """$prompt: String!, $webSearch: Boolean, $history: [TurnInput!], $systemPrompt: String,
   $params: GenerationInput, $model: String, $adapter: String, $requestId: ID"""
 PASS = """prompt: $prompt, webSearch: $webSearch, history: $history, systemPrompt: $systemPrompt,
@@ -63,17 +57,18 @@ PASS = """prompt: $prompt, webSearch: $webSearch, history: $history, systemPromp
 INFER = f"mutation Infer({ARGS}) {{ infer({PASS}) {{ {RESULT_FIELDS} }} }}"
 STREAM = f"""subscription InferStream({ARGS}) {{ inferStream({PASS}) {{
   type requestId query searchStatus searchMessage delta text
-  sources {{ index title url snippet }}
+  sources {{ {selection(Source)} }}
   result {{ {RESULT_FIELDS} }}
 }} }}"""
-HEALTH = "{ health { status model device dtype quantization queueDepth active uptimeSeconds version error } }"
-MODELS = "{ models { id source loaded contextLength contentHash } }"
+HEALTH = f"{{ health {{ {selection(Health)} }} }}"
+MODELS = f"{{ models {{ {selection(ModelInfo)} }} }}"
 CANCEL = "mutation Cancel($id: ID!) { cancel(requestId: $id) }"
-ADAPTER_FIELDS = "name path baseModel adapterHash r alpha targetModules steps examples finalLoss createdAt loadedAt"
-ADAPTERS = f"{{ adapters {{ {ADAPTER_FIELDS} }} }}"
-LOAD_ADAPTER = f"""mutation LoadAdapter($name: String!, $path: String) {{
-  loadAdapter(name: $name, path: $path) {{ {ADAPTER_FIELDS} }} }}"""
-UNLOAD_ADAPTER = f"mutation UnloadAdapter($name: String!) {{ unloadAdapter(name: $name) {{ {ADAPTER_FIELDS} }} }}"
+ADAPTER_FIELDS = selection(AdapterInfo)
+ADAPTERS = f"query Adapters($model: String) {{ adapters(model: $model) {{ {ADAPTER_FIELDS} }} }}"
+LOAD_ADAPTER = f"""mutation LoadAdapter($name: String!, $path: String, $model: String) {{
+  loadAdapter(name: $name, path: $path, model: $model) {{ {ADAPTER_FIELDS} }} }}"""
+UNLOAD_ADAPTER = f"""mutation UnloadAdapter($name: String!, $model: String) {{
+  unloadAdapter(name: $name, model: $model) {{ {ADAPTER_FIELDS} }} }}"""
 PARAM_NAMES = {
     "max_new_tokens": "maxNewTokens",
     "temperature": "temperature",
@@ -182,19 +177,7 @@ class RemoteService:
         return dict(payload.get("data") or {})
 
     def health(self) -> Health:
-        h = self.execute(HEALTH, timeout_s=10)["health"]
-        return Health(
-            status=h["status"].lower(),
-            model=h["model"],
-            device=h["device"],
-            dtype=h["dtype"],
-            quantization=h["quantization"],
-            queue_depth=h["queueDepth"],
-            active=h["active"],
-            uptime_s=h["uptimeSeconds"],
-            version=h["version"],
-            error=h["error"],
-        )
+        return from_wire(Health, self.execute(HEALTH, timeout_s=10)["health"])
 
     def wait_ready(self, timeout_s: float = 120.0, poll_s: float = 0.2) -> Health:
         """Wait until the server is up and its model loaded; ``ServiceUnavailable`` past the timeout."""
@@ -217,26 +200,32 @@ class RemoteService:
             time.sleep(poll_s)
 
     def models(self) -> list[ModelInfo]:
-        return [
-            ModelInfo(m["id"], m["source"], m["loaded"], m["contextLength"], m["contentHash"])
-            for m in self.execute(MODELS, timeout_s=10)["models"]
-        ]
+        return [from_wire(ModelInfo, m) for m in self.execute(MODELS, timeout_s=10)["models"]]
 
     def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
         request = _request(request, kwargs)
         return result_from(self.execute(INFER, variables(request))["infer"])
 
-    def cancel(self, request_id: str) -> bool:
+    def validate(self, request: InferRequest | str, **kwargs: Any) -> tuple[InferRequest, GenerationParams]:
+        """The checks a request can have here (its fields); the server checks the rest when it runs."""
+        request = _request(request, kwargs)
+        return request, request.params
+
+    def cancel(self, request_id: str, owner: str = "") -> bool:
+        """Cancel one of this client's requests. (``owner`` is the server's business: it is this client's key.)"""
         return bool(self.execute(CANCEL, {"id": request_id}, timeout_s=10)["cancel"])
 
-    def adapters(self) -> list[AdapterInfo]:
-        return [adapter_from(a) for a in self.execute(ADAPTERS, timeout_s=10)["adapters"]]
+    def adapters(self, model: str | None = None) -> list[AdapterInfo]:
+        data = self.execute(ADAPTERS, {"model": model}, timeout_s=10)
+        return [from_wire(AdapterInfo, a) for a in data["adapters"]]
 
-    def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
-        return adapter_from(self.execute(LOAD_ADAPTER, {"name": name, "path": path})["loadAdapter"])
+    def load_adapter(self, name: str, path: str | None = None, model: str | None = None) -> AdapterInfo:
+        data = self.execute(LOAD_ADAPTER, {"name": name, "path": path, "model": model})
+        return from_wire(AdapterInfo, data["loadAdapter"])
 
-    def unload_adapter(self, name: str) -> AdapterInfo:
-        return adapter_from(self.execute(UNLOAD_ADAPTER, {"name": name})["unloadAdapter"])
+    def unload_adapter(self, name: str, grace_s: float | None = None, model: str | None = None) -> AdapterInfo:
+        """Unload on the server (it drains for its REQUEST_TIMEOUT; ``grace_s`` is not sent)."""
+        return from_wire(AdapterInfo, self.execute(UNLOAD_ADAPTER, {"name": name, "model": model})["unloadAdapter"])
 
     # ----- WebSocket ------------------------------------------------------------------
 
@@ -359,38 +348,7 @@ def variables(request: InferRequest) -> dict[str, Any]:
 
 
 def result_from(data: dict[str, Any]) -> InferResult:
-    t = data["timings"]
-    record = dict(data["runRecord"])
-    return InferResult(
-        id=data["id"],
-        text=data["text"],
-        finish_reason=data["finishReason"].lower(),
-        usage=Usage(data["usage"]["promptTokens"], data["usage"]["completionTokens"]),
-        timings=Timings(t["queuedSeconds"], t["firstTokenSeconds"], t["totalSeconds"]),
-        model=data["model"],
-        adapter=data["adapter"],
-        run_record=RunRecord(**record),
-        sources=tuple(Source(**s) for s in data["sources"]),
-        search_status=data["searchStatus"].lower(),
-        search_message=data["searchMessage"],
-    )
-
-
-def adapter_from(data: dict[str, Any]) -> AdapterInfo:
-    return AdapterInfo(
-        name=data["name"],
-        path=data["path"],
-        base_model=data["baseModel"],
-        adapter_hash=data["adapterHash"],
-        r=data["r"],
-        alpha=data["alpha"],
-        target_modules=tuple(data["targetModules"]),
-        steps=data["steps"],
-        examples=data["examples"],
-        final_loss=data["finalLoss"],
-        created_at=data["createdAt"],
-        loaded_at=data["loadedAt"],
-    )
+    return from_wire(InferResult, data)
 
 
 def _stream_message(message: dict[str, Any], sub_id: str) -> StreamEvent | str | None:
@@ -410,7 +368,7 @@ def _stream_message(message: dict[str, Any], sub_id: str) -> StreamEvent | str |
     if e["type"] == "SEARCH_STARTED":
         return SearchStarted(e["requestId"], e["query"], "")
     if e["type"] == "SEARCH_FINISHED":
-        sources = tuple(Source(**s) for s in e["sources"] or ())
+        sources = tuple(from_wire(Source, s) for s in e["sources"] or ())
         return SearchFinished(e["requestId"], e["searchStatus"].lower(), sources, e["searchMessage"], False, 0.0)
     if e["type"] == "TOKEN":
         return Token(e["requestId"], e["delta"], e["text"])
@@ -435,6 +393,10 @@ def error_from(err: dict[str, Any]) -> ToolkitError:
         return GenerationError(message)
     if code == "FORBIDDEN":
         return Forbidden(message)
+    if code == "ENGINE_UNAVAILABLE":
+        unavailable = EngineUnavailable(str(ext.get("model") or ""), "")
+        unavailable.message, unavailable.args = message, (message,)
+        return unavailable
     return RemoteError(code, message)
 
 

@@ -66,13 +66,25 @@ class Overloaded(ToolkitError):
 
     code = "OVERLOADED"
 
-    def __init__(self, queued: int, limit: int) -> None:
+    def __init__(self, queued: int, limit: int, message: str | None = None) -> None:
         super().__init__(
-            f"the server is busy: {queued} requests are waiting (limit {limit}); "
+            message
+            or f"the server is busy: {queued} requests are waiting (limit {limit}); "
             "retry in a few seconds or raise MAX_QUEUE"
         )
         self.queued = queued
         self.limit = limit
+
+
+class EngineUnavailable(ToolkitError):
+    """The engine of a model cannot answer now: its remote server is down, refuses, times out or sent
+    a broken stream. The message names the model, never the server's URL or key; retry later."""
+
+    code = "ENGINE_UNAVAILABLE"
+
+    def __init__(self, model: str, why: str) -> None:
+        super().__init__(f"model {model!r} is unavailable: {why}; retry later, or ask another model")
+        self.model = model
 
 
 class ModelLoadError(ToolkitError):

@@ -6,8 +6,10 @@ can be stored and an answer replayed from its ``RunRecord``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from toolkit.wire import ENUM, JSON
 
 
 @dataclass(frozen=True)
@@ -41,34 +43,40 @@ class RunRecord:
 
     request_id: str
     created_at: str
-    model: str
-    model_source: str
-    model_hash: str
+    model: str  # the name the request used (the service's name for it)
+    model_source: str  # gguf | local | hub (a local model), or the remote engine's kind
+    model_hash: str | None  # sha256 of the weights (None: a remote server does not say)
     adapter: str | None
-    device: str
-    dtype: str
+    device: str | None
+    dtype: str | None
     quantization: str | None
     params: dict[str, Any]  # with the seed actually used
-    messages: list[dict[str, str]]
-    prompt_text: str  # the messages rendered by the chat template, as the model saw them
+    messages: list[dict[str, str]]  # exactly what the model was sent
+    prompt_text: str | None  # the messages rendered by the chat template (None: a remote server renders them)
     versions: dict[str, str]
     search: dict[str, Any] | None = None  # provider, query, time, status and results of the web search
     dropped_history_turns: int = 0
     adapter_hash: str | None = None  # sha256 of the LoRA adapter's weights, with ``adapter``
+    engine: str = "local"  # local | openai
+    served_model: str | None = None  # the model's name where it ran (a remote server's own name)
+    engine_version: str | None = None  # the remote server's system_fingerprint or version, when it says
+    sent: dict[str, Any] | None = None  # the parameters sent to a remote server, as sent
 
 
 @dataclass(frozen=True)
 class InferResult:
     id: str
     text: str
-    finish_reason: str  # stop | length | cancelled | timeout
+    finish_reason: str = field(metadata=ENUM)  # stop | length | cancelled | timeout
     usage: Usage
     timings: Timings
     model: str
     adapter: str | None
-    run_record: RunRecord
+    run_record: RunRecord = field(metadata=JSON)
     sources: tuple[Source, ...] = ()
-    search_status: str = "off"  # off | ok | timeout | rate_limited | no_results | network | error
+    search_status: str = field(
+        default="off", metadata=ENUM
+    )  # off | ok | timeout | rate_limited | no_results | network | error
     search_message: str | None = None  # why the search failed, for the user
 
     @property
@@ -127,17 +135,28 @@ StreamEvent = SearchStarted | SearchFinished | Token | Done
 
 
 @dataclass(frozen=True)
+class ModelHealth:
+    """One model's status, in ``Health.models``."""
+
+    name: str
+    engine: str  # local | openai
+    status: str = field(metadata=ENUM)  # loading | ready | error | stopped
+    error: str | None = None  # why it failed to load, or why a remote one is not reachable yet
+
+
+@dataclass(frozen=True)
 class Health:
-    status: str  # loading | ready | error | stopped
-    model: str
+    status: str = field(metadata=ENUM)  # loading | ready | error | stopped: the default model's
+    model: str  # the default model
     device: str | None
     dtype: str | None
     quantization: str | None
-    queue_depth: int
+    queue_depth: int  # over all models
     active: int
     uptime_s: float
     version: str
     error: str | None = None
+    models: tuple[ModelHealth, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,11 +164,19 @@ class Health:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    id: str
-    source: str
+    id: str  # the name requests pass as ``model``
+    source: str  # gguf | local | hub | openai | pending
     loaded: bool
     context_length: int | None
     content_hash: str | None
+    engine: str = "local"  # local | openai
+    status: str = field(default="ready", metadata=ENUM)  # loading | ready | error | stopped
+    error: str | None = None
+    default: bool = False
+    served_model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    quantization: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

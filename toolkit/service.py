@@ -1,15 +1,17 @@
 """``InferenceService``: the one facade that notebooks, the dashboard and the server call.
 
-    service = InferenceService().start()          # loads MODEL_ID (or the bundled default)
+    service = InferenceService().start()          # MODEL_ID (or the bundled default), or MODELS_FILE's models
     result = service.infer("What is the capital of France?", temperature=0)
     for event in service.stream(InferRequest(prompt="Tell me a story")):
         ...                                        # Token(delta, text) ..., then Done(result)
+    service.infer("Hi", model="smollm2-vllm")      # another model of MODELS_FILE: local or remote
     service.load_adapter("pirate")                 # ADAPTERS_DIR/pirate, no restart
     service.infer("Hello", adapter="pirate")
 
-The service validates the request (once, here), formats the chat messages,
-checks the input budget, hands token ids to the engine and turns engine
-events into ``Token``/``Done`` with a full ``InferResult``.
+The service validates the request (once, here), routes it to the engine of the model it names
+(``toolkit.registry``), searches, formats the chat messages within the input budget (counting with
+that engine), hands them to the engine (``toolkit.engines``) and turns its events into
+``Token``/``Done`` with a full ``InferResult`` and its run record.
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ from importlib import metadata
 from typing import Any, cast
 
 from toolkit import __version__ as TOOLKIT_VERSION
-from toolkit.adapters import AdapterRegistry
-from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong, ToolkitError
+from toolkit.engines.base import Encoded, Engine, EngineRequest
+from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong
 from toolkit.events import Finished
 from toolkit.params import GenerationParams, InferRequest, Limits
-from toolkit.rag import BuiltMessages, build_messages, merge_system_messages
+from toolkit.rag import BuiltMessages, build_messages
+from toolkit.registry import ModelConfig, ModelRegistry, ServedModel, configured_models
 from toolkit.results import (
     AdapterInfo,
     Done,
     Health,
     InferResult,
+    ModelHealth,
     ModelInfo,
     RunRecord,
     SearchFinished,
@@ -54,7 +58,7 @@ from toolkit.settings import Settings
 
 def _versions() -> dict[str, str]:
     out = {"toolkit": TOOLKIT_VERSION, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "bitsandbytes"):
+    for pkg in ("torch", "transformers", "bitsandbytes", "openai"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -62,13 +66,13 @@ def _versions() -> dict[str, str]:
 
 @dataclass
 class Prepared:
-    """A validated request, its chat messages and token ids, ready for the engine."""
+    """A validated request, its chat messages and their encoding for its model, ready for the engine."""
 
     request: InferRequest
     params: GenerationParams
     built: BuiltMessages
-    prompt_text: str
-    input_ids: list[int]
+    encoded: Encoded
+    model: ServedModel
     search: SearchOutcome | None = None
     adapter_hash: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -77,16 +81,18 @@ class Prepared:
     def messages(self) -> list[dict[str, str]]:
         return self.built.messages
 
-    def engine_options(self, live: Any) -> dict[str, Any]:
-        """The request's arguments for ``Engine.stream``/``astream``."""
+    @property
+    def prompt_text(self) -> str | None:
+        """The messages rendered by the chat template (local models; a remote server renders its own)."""
+        return self.encoded.prompt_text
+
+    @property
+    def input_ids(self) -> list[int]:
+        return list(self.encoded.input_ids or ())
+
+    def engine_request(self, live: _Live) -> EngineRequest:
         r = self.request
-        return {
-            "input_ids": self.input_ids,
-            "params": self.params,
-            "request_id": live.engine_id,
-            "timeout_s": r.timeout_s,
-            "adapter": r.adapter,
-        }
+        return EngineRequest(live.engine_id, self.messages, self.encoded, self.params, r.adapter, r.timeout_s)
 
 
 @dataclass(eq=False)
@@ -112,30 +118,43 @@ log = logging.getLogger("toolkit.service")
 
 
 class InferenceService:
-    """Load one model, then answer requests: ``infer``, ``stream`` and their async twins."""
+    """Serve one model or several (``MODELS_FILE``), local or remote: ``infer``, ``stream`` and their async twins."""
 
-    def __init__(self, settings: Settings | None = None, *, loaded: Any = None, searcher: Any = _UNSET) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        loaded: Any = None,
+        models: list[ModelConfig] | None = None,
+        searcher: Any = _UNSET,
+    ) -> None:
+        """``models`` overrides the settings' models (the first is the default); ``loaded`` is an already loaded
+        local model to serve as the default (alone, without ``models``; else as the first of them)."""
         self.settings = settings if settings is not None else Settings.from_env()
         self.limits = Limits(self.settings.max_new_tokens_limit, self.settings.max_input_tokens)
         self._started_at = time.monotonic()
         self._lock = threading.Lock()
-        self._status = "loading"
-        self._error: str | None = None
-        self._loaded: Any = None
-        self._engine: Any = None
-        self._versions: dict[str, str] = {}
-        self._loader: threading.Thread | None = None
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
         self._live: dict[tuple[str, str], _Live] = {}  # (owner, request id) -> the request, until its last event
         self._started = False
-        self._registry: AdapterRegistry | None = None  # the LoRA adapters, once the model is loaded
+        self._stopped = False
+        self._versions = _versions()
+        if models is not None:
+            configs = models
+        elif loaded is not None:
+            aliases = tuple({loaded.source.location, self.settings.model_id or loaded.name} - {loaded.name})
+            configs = [ModelConfig(name=loaded.name, source=self.settings.model_id or "bundled", aliases=aliases)]
+        else:
+            configs = configured_models(self.settings)
+        self.registry = ModelRegistry(configs, self.settings)
         if loaded is not None:
-            self._attach(loaded)
+            self.registry.attach(self.registry.default, loaded)
 
     # ----- lifecycle -------------------------------------------------------------------
 
     def start(self, *, wait: bool = True, progress: bool = True) -> InferenceService:
-        """Load the model (in a background thread). With ``wait``, block and raise a load error.
+        """Load the models, each in a background thread. With ``wait``, block until the default model is
+        ready and raise its load error.
 
         The web search is built here (``SEARCH_PROVIDER=local:<folder>`` indexes the folder), so a
         bad search setting fails the start, not the first request that searches.
@@ -146,59 +165,21 @@ class InferenceService:
                 if self._searcher is _UNSET:
                     self._searcher = searcher
         self._started = True
-        with self._lock:
-            if self._loaded is None and self._loader is None:
-                self._status, self._error = "loading", None
-                self._loader = threading.Thread(target=self._load, args=(progress,), name="toolkit-loader", daemon=True)
-                self._loader.start()
+        self.registry.start(progress)
         if wait:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float | None = None) -> None:
-        loader = self._loader  # read once: the loader clears it when it is done
-        if loader is not None:
-            loader.join(timeout)
-        if self._status == "error":
-            raise ModelNotReady(f"the model failed to load: {self._error}")
-        if self._status != "ready":
-            raise ModelNotReady(self._not_ready_message())
-
-    def _load(self, progress: bool) -> None:
-        from toolkit.models import load_model
-
-        try:
-            self._attach(load_model(self.settings, progress=progress))
-        except ToolkitError as exc:
-            self._status, self._error = "error", exc.message
-        except Exception as exc:  # a load must never kill the process silently
-            self._status, self._error = "error", f"{type(exc).__name__}: {exc}"
-        finally:
-            self._loader = None
-
-    def _attach(self, loaded: Any) -> None:
-        from toolkit.engine import Engine
-
-        self._engine = Engine(
-            loaded.model,
-            loaded.tokenizer,
-            eos_token_ids=loaded.eos_token_ids,
-            context_length=loaded.context_length,
-            max_batch_size=self.settings.max_batch_size,
-            max_queue=self.settings.max_queue,
-            default_timeout_s=self.settings.request_timeout_s,
-        )
-        self._versions = _versions()
-        self._loaded = loaded
-        self._registry = AdapterRegistry(self.settings.adapters_dir, self._engine, loaded.content_hash)
-        self._registry.load_folder()
-        self._status = "ready"
+    def wait_ready(self, timeout: float | None = None, model: str | None = None) -> None:
+        """Block until ``model`` (default: the default model) is ready; ``ModelNotReady`` if it is not."""
+        entry = self.registry.route(model)
+        self.registry.wait(entry, timeout)
+        self._ready(entry)
 
     def close(self, grace_s: float = 10.0) -> None:
-        """Finish (or after ``grace_s`` cancel) in-flight requests and stop the engine."""
-        if self._engine is not None:
-            self._engine.close(grace_s)
-        self._status = "stopped"
+        """Finish (or after ``grace_s`` cancel) in-flight requests and stop every engine."""
+        self._stopped = True
+        self.registry.close(grace_s)
 
     def __enter__(self) -> InferenceService:
         return self.start()
@@ -210,84 +191,122 @@ class InferenceService:
 
     @property
     def loaded(self) -> Any:
-        """The ``LoadedModel`` (model, tokenizer, hashes) once ready, else None."""
-        return self._loaded
+        """The default model's ``LoadedModel`` (model, tokenizer, hashes) once ready, if it is local; else None."""
+        return self.registry.default.loaded
+
+    def engine(self, model: str | None = None) -> Engine:
+        """The engine serving ``model`` (default: the default model), once it is ready."""
+        return cast(Engine, self._ready(self.registry.route(model)).engine)
 
     def health(self) -> Health:
-        loaded, engine = self._loaded, self._engine
+        default = self.registry.default
+        info = default.engine.info if default.engine is not None and default.status == "ready" else None
+        queued = active = 0
+        for entry in self.registry:
+            if entry.engine is not None and entry.status == "ready":
+                stats = entry.engine.stats()
+                queued, active = queued + stats.queue_depth, active + stats.active
         return Health(
-            status=self._status,
-            model=loaded.name if loaded else self.settings.model_label,
-            device=loaded.device if loaded else None,
-            dtype=loaded.dtype if loaded else None,
-            quantization=loaded.quantization if loaded else None,
-            queue_depth=engine.queue_depth if engine else 0,
-            active=engine.active if engine else 0,
+            status=default.status,
+            model=default.name,
+            device=info.device if info else None,
+            dtype=info.dtype if info else None,
+            quantization=info.quantization if info else None,
+            queue_depth=queued,
+            active=active,
             uptime_s=time.monotonic() - self._started_at,
             version=TOOLKIT_VERSION,
-            error=self._error,
+            error=default.error,
+            models=tuple(ModelHealth(e.name, e.config.engine, e.status, e.error) for e in self.registry),
         )
 
     def models(self) -> list[ModelInfo]:
-        loaded = self._loaded
-        if loaded is None:
-            return [ModelInfo(self.settings.model_label, "pending", False, None, None)]
-        return [ModelInfo(loaded.name, loaded.source.kind, True, loaded.context_length, loaded.content_hash)]
+        return [self._model_info(entry) for entry in self.registry]
+
+    @staticmethod
+    def _model_info(entry: ServedModel) -> ModelInfo:
+        info = entry.engine.info if entry.engine is not None and entry.status == "ready" else None
+        if entry.config.engine == "openai":
+            source = "openai"
+        else:
+            source = entry.loaded.source.kind if entry.loaded is not None else "pending"
+        return ModelInfo(
+            id=entry.name,
+            source=source,
+            loaded=entry.status == "ready",
+            context_length=info.context_length if info else None,
+            content_hash=info.content_hash if info else None,
+            engine=entry.config.engine,
+            status=entry.status,
+            error=entry.error,
+            default=entry.default,
+            served_model=info.served_model if info else entry.config.served_model,
+            device=info.device if info else None,
+            dtype=info.dtype if info else None,
+            quantization=info.quantization if info else None,
+        )
 
     # ----- LoRA adapters ------------------------------------------------------------
 
-    def adapters(self) -> list[AdapterInfo]:
-        """The loaded adapters, by name; requests pick one with ``adapter=``."""
-        return self._registry.list() if self._registry is not None else []
+    def adapters(self, model: str | None = None) -> list[AdapterInfo]:
+        """The adapters ``model`` serves now (default: the default model's); requests pick one with ``adapter=``."""
+        entry = self.registry.route(model)
+        return entry.engine.adapters() if entry.engine is not None and entry.status == "ready" else []
 
-    def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
-        """Load the adapter in ``ADAPTERS_DIR/<path>`` (default: ``<name>``) as ``name``, without a restart.
+    def load_adapter(self, name: str, path: str | None = None, model: str | None = None) -> AdapterInfo:
+        """Load an adapter for ``model`` without a restart: for a local model, the folder
+        ``ADAPTERS_DIR/<path>`` (default: ``<name>``), whose card must name this base model; for a
+        remote vLLM model, through its runtime LoRA endpoint (``path`` on the server's disk)."""
+        return self.engine(model).load_adapter(name, path)
 
-        The folder must lie inside ADAPTERS_DIR and its card must name this base model.
-        """
-        self._ready()
-        assert self._registry is not None
-        return self._registry.load(name, path)
-
-    def unload_adapter(self, name: str, grace_s: float | None = None) -> AdapterInfo:
+    def unload_adapter(self, name: str, grace_s: float | None = None, model: str | None = None) -> AdapterInfo:
         """Unload ``name``: new requests for it are refused at once, queued and running ones finish first.
 
         Requests still running after ``grace_s`` (default: REQUEST_TIMEOUT) are cancelled.
         """
-        self._ready()
-        assert self._registry is not None
-        return self._registry.unload(name, self.settings.request_timeout_s if grace_s is None else grace_s)
+        grace = self.settings.request_timeout_s if grace_s is None else grace_s
+        return self.engine(model).unload_adapter(name, grace)
 
     # ----- requests ----------------------------------------------------------------
 
     def validate(self, request: InferRequest | str, **kwargs: Any) -> tuple[InferRequest, GenerationParams]:
         """Check a request against this deployment (no tokenizing, no search)."""
+        request, params, _ = self._validated(request, kwargs)
+        return request, params
+
+    def _validated(
+        self, request: InferRequest | str, kwargs: dict[str, Any]
+    ) -> tuple[InferRequest, GenerationParams, ServedModel]:
         if isinstance(request, str):
             request = InferRequest.build(request, **kwargs)
         elif kwargs:
             raise TypeError("pass keyword arguments only with a prompt string, not with an InferRequest")
-        loaded = self._ready()
-        if request.model is not None and request.model not in self._model_names():
-            raise InvalidRequest("model", f"unknown model {request.model!r}; this service serves {loaded.name!r}")
-        if request.adapter is not None and self._registry is not None:
-            self._registry.get(request.adapter)
+        entry = self._ready(self.registry.route(request.model))
+        if request.adapter is not None:
+            entry.engine.check_adapter(request.adapter)
         if request.web_search and self.searcher is None:
             raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
-        return request, request.resolved_params(self.limits)
+        return request, request.resolved_params(self.limits), entry
 
-    def _ready(self) -> Any:
-        """The loaded model, or ``ModelNotReady``."""
-        loaded = self._loaded
-        if loaded is None or self._status != "ready":
-            if self._status == "error":
-                raise ModelNotReady(f"the model failed to load: {self._error}")
-            raise ModelNotReady(self._not_ready_message())
-        return loaded
+    def _ready(self, entry: ServedModel) -> ServedModel:
+        """The model, ready; or ``ModelNotReady`` saying why not."""
+        if entry.status == "ready" and entry.engine is not None:
+            return entry
+        which = "the model" if entry.default and len(self.registry.entries) == 1 else f"model {entry.name!r}"
+        if entry.status == "error":
+            raise ModelNotReady(f"{which} failed to load: {entry.error}")
+        if entry.status == "stopped":
+            raise ModelNotReady(f"{which} is stopped: the service was closed")
+        if not self._started:
+            return self._not_started()
+        reason = f" ({entry.error})" if entry.error else ""
+        raise ModelNotReady(f"{which} is still loading{reason}; wait and retry (see health())")
 
-    def _not_ready_message(self) -> str:
-        if not self._started and self._loaded is None:
-            return "the service was not started: call service.start() first (start(wait=False) loads in the background)"
-        return "the model is still loading; wait and retry (see health())"
+    @staticmethod
+    def _not_started() -> Any:
+        raise ModelNotReady(
+            "the service was not started: call service.start() first (start(wait=False) loads in the background)"
+        )
 
     @property
     def searcher(self) -> Searcher | None:
@@ -311,13 +330,15 @@ class InferenceService:
         return searcher.search(query)
 
     def prepare(self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any) -> Prepared:
-        """Validate, build the chat messages (with ``search`` results, if given) and tokenize."""
-        request, params = self.validate(request, **kwargs)
-        return self._prepare(request, params, search)
+        """Validate, build the chat messages (with ``search`` results, if given) and encode them for the model."""
+        request, params, entry = self._validated(request, kwargs)
+        return self._prepare(entry, request, params, search)
 
-    def _prepare(self, request: InferRequest, params: GenerationParams, search: SearchOutcome | None) -> Prepared:
-        loaded = self._loaded
-        limit = min(self.limits.max_input_tokens, loaded.context_length - 1)
+    def _prepare(
+        self, entry: ServedModel, request: InferRequest, params: GenerationParams, search: SearchOutcome | None
+    ) -> Prepared:
+        engine = entry.engine
+        limit = min(self.limits.max_input_tokens, engine.info.context_length - 1)
         boundary = secrets.token_hex(8)
         failure = None if search is None or search.ok else search.failure.message  # type: ignore[union-attr]
         built = build_messages(
@@ -328,27 +349,25 @@ class InferenceService:
             search_failure=failure,
             today=date.today(),
             boundary=boundary,
-            count_tokens=self._count_tokens,
-            count_messages=self._count_messages,
+            count_tokens=engine.count_tokens,
+            count_messages=engine.count_messages,
             # without search, nothing is trimmed: an over-long conversation is refused below
             budget=limit if search is not None else 1 << 62,
         )
-        prompt_text = self._render(built.messages)
-        input_ids = list(loaded.tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-        if len(input_ids) > limit:
-            field = "history" if request.history and search is None else "prompt"
-            raise PromptTooLong(field, len(input_ids), limit)
-        registry = self._registry
-        adapter_hash = registry.get(request.adapter).adapter_hash if request.adapter and registry else None
-        return Prepared(request, params, built, prompt_text, input_ids, search, adapter_hash)
+        encoded = engine.encode(built.messages)
+        if encoded.tokens > limit:
+            field_name = "history" if request.history and search is None else "prompt"
+            raise PromptTooLong(field_name, encoded.tokens, limit)
+        adapter_hash = engine.adapter_hash(request.adapter) if request.adapter else None
+        return Prepared(request, params, built, encoded, entry, search, adapter_hash)
 
     def stream(self, request: InferRequest | str, **kwargs: Any) -> Iterator[StreamEvent]:
         """Search events (with web search on), ``Token`` events as text is generated, then ``Done``.
 
         Closing the iterator early cancels the request.
         """
-        request, params = self.validate(request, **kwargs)
-        self._engine.check_room()  # a full queue answers at once, before search and tokenizing
+        request, params, entry = self._validated(request, kwargs)
+        entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
         live = self._begin(request)
         events = None
         try:
@@ -358,9 +377,9 @@ class InferenceService:
                 yield SearchStarted(request.request_id, query, self._provider())
                 outcome = self.search(query)
                 yield self._search_finished(request.request_id, outcome)
-            prepared = self._prepare(request, params, outcome)
+            prepared = self._prepare(entry, request, params, outcome)
             translate = self._translator(prepared)
-            events = self._submit(live, prepared, lambda: self._engine.stream(**prepared.engine_options(live)))
+            events = self._submit(live, entry, lambda: entry.engine.stream(prepared.engine_request(live)))
             if events is None:
                 yield translate(self._cancelled_before_engine(prepared))
                 return
@@ -372,8 +391,8 @@ class InferenceService:
             self._end(request)
 
     async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        request, params = self.validate(request, **kwargs)
-        self._engine.check_room()  # a full queue answers at once, before search and tokenizing
+        request, params, entry = self._validated(request, kwargs)
+        entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
         live = self._begin(request)
         events = None
         try:
@@ -384,9 +403,11 @@ class InferenceService:
                 outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
                 yield self._search_finished(request.request_id, outcome)
             # templating and tokenizing take milliseconds: off the event loop, which must stay responsive
-            prepared = await asyncio.get_running_loop().run_in_executor(None, self._prepare, request, params, outcome)
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                None, self._prepare, entry, request, params, outcome
+            )
             translate = self._translator(prepared)
-            events = self._submit(live, prepared, lambda: self._engine.astream(**prepared.engine_options(live)))
+            events = self._submit(live, entry, lambda: entry.engine.astream(prepared.engine_request(live)))
             if events is None:
                 yield translate(self._cancelled_before_engine(prepared))
                 return
@@ -440,7 +461,7 @@ class InferenceService:
         with self._lock:
             self._live.pop((request.owner, request.request_id), None)
 
-    def _submit(self, live: _Live, prepared: Prepared, submit: Any) -> Any:
+    def _submit(self, live: _Live, entry: ServedModel, submit: Any) -> Any:
         """Hand the request to the engine, or None when it was cancelled before it got there.
 
         Under the lock, so that a ``cancel`` either sees the request in the engine or stops it here.
@@ -449,22 +470,16 @@ class InferenceService:
             if live.cancelled:
                 return None
             events = submit()
-            live.engine = self._engine
+            live.engine = entry.engine
         return events
 
     @staticmethod
     def _cancelled_before_engine(prepared: Prepared) -> Any:
         seed = prepared.params.seed if prepared.params.seed is not None else 0
-        return Finished(prepared.request.request_id, "", "cancelled", len(prepared.input_ids), 0, seed, 0.0, None, 0.0)
+        tokens = prepared.encoded.tokens
+        return Finished(prepared.request.request_id, "", "cancelled", tokens, 0, seed, 0.0, None, 0.0)
 
     # ----- helpers -----------------------------------------------------------------
-
-    def _model_names(self) -> set[str]:
-        loaded = self._loaded
-        names = {loaded.name, loaded.source.location}
-        if self.settings.model_id:
-            names.add(self.settings.model_id)
-        return names
 
     def _translator(self, prepared: Prepared) -> Any:
         """Engine events -> stream events: ``Token`` with the text so far, the last one ``Done``.
@@ -491,35 +506,22 @@ class InferenceService:
         message = outcome.failure.message if outcome.failure else None
         return SearchFinished(request_id, outcome.status, sources, message, outcome.from_cache, outcome.seconds)
 
-    def _count_tokens(self, text: str) -> int:
-        return len(self._loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _count_messages(self, messages: list[dict[str, str]]) -> int:
-        return self._count_tokens(self._render(messages))
-
-    def _render(self, messages: list[dict[str, str]]) -> str:
-        """The messages as the model sees them; one leading system message for templates that insist."""
-        tokenizer = self._loaded.tokenizer
-        try:
-            return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        except Exception:
-            merged = merge_system_messages(messages)
-            return str(tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False))
-
     def _result(self, prepared: Prepared, finished: Any) -> InferResult:
         if finished.error is not None:
             raise finished.error
-        loaded, request, search = self._loaded, prepared.request, prepared.search
+        request, search, entry = prepared.request, prepared.search, prepared.model
+        info = entry.engine.info
+        loaded = entry.loaded
         record = RunRecord(
             request_id=request.request_id,
             created_at=prepared.created_at,
-            model=loaded.name,
-            model_source=loaded.source.kind,
-            model_hash=loaded.content_hash,
+            model=entry.name,
+            model_source=loaded.source.kind if loaded is not None else info.kind,
+            model_hash=info.content_hash,
             adapter=request.adapter,
-            device=loaded.device,
-            dtype=loaded.dtype,
-            quantization=loaded.quantization,
+            device=info.device,
+            dtype=info.dtype,
+            quantization=info.quantization,
             params={**prepared.params.to_dict(), "seed": finished.seed},
             messages=prepared.messages,
             prompt_text=prepared.prompt_text,
@@ -527,6 +529,10 @@ class InferenceService:
             search=search.to_dict() if search is not None else None,
             dropped_history_turns=prepared.built.dropped_history_turns,
             adapter_hash=prepared.adapter_hash,
+            engine=info.kind,
+            served_model=info.served_model,
+            engine_version=finished.extra.get("system_fingerprint") or info.version,
+            sent=finished.extra.get("sent"),
         )
         return InferResult(
             id=request.request_id,
@@ -534,7 +540,7 @@ class InferenceService:
             finish_reason=finished.finish_reason,
             usage=Usage(finished.prompt_tokens, finished.completion_tokens),
             timings=Timings(finished.queued_s, finished.first_token_s, finished.total_s),
-            model=loaded.name,
+            model=entry.name,
             adapter=request.adapter,
             run_record=record,
             sources=tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(prepared.built.sources, start=1)),

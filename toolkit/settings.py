@@ -56,6 +56,8 @@ class Settings:
     search_per_minute: int = 30
     # LoRA adapters: found here at start, loaded at run time only from folders inside it.
     adapters_dir: Path = Path("adapters")
+    # Several models (local and remote), one [[models]] table each; when set, MODEL_ID and friends are not used.
+    models_file: Path | None = None
 
     # environment variable for each field; the names users already know
     ENV: ClassVar[dict[str, str]] = {
@@ -77,6 +79,7 @@ class Settings:
         "search_cache_ttl_s": "SEARCH_CACHE_TTL",
         "search_per_minute": "SEARCH_PER_MINUTE",
         "adapters_dir": "ADAPTERS_DIR",
+        "models_file": "MODELS_FILE",
     }
 
     def __post_init__(self) -> None:
@@ -89,6 +92,8 @@ class Settings:
             raise ConfigError(env["device"], f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
         object.__setattr__(self, "adapters_dir", Path(self.adapters_dir).expanduser())
+        if self.models_file is not None:
+            object.__setattr__(self, "models_file", Path(self.models_file).expanduser())
         for name, low in (
             ("max_new_tokens_limit", 1),
             ("max_input_tokens", 16),
@@ -160,7 +165,7 @@ def _parse(name: str, var: str, raw: str) -> Any:
         return raw.lower() or "auto"
     if name == "cache_dir":
         return Path(raw) if raw else default_cache_dir()
-    if name == "adapters_dir":
+    if name in ("adapters_dir", "models_file"):
         return Path(raw)
     if name in ("request_timeout_s", "search_timeout_s", "search_cache_ttl_s"):
         try:

@@ -63,7 +63,8 @@ def test_settings_reach_the_request(app: ChatApp) -> None:
     record = app.last_result.run_record
     assert record.messages[0] == {"role": "system", "content": "Answer in French."}
     assert record.params["max_new_tokens"] == 5 and record.params["temperature"] == 0.0
-    assert app.model.options[1:] == ("SmolLM2-135M-Instruct",)
+    assert app.model.options == (("SmolLM2-135M-Instruct · local", "SmolLM2-135M-Instruct"),)
+    assert record.model == app.model.value == "SmolLM2-135M-Instruct"
 
 
 def test_web_toggle_labels_indicator_and_sources(settings: Any, loaded: Any) -> None:
@@ -182,3 +183,39 @@ def test_an_unloaded_adapter_leaves_the_selector(served: InferenceService) -> No
     app.settings.selected_index = 0  # opening Settings asks again
     assert app.adapter.options == (("(base model)", ""), ("quenby", "quenby"))
     app.close()
+
+
+def test_the_model_selector_lists_every_model_and_the_adapters_follow_it(settings: Any, loaded: Any) -> None:
+    """A local model and a remote one (a server shaped like vLLM's): each with its engine, its adapters."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
+    from fake_openai import ANSWER, start_fake
+
+    from toolkit.registry import ModelConfig
+
+    fake = start_fake()
+    configs = [
+        ModelConfig(name=loaded.name),
+        ModelConfig("remote", engine="openai", base_url=fake.base_url, served_model="ok"),
+    ]
+    svc = InferenceService(replace(settings, search_provider="none"), models=configs, loaded=loaded).start(
+        progress=False
+    )
+    try:
+        svc.wait_ready(timeout=30, model="remote")
+        app = ChatApp(svc, poll_s=0)
+        assert app.model.options == ((f"{loaded.name} · local", loaded.name), ("remote · openai", "remote"))
+        assert app.model.value == loaded.name and app.adapter.options == (("(base model)", ""),)
+        app.model.value = "remote"
+        assert app.adapter.options == (("(base model)", ""), ("ok-lora", "ok-lora"))  # the remote model's own
+        app.temperature.value = 0.0
+        app.send("What is the capital of France?")
+        app.wait()
+        assert app.last_result.model == "remote" and app.last_result.text == ANSWER
+        app.close()
+    finally:
+        svc.close(grace_s=0)
+        fake.stop()

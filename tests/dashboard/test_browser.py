@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
+from fake_openai import ANSWER, start_fake
+
 from server.spawn import spawn_server
 from toolkit.client import RemoteService
 
@@ -41,7 +44,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, first_load:
     corpus = tmp_path_factory.mktemp("corpus")
     shutil.copy(ROOT / "tests" / "data" / "docs" / "zorvath.md", corpus)
     (corpus / "xss.md").write_text(f"# Markup {XSS}\n\nThe harbour of Varnholt has {XSS} a red lighthouse.\n")
-    env = {**os.environ, "TOOLKIT_CACHE_DIR": str(cache_dir), "SEARCH_PROVIDER": f"local:{corpus}"}
+    fake = start_fake()  # a remote model beside the bundled one: a server shaped like vLLM's
+    models = tmp_path_factory.mktemp("models") / "models.toml"
+    models.write_text(
+        '[[models]]\nname = "SmolLM2-135M-Instruct"\nsource = "bundled"\n\n'
+        f'[[models]]\nname = "remote"\nengine = "openai"\nbase_url = "{fake.base_url}"\nserved_model = "ok"\n'
+    )
+    env = {
+        **os.environ,
+        "TOOLKIT_CACHE_DIR": str(cache_dir),
+        "SEARCH_PROVIDER": f"local:{corpus}",
+        "MODELS_FILE": str(models),
+    }
     server, url = spawn_server(env=env)
     port = free_port()
     voila = subprocess.Popen(
@@ -62,6 +76,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, first_load:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        fake.stop()
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +211,23 @@ def test_stop_ends_a_long_answer(page: Any) -> None:
     page.screenshot(path=str(SHOTS / "4-stopped.png"))
 
 
+def test_the_model_selector_routes_to_a_remote_model(page: Any) -> None:
+    select = page.locator(".tk-model select")
+    labels = [label.replace("\xa0", " ") for label in select.locator("option").all_inner_texts()]
+    assert labels == ["SmolLM2-135M-Instruct · local", "remote · openai"]  # with each model's engine
+    select.select_option(index=1)
+    ask(page, "Hi there")
+    text = wait_done(page)
+    assert ANSWER in text and "remote" in text  # answered by the remote model, and the stats line says so
+    page.screenshot(path=str(SHOTS / "5-remote-model.png"))
+    select.select_option(index=0)
+
+
 def test_the_explorer_tab_loads_graphiql(page: Any) -> None:
     page.get_by_text("GraphQL Explorer").click()
     frame = page.frame_locator("iframe[title='GraphQL Explorer']")
     frame.locator(".graphiql-execute-button").wait_for(timeout=30_000)
-    page.screenshot(path=str(SHOTS / "5-explorer.png"))
+    page.screenshot(path=str(SHOTS / "6-explorer.png"))
     assert page.outside == []  # type: ignore[attr-defined]
 
 

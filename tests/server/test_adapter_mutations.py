@@ -52,7 +52,7 @@ def test_unload_then_load_over_graphql_while_a_request_runs(remote: RemoteServic
         thread = threading.Thread(target=lambda: unloaded.append(remote.unload_adapter("quenby")))
         thread.start()
         deadline = time.monotonic() + 10
-        while "quenby" in served._engine.adapters and time.monotonic() < deadline:
+        while "quenby" in served.engine().scheduler.adapters and time.monotonic() < deadline:
             time.sleep(0.005)  # unloading has started: the engine takes no new requests for it
         with pytest.raises(InvalidRequest) as info:  # refused at once, while the running one finishes
             remote.infer("Hi", adapter="quenby", max_new_tokens=2)

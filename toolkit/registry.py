@@ -1,0 +1,330 @@
+"""The models a service serves: from ``MODELS_FILE`` (TOML, one ``[[models]]`` table each) or, without
+it, the one model ``MODEL_ID`` names. Each has its own engine and a status.
+
+    [[models]]
+    name = "smollm2"            # the id clients pass as `model`; the first is the default
+    engine = "local"            # local | openai
+    source = "bundled"          # local: bundled | a directory | a .gguf file | a Hub id
+    load_in_4bit = false
+
+    [[models]]
+    name = "smollm2-vllm"
+    engine = "openai"
+    base_url = "http://127.0.0.1:8011/v1"
+    served_model = "smollm2"    # the name the remote server knows
+    api_key_env = "VLLM_API_KEY"
+
+A bad file fails at start with a ``ConfigError`` naming the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from toolkit.errors import ConfigError
+from toolkit.settings import DEVICES, DTYPES, Settings
+
+ENGINES = ("local", "openai")
+COMMON_KEYS = {"name": str, "engine": str}
+LOCAL_KEYS: dict[str, type | tuple[type, ...]] = {"source": str, "load_in_4bit": bool, "dtype": str, "device": str}
+OPENAI_KEYS: dict[str, type | tuple[type, ...]] = {
+    "base_url": str,
+    "served_model": str,
+    "api_key_env": str,
+    "max_in_flight": int,
+    "timeout_s": (int, float),
+    "tokenizer": str,
+    "context_length": int,
+}
+STATUSES = ("loading", "ready", "error", "stopped")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model: a local one (``source``, ...) or one on an OpenAI-compatible server (``base_url``, ...)."""
+
+    name: str
+    engine: str = "local"
+    # engine = "local"
+    source: str = "bundled"  # bundled | a model directory | a .gguf file | a Hub id
+    load_in_4bit: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    # engine = "openai"
+    base_url: str | None = None
+    served_model: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # read from api_key_env
+    api_key_env: str | None = None
+    max_in_flight: int = 16
+    timeout_s: float = 60.0
+    tokenizer: str | None = None
+    context_length: int | None = None
+    aliases: tuple[str, ...] = ()  # other names requests may use (MODEL_ID, the source's path)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be local or openai, got {self.engine!r}")
+        if self.engine == "openai":
+            if not self.base_url:
+                raise ValueError("base_url is required for engine = openai")
+            url = urlparse(self.base_url)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+            if self.max_in_flight < 1:
+                raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+            if self.timeout_s <= 0:
+                raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        else:
+            if self.dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            if self.device not in DEVICES:
+                raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    @property
+    def model_id(self) -> str | None:
+        """The local source as ``MODEL_ID`` would name it (None: the bundled model)."""
+        return None if self.source == "bundled" else self.source
+
+    def local_settings(self, settings: Settings) -> Settings:
+        from dataclasses import replace
+
+        return replace(
+            settings, model_id=self.model_id, load_in_4bit=self.load_in_4bit, dtype=self.dtype, device=self.device
+        )
+
+    def remote(self, default_timeout_s: float | None = None) -> Any:
+        from toolkit.engines.openai import RemoteConfig
+
+        assert self.base_url is not None
+        return RemoteConfig(
+            name=self.name,
+            base_url=self.base_url.rstrip("/"),
+            served_model=self.served_model or self.name,
+            api_key=self.api_key,
+            max_in_flight=self.max_in_flight,
+            timeout_s=float(self.timeout_s),
+            tokenizer=self.tokenizer,
+            context_length=self.context_length,
+        )
+
+
+def configured_models(settings: Settings, environ: Mapping[str, str] | None = None) -> list[ModelConfig]:
+    """The models ``settings`` describe: MODELS_FILE's, or the one of MODEL_ID (LOAD_IN_4BIT, DTYPE, DEVICE)."""
+    if settings.models_file is not None:
+        return read_models_file(settings.models_file, environ)
+    from toolkit.errors import ToolkitError
+    from toolkit.models import resolve_model
+
+    aliases: tuple[str, ...] = ()
+    try:
+        source = resolve_model(settings.model_id)
+        name, aliases = source.name, (source.location,)
+    except ToolkitError:  # reported as the model's load error, at start
+        name = settings.model_label
+    if settings.model_id:
+        aliases += (settings.model_id,)
+    return [
+        ModelConfig(
+            name=name,
+            source=settings.model_id or "bundled",
+            load_in_4bit=settings.load_in_4bit,
+            dtype=settings.dtype,
+            device=settings.device,
+            aliases=tuple(a for a in aliases if a != name),
+        )
+    ]
+
+
+def read_models_file(path: Path, environ: Mapping[str, str] | None = None) -> list[ModelConfig]:
+    """Parse and check a models file; every problem names the file, the table and the key."""
+    environ = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError("MODELS_FILE", f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("MODELS_FILE", f"{path}: not valid TOML ({exc})") from None
+    unknown = set(data) - {"models"}
+    if unknown:
+        raise ConfigError("MODELS_FILE", f"{path}: unknown top-level key {sorted(unknown)[0]!r}; use [[models]] tables")
+    tables = data.get("models")
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError("MODELS_FILE", f"{path}: no [[models]] table; add one per model")
+    models: list[ModelConfig] = []
+    for i, table in enumerate(tables, start=1):
+        label = f"{path}: [[models]] #{i}" + (f" ({table.get('name')!r})" if isinstance(table.get("name"), str) else "")
+        models.append(_model(table, label, environ))
+        if models[-1].name in {m.name for m in models[:-1]}:
+            raise ConfigError("MODELS_FILE", f"{label}: duplicate name {models[-1].name!r}; each model needs its own")
+    return models
+
+
+def _model(table: dict[str, Any], label: str, environ: Mapping[str, str]) -> ModelConfig:
+    engine = table.get("engine", "local")
+    if engine not in ENGINES:
+        raise ConfigError("MODELS_FILE", f"{label}: key 'engine' must be local or openai, got {engine!r}")
+    allowed = {**COMMON_KEYS, **(LOCAL_KEYS if engine == "local" else OPENAI_KEYS)}
+    for key, value in table.items():
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise ConfigError("MODELS_FILE", f"{label}: unknown key {key!r} for engine = {engine}; known: {known}")
+        kind = allowed[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError("MODELS_FILE", f"{label}: key {key!r} has the wrong type ({type(value).__name__})")
+    if not isinstance(table.get("name"), str) or not table["name"].strip():
+        raise ConfigError("MODELS_FILE", f"{label}: missing key 'name' (the id clients pass as `model`)")
+    if engine == "openai" and "base_url" not in table:
+        raise ConfigError("MODELS_FILE", f"{label}: missing key 'base_url' (e.g. http://127.0.0.1:8000/v1)")
+    values = dict(table)
+    secret = values.get("api_key_env")
+    if secret:
+        if not environ.get(secret):
+            raise ConfigError("MODELS_FILE", f"{label}: key 'api_key_env' names {secret}, which is not set")
+        values["api_key"] = environ[secret]
+    try:
+        return ModelConfig(**values)
+    except ValueError as exc:
+        key = str(exc).split(" ", 1)[0]
+        raise ConfigError("MODELS_FILE", f"{label}: key {key!r}: {exc}") from None
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A model and its engine, as the service holds it; ``status`` moves loading -> ready | error -> stopped."""
+
+    config: ModelConfig
+    default: bool
+    status: str = "loading"
+    error: str | None = None
+    engine: Any = None  # an Engine (toolkit.engines.base), once built
+    loaded: Any = None  # the LoadedModel of a local engine
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def names(self) -> set[str]:
+        return {self.config.name, *self.config.aliases}
+
+
+class ModelRegistry:
+    """The service's models by name, the first the default; each loads in a thread of its own.
+
+    A local model loads its weights (then the adapters in ADAPTERS_DIR that fit it); a remote one
+    asks its server what it serves, and asks again every ``REMOTE_RETRY_S`` while the server is not
+    up yet (status ``loading``, with the reason in ``error``).
+    """
+
+    REMOTE_RETRY_S = 2.0
+
+    def __init__(self, configs: list[ModelConfig], settings: Settings) -> None:
+        if not configs:
+            raise ConfigError("MODELS_FILE", "no models to serve")
+        self.settings = settings
+        self.entries = {c.name: ServedModel(c, default=i == 0) for i, c in enumerate(configs)}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def default(self) -> ServedModel:
+        return next(iter(self.entries.values()))
+
+    def __iter__(self) -> Any:
+        return iter(list(self.entries.values()))
+
+    # ----- loading ---------------------------------------------------------------------
+
+    def start(self, progress: bool) -> None:
+        with self._lock:
+            for entry in self.entries.values():
+                if entry.engine is None and entry.name not in self._threads and entry.status == "loading":
+                    thread = threading.Thread(
+                        target=self._load, args=(entry, progress), name=f"load-{entry.name}", daemon=True
+                    )
+                    self._threads[entry.name] = thread
+                    thread.start()
+
+    def _load(self, entry: ServedModel, progress: bool) -> None:
+        from toolkit.errors import ToolkitError
+
+        try:
+            if entry.config.engine == "local":
+                from toolkit.models import load_model
+
+                self.attach(entry, load_model(entry.config.local_settings(self.settings), progress=progress))
+            else:
+                self._connect(entry)
+        except ToolkitError as exc:
+            entry.status, entry.error = "error", exc.message
+        except Exception as exc:  # a load must never kill the process silently
+            entry.status, entry.error = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._threads.pop(entry.name, None)
+
+    def attach(self, entry: ServedModel, loaded: Any) -> None:
+        """Serve an already loaded local model (its adapters from ADAPTERS_DIR load now)."""
+        from toolkit.engines.local.model import LocalEngine
+
+        s = self.settings
+        engine = LocalEngine(
+            loaded,
+            max_batch_size=s.max_batch_size,
+            max_queue=s.max_queue,
+            default_timeout_s=s.request_timeout_s,
+            adapters_dir=s.adapters_dir,
+        )
+        entry.engine, entry.loaded = engine, loaded
+        engine.registry.load_folder()
+        entry.status, entry.error = "ready", None
+
+    def _connect(self, entry: ServedModel) -> None:
+        from toolkit.engines.openai import OpenAIEngine
+        from toolkit.errors import EngineUnavailable
+
+        engine = OpenAIEngine(entry.config.remote(), default_timeout_s=self.settings.request_timeout_s)
+        entry.engine = engine
+        while not entry.stop.is_set():
+            try:
+                engine.probe()
+            except EngineUnavailable as exc:
+                entry.error = exc.message
+                entry.stop.wait(self.REMOTE_RETRY_S)
+                continue
+            entry.status, entry.error = "ready", None
+            return
+
+    def wait(self, entry: ServedModel, timeout: float | None) -> None:
+        thread = self._threads.get(entry.name)
+        if thread is not None:
+            thread.join(timeout)
+
+    def close(self, grace_s: float) -> None:
+        for entry in self:
+            entry.stop.set()
+            if entry.engine is not None:
+                entry.engine.close(grace_s)
+            entry.status = "stopped"
+
+    # ----- routing ---------------------------------------------------------------------
+
+    def route(self, name: str | None) -> ServedModel:
+        """The model a request names (None: the default); BAD_USER_INPUT on ``model`` listing the names."""
+        if name is None:
+            return self.default
+        for entry in self.entries.values():
+            if name in entry.names:
+                return entry
+        from toolkit.errors import InvalidRequest
+
+        served = ", ".join(repr(n) for n in self.entries)
+        raise InvalidRequest("model", f"unknown model {name!r}; this service serves {served}")
