@@ -52,6 +52,11 @@ ensure_env_file() {
   fi
 }
 
+# The vllm profile's server serves the vllm service's model beside the bundled one.
+for profile in "${PROFILES[@]}"; do
+  if [[ $profile == vllm && -z "${MODELS_FILE:-}" ]]; then export MODELS_FILE=/app/deploy/models.vllm.toml; fi
+done
+
 compose() {
   local args=(-f docker-compose.yml)
   [[ $GPU == 1 ]] && args+=(-f docker-compose.gpu.yml)

@@ -41,7 +41,8 @@ def config(*files: Path, **env: str) -> tuple[int, str, str]:
 def test_docker_compose_config_validates_on_the_cpu_and_with_the_gpu_file() -> None:
     code, cpu, err = config(COMPOSE, JUPYTER_TOKEN="test-token")
     assert code == 0, err
-    assert "nvidia" not in cpu  # the CPU way in: no device reservations at all
+    services = yaml.safe_load(cpu)["services"]
+    assert not any("deploy" in services[name] for name in ("server", "dashboard", "lab"))  # the CPU way in
     code, gpu, err = config(COMPOSE, GPU, JUPYTER_TOKEN="test-token")
     assert code == 0, err
     services = yaml.safe_load(gpu)["services"]
@@ -180,3 +181,23 @@ def test_nvidia_setup_dry_run_lists_its_steps(tmp_path: Path, distro: str) -> No
     assert out.returncode == 0, out.stderr
     assert "nvidia-container-toolkit" in out.stdout
     assert ("ubuntu-drivers install" in out.stdout) == (distro == "ubuntu")
+
+
+@NEEDS_COMPOSE
+def test_the_vllm_profile_puts_the_official_image_beside_the_bundled_model(tmp_path: Path) -> None:
+    from toolkit.registry import read_models_file
+
+    vllm = compose()["services"]["vllm"]  # started only with --profile vllm
+    assert vllm["profiles"] == ["vllm"] and vllm["image"].startswith("vllm/vllm-openai:")
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "hf-cache:/data/hf" in vllm["volumes"] and "/health" in " ".join(vllm["healthcheck"]["test"])
+    models = read_models_file(ROOT / "deploy" / "models.vllm.toml", {})
+    assert [m.engine for m in models] == ["local", "openai"] and models[1].base_url == "http://vllm:8000/v1"
+    out = subprocess.run(
+        ["bash", "-c", "source scripts/compose.sh --cpu --profile vllm && echo $MODELS_FILE"],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "MODELS_FILE"},
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() == "/app/deploy/models.vllm.toml"  # the server gets the models file in the image

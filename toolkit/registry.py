@@ -216,6 +216,9 @@ class ServedModel:
         return {self.config.name, *self.config.aliases}
 
 
+_LOCAL_LOADS = threading.Lock()  # local models load one after another, in any service of the process
+
+
 class ModelRegistry:
     """The service's models by name, the first the default; each loads in a thread of its own.
 
@@ -260,7 +263,9 @@ class ModelRegistry:
             if entry.config.engine == "local":
                 from toolkit.models import load_model
 
-                self.attach(entry, load_model(entry.config.local_settings(self.settings), progress=progress))
+                with _LOCAL_LOADS:  # one at a time: transformers' loading patches process-wide state (meta device)
+                    loaded = load_model(entry.config.local_settings(self.settings), progress=progress)
+                self.attach(entry, loaded)
             else:
                 self._connect(entry)
         except ToolkitError as exc:
