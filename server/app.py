@@ -15,6 +15,7 @@ from tornado.routing import PathMatches, Rule
 from server.config import ServerSettings
 from server.gateway import Gateway
 from server.handlers import GraphiQLHandler, GraphQLHandler, GraphQLWebSocket
+from server.openai_api import ChatCompletionsHandler, ModelsHandler
 
 STATIC = Path(__file__).with_name("static")
 MAX_URL_BYTES = 64 * 1024  # a longer URL gets 414
@@ -85,6 +86,8 @@ def make_app(service: Any, settings: ServerSettings | None = None) -> tornado.we
         [
             Rule(WebSocketUpgrade(r"/graphql"), GraphQLWebSocket, {"gateway": gateway}),
             (r"/graphql", GraphQLHandler, {"gateway": gateway}),
+            (r"/v1/chat/completions", ChatCompletionsHandler, {"gateway": gateway}),
+            (r"/v1/models", ModelsHandler, {"gateway": gateway}),
             (r"/graphiql/?", GraphiQLHandler, {"page": STATIC / "graphiql.html", "assets_ready": assets_ready}),
             (r"/graphiql/assets/(.*)", AssetHandler, {"path": "/"}),
             (r"/", tornado.web.RedirectHandler, {"url": "/graphiql"}),

@@ -58,12 +58,15 @@ DISCARD_BODY_BYTES = 16 << 20
 
 
 @tornado.web.stream_request_body
-class GraphQLHandler(tornado.web.RequestHandler):
-    """``/graphql``: POST (any operation) and GET (queries only), per the GraphQL-over-HTTP draft."""
+class BoundedBody(tornado.web.RequestHandler):
+    """A handler whose request body is read up to MAX_BODY_BYTES, with CORS; a body over the limit is
+    read and thrown away (up to DISCARD_BODY_BYTES), then answered 413 by ``_refused_body``.
+
+    Subclasses answer errors in their own shape: ``_refuse(status, message, code)``.
+    """
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.context: Context | None = None
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
@@ -75,15 +78,11 @@ class GraphQLHandler(tornado.web.RequestHandler):
         length = self.request.headers.get("Content-Length")
         declared = int(length) if length is not None and length.isdigit() else None
         if declared is not None and declared > discard:
-            self._fail(413, [self._too_large_error()])  # not worth reading: the connection closes after the answer
+            self._refuse_too_large()  # not worth reading: the connection closes after the answer
             return
         self._too_large = declared is not None and declared > limit
         # chunked bodies and declared ones alike: Tornado's own cap only beyond the discard bound
         self.request.connection.set_max_body_size(discard)  # type: ignore[union-attr]
-
-    def _too_large_error(self) -> dict[str, Any]:
-        limit = self.gateway.settings.max_body_bytes
-        return error(f"the body is over the limit of {limit} bytes (MAX_BODY_BYTES)", "PAYLOAD_TOO_LARGE", limit=limit)
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large or self._finished:
@@ -95,6 +94,10 @@ class GraphQLHandler(tornado.web.RequestHandler):
             return
         self._chunks.append(chunk)
 
+    @property
+    def body_bytes(self) -> bytes:
+        return b"".join(self._chunks)
+
     def _cors(self) -> None:
         origin = self.request.headers.get("Origin")
         if origin and origin in self.gateway.settings.cors_origins:
@@ -103,9 +106,37 @@ class GraphQLHandler(tornado.web.RequestHandler):
             self.set_header("Access-Control-Allow-Headers", "Content-Type, Authorization, Accept")
             self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
 
-    def options(self) -> None:
+    def options(self, *args: Any) -> None:
         self.set_status(204)
         self.finish()
+
+    def _refuse(self, status: int, message: str, code: str, **extensions: Any) -> None:
+        raise NotImplementedError
+
+    def _refuse_too_large(self) -> None:
+        limit = self.gateway.settings.max_body_bytes
+        message = f"the body is over the limit of {limit} bytes (MAX_BODY_BYTES)"
+        self._refuse(413, message, "PAYLOAD_TOO_LARGE", limit=limit)
+
+    def _refused_body(self) -> bool:
+        """Answer 413 for a body that was over the limit (and has been read); True if answered."""
+        if self._finished:
+            return True
+        if self._too_large:
+            self._refuse_too_large()
+            return True
+        return False
+
+
+class GraphQLHandler(BoundedBody):
+    """``/graphql``: POST (any operation) and GET (queries only), per the GraphQL-over-HTTP draft."""
+
+    def initialize(self, gateway: Gateway) -> None:
+        super().initialize(gateway)
+        self.context: Context | None = None
+
+    def _refuse(self, status: int, message: str, code: str, **extensions: Any) -> None:
+        self._fail(status, [error(message, code, **extensions)])
 
     def _fail(self, status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> None:
         media = negotiate(self.request.headers.get("Accept")) or JSON
@@ -114,15 +145,6 @@ class GraphQLHandler(tornado.web.RequestHandler):
             self.set_header(name, value)
         self.set_header("Content-Type", f"{media}; charset=utf-8")
         self.finish(json.dumps({"errors": errors}))
-
-    def _refused_body(self) -> bool:
-        """Answer 413 for a body that was over the limit (and has been read); True if answered."""
-        if self._finished:
-            return True
-        if self._too_large:
-            self._fail(413, [self._too_large_error()])
-            return True
-        return False
 
     async def get(self) -> None:
         if self._refused_body():
@@ -150,7 +172,7 @@ class GraphQLHandler(tornado.web.RequestHandler):
             self._fail(415, [error("send the request as Content-Type: application/json", "UNSUPPORTED_MEDIA_TYPE")])
             return
         try:
-            body = json.loads(b"".join(self._chunks) or b"null")
+            body = json.loads(self.body_bytes or b"null")
         except RecursionError:
             self._fail(400, [error("the body nests too deeply", "BAD_REQUEST")])
             return

@@ -27,6 +27,8 @@ PARAM_NAMES = {
     "repetitionPenalty": "repetition_penalty",
     "seed": "seed",
     "stop": "stop",
+    "presencePenalty": "presence_penalty",
+    "frequencyPenalty": "frequency_penalty",
 }
 FIELD_NAMES = {  # toolkit field names -> GraphQL argument names, for error messages
     "web_search": "webSearch",

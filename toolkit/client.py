@@ -77,6 +77,8 @@ PARAM_NAMES = {
     "repetition_penalty": "repetitionPenalty",
     "seed": "seed",
     "stop": "stop",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
 }
 
 

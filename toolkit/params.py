@@ -46,6 +46,9 @@ class GenerationParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # OpenAI's (and vLLM's) penalties, over the generated tokens only: copying a source is not punished
+    presence_penalty: float = 0.0  # subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # subtracted per time a token was generated
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None:
@@ -62,6 +65,11 @@ class GenerationParams:
             raise InvalidRequest(
                 "params.repetition_penalty", f"must be > 0 (1 means none), got {self.repetition_penalty}"
             )
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _number(f"params.{name}", value)
+            if not -2.0 <= value <= 2.0:
+                raise InvalidRequest(f"params.{name}", f"must be between -2 and 2 (0 means none), got {value}")
         if self.seed is not None:
             _int("params.seed", self.seed, low=0, high=MAX_SEED)
         stop = self.stop

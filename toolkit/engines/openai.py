@@ -62,6 +62,8 @@ PARAM_FIELDS = {  # an OpenAI request field -> the toolkit's field, for errors a
     "repetition_penalty": "params.repetition_penalty",
     "seed": "params.seed",
     "stop": "params.stop",
+    "presence_penalty": "params.presence_penalty",
+    "frequency_penalty": "params.frequency_penalty",
     "messages": "prompt",
     "model": "model",
 }
@@ -316,6 +318,10 @@ class OpenAIEngine(Streams):
         }
         if p.stop:
             body["stop"] = list(p.stop)
+        if p.presence_penalty:
+            body["presence_penalty"] = p.presence_penalty
+        if p.frequency_penalty:
+            body["frequency_penalty"] = p.frequency_penalty
         extra: dict[str, Any] = {}  # what vLLM (and others) accept beside the OpenAI fields
         if p.top_k:
             extra["top_k"] = p.top_k

@@ -60,3 +60,18 @@ def test_sampling_never_picks_a_masked_token(temperature: float) -> None:
     sampler = RowSampler.create(GenerationParams(temperature=temperature, top_k=2), 3, [], "cpu")
     picks = {int(next_tokens(logits, [sampler])[0]) for _ in range(50)}
     assert picks <= {1, 2}
+
+
+def test_presence_and_frequency_penalties_count_generated_tokens_only() -> None:
+    """Token 1 is in the prompt and leads by 1.0: a penalty of 1.5 must not touch it until it is generated."""
+    logits = torch.tensor([[2.0, 3.0, 2.5, 0.0]])
+    sampler = RowSampler.create(GenerationParams(temperature=0, presence_penalty=1.5), 0, [1, 1, 1], "cpu")
+    assert next_tokens(logits.clone(), [sampler]).tolist() == [1]  # copying a prompt word stays possible
+    sampler.observe(torch.tensor(1))
+    assert next_tokens(logits.clone(), [sampler]).tolist() == [2]  # 3.0 - 1.5 < 2.5: generated once, pushed down
+    frequent = RowSampler.create(GenerationParams(temperature=0, frequency_penalty=0.3), 0, [], "cpu")
+    next_tokens(logits.clone(), [frequent])
+    frequent.observe(torch.tensor(1))
+    assert next_tokens(logits.clone(), [frequent]).tolist() == [1]  # once: 3.0 - 0.3 = 2.7 still leads
+    frequent.observe(torch.tensor(1))
+    assert next_tokens(logits.clone(), [frequent]).tolist() == [2]  # twice: 3.0 - 0.6 = 2.4 < 2.5

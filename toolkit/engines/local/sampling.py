@@ -1,9 +1,11 @@
 """Choose the next token for every row of a batch, each row with its own parameters.
 
 Rows are independent: a greedy row takes the argmax, a sampling row applies its
-repetition penalty, temperature, top-k and top-p and draws with its own seeded
+penalties, temperature, top-k and top-p and draws with its own seeded
 ``torch.Generator``, so a seeded request samples the same tokens alone or in a
-batch.
+batch. The repetition penalty (transformers' CTRL-style) counts the prompt too; the presence and
+frequency penalties (OpenAI's and vLLM's) count only the generated tokens, so that copying from
+the prompt (a web source, say) is not punished.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ class RowSampler:
     seed: int
     generator: torch.Generator | None
     seen: torch.Tensor | None  # prompt + generated ids, only kept for repetition penalty
+    counts: torch.Tensor | None = None  # how often each token was generated, for presence/frequency penalties
+
+    @property
+    def penalized(self) -> bool:
+        return self.params.presence_penalty != 0.0 or self.params.frequency_penalty != 0.0
 
     @classmethod
     def create(cls, params: GenerationParams, seed: int, prompt_ids: Sequence[int], device: Any) -> RowSampler:
@@ -40,16 +47,23 @@ class RowSampler:
     def observe(self, token: torch.Tensor) -> None:
         if self.seen is not None:
             self.seen = torch.cat([self.seen, token.view(1)])
+        if self.counts is not None:
+            self.counts[token] += 1
 
 
 def next_tokens(logits: torch.Tensor, rows: Sequence[RowSampler]) -> torch.Tensor:
     """``logits`` [batch, vocab] -> next token ids [batch]."""
-    if all(r.params.greedy and r.seen is None for r in rows):
+    if all(r.params.greedy and r.seen is None and not r.penalized for r in rows):
         return logits.argmax(dim=-1)
     logits = logits.float()
     for i, row in enumerate(rows):
         if row.seen is not None:
             _repetition_penalty(logits[i], row.seen, row.params.repetition_penalty)
+        if row.penalized:
+            if row.counts is None:  # the first token: nothing generated yet
+                row.counts = torch.zeros(logits.shape[-1], device=logits.device)
+            p = row.params
+            logits[i] -= p.frequency_penalty * row.counts + p.presence_penalty * (row.counts > 0).float()
     out = logits.argmax(dim=-1)
     sampling = [i for i, r in enumerate(rows) if not r.params.greedy]
     if not sampling:
