@@ -156,6 +156,24 @@ def first_token_latency() -> float:
     return elapsed
 
 
+def detok_per_token_us(tokenizer: Any) -> dict[str, float]:
+    """A 1,000-token answer through the detokenizer: the mean time per token of the first 100 and the last
+    100, which must not grow with the position (each push decodes a short window, not the whole answer)."""
+    from toolkit.engines.local.detok import TextStream
+
+    text = " ".join(f"The {i}th robot walked to the café and said: 🎉 hello!" for i in range(200))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:1000]
+    stream = TextStream(tokenizer, ("\n\n",))
+    times = []
+    for token in ids:
+        start = time.perf_counter()
+        stream.push(token)
+        times.append(time.perf_counter() - start)
+    first, last = sum(times[:100]) / 100 * 1e6, sum(times[-100:]) / 100 * 1e6
+    print(f"detokenizing a 1,000-token answer: {first:.1f} us/token for the first 100, {last:.1f} for the last 100")
+    return {"detok_first100_us_per_token": round(first, 1), "detok_last100_us_per_token": round(last, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer tokens, for a smoke run")
@@ -218,6 +236,7 @@ def main() -> int:
     }
     if not cuda:
         summary["process_start_to_first_token_s"] = round(first_token_latency(), 2)
+    summary.update(detok_per_token_us(tokenizer))
 
     print(f"\n{'case':<28}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'x seq':>8}")
     for row in rows:
@@ -229,7 +248,7 @@ def main() -> int:
 
     report = {
         "machine": machine(),
-        "model": "Llama-3.2-1B shape, random bf16" if cuda else "SmolLM2-135M-Instruct (bundled), float32",
+        "model": "Llama-3.2-1B shape, random bf16" if cuda else f"SmolLM2-135M-Instruct (bundled), {model.dtype}",
         "new_tokens": new_tokens,
         "rows": rows,
         "summary": summary,

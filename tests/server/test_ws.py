@@ -242,3 +242,29 @@ def test_errors_raised_while_streaming_keep_their_code(make_server: Any, server_
     assert ext["code"] == "BAD_USER_INPUT" and ext["field"] == "prompt" and ext["limit"] == 32
     assert second == {"id": "long", "type": "complete"}
     small.close(grace_s=0)
+
+
+def test_a_client_that_selects_deltas_only_gets_no_running_text(server: Any) -> None:
+    """A 1,000-token answer with the running text in every TOKEN event is about 500,000 characters."""
+
+    async def run() -> list[dict[str, Any]]:
+        async with connect(server.ws_url, subprotocols=[PROTOCOL], proxy=None) as ws:  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "connection_init"}))
+            await ws.recv()
+            query = 'subscription { inferStream(prompt: "Count to twenty.", params: {temperature: 0, maxNewTokens: 40}) { type delta } }'
+            await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+            frames = []
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] == "complete":
+                    return frames
+                frames.append(message["payload"]["data"]["inferStream"])
+        return frames
+
+    frames = asyncio.run(run())
+    assert frames and all(set(f) == {"type", "delta"} for f in frames)
+    from toolkit.client import RemoteService
+
+    events = list(RemoteService(server.url).stream("Count to twenty.", temperature=0, max_new_tokens=40))
+    tokens = [e for e in events if hasattr(e, "delta")]
+    assert tokens[-1].text == "".join(t.delta for t in tokens) == events[-1].result.text  # put together client-side

@@ -58,3 +58,23 @@ def test_a_partial_character_never_lets_a_stop_prefix_out(tokenizer: Any) -> Non
     assert any("\ufffd" in tokenizer.decode(ids[: i + 1]) for i in range(len(ids)))  # 🎉 spans three tokens
     deltas, stream = run(tokenizer, text, stop=("ab🎉",))
     assert stream.stopped and "".join(deltas) == stream.emitted == "x"
+
+
+def test_each_token_decodes_a_short_window_not_the_whole_answer(tokenizer: Any) -> None:
+    """Linear, not quadratic: the tokens decoded per push stay small however long the answer grows."""
+
+    class Counting:
+        def __init__(self) -> None:
+            self.decoded: list[int] = []
+
+        def decode(self, ids: list[int], **kwargs: Any) -> str:
+            self.decoded.append(len(ids))
+            return str(tokenizer.decode(ids, **kwargs))
+
+    counting = Counting()
+    text = " ".join(f"word{i} 🎉 café" for i in range(300))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    stream = TextStream(counting, ("STOP!",))
+    deltas = [stream.push(t) for t in ids]
+    assert "".join(deltas) + stream.finish() == text
+    assert len(ids) > 1000 and max(counting.decoded) <= 8  # never the whole answer
