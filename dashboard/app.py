@@ -15,9 +15,10 @@ from typing import Any
 import ipywidgets as widgets
 
 from dashboard import bubbles
+from dashboard.compare import CompareView
 from dashboard.config import DashboardSettings
 from toolkit.errors import ToolkitError
-from toolkit.params import GenerationParams, InferRequest, Turn
+from toolkit.params import DEFAULT_MAX_NEW_TOKENS, FALLBACK_DEFAULTS, GenerationParams, InferRequest, Turn
 from toolkit.protocol import Service
 from toolkit.results import Done, ModelInfo, SearchFinished, SearchStarted, Token
 
@@ -61,6 +62,7 @@ class ChatApp:
         self.backend = backend
         self.history: list[Turn] = []
         self.last_result: Any = None
+        self.last_replay: Any = None
         self.busy = False
         self.request_id: str | None = None
         self._conversation = 0  # bumped by Clear: a stream of an older conversation adds no history
@@ -96,12 +98,33 @@ class ChatApp:
         self.model.add_class("tk-model")
         self.adapter = widgets.Dropdown(description="Adapter", options=[BASE_MODEL], value="", disabled=True)
         self.adapter.add_class("tk-adapter")
-        self.temperature = widgets.FloatSlider(description="Temperature", value=0.2, min=0.0, max=2.0, step=0.05)
-        self.max_new_tokens = widgets.IntSlider(description="Max tokens", value=256, min=1, max=1024, step=1)
+        # the sliders start from the chosen model's defaults once its list is known (_apply_defaults)
+        self.temperature = widgets.FloatSlider(
+            description="Temperature", value=FALLBACK_DEFAULTS["temperature"], min=0.0, max=2.0, step=0.05
+        )
+        self.max_new_tokens = widgets.IntSlider(
+            description="Max tokens", value=DEFAULT_MAX_NEW_TOKENS, min=1, max=1024, step=1
+        )
+        self.presence_penalty = widgets.FloatSlider(description="Presence", value=0.0, min=-2.0, max=2.0, step=0.1)
+        self.frequency_penalty = widgets.FloatSlider(description="Frequency", value=0.0, min=-2.0, max=2.0, step=0.1)
+        self.presence_penalty.add_class("tk-presence")
+        self.frequency_penalty.add_class("tk-frequency")
+        self._models: dict[str, ModelInfo] = {}
+        self._defaults_for: str | None = None  # the model whose defaults the sliders were set from
         self.system_prompt = widgets.Textarea(
             description="System", placeholder="optional system prompt", layout=widgets.Layout(width="95%")
         )
-        settings = widgets.VBox([self.model, self.adapter, self.temperature, self.max_new_tokens, self.system_prompt])
+        settings = widgets.VBox(
+            [
+                self.model,
+                self.adapter,
+                self.temperature,
+                self.max_new_tokens,
+                self.presence_penalty,
+                self.frequency_penalty,
+                self.system_prompt,
+            ]
+        )
         self.settings = widgets.Accordion(children=[settings], titles=("Settings",))
         self.settings.selected_index = None
         self.settings.observe(self._on_settings, names="selected_index")
@@ -120,7 +143,11 @@ class ChatApp:
             explorer = widgets.HTML(
                 "<p>The GraphQL Explorer needs the GraphQL server: set GRAPHQL_URL and run <code>make serve</code>.</p>"
             )
-        self.tabs = widgets.Tab(children=[chat, explorer], titles=("Chat", "GraphQL Explorer"))
+        self.compare = CompareView(backend)
+        compare = widgets.VBox([widgets.HTML(bubbles.CSS), self.compare.view])
+        self.tabs = widgets.Tab(children=[chat, compare, explorer], titles=("Chat", "Compare", "GraphQL Explorer"))
+        self.tabs.observe(self._on_tab, names="selected_index")
+        self._compare_started = False
 
         self.web.observe(self._on_web, names="value")
         self.model.observe(self._on_model, names="value")
@@ -177,6 +204,7 @@ class ChatApp:
             models = self.backend.models()
         except Exception:
             return
+        self._models = {m.id: m for m in models}
         options = [(model_label(m), m.id) for m in models]
         if options and list(self.model.options) != options:
             ids = [m.id for m in models]
@@ -184,6 +212,21 @@ class ChatApp:
             selected = self.model.value if self.model.value in ids else default
             self.model.options = options
             self.model.value = selected
+        self._apply_defaults()
+
+    def _apply_defaults(self) -> None:
+        """The sliders start from the chosen model's defaults, and again when the model changes."""
+        model = self._models.get(self.model.value)
+        if model is None or model.status != "ready" or self._defaults_for == model.id:
+            return
+        self._defaults_for = model.id
+        d = model.defaults
+        self.temperature.value = float(d.get("temperature", self.temperature.value))
+        self.max_new_tokens.value = min(
+            int(d.get("max_new_tokens", self.max_new_tokens.value)), self.max_new_tokens.max
+        )
+        self.presence_penalty.value = float(d.get("presence_penalty", 0.0))
+        self.frequency_penalty.value = float(d.get("frequency_penalty", 0.0))
 
     def _fill_adapters(self) -> None:
         """The adapters loaded on the service now; a selected one that was unloaded falls back to the base.
@@ -203,6 +246,14 @@ class ChatApp:
             self.adapter.value = selected
         self.adapter.disabled = not names
 
+    def _on_tab(self, change: dict[str, Any]) -> None:
+        """The Compare tab, opened the first time: its columns start from the Chat tab's settings."""
+        if change["new"] == 1 and not self._compare_started:
+            self._compare_started = True
+            self.compare.start_from(
+                self.model.options, self.model.value, self.adapter.value, self.web.value, self.temperature.value
+            )
+
     def _on_settings(self, change: dict[str, Any]) -> None:
         if change["new"] == 0:  # Settings opened
             self._fill_models()
@@ -213,6 +264,7 @@ class ChatApp:
         if change["new"] != change["old"]:
             self.adapter.value = ""
             self._fill_adapters()
+            self._apply_defaults()
 
     def _poll(self) -> None:
         while not self._stop_polling.wait(self._poll_s):
@@ -236,7 +288,10 @@ class ChatApp:
             model=model,
             adapter=self.adapter.value or None,
             params=GenerationParams(
-                temperature=float(self.temperature.value), max_new_tokens=int(self.max_new_tokens.value)
+                temperature=float(self.temperature.value),
+                max_new_tokens=int(self.max_new_tokens.value),
+                presence_penalty=float(self.presence_penalty.value),
+                frequency_penalty=float(self.frequency_penalty.value),
             ),
         )
 
@@ -285,10 +340,15 @@ class ChatApp:
                     sources = result.sources
                     self.last_result = result
                     answer.value = bubbles.assistant_bubble(
-                        result.text, sources=sources, notice=notice, stats=bubbles.stats_line(result)
+                        result.text,
+                        sources=sources,
+                        notice=notice,
+                        stats=bubbles.stats_line(result),
+                        grounding=result.grounding,
                     )
                     if result.text.strip() and conversation == self._conversation:
                         self.history += [Turn("user", text), Turn("assistant", result.text)]
+                        self._add(self._replay_button(result))
         except ToolkitError as exc:
             answer.value = bubbles.assistant_bubble("", error=f"The request failed: {exc.message}")
             self.prompt.value = text  # keep the input, to retry
@@ -305,6 +365,37 @@ class ChatApp:
             self.request_id = None
             self.send_button.disabled = False
             self.stop_button.disabled = True
+
+    def _add(self, widget: widgets.Widget) -> None:
+        self.messages.children = (*self.messages.children, widget)
+
+    def _replay_button(self, result: Any) -> widgets.Button:
+        """Under an answer: run its run record again and show whether the text is the same."""
+        button = widgets.Button(description="↻ replay", tooltip="replay this answer from its run record")
+        button.add_class("tk-replay")
+        button.on_click(lambda _: threading.Thread(target=self.replay, args=(result, button), daemon=True).start())
+        return button
+
+    def replay(self, result: Any, button: widgets.Button | None = None) -> None:
+        """Replay ``result`` (the same model, adapter, messages, parameters and seed) into a new bubble."""
+        if button is not None:
+            button.disabled = True
+        bubble = widgets.HTML(bubbles.assistant_bubble(""))
+        bubble.add_class("tk-answer")
+        self._add(bubble)
+        try:
+            replay = self.backend.replay(result.run_record)
+        except ToolkitError as exc:
+            bubble.value = bubbles.assistant_bubble("", error=f"The replay failed: {exc.message}")
+            return
+        except Exception as exc:  # never a traceback on the page
+            bubble.value = bubbles.assistant_bubble("", error=f"The replay failed ({type(exc).__name__}).")
+            return
+        finally:
+            if button is not None:
+                button.disabled = False
+        self.last_replay = replay
+        bubble.value = bubbles.replay_bubble(replay)
 
     def stop(self) -> None:
         """Cancel the running answer: the service stops generating at the next token."""

@@ -19,9 +19,15 @@ from markdown_it import MarkdownIt
 _MD = MarkdownIt("js-default")
 ALLOWED_TAGS = {
     "p", "br", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li", "a", "h1", "h2", "h3", "h4",
-    "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "hr", "del", "span", "div", "small", "sup",
+    "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "hr", "del", "span", "div", "small", "sup", "mark",
 }  # fmt: skip
-ALLOWED_ATTRIBUTES = {"a": {"href", "title", "target"}, "span": {"class"}, "div": {"class"}, "small": {"class"}}
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title", "target"},
+    "span": {"class", "title"},
+    "div": {"class"},
+    "small": {"class"},
+    "mark": {"class"},
+}
 SAFE_SCHEMES = {"http", "https", "file", "mailto"}
 
 CSS = """
@@ -42,6 +48,13 @@ CSS = """
 .tk-error { color: #b91c1c; }
 .tk-banner { padding: 6px 10px; border-radius: 6px; background: #fef3c7; color: #92400e; }
 .tk-indicator { font-size: 0.85em; color: #475569; min-height: 1.2em; }
+.tk-mark { font-size: 0.75em; margin-left: 2px; cursor: help; }
+.tk-mark.tk-ok { color: #15803d; }
+.tk-mark.tk-warn { color: #b45309; }
+.tk-grounding { display: block; margin-top: 2px; font-size: 0.8em; color: #475569; }
+mark.tk-diff { background: #fde68a; padding: 0 1px; border-radius: 2px; }
+.tk-columns { display: flex; gap: 8px; align-items: flex-start; }
+.tk-column { flex: 1 1 0; min-width: 0; }
 </style>
 """
 
@@ -100,6 +113,41 @@ def sources_html(sources: Sequence[Any]) -> str:
     return clean(f'<div class="tk-sources"><strong>Sources</strong><ol>{"".join(items)}</ol></div>')
 
 
+_MARK = "\ue000{}\ue001"  # placeholders (private-use characters) for the marks, through the markdown renderer
+
+
+def grounded_markdown(text: str, grounding: Any, sources: Sequence[Any]) -> str:
+    """The answer as safe HTML with a mark after each checked sentence: ✓ supported by [n] (its title on
+    hover), ⚠ not found in the sources, or cites the wrong one."""
+    titles = {s.index: s.title or s.url for s in sources}
+    marks: list[str] = []
+    marked, at = "", 0
+    for sentence in grounding.sentences:
+        found = text.find(sentence.text, at)
+        if found < 0:
+            continue
+        end = found + len(sentence.text)
+        marked += text[at:end] + _MARK.format(len(marks))
+        at = end
+        marks.append(_mark(sentence, titles))
+    html_text = render_markdown(marked + text[at:])
+    for i, mark in enumerate(marks):
+        html_text = html_text.replace(_MARK.format(i), mark)
+    return clean(html_text)
+
+
+def _mark(sentence: Any, titles: dict[int, str]) -> str:
+    best = sentence.best_source
+    where = f"[{best}] {titles.get(best, '')}".strip() if best else ""
+    if sentence.verdict == "supported":
+        return f'<span class="tk-mark tk-ok" title="{escape("supported by " + where)}">✓</span>'
+    if sentence.verdict == "miscited":
+        cited = ", ".join(f"[{n}]" for n in sentence.cited)
+        why = f"cites {cited}, but " + (f"it is in {where}" if best and sentence.score else "no source says it")
+        return f'<span class="tk-mark tk-warn" title="{escape(why)}">⚠</span>'
+    return f'<span class="tk-mark tk-warn" title="{escape("not found in the sources")}">⚠</span>'
+
+
 def assistant_bubble(
     text: str,
     *,
@@ -107,14 +155,20 @@ def assistant_bubble(
     notice: str | None = None,
     stats: str | None = None,
     error: str | None = None,
+    grounding: Any = None,
 ) -> str:
-    body = render_markdown(text) if text else ("" if error else "…")
+    if text and grounding is not None and grounding.sentences:
+        body = grounded_markdown(text, grounding, sources)
+    else:
+        body = render_markdown(text) if text else ("" if error else "…")
     parts = [body]
     if error:
         parts.append(f'<span class="tk-notice tk-error">{escape(error)}</span>')
     if notice:
         parts.append(f'<span class="tk-notice">{escape(notice)}</span>')
     parts.append(sources_html(sources))
+    if grounding is not None and grounding.sentences:
+        parts.append(f'<span class="tk-grounding">{escape(grounding.summary)}</span>')
     if stats:
         parts.append(f'<small class="tk-stats">{escape(stats)}</small>')
     return f'<div class="tk-row assistant"><div class="tk-bubble">{"".join(parts)}</div></div>'
@@ -132,6 +186,17 @@ def stats_line(result: Any) -> str:
     if result.finish_reason not in ("stop",):
         bits.append(result.finish_reason)
     return " · ".join(bits)
+
+
+def replay_bubble(replay: Any) -> str:
+    """A replayed answer: its text and stats, and whether it is the recorded one; or what could not match."""
+    if replay.result is None:
+        lines = "; ".join(f"{d.field} was {d.recorded!r}, is {d.now!r}" for d in replay.differences)
+        return assistant_bubble("", error=f"Cannot replay: {lines}")
+    verdict = "replay: identical ✓" if replay.identical else "replay: the text differs"
+    if replay.differences:
+        verdict += " (forced past: " + ", ".join(d.field for d in replay.differences) + ")"
+    return assistant_bubble(replay.result.text, notice=verdict, stats=stats_line(replay.result))
 
 
 def banner(message: str) -> str:

@@ -91,7 +91,8 @@ def event_dict(event: StreamEvent) -> dict[str, Any]:
             "sources": to_wire(event.sources),
         }
     if isinstance(event, Token):
-        return {"type": "TOKEN", "requestId": event.request_id, "delta": event.delta, "text": event.text}
+        # ``text`` (the answer so far) only for clients that select it: a callable resolves only when selected
+        return {"type": "TOKEN", "requestId": event.request_id, "delta": event.delta, "text": lambda *_: event.text}
     assert isinstance(event, Done)
     return {
         "type": "DONE",
@@ -132,6 +133,18 @@ async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[s
             "retry later, or raise REQUEST_TIMEOUT"
         )
     return result_dict(result)
+
+
+async def resolve_replay(_: Any, info: GraphQLResolveInfo, runRecord: Any, force: bool = False) -> dict[str, Any]:
+    context: Context = info.context
+    loop = asyncio.get_running_loop()  # the replay runs the model: off the event loop
+    replay = await loop.run_in_executor(
+        None, lambda: context.service.replay(runRecord, force=force, owner=context.owner)
+    )
+    wire = dict(to_wire(replay))
+    if replay.result is not None:
+        wire["result"] = result_dict(replay.result)
+    return wire
 
 
 def resolve_cancel(_: Any, info: GraphQLResolveInfo, requestId: str) -> bool:
@@ -189,6 +202,7 @@ def make_schema() -> GraphQLSchema:
     schema.mutation_type.fields["unloadAdapter"].resolve = resolve_unload_adapter
     schema.mutation_type.fields["infer"].resolve = resolve_infer
     schema.mutation_type.fields["cancel"].resolve = resolve_cancel
+    schema.mutation_type.fields["replay"].resolve = resolve_replay
     stream = schema.subscription_type.fields["inferStream"]
     stream.subscribe = subscribe_infer
     stream.resolve = lambda event, info, **args: event

@@ -20,7 +20,7 @@ from graphql import (
     SelectionSetNode,
 )
 
-MODEL_FIELDS = frozenset({"infer", "inferStream"})
+MODEL_FIELDS = frozenset({"infer", "inferStream", "replay"})
 INTROSPECTION_DEPTH_LIMIT = 25  # GraphiQL's introspection query is about 15 deep
 FREE_FIELDS = frozenset({"health", "__typename"})
 

@@ -45,8 +45,11 @@ def test_env_example_documents_every_setting() -> None:
 
 def test_readme_lists_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
-    names = [Settings.ENV[f.name] for f in fields(Settings)] + [
-        ServerSettings.ENV[f.name] for f in fields(ServerSettings)
+    from dashboard.config import DashboardSettings
+    from toolkit.client import ClientSettings
+
+    names = [
+        cls.ENV[f.name] for cls in (Settings, ServerSettings, DashboardSettings, ClientSettings) for f in fields(cls)
     ]
     for name in names:
         assert f"`{name}`" in readme, f"README does not document {name}"

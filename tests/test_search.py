@@ -243,7 +243,7 @@ def test_local_docs_find_the_right_document(local: LocalDocsBackend, query: str,
 
 
 def test_local_docs_skip_hidden_folders_scripts_and_styles(local: LocalDocsBackend) -> None:
-    assert local.files == 5
+    assert local.files == 7
     assert all(".hidden" not in str(c.path) for c in local.chunks)
     telescope = [c for c in local.chunks if c.path.suffix == ".html"]
     assert telescope and not any("glowmoss" in c.text or "color: red" in c.text for c in telescope)

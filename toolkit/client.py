@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from toolkit.compare import Comparison, collect, compare_stream
 from toolkit.errors import (
     ConfigError,
     EngineUnavailable,
@@ -36,10 +37,13 @@ from toolkit.errors import (
 from toolkit.params import GenerationParams, InferRequest
 from toolkit.results import (
     AdapterInfo,
+    Difference,
     Done,
     Health,
     InferResult,
     ModelInfo,
+    Replay,
+    RunRecord,
     SearchFinished,
     SearchStarted,
     Source,
@@ -55,14 +59,18 @@ ARGS = """$prompt: String!, $webSearch: Boolean, $history: [TurnInput!], $system
 PASS = """prompt: $prompt, webSearch: $webSearch, history: $history, systemPrompt: $systemPrompt,
   params: $params, model: $model, adapter: $adapter, requestId: $requestId"""
 INFER = f"mutation Infer({ARGS}) {{ infer({PASS}) {{ {RESULT_FIELDS} }} }}"
+# TOKEN events select the delta only: the answer so far is put together here, not sent again with
+# every token (a 1,000-token answer would otherwise cost about 500,000 characters on the wire)
 STREAM = f"""subscription InferStream({ARGS}) {{ inferStream({PASS}) {{
-  type requestId query searchStatus searchMessage delta text
+  type requestId query searchStatus searchMessage delta
   sources {{ {selection(Source)} }}
   result {{ {RESULT_FIELDS} }}
 }} }}"""
 HEALTH = f"{{ health {{ {selection(Health)} }} }}"
 MODELS = f"{{ models {{ {selection(ModelInfo)} }} }}"
 CANCEL = "mutation Cancel($id: ID!) { cancel(requestId: $id) }"
+REPLAY = f"""mutation Replay($record: JSON!, $force: Boolean) {{ replay(runRecord: $record, force: $force) {{
+  identical differences {{ {selection(Difference)} }} result {{ {RESULT_FIELDS} }} }} }}"""
 ADAPTER_FIELDS = selection(AdapterInfo)
 ADAPTERS = f"query Adapters($model: String) {{ adapters(model: $model) {{ {ADAPTER_FIELDS} }} }}"
 LOAD_ADAPTER = f"""mutation LoadAdapter($name: String!, $path: String, $model: String) {{
@@ -213,6 +221,18 @@ class RemoteService:
         request = _request(request, kwargs)
         return request, request.params
 
+    def replay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay:
+        """Replay a run record on the server (see ``InferenceService.replay``)."""
+        data = record.to_dict() if isinstance(record, RunRecord) else record
+        return from_wire(Replay, self.execute(REPLAY, {"record": data, "force": force})["replay"])
+
+    def compare(self, prompt: str, variants: Any, **common: Any) -> Comparison:
+        """The variants as concurrent streams on the server (``toolkit.compare``)."""
+        return collect(prompt, variants, self.compare_stream(prompt, variants, **common))
+
+    def compare_stream(self, prompt: str, variants: Any, **common: Any) -> Iterator[tuple[str, Any]]:
+        return compare_stream(self.stream, self.cancel, prompt, variants, common)
+
     def cancel(self, request_id: str, owner: str = "") -> bool:
         """Cancel one of this client's requests. (``owner`` is the server's business: it is this client's key.)"""
         return bool(self.execute(CANCEL, {"id": request_id}, timeout_s=10)["cancel"])
@@ -254,6 +274,7 @@ class RemoteService:
                 if ack.get("type") != "connection_ack":
                     raise ServiceUnavailable(f"the server did not acknowledge the connection: {ack}")
                 sub_id = uuid.uuid4().hex
+                sofar = _SoFar()
                 ws.send(
                     json.dumps(
                         {
@@ -265,7 +286,7 @@ class RemoteService:
                 )
                 while True:
                     message = json.loads(ws.recv(timeout=self.timeout_s))
-                    event = _stream_message(message, sub_id)
+                    event = _stream_message(message, sub_id, sofar)
                     if event is None:
                         if message.get("type") == "ping":
                             ws.send(json.dumps({"type": "pong"}))
@@ -297,6 +318,7 @@ class RemoteService:
                 if ack.get("type") != "connection_ack":
                     raise ServiceUnavailable(f"the server did not acknowledge the connection: {ack}")
                 sub_id = uuid.uuid4().hex
+                sofar = _SoFar()
                 await ws.send(
                     json.dumps(
                         {
@@ -308,7 +330,7 @@ class RemoteService:
                 )
                 async for raw in ws:
                     message = json.loads(raw)
-                    event = _stream_message(message, sub_id)
+                    event = _stream_message(message, sub_id, sofar)
                     if isinstance(event, str):  # "complete"
                         return
                     if event is not None:
@@ -353,7 +375,18 @@ def result_from(data: dict[str, Any]) -> InferResult:
     return from_wire(InferResult, data)
 
 
-def _stream_message(message: dict[str, Any], sub_id: str) -> StreamEvent | str | None:
+class _SoFar:
+    """The answer so far of one stream, from its deltas."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def token(self, request_id: str, delta: str) -> Token:
+        self.text += delta
+        return Token(request_id, delta, self.text)
+
+
+def _stream_message(message: dict[str, Any], sub_id: str, sofar: _SoFar) -> StreamEvent | str | None:
     kind = message.get("type")
     if message.get("id") != sub_id:
         return None
@@ -373,7 +406,7 @@ def _stream_message(message: dict[str, Any], sub_id: str) -> StreamEvent | str |
         sources = tuple(from_wire(Source, s) for s in e["sources"] or ())
         return SearchFinished(e["requestId"], e["searchStatus"].lower(), sources, e["searchMessage"], False, 0.0)
     if e["type"] == "TOKEN":
-        return Token(e["requestId"], e["delta"], e["text"])
+        return sofar.token(e["requestId"], e["delta"])
     return Done(result_from(e["result"]))
 
 

@@ -79,6 +79,12 @@ class AskMagics(Magics):
     @argument("--adapter", default=None, help="a LoRA adapter")
     @argument("--temperature", type=float, default=None, help="0 = greedy")
     @argument("--max-new-tokens", type=int, default=None, dest="max_new_tokens")
+    @argument(
+        "--presence-penalty", type=float, default=None, dest="presence_penalty", help="-2..2, generated tokens only"
+    )
+    @argument(
+        "--frequency-penalty", type=float, default=None, dest="frequency_penalty", help="-2..2, generated tokens only"
+    )
     @argument("--system", default=None, help="a system prompt")
     @argument("--service", default=None, help="a variable holding the service to use")
     @argument("--out", default="_ask", help="the variable that gets the full result (default _ask)")
@@ -98,11 +104,8 @@ class AskMagics(Magics):
         self.last_error = None
         handle = display(Markdown("…"), display_id=True)
         try:
-            params = {
-                k: v
-                for k, v in (("temperature", args.temperature), ("max_new_tokens", args.max_new_tokens))
-                if v is not None
-            }
+            given = ("temperature", "max_new_tokens", "presence_penalty", "frequency_penalty")
+            params = {k: getattr(args, k) for k in given if getattr(args, k) is not None}  # else the model's defaults
             request = InferRequest(
                 prompt=prompt,
                 system_prompt=args.system,
@@ -121,7 +124,8 @@ class AskMagics(Magics):
                 elif isinstance(event, Done):
                     result = event.result
                     self._ns[args.out] = result
-                    handle.update(Markdown(result.text + sources_markdown(result)))
+                    grounding = f"\n\n*{result.grounding.summary}*" if result.grounding else ""
+                    handle.update(Markdown(result.text + sources_markdown(result) + grounding))
         except ToolkitError as exc:
             self.last_error = exc.message
             handle.update(Markdown(f"**ask failed:** {exc.message}"))

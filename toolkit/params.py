@@ -31,42 +31,63 @@ class Limits:
     max_input_tokens: int = 4096
 
 
+# The sampling parameters a model can have defaults for (its generation_config.json, the toolkit's recipe
+# for the bundled model, the models file or GENERATION_DEFAULTS), and the toolkit's own where none is said.
+FALLBACK_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.7,
+    "top_p": 1.0,
+    "top_k": 0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+DEFAULTABLE = (*FALLBACK_DEFAULTS, "max_new_tokens")
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """How to sample. ``temperature == 0`` means greedy decoding.
 
-    ``max_new_tokens=None`` takes the service's default (256, or the
-    deployment's limit if that is lower).
+    A field left as None takes the model's default (see ``ModelInfo.defaults``): its
+    generation_config.json, the toolkit's recipe for the bundled model, the models file; the
+    toolkit's ``FALLBACK_DEFAULTS`` where none says. ``max_new_tokens=None`` takes the model's
+    default or 256 (at most the deployment's limit).
     """
 
     max_new_tokens: int | None = None
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
     # OpenAI's (and vLLM's) penalties, over the generated tokens only: copying a source is not punished
-    presence_penalty: float = 0.0  # subtracted once from every token already generated
-    frequency_penalty: float = 0.0  # subtracted per time a token was generated
+    presence_penalty: float | None = None  # subtracted once from every token already generated
+    frequency_penalty: float | None = None  # subtracted per time a token was generated
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None:
             _int("params.max_new_tokens", self.max_new_tokens, low=1)
-        _number("params.temperature", self.temperature)
-        if self.temperature < 0:
-            raise InvalidRequest("params.temperature", f"must be >= 0 (0 means greedy), got {self.temperature}")
-        _number("params.top_p", self.top_p)
-        if not 0 < self.top_p <= 1:
-            raise InvalidRequest("params.top_p", f"must be in (0, 1], got {self.top_p}")
-        _int("params.top_k", self.top_k, low=0)
-        _number("params.repetition_penalty", self.repetition_penalty)
-        if self.repetition_penalty <= 0:
-            raise InvalidRequest(
-                "params.repetition_penalty", f"must be > 0 (1 means none), got {self.repetition_penalty}"
-            )
+        if self.temperature is not None:
+            _number("params.temperature", self.temperature)
+            if self.temperature < 0:
+                raise InvalidRequest("params.temperature", f"must be >= 0 (0 means greedy), got {self.temperature}")
+        if self.top_p is not None:
+            _number("params.top_p", self.top_p)
+            if not 0 < self.top_p <= 1:
+                raise InvalidRequest("params.top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None:
+            _int("params.top_k", self.top_k, low=0)
+        if self.repetition_penalty is not None:
+            _number("params.repetition_penalty", self.repetition_penalty)
+            if self.repetition_penalty <= 0:
+                raise InvalidRequest(
+                    "params.repetition_penalty", f"must be > 0 (1 means none), got {self.repetition_penalty}"
+                )
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
+            if value is None:
+                continue
             _number(f"params.{name}", value)
             if not -2.0 <= value <= 2.0:
                 raise InvalidRequest(f"params.{name}", f"must be between -2 and 2 (0 means none), got {value}")
@@ -92,6 +113,17 @@ class GenerationParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def complete(self) -> bool:
+        """Every sampling field is set (what an engine needs)."""
+        return all(getattr(self, name) is not None for name in FALLBACK_DEFAULTS)
+
+    def with_defaults(self, defaults: Mapping[str, Any]) -> GenerationParams:
+        """The fields left as None taken from ``defaults``, then from ``FALLBACK_DEFAULTS``."""
+        merged = {**FALLBACK_DEFAULTS, **{k: v for k, v in defaults.items() if v is not None}}
+        filled = {name: merged[name] for name in DEFAULTABLE if getattr(self, name) is None and name in merged}
+        return replace(self, **filled) if filled else self
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -174,19 +206,22 @@ class InferRequest:
             raise InvalidRequest(name, f"unknown field; known: {', '.join(sorted(request_names | param_names))}")
         return cls(prompt=prompt, params=params, **kwargs)
 
-    def resolved_params(self, limits: Limits) -> GenerationParams:
-        """Params with the deployment's default filled in, checked against its limits.
+    def resolved_params(self, limits: Limits, defaults: Mapping[str, Any] | None = None) -> GenerationParams:
+        """Params with the model's ``defaults`` (and the deployment's) filled in, checked against its limits.
 
         (The input length is checked by the service, which has the tokenizer.)
         """
-        wanted = self.params.max_new_tokens
+        params = self.params.with_defaults(defaults or {})
+        wanted = params.max_new_tokens
         if wanted is None:
-            return replace(self.params, max_new_tokens=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens))
+            return replace(params, max_new_tokens=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens))
         if wanted > limits.max_new_tokens:
+            if self.params.max_new_tokens is None:  # the model's default is over this deployment's limit
+                return replace(params, max_new_tokens=limits.max_new_tokens)
             raise InvalidRequest(
                 "params.max_new_tokens", f"must be between 1 and {limits.max_new_tokens}, got {wanted}"
             )
-        return self.params
+        return params
 
     def messages(self) -> list[dict[str, str]]:
         """Chat messages for the model: system prompt, history, then the prompt."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from toolkit.compare import Comparison
 from toolkit.params import GenerationParams, InferRequest
-from toolkit.results import AdapterInfo, Health, InferResult, ModelInfo, StreamEvent
+from toolkit.results import AdapterInfo, Health, InferResult, ModelInfo, Replay, RunRecord, StreamEvent
 
 
 class Service(Protocol):
@@ -35,6 +36,12 @@ class Service(Protocol):
     def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]: ...
 
     def cancel(self, request_id: str, owner: str = "") -> bool: ...
+
+    def compare(self, prompt: str, variants: Any, **common: Any) -> Comparison: ...
+
+    def compare_stream(self, prompt: str, variants: Any, **common: Any) -> Iterator[tuple[str, Any]]: ...
+
+    def replay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay: ...
 
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from toolkit.errors import ConfigError
 from toolkit.settings import DEVICES, DTYPES, Settings
 
 ENGINES = ("local", "openai")
-COMMON_KEYS = {"name": str, "engine": str}
+COMMON_KEYS: dict[str, type | tuple[type, ...]] = {"name": str, "engine": str, "defaults": dict}
 LOCAL_KEYS: dict[str, type | tuple[type, ...]] = {"source": str, "load_in_4bit": bool, "dtype": str, "device": str}
 OPENAI_KEYS: dict[str, type | tuple[type, ...]] = {
     "base_url": str,
@@ -66,9 +66,20 @@ class ModelConfig:
     timeout_s: float = 60.0
     tokenizer: str | None = None
     context_length: int | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)  # generation defaults: over the model's own
     aliases: tuple[str, ...] = ()  # other names requests may use (MODEL_ID, the source's path)
 
     def __post_init__(self) -> None:
+        from toolkit.errors import InvalidRequest
+        from toolkit.params import DEFAULTABLE, GenerationParams
+
+        unknown = set(self.defaults) - set(DEFAULTABLE)
+        if unknown:
+            raise ValueError(f"defaults has no {sorted(unknown)[0]!r}; known: {', '.join(DEFAULTABLE)}")
+        try:
+            GenerationParams(**self.defaults)
+        except InvalidRequest as exc:
+            raise ValueError(f"defaults: {exc.message}") from None
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be local or openai, got {self.engine!r}")
         if self.engine == "openai":
@@ -137,6 +148,7 @@ def configured_models(settings: Settings, environ: Mapping[str, str] | None = No
             load_in_4bit=settings.load_in_4bit,
             dtype=settings.dtype,
             device=settings.device,
+            defaults=dict(settings.generation_defaults),
             aliases=tuple(a for a in aliases if a != name),
         )
     ]
@@ -214,6 +226,15 @@ class ServedModel:
     @property
     def names(self) -> set[str]:
         return {self.config.name, *self.config.aliases}
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The model's generation defaults: the engine's (generation_config.json, the bundled recipe),
+        then the models file's (or GENERATION_DEFAULTS'), over the toolkit's fallback."""
+        from toolkit.params import DEFAULT_MAX_NEW_TOKENS, FALLBACK_DEFAULTS
+
+        engine = self.engine.info.defaults if self.engine is not None and self.status == "ready" else {}
+        return {**FALLBACK_DEFAULTS, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **engine, **self.config.defaults}
 
 
 _LOCAL_LOADS = threading.Lock()  # local models load one after another, in any service of the process

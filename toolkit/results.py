@@ -6,9 +6,10 @@ can be stored and an answer replayed from its ``RunRecord``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
+from toolkit.grounding import Grounding
 from toolkit.wire import ENUM, JSON
 
 
@@ -61,23 +62,50 @@ class RunRecord:
     served_model: str | None = None  # the model's name where it ran (a remote server's own name)
     engine_version: str | None = None  # the remote server's system_fingerprint or version, when it says
     sent: dict[str, Any] | None = None  # the parameters sent to a remote server, as sent
+    answer: str | None = None  # the text answered, and why it ended: what a replay is compared with
+    finish_reason: str | None = None
+    replay_of: str | None = None  # the request id of the record this answer replayed
+    grounding: dict[str, Any] | None = None  # the grounding check of the answer, when it had sources
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunRecord:
+        """A record back from its JSON form (a file, GraphQL, the run log); ``InvalidRequest`` if it is not one."""
+        from dataclasses import fields
+
+        from toolkit.errors import InvalidRequest
+
+        if isinstance(data, RunRecord):
+            return data
+        if not isinstance(data, dict):
+            raise InvalidRequest("run_record", "must be a run record (a JSON object), as a result's run_record is")
+        names = {f.name: f for f in fields(cls)}
+        required = [n for n, f in names.items() if f.default is MISSING and f.default_factory is MISSING]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise InvalidRequest("run_record", f"is not a run record: no {missing[0]!r}")
+        if not isinstance(data.get("messages"), list) or not isinstance(data.get("params"), dict):
+            raise InvalidRequest("run_record", "is not a run record: 'messages' must be a list, 'params' an object")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
 class InferResult:
     id: str
     text: str
-    finish_reason: str = field(metadata=ENUM)  # stop | length | cancelled | timeout
+    finish_reason: str = field(metadata=ENUM)  # stop | length | cancelled | timeout | repetition
     usage: Usage
     timings: Timings
     model: str
     adapter: str | None
     run_record: RunRecord = field(metadata=JSON)
     sources: tuple[Source, ...] = ()
-    search_status: str = field(
-        default="off", metadata=ENUM
-    )  # off | ok | timeout | rate_limited | no_results | network | error
+    # off | ok | timeout | rate_limited | no_results | network | error
+    search_status: str = field(default="off", metadata=ENUM)
     search_message: str | None = None  # why the search failed, for the user
+    grounding: Grounding | None = None  # with sources: is each sentence supported by them (toolkit.grounding)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -177,6 +205,8 @@ class ModelInfo:
     device: str | None = None
     dtype: str | None = None
     quantization: str | None = None
+    # what a request that leaves a parameter out gets: generation_config.json, the bundled recipe, the models file
+    defaults: dict[str, Any] = field(default_factory=dict, metadata=JSON)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,3 +231,25 @@ class AdapterInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "target_modules": list(self.target_modules)}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Something a replay cannot match: the field of the run record, what it says, and what there is now."""
+
+    field: str
+    recorded: str | None
+    now: str | None
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A replayed run record: the new answer, and whether its text is the recorded one.
+
+    ``result`` is None when something could not match (another model hash, a missing adapter, a
+    changed chat template): ``differences`` says what, instead of an answer that only looks comparable.
+    """
+
+    result: InferResult | None
+    identical: bool
+    differences: tuple[Difference, ...] = ()

@@ -263,6 +263,24 @@ class SearchOutcome:
     def status(self) -> str:
         return "ok" if self.failure is None else self.failure.kind
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchOutcome:
+        """A snapshot back (a run record's ``search``), for a replay that must not search again."""
+        status = data.get("status", "ok")
+        failure = None if status == "ok" else SearchFailure(status, str(data.get("message") or status))
+        results = tuple(
+            SearchResult(str(r["title"]), str(r["url"]), str(r["snippet"])) for r in data.get("results", [])
+        )
+        return cls(
+            str(data.get("provider", "")),
+            str(data.get("query", "")),
+            str(data.get("at", "")),
+            float(data.get("seconds", 0.0)),
+            results,
+            failure,
+            bool(data.get("from_cache", False)),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "provider": self.provider,

@@ -25,24 +25,31 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, date, datetime
 from importlib import metadata
 from typing import Any, cast
 
 from toolkit import __version__ as TOOLKIT_VERSION
+from toolkit.compare import Comparison, collect, compare_stream
+from toolkit.compare import request_for as compare_request
+from toolkit.compare import variants as compare_variants
 from toolkit.engines.base import Encoded, Engine, EngineRequest
 from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong
 from toolkit.events import Finished
+from toolkit.grounding import check as check_grounding
 from toolkit.params import GenerationParams, InferRequest, Limits
 from toolkit.rag import BuiltMessages, build_messages
 from toolkit.registry import ModelConfig, ModelRegistry, ServedModel, configured_models
 from toolkit.results import (
     AdapterInfo,
+    Difference,
     Done,
     Health,
     InferResult,
     ModelHealth,
     ModelInfo,
+    Replay,
     RunRecord,
     SearchFinished,
     SearchStarted,
@@ -52,6 +59,7 @@ from toolkit.results import (
     Token,
     Usage,
 )
+from toolkit.runs import RunLog
 from toolkit.search import Searcher, SearchOutcome, clean_text, make_searcher
 from toolkit.settings import Settings
 
@@ -76,6 +84,7 @@ class Prepared:
     search: SearchOutcome | None = None
     adapter_hash: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    replay_of: str | None = None
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -139,6 +148,7 @@ class InferenceService:
         self._started = False
         self._stopped = False
         self._versions = _versions()
+        self.run_log = RunLog(self.settings.run_log) if self.settings.run_log is not None else None
         if models is not None:
             configs = models
         elif loaded is not None:
@@ -244,6 +254,7 @@ class InferenceService:
             device=info.device if info else None,
             dtype=info.dtype if info else None,
             quantization=info.quantization if info else None,
+            defaults=entry.defaults,
         )
 
     # ----- LoRA adapters ------------------------------------------------------------
@@ -286,7 +297,7 @@ class InferenceService:
             entry.engine.check_adapter(request.adapter)
         if request.web_search and self.searcher is None:
             raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
-        return request, request.resolved_params(self.limits), entry
+        return request, request.resolved_params(self.limits, entry.defaults), entry
 
     def _ready(self, entry: ServedModel) -> ServedModel:
         """The model, ready; or ``ModelNotReady`` saying why not."""
@@ -361,10 +372,13 @@ class InferenceService:
         adapter_hash = engine.adapter_hash(request.adapter) if request.adapter else None
         return Prepared(request, params, built, encoded, entry, search, adapter_hash)
 
-    def stream(self, request: InferRequest | str, **kwargs: Any) -> Iterator[StreamEvent]:
+    def stream(
+        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+    ) -> Iterator[StreamEvent]:
         """Search events (with web search on), ``Token`` events as text is generated, then ``Done``.
 
-        Closing the iterator early cancels the request.
+        ``search``: a search already made (``compare`` shares one between its variants) instead of a new
+        one. Closing the iterator early cancels the request.
         """
         request, params, entry = self._validated(request, kwargs)
         entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
@@ -373,9 +387,9 @@ class InferenceService:
         try:
             outcome = None
             if request.web_search:
-                query = search_query(request.prompt)
+                query = search.query if search is not None else search_query(request.prompt)
                 yield SearchStarted(request.request_id, query, self._provider())
-                outcome = self.search(query)
+                outcome = search if search is not None else self.search(query)
                 yield self._search_finished(request.request_id, outcome)
             prepared = self._prepare(entry, request, params, outcome)
             translate = self._translator(prepared)
@@ -390,7 +404,9 @@ class InferenceService:
                 events.close()  # a generator: cancels the request if it still runs
             self._end(request)
 
-    async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+    async def astream(
+        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+    ) -> AsyncIterator[StreamEvent]:
         request, params, entry = self._validated(request, kwargs)
         entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
         live = self._begin(request)
@@ -398,9 +414,12 @@ class InferenceService:
         try:
             outcome = None
             if request.web_search:
-                query = search_query(request.prompt)
+                query = search.query if search is not None else search_query(request.prompt)
                 yield SearchStarted(request.request_id, query, self._provider())
-                outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
+                if search is not None:
+                    outcome = search
+                else:
+                    outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
                 yield self._search_finished(request.request_id, outcome)
             # templating and tokenizing take milliseconds: off the event loop, which must stay responsive
             prepared = await asyncio.get_running_loop().run_in_executor(
@@ -417,6 +436,104 @@ class InferenceService:
             if events is not None:
                 await events.aclose()
             self._end(request)
+
+    # ----- compare -----------------------------------------------------------------
+
+    def compare(self, prompt: str, variants: Any, **common: Any) -> Comparison:
+        """Run ``prompt`` as each variant (``toolkit.compare``) at once; the side-by-side ``Comparison``."""
+        return collect(prompt, variants, self.compare_stream(prompt, variants, **common))
+
+    def compare_stream(self, prompt: str, variants: Any, **common: Any) -> Iterator[tuple[str, Any]]:
+        """``(label, event)`` as the variants stream. One web search, made once, for every variant that searches."""
+        chosen = compare_variants(variants)
+        searching = any(compare_request(prompt, v, common).web_search for v in chosen)
+        shared = self.search(search_query(prompt)) if searching else None
+        return compare_stream(lambda r: self.stream(r, search=shared), self.cancel, prompt, variants, common)
+
+    # ----- replay ------------------------------------------------------------------
+
+    def replay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay:
+        """Run a run record again: the same model, adapter, exact messages (the web search's snapshot,
+        never a new search), parameters and seed. Returns the new result and whether its text is the
+        recorded answer; when something cannot match (another model hash, a missing adapter, a chat
+        template that renders the messages differently), the differences instead of an answer, unless
+        ``force``."""
+        record = RunRecord.from_dict(record)
+        plan = self._replay_plan(record, owner)
+        differences, prepared = plan
+        if prepared is None or (differences and not force):
+            return Replay(None, False, differences)
+        entry, request = prepared.model, prepared.request
+        live = self._begin(request)
+        events = None
+        result = None
+        try:
+            translate = self._translator(prepared)
+            events = self._submit(live, entry, lambda: entry.engine.stream(prepared.engine_request(live)))
+            for event in events if events is not None else [self._cancelled_before_engine(prepared)]:
+                out = translate(event)
+                if isinstance(out, Done):
+                    result = out.result
+        finally:
+            if events is not None:
+                events.close()
+            self._end(request)
+        assert result is not None, "a stream always ends with Done"
+        return Replay(result, record.answer is not None and result.text == record.answer, differences)
+
+    def _replay_plan(self, record: RunRecord, owner: str) -> tuple[tuple[Difference, ...], Prepared | None]:
+        try:
+            entry = self.registry.route(record.model)
+        except InvalidRequest:
+            return (Difference("model", record.model, None),), None
+        entry = self._ready(entry)
+        engine, info = entry.engine, entry.engine.info
+        differences: list[Difference] = []
+        if record.model_hash and info.content_hash and record.model_hash != info.content_hash:
+            differences.append(Difference("model_hash", record.model_hash, info.content_hash))
+        if record.served_model and record.engine == info.kind and record.served_model != info.served_model:
+            differences.append(Difference("served_model", record.served_model, info.served_model))
+        if record.adapter:
+            try:
+                engine.check_adapter(record.adapter)
+            except InvalidRequest:
+                differences.append(Difference("adapter", record.adapter, None))
+            else:
+                now = engine.adapter_hash(record.adapter)
+                if record.adapter_hash and now and now != record.adapter_hash:
+                    differences.append(Difference("adapter_hash", record.adapter_hash, now))
+        known = {f.name for f in dataclass_fields(GenerationParams)}
+        try:
+            recorded: dict[str, Any] = {k: v for k, v in record.params.items() if k in known}
+            recorded["stop"] = tuple(recorded.get("stop") or ())
+            params = GenerationParams(**recorded).with_defaults(entry.defaults)
+            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in record.messages]
+        except (KeyError, TypeError) as exc:
+            raise InvalidRequest("run_record", f"is not a run record ({type(exc).__name__}: {exc})") from None
+        if not messages:
+            raise InvalidRequest("run_record.messages", "is empty: nothing to replay")
+        encoded = engine.encode(messages)
+        if (
+            record.prompt_text is not None
+            and encoded.prompt_text is not None
+            and encoded.prompt_text != record.prompt_text
+        ):
+            differences.append(Difference("prompt_text", record.prompt_text[-300:], encoded.prompt_text[-300:]))
+        if any(d.now is None for d in differences):  # a model or adapter that is not there: nothing to run
+            return tuple(differences), None
+        search = SearchOutcome.from_dict(record.search) if record.search is not None else None
+        request = InferRequest(
+            prompt=messages[-1]["content"] or " ",
+            model=record.model,
+            adapter=record.adapter,
+            params=params,
+            web_search=search is not None,
+            owner=owner,
+        )
+        built = BuiltMessages(messages, search.results if search else (), record.dropped_history_turns)
+        adapter_hash = engine.adapter_hash(record.adapter) if record.adapter else None
+        prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash, replay_of=record.request_id)
+        return tuple(differences), prepared
 
     def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
         for event in self.stream(request, **kwargs):
@@ -511,6 +628,8 @@ class InferenceService:
             raise finished.error
         request, search, entry = prepared.request, prepared.search, prepared.model
         info = entry.engine.info
+        sources = tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(prepared.built.sources, start=1))
+        grounding = check_grounding(finished.text, sources) if search is not None and sources else None
         loaded = entry.loaded
         record = RunRecord(
             request_id=request.request_id,
@@ -533,8 +652,12 @@ class InferenceService:
             served_model=info.served_model,
             engine_version=finished.extra.get("system_fingerprint") or info.version,
             sent=finished.extra.get("sent"),
+            answer=finished.text,
+            finish_reason=finished.finish_reason,
+            replay_of=prepared.replay_of,
+            grounding=grounding.to_dict() if grounding is not None else None,
         )
-        return InferResult(
+        result = InferResult(
             id=request.request_id,
             text=finished.text,
             finish_reason=finished.finish_reason,
@@ -543,7 +666,14 @@ class InferenceService:
             model=entry.name,
             adapter=request.adapter,
             run_record=record,
-            sources=tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(prepared.built.sources, start=1)),
+            sources=sources,
             search_status=search.status if search is not None else "off",
             search_message=search.failure.message if search is not None and search.failure else None,
+            grounding=grounding,
         )
+        if self.run_log is not None:
+            try:
+                self.run_log.append(result)
+            except OSError as exc:  # a full disk must not lose the answer: it is logged as a warning
+                log.warning("RUN_LOG %s: could not append %s: %s", self.run_log.path, request.request_id, exc)
+        return result

@@ -58,6 +58,10 @@ class Settings:
     adapters_dir: Path = Path("adapters")
     # Several models (local and remote), one [[models]] table each; when set, MODEL_ID and friends are not used.
     models_file: Path | None = None
+    # Every answer's run record as a JSON line here (toolkit.runs.load reads it back); None: no log.
+    run_log: Path | None = None
+    # Generation defaults for the MODEL_ID model, over its own: "temperature=0,frequency_penalty=0.3".
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
 
     # environment variable for each field; the names users already know
     ENV: ClassVar[dict[str, str]] = {
@@ -80,6 +84,8 @@ class Settings:
         "search_per_minute": "SEARCH_PER_MINUTE",
         "adapters_dir": "ADAPTERS_DIR",
         "models_file": "MODELS_FILE",
+        "generation_defaults": "GENERATION_DEFAULTS",
+        "run_log": "RUN_LOG",
     }
 
     def __post_init__(self) -> None:
@@ -92,8 +98,9 @@ class Settings:
             raise ConfigError(env["device"], f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
         object.__setattr__(self, "adapters_dir", Path(self.adapters_dir).expanduser())
-        if self.models_file is not None:
-            object.__setattr__(self, "models_file", Path(self.models_file).expanduser())
+        for name in ("models_file", "run_log"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
         for name, low in (
             ("max_new_tokens_limit", 1),
             ("max_input_tokens", 16),
@@ -148,6 +155,29 @@ def read_env(
     return values
 
 
+def _defaults(var: str, raw: str) -> dict[str, Any]:
+    """``key=value,key=value`` with numbers, checked as generation parameters."""
+    from toolkit.errors import InvalidRequest
+    from toolkit.params import DEFAULTABLE, GenerationParams
+
+    out: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in DEFAULTABLE:
+            raise ConfigError(var, f"expected key=value pairs with keys among {', '.join(DEFAULTABLE)}, got {item!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(var, f"{key} must be a number, got {value.strip()!r}") from None
+        out[key] = int(number) if key in ("top_k", "max_new_tokens") and number.is_integer() else number
+    try:
+        GenerationParams(**out)
+    except InvalidRequest as exc:
+        raise ConfigError(var, exc.message) from None
+    return out
+
+
 def _parse(name: str, var: str, raw: str) -> Any:
     raw = raw.strip()
     if name in ("model_id", "hf_token"):
@@ -165,8 +195,10 @@ def _parse(name: str, var: str, raw: str) -> Any:
         return raw.lower() or "auto"
     if name == "cache_dir":
         return Path(raw) if raw else default_cache_dir()
-    if name in ("adapters_dir", "models_file"):
+    if name in ("adapters_dir", "models_file", "run_log"):
         return Path(raw)
+    if name == "generation_defaults":
+        return _defaults(var, raw)
     if name in ("request_timeout_s", "search_timeout_s", "search_cache_ttl_s"):
         try:
             return float(raw)

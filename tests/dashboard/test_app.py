@@ -28,7 +28,7 @@ def app(service: InferenceService) -> Any:
 
 
 def bubbles(app: ChatApp) -> list[str]:
-    return [w.value for w in app.messages.children]
+    return [w.value for w in app.messages.children if hasattr(w, "value")]  # (not the replay buttons)
 
 
 def test_sending_streams_an_answer_with_stats(app: ChatApp) -> None:
@@ -139,8 +139,8 @@ def test_loading_shows_a_banner(settings: Any) -> None:
 
 
 def test_tabs(app: ChatApp) -> None:
-    assert app.tabs.titles == ("Chat", "GraphQL Explorer")
-    assert 'src="http://127.0.0.1:8080/graphiql"' in app.tabs.children[1].value
+    assert app.tabs.titles == ("Chat", "Compare", "GraphQL Explorer")
+    assert 'src="http://127.0.0.1:8080/graphiql"' in app.tabs.children[2].value
 
 
 def test_clear_during_an_answer_leaves_no_history(app: ChatApp) -> None:
@@ -219,3 +219,39 @@ def test_the_model_selector_lists_every_model_and_the_adapters_follow_it(setting
     finally:
         svc.close(grace_s=0)
         fake.stop()
+
+
+def test_the_settings_start_from_the_models_defaults_and_follow_the_model(settings: Any, loaded: Any) -> None:
+    from toolkit.registry import ModelConfig
+
+    configs = [
+        ModelConfig(name=loaded.name),
+        ModelConfig(name="warm", source="bundled", defaults={"temperature": 0.6, "frequency_penalty": 0.4}),
+    ]
+    svc = InferenceService(settings, models=configs, loaded=loaded)
+    svc.registry.attach(svc.registry.entries["warm"], loaded)  # the same weights, other defaults
+    try:
+        app = ChatApp(svc, poll_s=0)
+        assert app.temperature.value == 0.0 and app.frequency_penalty.value == 0.0  # the bundled model's recipe
+        app.send("What is the capital of France?")  # the first answer uses them
+        app.wait()
+        assert app.last_result.run_record.params["temperature"] == 0.0 and "Paris" in app.last_result.text
+        app.model.value = "warm"
+        assert app.temperature.value == 0.6 and app.frequency_penalty.value == 0.4
+        app.close()
+    finally:
+        svc.close(grace_s=0)
+
+
+def test_an_answer_replays_from_the_dashboard(app: ChatApp) -> None:
+    import ipywidgets as widgets
+
+    app.clear()
+    app.temperature.value = 0.9  # sampled, and still the same text: the record keeps the seed
+    app.send("Name a colour.")
+    app.wait()
+    buttons = [w for w in app.messages.children if isinstance(w, widgets.Button)]
+    assert [b.description for b in buttons] == ["↻ replay"]
+    app.replay(app.last_result)
+    assert app.last_replay.identical and app.last_replay.result.text == app.last_result.text
+    assert "replay: identical ✓" in bubbles(app)[-1]

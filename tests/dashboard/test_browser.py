@@ -223,11 +223,61 @@ def test_the_model_selector_routes_to_a_remote_model(page: Any) -> None:
     select.select_option(index=0)
 
 
+def test_the_compare_tab_streams_columns_at_once_with_diff_grounding_and_stop(page: Any) -> None:
+    page.get_by_text("Compare", exact=True).click()
+    page.wait_for_selector(".tk-column-3", timeout=30_000)
+    page.locator(".tk-column-2 select").first.select_option(index=1)  # the remote model
+    page.locator(".tk-column-3 button").first.click()  # web search on
+    page.evaluate(
+        """() => {
+        window.__firstText = {}; window.__done = {};
+        new MutationObserver(() => {
+            for (const n of [1, 2, 3]) {
+                const a = document.querySelector(`.tk-column-${n} .tk-compare-answer`);
+                if (!a) continue;
+                const text = a.innerText.trim();
+                if (!window.__firstText[n] && text && text !== '…' && !text.includes('no answer yet')) window.__firstText[n] = performance.now();
+                if (!window.__done[n] && a.querySelector('.tk-stats')) window.__done[n] = performance.now();
+            }
+        }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }"""
+    )
+    page.fill(".tk-compare-prompt input", "What is the capital city of the planet Zorvath?")
+    page.press(".tk-compare-prompt input", "Enter")
+    page.wait_for_function("() => Object.keys(window.__done).length === 3", timeout=120_000)
+    first, done = page.evaluate("() => [window.__firstText, window.__done]")
+    # the two local columns were both streaming before either had finished (the remote one is instant)
+    assert max(first["1"], first["3"]) < min(done["1"], done["3"])
+    columns = [page.locator(f".tk-column-{n} .tk-compare-answer").inner_text() for n in (1, 2, 3)]
+    assert "Quillborough" in columns[2] and ANSWER in columns[1]
+    assert page.locator(".tk-column-3 .tk-mark").count() >= 1 and "supported" in columns[2]  # grounding marks
+    page.screenshot(path=str(SHOTS / "6-compare.png"), full_page=True)
+    page.click(".tk-compare-diff")
+    page.wait_for_selector(".tk-column-1 mark.tk-diff", timeout=10_000)
+    assert page.locator(".tk-column-2 mark.tk-diff").count() >= 1
+    page.screenshot(path=str(SHOTS / "7-compare-diff.png"), full_page=True)
+    page.click(".tk-compare-diff")
+    page.fill(".tk-compare-prompt input", "Count from one to five hundred, one number per line.")
+    page.press(".tk-compare-prompt input", "Enter")
+    page.wait_for_function(
+        "() => [1, 3].every(n => (document.querySelector(`.tk-column-${n} .tk-compare-answer`) || {}).innerText?.length > 20)",
+        timeout=60_000,
+    )
+    page.click(".tk-compare-stop")
+    page.wait_for_function(
+        "() => document.querySelectorAll('.tk-compare-answer .tk-stats').length === 3", timeout=60_000
+    )
+    stats = page.locator(".tk-compare-answer .tk-stats").all_inner_texts()
+    assert "cancelled" in stats[0] and "cancelled" in stats[2]  # the remote one may have finished already
+    page.screenshot(path=str(SHOTS / "8-compare-stopped.png"), full_page=True)
+    page.get_by_text("Chat", exact=True).click()
+
+
 def test_the_explorer_tab_loads_graphiql(page: Any) -> None:
     page.get_by_text("GraphQL Explorer").click()
     frame = page.frame_locator("iframe[title='GraphQL Explorer']")
     frame.locator(".graphiql-execute-button").wait_for(timeout=30_000)
-    page.screenshot(path=str(SHOTS / "6-explorer.png"))
+    page.screenshot(path=str(SHOTS / "9-explorer.png"))
     assert page.outside == []  # type: ignore[attr-defined]
 
 

@@ -64,6 +64,7 @@ class EngineInfo:
     dtype: str | None = None
     quantization: str | None = None
     version: str | None = None  # the remote server's version or system_fingerprint, when it says
+    defaults: dict[str, Any] = field(default_factory=dict)  # generation defaults the model comes with
     extra: dict[str, Any] = field(default_factory=dict)
 
 

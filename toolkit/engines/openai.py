@@ -44,6 +44,7 @@ from toolkit.errors import (
     ToolkitError,
 )
 from toolkit.events import Delta, Event, Finished, Sink, Streams
+from toolkit.loopguard import MAX_PERIOD_CHARS, MIN_SPAN_CHARS, looping
 from toolkit.results import AdapterInfo
 
 log = logging.getLogger("toolkit.engines.openai")
@@ -52,7 +53,14 @@ ESTIMATE_PER_MESSAGE = 8  # role markers and separators of a chat template
 CONNECT_RETRIES = 2
 _NUMBER = re.compile(r"\d+")
 CONTEXT_WORDS = ("context length", "max_model_len", "maximum context", "too long", "context window")
-FINISH = {"stop": "stop", "length": "length", "abort": "cancelled", "content_filter": "stop", "tool_calls": "stop"}
+FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "cancelled",
+    "repetition": "repetition",
+    "content_filter": "stop",
+    "tool_calls": "stop",
+}
 PARAM_FIELDS = {  # an OpenAI request field -> the toolkit's field, for errors a server reports by name
     "max_tokens": "params.max_new_tokens",
     "max_completion_tokens": "params.max_new_tokens",
@@ -308,7 +316,7 @@ class OpenAIEngine(Streams):
         return True
 
     def _body(self, request: EngineRequest, seed: int) -> dict[str, Any]:
-        p = request.params
+        p = request.params.with_defaults({})
         body: dict[str, Any] = {
             "model": request.adapter or self.config.served_model,
             "max_tokens": p.max_new_tokens,
@@ -336,7 +344,15 @@ class OpenAIEngine(Streams):
         seed = request.params.seed if request.params.seed is not None else secrets.randbits(31)
         body = self._body(request, seed)
         timeout = request.timeout_s if request.timeout_s is not None else self.default_timeout_s
-        state: dict[str, Any] = {"text": [], "chunks": 0, "first": None, "usage": None, "finish": None, "fp": None}
+        state: dict[str, Any] = {
+            "text": [],
+            "joined": "",
+            "chunks": 0,
+            "first": None,
+            "usage": None,
+            "finish": None,
+            "fp": None,
+        }
         reason, error = "error", cast("ToolkitError | None", None)
         try:
             async with asyncio.timeout(timeout):
@@ -409,8 +425,12 @@ class OpenAIEngine(Streams):
                         if state["first"] is None:
                             state["first"] = time.perf_counter()
                         state["text"].append(content)
+                        state["joined"] += content
                         state["chunks"] += 1
                         sink(Delta(request.engine_id, content))
+                        if looping(state["joined"], max_period=MAX_PERIOD_CHARS, min_span=MIN_SPAN_CHARS):
+                            state["finish"] = "repetition"  # closing the stream stops the server too
+                            return
                     if choice.finish_reason:
                         state["finish"] = choice.finish_reason
 

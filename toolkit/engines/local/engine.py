@@ -37,6 +37,7 @@ from toolkit.engines.local.lorastack import LoraStack
 from toolkit.engines.local.sampling import RowSampler, next_tokens
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.events import Delta, Event, Finished, Sink, Streams
+from toolkit.loopguard import looping
 from toolkit.params import GenerationParams
 
 log = logging.getLogger("toolkit.engine")
@@ -412,6 +413,8 @@ class Engine(Streams):
                 self._emit(job, Delta(job.request_id, delta))
             if row.text.stopped:
                 self._finish_row(row, "stop")
+            elif looping(row.text.tokens):
+                self._finish_row(row, "repetition")  # the same span over and over: see toolkit.loopguard
             else:
                 at_context = len(job.input_ids) + row.generated >= self.context_length
                 if at_context or row.generated >= (job.params.max_new_tokens or 0):

@@ -50,6 +50,7 @@ class LocalEngine:
             device=loaded.device,
             dtype=loaded.dtype,
             quantization=loaded.quantization,
+            defaults=dict(loaded.defaults),
         )
 
     @property

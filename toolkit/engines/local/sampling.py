@@ -21,28 +21,48 @@ from toolkit.params import GenerationParams
 
 @dataclass
 class RowSampler:
-    """Sampling state of one row: its parameters, generator and the tokens seen."""
+    """Sampling state of one row: its parameters (every one set), generator and the tokens seen."""
 
-    params: GenerationParams
     seed: int
     generator: torch.Generator | None
     seen: torch.Tensor | None  # prompt + generated ids, only kept for repetition penalty
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
     counts: torch.Tensor | None = None  # how often each token was generated, for presence/frequency penalties
 
     @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
     def penalized(self) -> bool:
-        return self.params.presence_penalty != 0.0 or self.params.frequency_penalty != 0.0
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     @classmethod
     def create(cls, params: GenerationParams, seed: int, prompt_ids: Sequence[int], device: Any) -> RowSampler:
+        p = params.with_defaults({})  # fields left to the model's defaults: the service filled them; else the toolkit's
         generator = None
-        if not params.greedy:
+        if not p.greedy:
             generator = torch.Generator(device=device)
             generator.manual_seed(seed)
         seen = None
-        if params.repetition_penalty != 1.0:
+        if p.repetition_penalty != 1.0:
             seen = torch.tensor(list(prompt_ids), dtype=torch.long, device=device)
-        return cls(params, seed, generator, seen)
+        return cls(
+            seed,
+            generator,
+            seen,
+            temperature=float(p.temperature or 0.0),
+            top_p=float(p.top_p or 1.0),
+            top_k=int(p.top_k or 0),
+            repetition_penalty=float(p.repetition_penalty or 1.0),
+            presence_penalty=float(p.presence_penalty or 0.0),
+            frequency_penalty=float(p.frequency_penalty or 0.0),
+        )
 
     def observe(self, token: torch.Tensor) -> None:
         if self.seen is not None:
@@ -53,26 +73,25 @@ class RowSampler:
 
 def next_tokens(logits: torch.Tensor, rows: Sequence[RowSampler]) -> torch.Tensor:
     """``logits`` [batch, vocab] -> next token ids [batch]."""
-    if all(r.params.greedy and r.seen is None and not r.penalized for r in rows):
+    if all(r.greedy and r.seen is None and not r.penalized for r in rows):
         return logits.argmax(dim=-1)
     logits = logits.float()
     for i, row in enumerate(rows):
         if row.seen is not None:
-            _repetition_penalty(logits[i], row.seen, row.params.repetition_penalty)
+            _repetition_penalty(logits[i], row.seen, row.repetition_penalty)
         if row.penalized:
             if row.counts is None:  # the first token: nothing generated yet
                 row.counts = torch.zeros(logits.shape[-1], device=logits.device)
-            p = row.params
-            logits[i] -= p.frequency_penalty * row.counts + p.presence_penalty * (row.counts > 0).float()
+            logits[i] -= row.frequency_penalty * row.counts + row.presence_penalty * (row.counts > 0).float()
     out = logits.argmax(dim=-1)
-    sampling = [i for i, r in enumerate(rows) if not r.params.greedy]
+    sampling = [i for i, r in enumerate(rows) if not r.greedy]
     if not sampling:
         return out
     index = torch.tensor(sampling, device=logits.device)
     sub = logits.index_select(0, index)
-    temperature = torch.tensor([rows[i].params.temperature for i in sampling], device=sub.device)
+    temperature = torch.tensor([rows[i].temperature for i in sampling], device=sub.device)
     sub = sub / temperature.unsqueeze(1)
-    sub = _top_k_top_p(sub, [rows[i].params.top_k for i in sampling], [rows[i].params.top_p for i in sampling])
+    sub = _top_k_top_p(sub, [rows[i].top_k for i in sampling], [rows[i].top_p for i in sampling])
     probs = torch.softmax(sub, dim=-1)
     for j, i in enumerate(sampling):
         out[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]

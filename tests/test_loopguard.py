@@ -1,0 +1,84 @@
+"""The loop guard: a tail that is one span repeated ends an answer early (finish reason ``repetition``),
+and legitimate repetition (a list, a table, code) does not trip it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from toolkit.loopguard import MIN_SPAN_TOKENS, looping
+from toolkit.service import InferenceService
+from toolkit.settings import Settings
+
+
+def test_a_run_of_one_token_needs_the_whole_span() -> None:
+    assert looping([7] * (MIN_SPAN_TOKENS - 1)) == 0
+    assert looping([1, 2, 3] + [7] * MIN_SPAN_TOKENS) == 1
+
+
+def test_a_repeated_sentence_trips_at_its_fourth_turn() -> None:
+    sentence = list(range(100, 125))  # 25 tokens
+    assert looping([1, 2] + sentence * 3) == 0
+    assert looping([1, 2] + sentence * 4) == 25
+
+
+def test_lists_tables_and_code_do_not_trip_it() -> None:
+    numbered = [t for i in range(1, 60) for t in (i, 13, 500 + i % 7, 10)]  # "1. item\\n2. item\\n": numbers differ
+    table = [t for row in range(30) for t in (124, 900 + row, 124, 950 + row * 3, 124, 10)]
+    code = [t for i in range(40) for t in (61, 62, 200 + i, 63, 10)]  # one line per i, each different
+    assert looping(numbered) == looping(table) == looping(code) == 0
+
+
+def test_text_for_engines_without_tokens() -> None:
+    assert looping("la femme, " * 40, max_period=256, min_span=256) == len("la femme, ")
+    assert looping("".join(f"{i}. item\n" for i in range(60)), max_period=256, min_span=256) == 0
+
+
+@pytest.fixture(scope="module")
+def looper(settings: Settings, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny model whose greedy answer cycles through three tokens forever: its layers add nothing (zero
+    output projections), every token embeds as e0 except B (e1) and C (e2), and the output layer maps
+    e0 -> B, e1 -> C, e2 -> A; so after the prompt it says B C A B C A ..."""
+    from dataclasses import replace
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    a, b, c = (tokenizer.convert_tokens_to_ids(t) for t in ("la", "Ġfem", "me"))
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.model.embed_tokens.weight
+        embed.zero_()
+        embed[:, 0] = 1.0
+        embed[b].zero_()
+        embed[b, 1] = 1.0
+        embed[c].zero_()
+        embed[c, 2] = 1.0
+        head = torch.zeros_like(model.lm_head.weight)
+        head[b, 0], head[c, 1], head[a, 2] = 10.0, 10.0, 10.0
+        model.lm_head.weight = torch.nn.Parameter(head)
+        model.config.tie_word_embeddings = False
+    folder = tmp_path_factory.mktemp("looper")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    svc = InferenceService(replace(settings, model_id=str(folder), search_provider="none")).start(progress=False)
+    yield svc
+    svc.close(grace_s=0)
+
+
+def test_a_forced_loop_ends_early_with_repetition(looper: InferenceService) -> None:
+    result = looper.infer("Hello", temperature=0, max_new_tokens=400)
+    assert result.finish_reason == "repetition", result.text[:80]
+    assert MIN_SPAN_TOKENS <= result.usage.completion_tokens < 80  # it stopped as soon as the rule allows
+    assert result.run_record.finish_reason == "repetition"
+
+
+def test_a_numbered_list_runs_on(service: InferenceService) -> None:
+    result = service.infer("List the numbers from 1 to 50, one per line.", temperature=0, max_new_tokens=200)
+    assert result.finish_reason in ("stop", "length") and result.usage.completion_tokens > MIN_SPAN_TOKENS
