@@ -99,9 +99,14 @@ def compose_env(env_file: Path) -> dict[str, str]:
     }
 
 
-def compose(compose_env: dict[str, str], *args: str, check: bool = True) -> str:
+def compose(compose_env: dict[str, str], *args: str, check: bool = True, cwd: Path = ROOT) -> str:
     script = "source scripts/compose.sh --cpu && compose " + " ".join(args)
-    return run("bash", "-c", script, env=compose_env, check=check)
+    out = subprocess.run(["bash", "-c", script], cwd=cwd, env=compose_env, capture_output=True, text=True, timeout=1800)
+    if check and out.returncode != 0:
+        raise AssertionError(
+            f"compose {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
+    return out.stdout
 
 
 def timed(name: str) -> Any:
@@ -131,7 +136,9 @@ def image(engine: None, compose_env: dict[str, str]) -> None:
     TIMINGS["image_size_gb"] = round(image_size(), 2)
 
 
-def test_a_one_line_code_change_rebuilds_in_under_two_minutes(image: None, tmp_path: Path) -> None:
+def test_a_one_line_code_change_rebuilds_in_under_two_minutes(
+    image: None, compose_env: dict[str, str], tmp_path: Path
+) -> None:
     context = tmp_path / "context"
     files = run("git", "ls-files", "--cached", "--others", "--exclude-standard").split()
     for name in files:
@@ -141,9 +148,9 @@ def test_a_one_line_code_change_rebuilds_in_under_two_minutes(image: None, tmp_p
     init = context / "toolkit" / "__init__.py"
     init.write_text(init.read_text() + "\n# a one-line change\n")
     with timed("rebuild_after_code_change_s"):
-        # the same build arguments as compose passes, or the cached dependency layers would not apply
-        args = ["--network", "host", "--build-arg", f"TORCH_INDEX_URL={os.environ.get('TORCH_INDEX_URL', '')}"]
-        run(DOCKER, "build", *args, "-t", "llm-toolkit:smoke-rebuild", str(context))
+        # the way a user rebuilds (make restart): compose. The docker CLI packs the context with other
+        # file owners than compose does, so its COPY layers would not match compose's cache.
+        compose({**compose_env, "IMAGE": "llm-toolkit:smoke-rebuild"}, "build", "server", cwd=context)
     run(DOCKER, "image", "rm", "llm-toolkit:smoke-rebuild")
     assert TIMINGS["rebuild_after_code_change_s"] < 120
 
