@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.web
+from loopback import serve_in_thread
 from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 
 ANSWER = "The capital of France is Paris."
 MODES = ("ok", "slow", "hang", "cut", "error500", "context", "malformed")
@@ -160,36 +159,11 @@ class FakeServer:
 
 def start_fake(*, tokenize: bool = True) -> FakeServer:
     seen = Seen()
-    loop = asyncio.new_event_loop()
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        routes: list[Any] = [
-            (r"/v1/models", Models),
-            (r"/v1/chat/completions", Chat, {"seen": seen}),
-        ]
-        if tokenize:
-            routes.append((r"/tokenize", Tokenize, {"seen": seen}))
-        sockets = bind_sockets(0, "127.0.0.1")
-        server = HTTPServer(tornado.web.Application(routes))
-        server.add_sockets(sockets)
-        box["server"], box["port"] = server, sockets[0].getsockname()[1]
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(10)
-
-    def stop() -> None:
-        async def shutdown() -> None:
-            box["server"].stop()
-            await box["server"].close_all_connections()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-
-    return FakeServer(f"http://127.0.0.1:{box['port']}/v1", seen, stop)
+    routes: list[Any] = [
+        (r"/v1/models", Models),
+        (r"/v1/chat/completions", Chat, {"seen": seen}),
+    ]
+    if tokenize:
+        routes.append((r"/tokenize", Tokenize, {"seen": seen}))
+    served = serve_in_thread(lambda: HTTPServer(tornado.web.Application(routes)))
+    return FakeServer(f"http://127.0.0.1:{served.port}/v1", seen, served.stop)

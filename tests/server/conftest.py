@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from tornado.netutil import bind_sockets
+from loopback import serve_in_thread
 
 from server.app import make_app, make_http_server
 from server.config import ServerSettings
@@ -29,34 +28,11 @@ class RunningServer:
 
 def start_server(service: Any, settings: ServerSettings | None = None) -> RunningServer:
     settings = settings or ServerSettings(port=0)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        sockets = bind_sockets(0, "127.0.0.1")
-        server = make_http_server(make_app(service, settings))
-        server.add_sockets(sockets)
-        box["server"], box["port"] = server, sockets[0].getsockname()[1]
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(10)
-
-    def stop() -> None:
-        async def shutdown() -> None:
-            box["server"].stop()
-            await box["server"].close_all_connections()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-
-    base = f"http://127.0.0.1:{box['port']}"
-    return RunningServer(f"{base}/graphql", f"ws://127.0.0.1:{box['port']}/graphql", base, service, loop, stop)
+    served = serve_in_thread(lambda: make_http_server(make_app(service, settings)))
+    base = f"http://127.0.0.1:{served.port}"
+    return RunningServer(
+        f"{base}/graphql", f"ws://127.0.0.1:{served.port}/graphql", base, service, served.loop, served.stop
+    )
 
 
 @pytest.fixture(scope="session")
