@@ -156,8 +156,13 @@ def assistant_bubble(
     stats: str | None = None,
     error: str | None = None,
     grounding: Any = None,
+    body_html: str | None = None,
 ) -> str:
-    if text and grounding is not None and grounding.sentences:
+    """An answer's bubble; ``body_html`` (escaped markup, such as the compare view's diff) replaces the
+    rendered text and its grounding marks."""
+    if body_html is not None:
+        body = body_html
+    elif text and grounding is not None and grounding.sentences:
         body = grounded_markdown(text, grounding, sources)
     else:
         body = render_markdown(text) if text else ("" if error else "…")

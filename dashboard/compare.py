@@ -94,12 +94,11 @@ class Column:
             self.output.value = bubbles.assistant_bubble("", error=error)
         elif r is None:
             self.output.value = bubbles.assistant_bubble(self.text)
-        elif diff_against is not None:
-            body = f'<div class="tk-row assistant"><div class="tk-bubble">{diff_html(r.text, diff_against)}</div></div>'
-            self.output.value = bubbles.clean(body)
         else:
+            # with diff on, the marked words stand for the text; sources, grounding summary and stats stay
+            body = None if diff_against is None else bubbles.clean(diff_html(r.text, diff_against))
             self.output.value = bubbles.assistant_bubble(
-                r.text, sources=r.sources, stats=bubbles.stats_line(r), grounding=r.grounding
+                r.text, sources=r.sources, stats=bubbles.stats_line(r), grounding=r.grounding, body_html=body
             )
 
 

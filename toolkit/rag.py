@@ -128,7 +128,7 @@ def build_messages(
     boundary: str,
     count_tokens: CountTokens,
     count_messages: CountMessages,
-    budget: int,
+    budget: int | None,
     snippet_tokens: int = SNIPPET_TOKENS,
     block_tokens: int = BLOCK_TOKENS,
 ) -> BuiltMessages:
@@ -136,7 +136,8 @@ def build_messages(
 
     ``sources`` None means web search was off; ``search_failure`` a search that
     failed (the model is told, and answers without context). ``count_messages``
-    measures a message list as the model will see it, for the ``budget``.
+    measures a message list as the model will see it, for the ``budget`` (None: nothing is trimmed,
+    nothing counted).
     """
     turns = list(history)
     kept = list(sources or ())
@@ -157,15 +158,13 @@ def build_messages(
         elif sources is not None:  # search ran but everything was trimmed away
             messages.append({"role": "system", "content": failure_instructions(today, "no room for the results")})
         messages.append({"role": "user", "content": prompt})
-        if count_messages(messages) <= budget:
+        if budget is None or not (turns or kept) or count_messages(messages) <= budget:
             return BuiltMessages(messages, used, dropped)
         if turns:
             del turns[:2]  # the oldest user/assistant pair
             dropped += 2
-        elif kept:
-            kept.pop()  # the lowest-ranked source
         else:
-            return BuiltMessages(messages, used, dropped)  # only the prompt is left: the caller decides
+            kept.pop()  # the lowest-ranked source
 
 
 def merge_system_messages(messages: Messages) -> Messages:

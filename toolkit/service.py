@@ -363,9 +363,9 @@ class InferenceService:
             count_tokens=engine.count_tokens,
             count_messages=engine.count_messages,
             # without search, nothing is trimmed: an over-long conversation is refused below
-            budget=limit if search is not None else 1 << 62,
+            budget=limit if search is not None else None,
         )
-        encoded = engine.encode(built.messages)
+        encoded = engine.encode(built.messages, limit=limit)
         if encoded.tokens > limit:
             field_name = "history" if request.history and search is None else "prompt"
             raise PromptTooLong(field_name, encoded.tokens, limit)

@@ -34,6 +34,7 @@ def test_three_columns_answer_as_their_settings_say(adapter_service: InferenceSe
             and '<mark class="tk-diff">' in view.all[1].output.value
         )
         assert "tk-diff" not in view.all[2].output.value
+        assert all("tokens/s" in c.output.value for c in view.all[:2])  # the diffed columns keep their stats
         view.diff.value = False
         view.all[0].temperature.value = 0.0
         view.run("Count from one to five hundred, one number per line.")

@@ -199,3 +199,15 @@ def test_token_counts_for_the_budget(mixed: InferenceService, fake: FakeServer) 
         assert offline.info.capabilities.token_count == "estimate"
     finally:
         offline.close(0)
+
+
+def test_the_server_counts_only_prompts_that_may_not_fit(mixed: InferenceService, fake: FakeServer) -> None:
+    limit = mixed.settings.max_input_tokens
+    before = fake.seen.tokenize_calls
+    assert mixed.infer("Hi", model="r-ok", **SHORT).text == ANSWER
+    assert fake.seen.tokenize_calls == before  # a token is at least a byte: a short prompt fits for certain
+    maybe = "word " * (limit // 5 + 20)  # more bytes than the limit: the server counts (words + 5 with the fake)
+    assert mixed.infer(maybe, model="r-ok", **SHORT).text == ANSWER
+    assert fake.seen.tokenize_calls == before + 1
+    with pytest.raises(PromptTooLong):
+        mixed.infer("word " * limit, model="r-ok", **SHORT)  # the server's count is over the limit

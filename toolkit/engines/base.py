@@ -87,7 +87,9 @@ class Engine(Protocol):
 
     def count_messages(self, messages: Messages) -> int: ...
 
-    def encode(self, messages: Messages) -> Encoded: ...
+    def encode(self, messages: Messages, *, limit: int | None = None) -> Encoded:
+        """The messages as the model sees them. With ``limit``, an engine may skip an exact count that
+        costs a round trip when it can prove the messages fit (``Encoded.tokens`` is then an estimate)."""
 
     def check_room(self) -> None:
         """Raise ``Overloaded`` at once when no request could be accepted now."""

@@ -80,8 +80,8 @@ class LocalEngine:
     def count_messages(self, messages: Messages) -> int:
         return self.count_tokens(self.render(messages))
 
-    def encode(self, messages: Messages) -> Encoded:
-        text = self.render(messages)
+    def encode(self, messages: Messages, *, limit: int | None = None) -> Encoded:
+        text = self.render(messages)  # tokenized in any case: the engine generates from these ids
         ids = self._ids(text)
         return Encoded(len(ids), "tokenizer", text, tuple(ids))
 
