@@ -76,23 +76,13 @@ def test_bad_input_is_one_line_not_a_traceback(shell: Any) -> None:
 def test_model_routes_the_question(shell: Any, settings: Any, loaded: Any) -> None:
     """``--model`` names one of the service's models: here a remote one (a server shaped like vLLM's)."""
     import sys
-    from dataclasses import replace
 
     sys.path.insert(0, str(Path(__file__).parent / "engines"))
-    from fake_openai import ANSWER, start_fake
-
-    from toolkit.registry import ModelConfig
+    from fake_openai import ANSWER, beside_the_bundled, start_fake
 
     fake = start_fake()
-    configs = [
-        ModelConfig(name=loaded.name),
-        ModelConfig("remote", engine="openai", base_url=fake.base_url, served_model="ok"),
-    ]
-    multi = InferenceService(replace(settings, search_provider="none"), models=configs, loaded=loaded).start(
-        progress=False
-    )
+    multi = beside_the_bundled(settings, loaded, fake)
     try:
-        multi.wait_ready(timeout=30, model="remote")
         shell.user_ns["multi"] = multi
         with capture_output():
             shell.run_cell_magic("ask", "--service multi --model remote --temperature 0 --out routed", "Hi")

@@ -188,24 +188,14 @@ def test_an_unloaded_adapter_leaves_the_selector(served: InferenceService) -> No
 def test_the_model_selector_lists_every_model_and_the_adapters_follow_it(settings: Any, loaded: Any) -> None:
     """A local model and a remote one (a server shaped like vLLM's): each with its engine, its adapters."""
     import sys
-    from dataclasses import replace
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
-    from fake_openai import ANSWER, start_fake
-
-    from toolkit.registry import ModelConfig
+    from fake_openai import ANSWER, beside_the_bundled, start_fake
 
     fake = start_fake()
-    configs = [
-        ModelConfig(name=loaded.name),
-        ModelConfig("remote", engine="openai", base_url=fake.base_url, served_model="ok"),
-    ]
-    svc = InferenceService(replace(settings, search_provider="none"), models=configs, loaded=loaded).start(
-        progress=False
-    )
+    svc = beside_the_bundled(settings, loaded, fake)
     try:
-        svc.wait_ready(timeout=30, model="remote")
         app = ChatApp(svc, poll_s=0)
         assert app.model.options == ((f"{loaded.name} · local", loaded.name), ("remote · openai", "remote"))
         assert app.model.value == loaded.name and app.adapter.options == (("(base model)", ""),)

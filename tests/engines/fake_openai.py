@@ -167,3 +167,24 @@ def start_fake(*, tokenize: bool = True) -> FakeServer:
         routes.append((r"/tokenize", Tokenize, {"seen": seen}))
     served = serve_in_thread(lambda: HTTPServer(tornado.web.Application(routes)))
     return FakeServer(f"http://127.0.0.1:{served.port}/v1", seen, served.stop)
+
+
+def beside_the_bundled(settings: Any, loaded: Any, fake: FakeServer) -> Any:
+    """A service with the bundled model (the default) and ``remote``, the fake's ``ok`` model, READY."""
+    from dataclasses import replace
+
+    from toolkit.registry import ModelConfig
+    from toolkit.service import InferenceService
+
+    configs = [
+        ModelConfig(name=loaded.name),
+        ModelConfig("remote", engine="openai", base_url=fake.base_url, served_model="ok"),
+    ]
+    svc = InferenceService(replace(settings, search_provider="none"), models=configs, loaded=loaded)
+    svc.start(progress=False)
+    try:
+        svc.wait_ready(timeout=30, model="remote")
+    except BaseException:
+        svc.close(grace_s=0)
+        raise
+    return svc
