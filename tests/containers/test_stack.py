@@ -269,8 +269,10 @@ def test_the_lab_needs_its_token_and_can_save_a_notebook(stack: dict[str, str]) 
         assert status == 201, "the lab could not save into ./notebooks"
         assert (ROOT / "notebooks" / name).is_file()  # it landed in the bind mount, on the host
     finally:
-        lab(f"/api/contents/{name}", method="DELETE")
+        lab(f"/api/contents/{name}", method="DELETE")  # JupyterLab moves it to notebooks/.Trash-<uid>
         (ROOT / "notebooks" / name).unlink(missing_ok=True)
+        for left in (ROOT / "notebooks").glob(f".Trash-*/*/{name}*"):
+            left.unlink()
 
 
 def dashboard_kernels(compose_env: dict[str, str]) -> int:
