@@ -24,9 +24,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
-from datetime import UTC, date, datetime
+from datetime import date
 from importlib import metadata
 from typing import Any, cast
 
@@ -34,13 +32,15 @@ from toolkit import __version__ as TOOLKIT_VERSION
 from toolkit.compare import Comparison, collect, compare_stream
 from toolkit.compare import request_for as compare_request
 from toolkit.compare import variants as compare_variants
-from toolkit.engines.base import Encoded, Engine, EngineRequest
+from toolkit.engines.base import Engine
 from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong
 from toolkit.events import Finished
 from toolkit.grounding import check as check_grounding
 from toolkit.params import GenerationParams, InferRequest, Limits
-from toolkit.rag import BuiltMessages, build_messages
+from toolkit.prepared import Live, Prepared
+from toolkit.rag import build_messages
 from toolkit.registry import ModelConfig, ModelRegistry, ServedModel, configured_models
+from toolkit.replay import plan_replay
 from toolkit.results import (
     AdapterInfo,
     Difference,
@@ -72,50 +72,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-@dataclass
-class Prepared:
-    """A validated request, its chat messages and their encoding for its model, ready for the engine."""
-
-    request: InferRequest
-    params: GenerationParams
-    built: BuiltMessages
-    encoded: Encoded
-    model: ServedModel
-    search: SearchOutcome | None = None
-    adapter_hash: str | None = None
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    replay_of: str | None = None
-
-    @property
-    def messages(self) -> list[dict[str, str]]:
-        return self.built.messages
-
-    @property
-    def prompt_text(self) -> str | None:
-        """The messages rendered by the chat template (local models; a remote server renders its own)."""
-        return self.encoded.prompt_text
-
-    @property
-    def input_ids(self) -> list[int]:
-        return list(self.encoded.input_ids or ())
-
-    def engine_request(self, live: _Live) -> EngineRequest:
-        r = self.request
-        return EngineRequest(live.engine_id, self.messages, self.encoded, self.params, r.adapter, r.timeout_s)
-
-
-@dataclass(eq=False)
-class _Live:
-    """A request from its acceptance to its last event: what ``cancel`` needs to stop it.
-
-    The engine knows it by ``engine_id``, fresh for every request, so two callers' ids never meet there.
-    """
-
-    engine_id: str = field(default_factory=lambda: secrets.token_hex(12))
-    engine: Any = None  # set once the request is in the engine
-    cancelled: bool = False
-
-
 def search_query(prompt: str, limit: int = 300) -> str:
     """The web query for a prompt: one line, at most ``limit`` characters."""
     query = " ".join(clean_text(prompt).split())
@@ -144,7 +100,7 @@ class InferenceService:
         self._started_at = time.monotonic()
         self._lock = threading.Lock()
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
-        self._live: dict[tuple[str, str], _Live] = {}  # (owner, request id) -> the request, until its last event
+        self._live: dict[tuple[str, str], Live] = {}  # (owner, request id) -> the request, until its last event
         self._started = False
         self._stopped = False
         self._versions = _versions()
@@ -383,7 +339,6 @@ class InferenceService:
         request, params, entry = self._validated(request, kwargs)
         entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
         live = self._begin(request)
-        events = None
         try:
             outcome = None
             if request.web_search:
@@ -391,18 +346,24 @@ class InferenceService:
                 yield SearchStarted(request.request_id, query, self._provider())
                 outcome = search if search is not None else self.search(query)
                 yield self._search_finished(request.request_id, outcome)
-            prepared = self._prepare(entry, request, params, outcome)
-            translate = self._translator(prepared)
-            events = self._submit(live, entry, lambda: entry.engine.stream(prepared.engine_request(live)))
-            if events is None:
-                yield translate(self._cancelled_before_engine(prepared))
-                return
+            yield from self._run(live, self._prepare(entry, request, params, outcome))
+        finally:
+            self._end(request)
+
+    def _run(self, live: Live, prepared: Prepared) -> Iterator[StreamEvent]:
+        """The engine's events for an accepted, prepared request, as ``Token``s and the last ``Done``.
+        Closing it early cancels the request in the engine."""
+        translate = self._translator(prepared)
+        entry = prepared.model
+        events = self._submit(live, entry, lambda: entry.engine.stream(prepared.engine_request(live)))
+        if events is None:  # cancelled before it reached the engine
+            yield translate(self._cancelled_before_engine(prepared))
+            return
+        try:
             for event in events:
                 yield translate(event)
         finally:
-            if events is not None:
-                events.close()  # a generator: cancels the request if it still runs
-            self._end(request)
+            events.close()  # a generator: cancels the request if it still runs
 
     async def astream(
         self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
@@ -459,81 +420,21 @@ class InferenceService:
         template that renders the messages differently), the differences instead of an answer, unless
         ``force``."""
         record = RunRecord.from_dict(record)
-        plan = self._replay_plan(record, owner)
-        differences, prepared = plan
+        differences: tuple[Difference, ...]
+        try:
+            routed = self.registry.route(record.model)
+        except InvalidRequest:  # no such model here
+            differences, prepared = (Difference("model", record.model, None),), None
+        else:
+            differences, prepared = plan_replay(record, self._ready(routed), owner)
         if prepared is None or (differences and not force):
             return Replay(None, False, differences)
-        entry, request = prepared.model, prepared.request
-        live = self._begin(request)
-        events = None
-        result = None
+        live = self._begin(prepared.request)
         try:
-            translate = self._translator(prepared)
-            events = self._submit(live, entry, lambda: entry.engine.stream(prepared.engine_request(live)))
-            for event in events if events is not None else [self._cancelled_before_engine(prepared)]:
-                out = translate(event)
-                if isinstance(out, Done):
-                    result = out.result
+            result = next(e.result for e in self._run(live, prepared) if isinstance(e, Done))
         finally:
-            if events is not None:
-                events.close()
-            self._end(request)
-        assert result is not None, "a stream always ends with Done"
+            self._end(prepared.request)
         return Replay(result, record.answer is not None and result.text == record.answer, differences)
-
-    def _replay_plan(self, record: RunRecord, owner: str) -> tuple[tuple[Difference, ...], Prepared | None]:
-        try:
-            entry = self.registry.route(record.model)
-        except InvalidRequest:
-            return (Difference("model", record.model, None),), None
-        entry = self._ready(entry)
-        engine, info = entry.engine, entry.engine.info
-        differences: list[Difference] = []
-        if record.model_hash and info.content_hash and record.model_hash != info.content_hash:
-            differences.append(Difference("model_hash", record.model_hash, info.content_hash))
-        if record.served_model and record.engine == info.kind and record.served_model != info.served_model:
-            differences.append(Difference("served_model", record.served_model, info.served_model))
-        if record.adapter:
-            try:
-                engine.check_adapter(record.adapter)
-            except InvalidRequest:
-                differences.append(Difference("adapter", record.adapter, None))
-            else:
-                now = engine.adapter_hash(record.adapter)
-                if record.adapter_hash and now and now != record.adapter_hash:
-                    differences.append(Difference("adapter_hash", record.adapter_hash, now))
-        known = {f.name for f in dataclass_fields(GenerationParams)}
-        try:
-            recorded: dict[str, Any] = {k: v for k, v in record.params.items() if k in known}
-            recorded["stop"] = tuple(recorded.get("stop") or ())
-            params = GenerationParams(**recorded).with_defaults(entry.defaults)
-            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in record.messages]
-        except (KeyError, TypeError) as exc:
-            raise InvalidRequest("run_record", f"is not a run record ({type(exc).__name__}: {exc})") from None
-        if not messages:
-            raise InvalidRequest("run_record.messages", "is empty: nothing to replay")
-        encoded = engine.encode(messages)
-        if (
-            record.prompt_text is not None
-            and encoded.prompt_text is not None
-            and encoded.prompt_text != record.prompt_text
-        ):
-            differences.append(Difference("prompt_text", record.prompt_text[-300:], encoded.prompt_text[-300:]))
-        if any(d.now is None for d in differences):  # a model or adapter that is not there: nothing to run
-            return tuple(differences), None
-        search = SearchOutcome.from_dict(record.search) if record.search is not None else None
-        request = InferRequest(
-            prompt=messages[-1]["content"] or " ",
-            model=record.model,
-            adapter=record.adapter,
-            params=params,
-            web_search=search is not None,
-            owner=owner,
-        )
-        built = BuiltMessages(messages, search.results if search else (), record.dropped_history_turns)
-        adapter_hash = engine.adapter_hash(record.adapter) if record.adapter else None
-        prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash, replay_of=record.request_id)
-        return tuple(differences), prepared
 
     def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
         for event in self.stream(request, **kwargs):
@@ -563,7 +464,7 @@ class InferenceService:
             return bool(engine.cancel(live.engine_id))
         return True  # still searching or tokenizing: it stops before the engine
 
-    def _begin(self, request: InferRequest) -> _Live:
+    def _begin(self, request: InferRequest) -> Live:
         """Accept a request: its id must be new for its owner."""
         key = (request.owner, request.request_id)
         with self._lock:
@@ -571,14 +472,14 @@ class InferenceService:
                 raise InvalidRequest(
                     "request_id", f"a request with id {request.request_id!r} is already running; use a new id"
                 )
-            live = self._live[key] = _Live()
+            live = self._live[key] = Live()
         return live
 
     def _end(self, request: InferRequest) -> None:
         with self._lock:
             self._live.pop((request.owner, request.request_id), None)
 
-    def _submit(self, live: _Live, entry: ServedModel, submit: Any) -> Any:
+    def _submit(self, live: Live, entry: ServedModel, submit: Any) -> Any:
         """Hand the request to the engine, or None when it was cancelled before it got there.
 
         Under the lock, so that a ``cancel`` either sees the request in the engine or stops it here.

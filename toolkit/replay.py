@@ -1,0 +1,68 @@
+"""Replay: what a run record needs to run again on this service, or why it cannot match.
+
+The record's model (routed and ready: the service's part), its hash, served model, adapter and its
+hash, and the messages as the chat template renders them now are compared with the record; any
+that differ are ``Difference``s. When the model or the adapter is not there at all, there is nothing
+to run. Otherwise the plan is a ``Prepared`` request with the record's exact messages, parameters
+and seed, and its search snapshot instead of a new search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields as dataclass_fields
+from typing import Any
+
+from toolkit.errors import InvalidRequest
+from toolkit.params import GenerationParams, InferRequest
+from toolkit.prepared import Prepared
+from toolkit.rag import BuiltMessages
+from toolkit.registry import ServedModel
+from toolkit.results import Difference, RunRecord
+from toolkit.search import SearchOutcome
+
+
+def plan_replay(record: RunRecord, entry: ServedModel, owner: str) -> tuple[tuple[Difference, ...], Prepared | None]:
+    """``entry``: the record's model on this service, ready."""
+    engine, info = entry.engine, entry.engine.info
+    differences: list[Difference] = []
+    if record.model_hash and info.content_hash and record.model_hash != info.content_hash:
+        differences.append(Difference("model_hash", record.model_hash, info.content_hash))
+    if record.served_model and record.engine == info.kind and record.served_model != info.served_model:
+        differences.append(Difference("served_model", record.served_model, info.served_model))
+    if record.adapter:
+        try:
+            engine.check_adapter(record.adapter)
+        except InvalidRequest:
+            differences.append(Difference("adapter", record.adapter, None))
+        else:
+            now = engine.adapter_hash(record.adapter)
+            if record.adapter_hash and now and now != record.adapter_hash:
+                differences.append(Difference("adapter_hash", record.adapter_hash, now))
+    known = {f.name for f in dataclass_fields(GenerationParams)}
+    try:
+        recorded: dict[str, Any] = {k: v for k, v in record.params.items() if k in known}
+        recorded["stop"] = tuple(recorded.get("stop") or ())
+        params = GenerationParams(**recorded).with_defaults(entry.defaults)
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in record.messages]
+    except (KeyError, TypeError) as exc:
+        raise InvalidRequest("run_record", f"is not a run record ({type(exc).__name__}: {exc})") from None
+    if not messages:
+        raise InvalidRequest("run_record.messages", "is empty: nothing to replay")
+    encoded = engine.encode(messages)
+    if record.prompt_text is not None and encoded.prompt_text is not None and encoded.prompt_text != record.prompt_text:
+        differences.append(Difference("prompt_text", record.prompt_text[-300:], encoded.prompt_text[-300:]))
+    if any(d.now is None for d in differences):  # a model or adapter that is not there: nothing to run
+        return tuple(differences), None
+    search = SearchOutcome.from_dict(record.search) if record.search is not None else None
+    request = InferRequest(
+        prompt=messages[-1]["content"] or " ",
+        model=record.model,
+        adapter=record.adapter,
+        params=params,
+        web_search=search is not None,
+        owner=owner,
+    )
+    built = BuiltMessages(messages, search.results if search else (), record.dropped_history_turns)
+    adapter_hash = engine.adapter_hash(record.adapter) if record.adapter else None
+    prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash, replay_of=record.request_id)
+    return tuple(differences), prepared
