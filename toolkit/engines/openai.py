@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import secrets
 import threading
 import time
@@ -37,13 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from toolkit.engines.base import Capabilities, Encoded, EngineInfo, EngineRequest, EngineStats, Messages
+from toolkit.engines.openai_errors import HTTPStatus, error_message, status_error
 from toolkit.errors import (
     EngineClosed,
     EngineUnavailable,
     InvalidRequest,
     MissingDependency,
     Overloaded,
-    PromptTooLong,
     ToolkitError,
 )
 from toolkit.events import Delta, Event, Finished, Sink, Streams
@@ -56,8 +55,6 @@ ESTIMATE_PER_MESSAGE = 8  # role markers and separators of a chat template
 # what a chat template may add around one message, with the default system prompt some add: the bound's margin
 TEMPLATE_MARGIN = 64
 CONNECT_RETRIES = 2
-_NUMBER = re.compile(r"\d+")
-CONTEXT_WORDS = ("context length", "max_model_len", "maximum context", "too long", "context window")
 FINISH = {
     "stop": "stop",
     "length": "length",
@@ -65,20 +62,6 @@ FINISH = {
     "repetition": "repetition",
     "content_filter": "stop",
     "tool_calls": "stop",
-}
-PARAM_FIELDS = {  # an OpenAI request field -> the toolkit's field, for errors a server reports by name
-    "max_tokens": "params.max_new_tokens",
-    "max_completion_tokens": "params.max_new_tokens",
-    "temperature": "params.temperature",
-    "top_p": "params.top_p",
-    "top_k": "params.top_k",
-    "repetition_penalty": "params.repetition_penalty",
-    "seed": "params.seed",
-    "stop": "params.stop",
-    "presence_penalty": "params.presence_penalty",
-    "frequency_penalty": "params.frequency_penalty",
-    "messages": "prompt",
-    "model": "model",
 }
 
 
@@ -167,7 +150,7 @@ class OpenAIEngine(Streams):
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            raise _HTTPStatus(exc.code, _error_message(exc.read())) from None
+            raise HTTPStatus(exc.code, error_message(exc.read())) from None
         except (OSError, ValueError) as exc:
             raise EngineUnavailable(self.config.name, f"its server cannot be reached ({type(exc).__name__})") from None
         if text:
@@ -184,7 +167,7 @@ class OpenAIEngine(Streams):
         """
         try:
             listing = self._call("GET", self.config.base_url.rstrip("/") + "/models")
-        except _HTTPStatus as exc:
+        except HTTPStatus as exc:
             raise EngineUnavailable(self.config.name, f"its server answered HTTP {exc.status} to /models") from None
         entries = listing.get("data") if isinstance(listing, dict) else None
         if not isinstance(entries, list):
@@ -200,7 +183,7 @@ class OpenAIEngine(Streams):
         try:
             answer = self._call("GET", self.config.root + "/version", timeout=5)
             version = str(answer.get("version")) if isinstance(answer, dict) and answer.get("version") else None
-        except (ToolkitError, _HTTPStatus):
+        except (ToolkitError, HTTPStatus):
             pass  # not every server has /version
         self._refresh_adapters(entries)
         if self._tokenize is None and not self.config.tokenizer:
@@ -242,7 +225,7 @@ class OpenAIEngine(Streams):
         try:
             self._call("POST", self.config.root + "/tokenize", {"model": self.config.served_model, "prompt": "hi"})
             return True
-        except (_HTTPStatus, ToolkitError):
+        except (HTTPStatus, ToolkitError):
             return False
 
     # ----- token counts ------------------------------------------------------------------
@@ -271,7 +254,7 @@ class OpenAIEngine(Streams):
     def _tokenize_call(self, body: dict[str, Any]) -> int:
         try:
             answer = self._call("POST", self.config.root + "/tokenize", body)
-        except _HTTPStatus as exc:
+        except HTTPStatus as exc:
             raise EngineUnavailable(self.config.name, f"its server answered HTTP {exc.status} to /tokenize") from None
         return int(answer["count"])
 
@@ -452,8 +435,8 @@ class OpenAIEngine(Streams):
         """A transport error as the toolkit's typed error; the server's URL and key never appear."""
         openai, name = self._openai, self.config.name
         if isinstance(exc, openai.APIStatusError):
-            message = _error_message(exc.response.content if exc.response is not None else b"") or str(exc)
-            return _status_error(name, exc.status_code, message)
+            message = error_message(exc.response.content if exc.response is not None else b"") or str(exc)
+            return status_error(name, exc.status_code, message)
         if isinstance(exc, openai.APITimeoutError):
             return EngineUnavailable(name, f"its server did not answer within {self.config.timeout_s:g} s")
         if isinstance(exc, openai.APIConnectionError):
@@ -464,7 +447,7 @@ class OpenAIEngine(Streams):
     # ----- adapters ----------------------------------------------------------------------
 
     def adapters(self) -> list[AdapterInfo]:
-        with contextlib.suppress(ToolkitError, _HTTPStatus):  # else the last known list
+        with contextlib.suppress(ToolkitError, HTTPStatus):  # else the last known list
             self._refresh_adapters()
         return [self._adapters[name] for name in sorted(self._adapters)]
 
@@ -474,7 +457,7 @@ class OpenAIEngine(Streams):
     def check_adapter(self, name: str) -> None:
         if name in self._adapters:
             return
-        with contextlib.suppress(ToolkitError, _HTTPStatus):
+        with contextlib.suppress(ToolkitError, HTTPStatus):
             self._refresh_adapters()
         if name not in self._adapters:
             names = ", ".join(sorted(self._adapters)) or "none"
@@ -485,7 +468,7 @@ class OpenAIEngine(Streams):
         try:
             body = {"lora_name": name, "lora_path": path or name}
             self._call("POST", self.config.base_url.rstrip("/") + "/load_lora_adapter", body, timeout=120, text=True)
-        except _HTTPStatus as exc:
+        except HTTPStatus as exc:
             raise self._runtime_lora_error(exc) from None
         self._refresh_adapters()
         return self._adapters[name]
@@ -496,12 +479,12 @@ class OpenAIEngine(Streams):
         try:
             url = self.config.base_url.rstrip("/") + "/unload_lora_adapter"
             self._call("POST", url, {"lora_name": name}, timeout=60, text=True)
-        except _HTTPStatus as exc:
+        except HTTPStatus as exc:
             raise self._runtime_lora_error(exc) from None
         self._refresh_adapters()
         return info
 
-    def _runtime_lora_error(self, exc: _HTTPStatus) -> ToolkitError:
+    def _runtime_lora_error(self, exc: HTTPStatus) -> ToolkitError:
         if exc.status in (404, 405):
             return InvalidRequest(
                 "model",
@@ -525,51 +508,3 @@ class OpenAIEngine(Streams):
             asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
-
-
-class _HTTPStatus(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _error_message(raw: bytes) -> str:
-    """The message of an OpenAI-shaped error body (``{"error": {"message"}}`` or vLLM's older flat form)."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, TypeError):
-        return raw.decode(errors="replace")[:300] if isinstance(raw, bytes) else ""
-    if isinstance(body, dict):
-        inner = body["error"] if isinstance(body.get("error"), dict) else body
-        return str(inner.get("message") or "")[:1000]
-    return ""
-
-
-def _number_after(phrases: tuple[str, ...], text: str) -> int:
-    """The first number after one of ``phrases`` in ``text`` (0 when none is there)."""
-    for phrase in phrases:
-        at = text.find(phrase)
-        if at >= 0:
-            found = _NUMBER.search(text, at + len(phrase))
-            if found:
-                return int(found.group())
-    return 0
-
-
-def _status_error(name: str, status: int, message: str) -> ToolkitError:
-    lowered = message.lower()
-    if status in (400, 422):
-        if any(k in lowered for k in CONTEXT_WORDS):
-            limit = _number_after(("context length is", "max_model_len", "maximum context length of"), lowered)
-            count = _number_after(("requested", "messages resulted in", "prompt has"), lowered)
-            return PromptTooLong("prompt", count, limit, f"the model's server says: {message}")
-        field = next((f for k, f in PARAM_FIELDS.items() if re.search(rf"\b{k}\b", lowered)), "params")
-        return InvalidRequest(field, f"the model's server refused the request: {message}")
-    if status == 404:
-        return EngineUnavailable(name, "its server does not serve this model or adapter")
-    if status in (401, 403):
-        return EngineUnavailable(name, "its server refused the API key (see api_key_env in the models file)")
-    if status == 429:
-        return Overloaded(0, 0, f"model {name!r} is busy: its server is rate limiting; retry in a few seconds")
-    return EngineUnavailable(name, f"its server failed (HTTP {status})")
