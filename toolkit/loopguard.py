@@ -22,6 +22,8 @@ MAX_PERIOD_TOKENS = 64
 MIN_SPAN_TOKENS = 64
 MAX_PERIOD_CHARS = 256  # for engines that give text, not tokens (a remote server): about 4 characters a token
 MIN_SPAN_CHARS = 256
+# all of an answer the rule ever looks at: the most a loop can span (four of the longest periods)
+TAIL_CHARS = max(MIN_SPAN_CHARS, 4 * MAX_PERIOD_CHARS)
 
 
 def looping(items: Sequence[Any], *, max_period: int = MAX_PERIOD_TOKENS, min_span: int = MIN_SPAN_TOKENS) -> int:

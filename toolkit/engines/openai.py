@@ -46,7 +46,7 @@ from toolkit.errors import (
     ToolkitError,
 )
 from toolkit.events import Delta, Event, Finished, Sink, Streams
-from toolkit.loopguard import MAX_PERIOD_CHARS, MIN_SPAN_CHARS, looping
+from toolkit.loopguard import MAX_PERIOD_CHARS, MIN_SPAN_CHARS, TAIL_CHARS, looping
 from toolkit.results import AdapterInfo
 
 log = logging.getLogger("toolkit.engines.openai")
@@ -343,7 +343,7 @@ class OpenAIEngine(Streams):
         timeout = request.timeout_s if request.timeout_s is not None else self.default_timeout_s
         state: dict[str, Any] = {
             "text": [],
-            "joined": "",
+            "tail": "",  # the answer's last TAIL_CHARS characters, for the loop guard
             "chunks": 0,
             "first": None,
             "usage": None,
@@ -422,10 +422,10 @@ class OpenAIEngine(Streams):
                         if state["first"] is None:
                             state["first"] = time.perf_counter()
                         state["text"].append(content)
-                        state["joined"] += content
+                        state["tail"] = (state["tail"] + content)[-TAIL_CHARS:]  # (not the whole answer again)
                         state["chunks"] += 1
                         sink(Delta(request.engine_id, content))
-                        if looping(state["joined"], max_period=MAX_PERIOD_CHARS, min_span=MIN_SPAN_CHARS):
+                        if looping(state["tail"], max_period=MAX_PERIOD_CHARS, min_span=MIN_SPAN_CHARS):
                             state["finish"] = "repetition"  # closing the stream stops the server too
                             return
                     if choice.finish_reason:
