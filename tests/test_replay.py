@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from toolkit.errors import InvalidRequest
+from toolkit.errors import InvalidRequest, PromptTooLong
 from toolkit.params import InferRequest
 from toolkit.search import LocalDocsBackend, Searcher, SearchFailure
 from toolkit.service import InferenceService
@@ -78,3 +78,17 @@ def test_what_cannot_match_is_reported_not_answered(service: InferenceService) -
     with pytest.raises(InvalidRequest) as info:
         service.replay({"model": "x"})
     assert info.value.field == "run_record"
+
+
+def test_a_record_is_held_to_this_deployments_limits(service: InferenceService) -> None:
+    record = service.infer("Name a colour.", temperature=0, **SHORT).run_record.to_dict()
+    over = {**record, "params": {**record["params"], "max_new_tokens": service.limits.max_new_tokens + 1}}
+    with pytest.raises(InvalidRequest) as info:
+        service.replay(over)
+    assert info.value.field == "params.max_new_tokens"
+    long = "word " * (service.limits.max_input_tokens + 10)
+    too_long = {**record, "messages": [{"role": "user", "content": long}], "prompt_text": None}
+    with pytest.raises(PromptTooLong) as info:
+        service.replay(too_long)
+    assert info.value.field == "run_record.messages"
+    assert service.replay(record).identical  # the service keeps serving

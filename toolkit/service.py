@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace as dataclass_replace
 from datetime import date
 from importlib import metadata
 from typing import Any, cast
@@ -255,6 +256,10 @@ class InferenceService:
             raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
         return request, request.resolved_params(self.limits, entry.defaults), entry
 
+    def _input_limit(self, engine: Engine) -> int:
+        """The most input tokens a request may have on ``engine``: MAX_INPUT_TOKENS, within its context."""
+        return min(self.limits.max_input_tokens, engine.info.context_length - 1)
+
     def _ready(self, entry: ServedModel) -> ServedModel:
         """The model, ready; or ``ModelNotReady`` saying why not."""
         if entry.status == "ready" and entry.engine is not None:
@@ -305,7 +310,7 @@ class InferenceService:
         self, entry: ServedModel, request: InferRequest, params: GenerationParams, search: SearchOutcome | None
     ) -> Prepared:
         engine = entry.engine
-        limit = min(self.limits.max_input_tokens, engine.info.context_length - 1)
+        limit = self._input_limit(engine)
         boundary = secrets.token_hex(8)
         failure = None if search is None or search.ok else search.failure.message  # type: ignore[union-attr]
         built = build_messages(
@@ -429,6 +434,13 @@ class InferenceService:
             differences, prepared = plan_replay(record, self._ready(routed), owner)
         if prepared is None or (differences and not force):
             return Replay(None, False, differences)
+        # a record is input like any other: this deployment's limits and queue hold for it too
+        engine, tokens, limit = prepared.model.engine, prepared.encoded.tokens, self._input_limit(prepared.model.engine)
+        params = prepared.request.resolved_params(self.limits, prepared.model.defaults)
+        if tokens > limit:
+            raise PromptTooLong("run_record.messages", tokens, limit)
+        engine.check_room()
+        prepared = dataclass_replace(prepared, params=params)
         live = self._begin(prepared.request)
         try:
             result = next(e.result for e in self._run(live, prepared) if isinstance(e, Done))
