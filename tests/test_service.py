@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from toolkit.errors import ConfigError, InvalidRequest, ModelNotReady, PromptTooLong
+from toolkit.models import pick_dtype
 from toolkit.params import GenerationParams, InferRequest
 from toolkit.results import Done, SearchFinished, SearchStarted, Token
 from toolkit.search import LocalDocsBackend, Searcher, SearchResult
@@ -33,6 +34,7 @@ def test_infer_answers_with_a_full_result(service: InferenceService, loaded: Any
     record = result.run_record
     assert record.request_id == result.id
     assert record.model_hash == loaded.content_hash and record.model_source == "gguf"
+    assert (record.device, record.dtype) == ("cpu", loaded.dtype)  # what a replay must load it in
     assert record.messages == [{"role": "user", "content": "What is the capital of France?"}]
     assert "What is the capital of France?" in record.prompt_text
     assert record.params["temperature"] == 0 and record.params["max_new_tokens"] == 24
@@ -88,7 +90,7 @@ def test_health_and_models(service: InferenceService, loaded: Any) -> None:
     assert (health.model, health.device, health.dtype, health.quantization) == (
         "SmolLM2-135M-Instruct",
         "cpu",
-        "float32",
+        pick_dtype("auto", "cpu"),  # bfloat16 where the CPU computes it natively
         None,
     )
     assert health.queue_depth == 0 and health.error is None

@@ -135,12 +135,25 @@ def pick_device(device: str) -> str:
     return device
 
 
+def cpu_computes_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has bfloat16 arithmetic in hardware (AVX-512 BF16 or AMX), from the flags the
+    kernel reports; False where they cannot be read (not Linux): then nothing is assumed."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
 def pick_dtype(dtype: str, device: str) -> str:
-    """``auto``: bfloat16 on CUDA, float32 on a CPU. (bfloat16 on this kind of CPU, which computes it
-    natively, was measured: 1.3x the tokens/s of float32 at 16 requests, no gain at one, and one grounded
-    answer of bench/quality.py flipped; so it is ``DTYPE=bfloat16``, not the default.)"""
+    """``auto``: bfloat16 on CUDA and on a CPU that computes it natively (``cpu_computes_bfloat16``),
+    float32 on other CPUs, where bfloat16 is emulated and slower."""
     if dtype == "auto":
-        return "bfloat16" if device == "cuda" else "float32"
+        return "bfloat16" if device == "cuda" or cpu_computes_bfloat16() else "float32"
     return dtype
 
 
@@ -305,6 +318,10 @@ def load_model(settings: Settings, *, progress: bool = True) -> LoadedModel:
         bar.update(1)
         bar.set_description(f"loading weights ({dtype}{', 4-bit' if settings.load_in_4bit else ''})")
         model = _load_weights(path, dtype, device, settings.load_in_4bit)
+        if device == "cpu":
+            from toolkit.engines.local.packed import pack_linears
+
+            pack_linears(model)  # bfloat16 only: see toolkit.engines.local.packed
         bar.update(1)
         bar.set_description(f"{source.name} ready")
     eos = _eos_ids(model, tokenizer)
