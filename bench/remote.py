@@ -9,7 +9,7 @@
    Targets: aggregate tokens/s through the toolkit at least 0.95x straight; added time to first
    token at most 15 ms at p50.
 2. **Side by side**, on the same prompts, at 1 and 16 concurrent: the local engine (the bundled
-   model, in the dtype ``DTYPE=auto`` picks), vLLM-CPU (float32, its compiled default) and, when ``.venv-llamacpp`` has
+   model, ``DTYPE=auto``, float32 on CPU), vLLM-CPU (float32, its compiled default) and, when ``.venv-llamacpp`` has
    ``llama-cpp-python[server]``, llama.cpp's server on the bundled Q4_1 GGUF itself.
 
 Prints tables and writes bench/results/remote.json. Ratios, not absolute times: the machine is noisy.

@@ -118,7 +118,7 @@ def test_hub_offline_mode_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_dtype_and_device_choice() -> None:
-    assert pick_dtype("auto", "cpu") == ("bfloat16" if cpu_computes_bfloat16() else "float32")
+    assert pick_dtype("auto", "cpu") == "float32"  # bfloat16 batches are not batch invariant: see pick_dtype
     assert pick_dtype("auto", "cuda") == "bfloat16"
     assert pick_dtype("float16", "cpu") == "float16"
     assert pick_dtype("float32", "cpu") == "float32"
