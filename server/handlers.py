@@ -240,10 +240,10 @@ class GraphQLHandler(BoundedBody):
         self.context.on_close.clear()
         status = 200
         errors = body.get("errors", [])
-        codes = {e.get("extensions", {}).get("code") for e in errors}
-        if body.get("data") is None and codes and codes <= {"OVERLOADED", "ENGINE_UNAVAILABLE"}:
+        retry = [e.get("extensions", {}).get("retryAfter") for e in errors]
+        if body.get("data") is None and retry and None not in retry:  # nothing ran, and all of it may later
             status = 503
-            self.set_header("Retry-After", "1")
+            self.set_header("Retry-After", str(max(retry)))
         elif body.get("data") is None and errors and media == GRAPHQL_RESPONSE and all("path" not in e for e in errors):
             status = 400  # a request error (variables that do not coerce): nothing was executed
         self.set_status(status)

@@ -13,7 +13,8 @@ and web-search RAG, and one toolkit server can be the remote engine of another.
 - Fields that would change the meaning and are not served (``n`` > 1, ``tools``, ``response_format``,
   ``logprobs``, ...) are a 400 naming the field, never ignored.
 - Errors in OpenAI's shape with the statuses its client maps to its exceptions: 400 (``param``), 401,
-  404 (unknown model), 413, 429 (``Retry-After``), 503 (overloaded, engine unavailable, loading).
+  404 (unknown model), 413, 429 (``Retry-After``), 503 (overloaded, engine unavailable, loading: with
+  ``Retry-After`` wherever the error says a retry may succeed).
 - The same API keys (``Authorization: Bearer``), rate-limit buckets, body limit and CORS as GraphQL;
   a closed connection cancels the generation.
 """
@@ -33,7 +34,7 @@ from server.gateway import Caller, RequestError
 from server.handlers import BoundedBody
 from server.security import ApiKeys
 from toolkit import __version__ as TOOLKIT_VERSION
-from toolkit.errors import ClientGone, InvalidRequest, ToolkitError
+from toolkit.errors import ClientGone, InvalidRequest, ModelNotReady, ToolkitError
 from toolkit.params import GenerationParams, InferRequest, Turn
 from toolkit.results import Done, InferResult, Token
 from toolkit.wire import to_wire
@@ -119,8 +120,10 @@ def from_toolkit(exc: ToolkitError, max_tokens_name: str = "max_tokens") -> Open
         if param == "model" and "unknown" in exc.message:
             return OpenAIError(404, exc.message, param="model", code="model_not_found")
         return OpenAIError(400, exc.message, param=param, code=exc.code.lower())
-    if exc.code in ("OVERLOADED", "ENGINE_UNAVAILABLE", "MODEL_LOADING", "UNAVAILABLE"):
-        return OpenAIError(503, exc.message, code=exc.code.lower(), headers={"Retry-After": "1"})
+    if exc.retry_after_s is not None:
+        return OpenAIError(503, exc.message, code=exc.code.lower(), headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, ModelNotReady):  # failed to load, or stopped: unavailable, and waiting will not change it
+        return OpenAIError(503, exc.message, code=exc.code.lower())
     if exc.code == "TIMEOUT":
         return OpenAIError(504, exc.message, code="timeout")
     return OpenAIError(500, exc.message, code=exc.code.lower())

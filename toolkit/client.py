@@ -423,7 +423,7 @@ def error_from(err: dict[str, Any]) -> ToolkitError:
         exc.args = (message,)
         return exc
     if code == "MODEL_LOADING":
-        return ModelNotReady(message)
+        return ModelNotReady(message, loading=ext.get("retryAfter") is not None)
     if code == "MODEL_ERROR":
         return GenerationError(message)
     if code == "FORBIDDEN":

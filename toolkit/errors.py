@@ -12,6 +12,9 @@ class ToolkitError(Exception):
     """Base class of every error the toolkit raises on purpose."""
 
     code = "INTERNAL"
+    # seconds after which the same request may succeed (busy, loading, a server down for now); HTTP front
+    # ends answer 503 with Retry-After, GraphQL adds extensions.retryAfter. None: retrying will not help.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -65,6 +68,7 @@ class Overloaded(ToolkitError):
     """The request queue is full; the request was not accepted."""
 
     code = "OVERLOADED"
+    retry_after_s = 1
 
     def __init__(self, queued: int, limit: int, message: str | None = None) -> None:
         super().__init__(
@@ -81,6 +85,7 @@ class EngineUnavailable(ToolkitError):
     a broken stream. The message names the model, never the server's URL or key; retry later."""
 
     code = "ENGINE_UNAVAILABLE"
+    retry_after_s = 1
 
     def __init__(self, model: str, why: str) -> None:
         super().__init__(f"model {model!r} is unavailable: {why}; retry later, or ask another model")
@@ -94,9 +99,14 @@ class ModelLoadError(ToolkitError):
 
 
 class ModelNotReady(ToolkitError):
-    """A request arrived while the model is still loading (or failed to load)."""
+    """A request arrived while the model is still loading (``loading``: retry soon), or after it failed
+    to load or was stopped (retrying will not help)."""
 
     code = "MODEL_LOADING"
+
+    def __init__(self, message: str, *, loading: bool = True) -> None:
+        super().__init__(message)
+        self.retry_after_s = 1 if loading else None
 
 
 class GenerationError(ToolkitError):
@@ -121,6 +131,7 @@ class EngineClosed(ToolkitError):
     """The engine is shutting down and takes no new requests."""
 
     code = "UNAVAILABLE"
+    retry_after_s = 1  # this process is going away; a restarted one (or another replica) will answer
 
 
 class Forbidden(ToolkitError):

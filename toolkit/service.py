@@ -266,9 +266,9 @@ class InferenceService:
             return entry
         which = "the model" if entry.default and len(self.registry.entries) == 1 else f"model {entry.name!r}"
         if entry.status == "error":
-            raise ModelNotReady(f"{which} failed to load: {entry.error}")
+            raise ModelNotReady(f"{which} failed to load: {entry.error}", loading=False)
         if entry.status == "stopped":
-            raise ModelNotReady(f"{which} is stopped: the service was closed")
+            raise ModelNotReady(f"{which} is stopped: the service was closed", loading=False)
         if not self._started:
             return self._not_started()
         reason = f" ({entry.error})" if entry.error else ""

@@ -15,6 +15,7 @@ import pytest
 from gqlhttp import GQL_RESPONSE, code_of, get, post
 
 from server.config import ServerSettings
+from toolkit.errors import ModelNotReady
 from toolkit.params import InferRequest
 from toolkit.service import InferenceService
 from toolkit.settings import Settings
@@ -274,6 +275,30 @@ def test_overloaded_is_503_with_retry_after(make_server: Any, settings: Settings
     service.close(grace_s=0)
     for t in threads:
         t.join(30)
+
+
+def test_a_loading_model_says_retry_and_a_failed_one_does_not(make_server: Any, settings: Settings) -> None:
+    """The same rule on both HTTP APIs: 503 with Retry-After while a retry may succeed, none once it cannot."""
+    infer = {"query": 'mutation { infer(prompt: "hi") { text } }'}
+    chat: dict[str, Any] = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}]}
+    loading = make_server(InferenceService(settings))  # not started yet: as while the weights load
+    status, headers, body = post(loading.url, infer)
+    assert (status, headers["Retry-After"], code_of(body)) == (503, "1", "MODEL_LOADING")
+    assert body["errors"][0]["extensions"]["retryAfter"] == 1
+    status, headers, _ = post(loading.url.replace("/graphql", "/v1/chat/completions"), chat)
+    assert (status, headers["Retry-After"]) == (503, "1")
+
+    broken = InferenceService(Settings(model_id="./no/such/model", cache_dir=settings.cache_dir))
+    broken.start(wait=False, progress=False)
+    with pytest.raises(ModelNotReady):
+        broken.wait_ready(timeout=30)
+    failed = make_server(broken)
+    status, headers, body = post(failed.url, infer)
+    assert status == 200 and code_of(body) == "MODEL_LOADING" and "failed to load" in body["errors"][0]["message"]
+    assert "retryAfter" not in body["errors"][0]["extensions"] and "Retry-After" not in headers
+    chat["model"] = broken.registry.default.name
+    status, headers, body = post(failed.url.replace("/graphql", "/v1/chat/completions"), chat)
+    assert status == 503 and "Retry-After" not in headers and "failed to load" in body["error"]["message"]
 
 
 def test_health_answers_fast_while_16_generations_run(make_server: Any, settings: Settings, loaded: Any) -> None:
