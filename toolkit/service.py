@@ -36,9 +36,8 @@ from toolkit.compare import variants as compare_variants
 from toolkit.engines.base import Engine
 from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong
 from toolkit.events import Finished
-from toolkit.grounding import check as check_grounding
 from toolkit.params import GenerationParams, InferRequest, Limits
-from toolkit.prepared import Live, Prepared
+from toolkit.prepared import Live, LiveRequests, Prepared, search_finished
 from toolkit.rag import build_messages
 from toolkit.registry import ModelConfig, ModelRegistry, ServedModel, configured_models
 from toolkit.replay import plan_replay
@@ -52,13 +51,9 @@ from toolkit.results import (
     ModelInfo,
     Replay,
     RunRecord,
-    SearchFinished,
     SearchStarted,
-    Source,
     StreamEvent,
-    Timings,
     Token,
-    Usage,
 )
 from toolkit.runs import RunLog
 from toolkit.search import Searcher, SearchOutcome, clean_text, make_searcher
@@ -101,7 +96,7 @@ class InferenceService:
         self._started_at = time.monotonic()
         self._lock = threading.Lock()
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
-        self._live: dict[tuple[str, str], Live] = {}  # (owner, request id) -> the request, until its last event
+        self._live = LiveRequests()
         self._started = False
         self._stopped = False
         self._versions = _versions()
@@ -343,26 +338,26 @@ class InferenceService:
         """
         request, params, entry = self._validated(request, kwargs)
         entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
-        live = self._begin(request)
+        live = self._live.begin(request)
         try:
             outcome = None
             if request.web_search:
                 query = search.query if search is not None else search_query(request.prompt)
                 yield SearchStarted(request.request_id, query, self._provider())
                 outcome = search if search is not None else self.search(query)
-                yield self._search_finished(request.request_id, outcome)
+                yield search_finished(request.request_id, outcome)
             yield from self._run(live, self._prepare(entry, request, params, outcome))
         finally:
-            self._end(request)
+            self._live.end(request)
 
     def _run(self, live: Live, prepared: Prepared) -> Iterator[StreamEvent]:
         """The engine's events for an accepted, prepared request, as ``Token``s and the last ``Done``.
         Closing it early cancels the request in the engine."""
         translate = self._translator(prepared)
         entry = prepared.model
-        events = self._submit(live, entry, lambda: entry.engine.stream(prepared.engine_request(live)))
+        events = self._live.submit(live, entry.engine, lambda: entry.engine.stream(prepared.engine_request(live)))
         if events is None:  # cancelled before it reached the engine
-            yield translate(self._cancelled_before_engine(prepared))
+            yield translate(prepared.cancelled_before_engine())
             return
         try:
             for event in events:
@@ -375,7 +370,7 @@ class InferenceService:
     ) -> AsyncIterator[StreamEvent]:
         request, params, entry = self._validated(request, kwargs)
         entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
-        live = self._begin(request)
+        live = self._live.begin(request)
         events = None
         try:
             outcome = None
@@ -386,22 +381,22 @@ class InferenceService:
                     outcome = search
                 else:
                     outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
-                yield self._search_finished(request.request_id, outcome)
+                yield search_finished(request.request_id, outcome)
             # templating and tokenizing take milliseconds: off the event loop, which must stay responsive
             prepared = await asyncio.get_running_loop().run_in_executor(
                 None, self._prepare, entry, request, params, outcome
             )
             translate = self._translator(prepared)
-            events = self._submit(live, entry, lambda: entry.engine.astream(prepared.engine_request(live)))
+            events = self._live.submit(live, entry.engine, lambda: entry.engine.astream(prepared.engine_request(live)))
             if events is None:
-                yield translate(self._cancelled_before_engine(prepared))
+                yield translate(prepared.cancelled_before_engine())
                 return
             async for event in events:
                 yield translate(event)
         finally:
             if events is not None:
                 await events.aclose()
-            self._end(request)
+            self._live.end(request)
 
     # ----- compare -----------------------------------------------------------------
 
@@ -441,11 +436,11 @@ class InferenceService:
             raise PromptTooLong("run_record.messages", tokens, limit)
         engine.check_room()
         prepared = dataclass_replace(prepared, params=params)
-        live = self._begin(prepared.request)
+        live = self._live.begin(prepared.request)
         try:
             result = next(e.result for e in self._run(live, prepared) if isinstance(e, Done))
         finally:
-            self._end(prepared.request)
+            self._live.end(prepared.request)
         return Replay(result, record.answer is not None and result.text == record.answer, differences)
 
     def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
@@ -466,48 +461,7 @@ class InferenceService:
         Request ids belong to their ``owner`` (the server passes its caller's identity): another
         owner's id answers False, exactly as an unknown one does.
         """
-        with self._lock:
-            live = self._live.get((owner, request_id))
-            if live is None:
-                return False
-            live.cancelled = True
-            engine = live.engine
-        if engine is not None:
-            return bool(engine.cancel(live.engine_id))
-        return True  # still searching or tokenizing: it stops before the engine
-
-    def _begin(self, request: InferRequest) -> Live:
-        """Accept a request: its id must be new for its owner."""
-        key = (request.owner, request.request_id)
-        with self._lock:
-            if key in self._live:
-                raise InvalidRequest(
-                    "request_id", f"a request with id {request.request_id!r} is already running; use a new id"
-                )
-            live = self._live[key] = Live()
-        return live
-
-    def _end(self, request: InferRequest) -> None:
-        with self._lock:
-            self._live.pop((request.owner, request.request_id), None)
-
-    def _submit(self, live: Live, entry: ServedModel, submit: Any) -> Any:
-        """Hand the request to the engine, or None when it was cancelled before it got there.
-
-        Under the lock, so that a ``cancel`` either sees the request in the engine or stops it here.
-        """
-        with self._lock:
-            if live.cancelled:
-                return None
-            events = submit()
-            live.engine = entry.engine
-        return events
-
-    @staticmethod
-    def _cancelled_before_engine(prepared: Prepared) -> Any:
-        seed = prepared.params.seed if prepared.params.seed is not None else 0
-        tokens = prepared.encoded.tokens
-        return Finished(prepared.request.request_id, "", "cancelled", tokens, 0, seed, 0.0, None, 0.0)
+        return self._live.cancel(request_id, owner)
 
     # ----- helpers -----------------------------------------------------------------
 
@@ -530,63 +484,11 @@ class InferenceService:
     def _provider(self) -> str:
         return self.searcher.provider if self.searcher else "none"
 
-    @staticmethod
-    def _search_finished(request_id: str, outcome: SearchOutcome) -> SearchFinished:
-        sources = tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(outcome.results, start=1))
-        message = outcome.failure.message if outcome.failure else None
-        return SearchFinished(request_id, outcome.status, sources, message, outcome.from_cache, outcome.seconds)
-
-    def _result(self, prepared: Prepared, finished: Any) -> InferResult:
-        if finished.error is not None:
-            raise finished.error
-        request, search, entry = prepared.request, prepared.search, prepared.model
-        info = entry.engine.info
-        sources = tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(prepared.built.sources, start=1))
-        grounding = check_grounding(finished.text, sources) if search is not None and sources else None
-        loaded = entry.loaded
-        record = RunRecord(
-            request_id=request.request_id,
-            created_at=prepared.created_at,
-            model=entry.name,
-            model_source=loaded.source.kind if loaded is not None else info.kind,
-            model_hash=info.content_hash,
-            adapter=request.adapter,
-            device=info.device,
-            dtype=info.dtype,
-            quantization=info.quantization,
-            params={**prepared.params.to_dict(), "seed": finished.seed},
-            messages=prepared.messages,
-            prompt_text=prepared.prompt_text,
-            versions=self._versions,
-            search=search.to_dict() if search is not None else None,
-            dropped_history_turns=prepared.built.dropped_history_turns,
-            adapter_hash=prepared.adapter_hash,
-            engine=info.kind,
-            served_model=info.served_model,
-            engine_version=finished.extra.get("system_fingerprint") or info.version,
-            sent=finished.extra.get("sent"),
-            answer=finished.text,
-            finish_reason=finished.finish_reason,
-            replay_of=prepared.replay_of,
-            grounding=grounding.to_dict() if grounding is not None else None,
-        )
-        result = InferResult(
-            id=request.request_id,
-            text=finished.text,
-            finish_reason=finished.finish_reason,
-            usage=Usage(finished.prompt_tokens, finished.completion_tokens),
-            timings=Timings(finished.queued_s, finished.first_token_s, finished.total_s),
-            model=entry.name,
-            adapter=request.adapter,
-            run_record=record,
-            sources=sources,
-            search_status=search.status if search is not None else "off",
-            search_message=search.failure.message if search is not None and search.failure else None,
-            grounding=grounding,
-        )
+    def _result(self, prepared: Prepared, finished: Finished) -> InferResult:
+        result = prepared.result(finished, self._versions)
         if self.run_log is not None:
             try:
                 self.run_log.append(result)
             except OSError as exc:  # a full disk must not lose the answer: it is logged as a warning
-                log.warning("RUN_LOG %s: could not append %s: %s", self.run_log.path, request.request_id, exc)
+                log.warning("RUN_LOG %s: could not append %s: %s", self.run_log.path, result.id, exc)
         return result
