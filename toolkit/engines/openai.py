@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from toolkit.engines.base import Capabilities, Encoded, EngineInfo, EngineRequest, EngineStats, Messages
+from toolkit.engines.openai_adapters import RemoteAdapters
 from toolkit.engines.openai_errors import HTTPStatus, error_message, status_error
 from toolkit.errors import (
     EngineClosed,
@@ -104,10 +105,10 @@ class OpenAIEngine(Streams):
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._closing = False
-        self._adapters: dict[str, AdapterInfo] = {}
         self._tokenize: bool | None = None  # does the server have /tokenize? None: not asked yet
         self._tokenizer: Any = None
         self._info = self._make_info(config.context_length or 4096, None)
+        self._adapters = RemoteAdapters(config.name, config.served_model, config.base_url, self._call)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"openai-{config.name}", daemon=True)
         self._thread.start()
@@ -185,7 +186,7 @@ class OpenAIEngine(Streams):
             version = str(answer.get("version")) if isinstance(answer, dict) and answer.get("version") else None
         except (ToolkitError, HTTPStatus):
             pass  # not every server has /version
-        self._refresh_adapters(entries)
+        self._adapters.refresh(entries)
         if self._tokenize is None and not self.config.tokenizer:
             self._tokenize = self._has_tokenize()
         if self.config.tokenizer and self._tokenizer is None:
@@ -193,33 +194,6 @@ class OpenAIEngine(Streams):
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.config.tokenizer)
         self._info = self._make_info(int(context), version)
-
-    def _refresh_adapters(self, entries: list[Any] | None = None) -> None:
-        """The server's LoRA adapters for this model: /models entries whose parent is ``served_model``."""
-        if entries is None:
-            listing = self._call("GET", self.config.base_url.rstrip("/") + "/models")
-            entries = listing.get("data", []) if isinstance(listing, dict) else []
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        found = {}
-        for entry in entries:
-            if isinstance(entry, dict) and entry.get("parent") == self.config.served_model and entry.get("id"):
-                name = str(entry["id"])
-                old = self._adapters.get(name)
-                found[name] = old or AdapterInfo(
-                    name=name,
-                    path=str(entry.get("root") or name),
-                    base_model=self.config.served_model,
-                    adapter_hash="",
-                    r=None,
-                    alpha=None,
-                    target_modules=(),
-                    steps=None,
-                    examples=None,
-                    final_loss=None,
-                    created_at=None,
-                    loaded_at=now,
-                )
-        self._adapters = found
 
     def _has_tokenize(self) -> bool:
         try:
@@ -444,55 +418,22 @@ class OpenAIEngine(Streams):
         log.warning("model %s: unexpected answer from its server: %s: %s", name, type(exc).__name__, exc)
         return EngineUnavailable(name, f"its server sent a broken stream ({type(exc).__name__})")
 
-    # ----- adapters ----------------------------------------------------------------------
+    # ----- adapters: the server's own (toolkit.engines.openai_adapters) ----------------
 
     def adapters(self) -> list[AdapterInfo]:
-        with contextlib.suppress(ToolkitError, HTTPStatus):  # else the last known list
-            self._refresh_adapters()
-        return [self._adapters[name] for name in sorted(self._adapters)]
+        return self._adapters.listed()
 
     def adapter_hash(self, name: str) -> str | None:
         return None  # the server does not say
 
     def check_adapter(self, name: str) -> None:
-        if name in self._adapters:
-            return
-        with contextlib.suppress(ToolkitError, HTTPStatus):
-            self._refresh_adapters()
-        if name not in self._adapters:
-            names = ", ".join(sorted(self._adapters)) or "none"
-            raise InvalidRequest("adapter", f"unknown adapter {name!r} for model {self.config.name!r}; served: {names}")
+        self._adapters.check(name)
 
     def load_adapter(self, name: str, path: str | None = None) -> AdapterInfo:
-        """vLLM's runtime LoRA loading (the server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
-        try:
-            body = {"lora_name": name, "lora_path": path or name}
-            self._call("POST", self.config.base_url.rstrip("/") + "/load_lora_adapter", body, timeout=120, text=True)
-        except HTTPStatus as exc:
-            raise self._runtime_lora_error(exc) from None
-        self._refresh_adapters()
-        return self._adapters[name]
+        return self._adapters.load(name, path)
 
     def unload_adapter(self, name: str, grace_s: float) -> AdapterInfo:
-        self.check_adapter(name)
-        info = self._adapters[name]
-        try:
-            url = self.config.base_url.rstrip("/") + "/unload_lora_adapter"
-            self._call("POST", url, {"lora_name": name}, timeout=60, text=True)
-        except HTTPStatus as exc:
-            raise self._runtime_lora_error(exc) from None
-        self._refresh_adapters()
-        return info
-
-    def _runtime_lora_error(self, exc: HTTPStatus) -> ToolkitError:
-        if exc.status in (404, 405):
-            return InvalidRequest(
-                "model",
-                f"model {self.config.name!r}: its server does not load adapters at run time; start vLLM with "
-                "--enable-lora and the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, "
-                "or list the adapters at start with --lora-modules name=path",
-            )
-        return InvalidRequest("name", f"model {self.config.name!r}: its server refused: {exc.message}")
+        return self._adapters.unload(name)
 
     def close(self, grace_s: float = 10.0) -> None:
         with self._lock:
