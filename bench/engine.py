@@ -193,6 +193,7 @@ def peers(rounds: int, dtypes: list[str]) -> dict[str, dict[str, float]]:
     import asyncio
     import tempfile
 
+    import openai
     from remote import PROMPTS, rate, start_llamacpp, start_vllm, straight, through
 
     from toolkit.models import load_model
@@ -229,6 +230,8 @@ def peers(rounds: int, dtypes: list[str]) -> dict[str, dict[str, float]]:
         process, url = llama
         try:
             measure("llama.cpp server (the Q4_1 GGUF)", lambda ps: asyncio.run(straight(url, "smollm2", ps)))
+        except openai.APIConnectionError:  # a build for another CPU dies of an illegal instruction, saying nothing
+            print(f"llama.cpp's server died (exit {process.wait(10)}); see {workdir / 'llamacpp.log'}")
         finally:
             process.terminate()
     return table

@@ -320,10 +320,6 @@ def load_model(settings: Settings, *, progress: bool = True) -> LoadedModel:
         bar.update(1)
         bar.set_description(f"loading weights ({dtype}{', 4-bit' if settings.load_in_4bit else ''})")
         model = _load_weights(path, dtype, device, settings.load_in_4bit)
-        if device == "cpu":
-            from toolkit.engines.local.packed import pack_linears
-
-            pack_linears(model)  # bfloat16 only: see toolkit.engines.local.packed
         bar.update(1)
         bar.set_description(f"{source.name} ready")
     eos = _eos_ids(model, tokenizer)

@@ -34,6 +34,7 @@ import torch
 from toolkit.engines.local.detok import TextStream
 from toolkit.engines.local.kvbatch import KVBatch, left_padded
 from toolkit.engines.local.lorastack import LoraStack
+from toolkit.engines.local.packed import pack_linears
 from toolkit.engines.local.sampling import RowSampler, next_tokens
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.events import Delta, Event, Finished, Sink, Streams
@@ -116,6 +117,8 @@ class Engine(Streams):
         self.max_queue = max_queue
         self.default_timeout_s = default_timeout_s
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            pack_linears(model)  # bfloat16 layers only, for this engine's inference: see packed.py
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(eos_token_ids)))
         names = inspect.signature(model.forward).parameters

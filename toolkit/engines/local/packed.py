@@ -7,8 +7,8 @@ layer call oneDNN with the packed copy, the kernel being the same, so the output
 numbers (measured on the bundled model's decode shapes: no difference at all), only sooner
 (2x for a 576x1536 layer at 1 and 16 rows here).
 
-The packed path runs only where it is safe: in inference mode (the engine's), on a CPU bfloat16
-input; training, autograd and other dtypes take the plain ``F.linear``. A packed weight is
+The packed path runs only where it is safe: without autograd (the engine's inference mode), on a
+CPU bfloat16 input; training and other dtypes take the plain ``F.linear``. A packed weight is
 rebuilt when its weight changes (a different tensor, or one written in place). It costs one more
 copy of each packed weight in memory.
 """
@@ -23,7 +23,10 @@ import torch.nn.functional as F
 
 def is_packing_available() -> bool:
     """Whether this torch build has oneDNN's linear kernels (most x86-64 CPU builds)."""
-    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    ops = torch.ops.mkldnn
+    return bool(torch.backends.mkldnn.is_available()) and all(
+        hasattr(ops, name) for name in ("_reorder_linear_weight", "_linear_pointwise")
+    )
 
 
 class _PackedForward:
@@ -46,15 +49,15 @@ class _PackedForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         weight = layer.weight
-        if (
-            torch.is_inference_mode_enabled()
-            and x.dtype == torch.bfloat16
-            and weight.dtype == torch.bfloat16
-            and x.device.type == "cpu"
-            and weight.device.type == "cpu"
-        ):
-            return torch.ops.mkldnn._linear_pointwise(x, self._fresh(weight), layer.bias, "none", [], "")
-        return F.linear(x, weight, layer.bias)
+        if torch.is_grad_enabled() or x.dtype is not torch.bfloat16:  # autograd, or another dtype: plain
+            return F.linear(x, weight, layer.bias)
+        if weight is self.weight and weight._version == self.version:  # every decode step: packed, unchanged
+            packed = self.packed
+        elif weight.dtype is torch.bfloat16 and weight.device.type == "cpu" and x.device.type == "cpu":
+            packed = self._fresh(weight)
+        else:
+            return F.linear(x, weight, layer.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
 
 
 def pack_linears(model: Any) -> int:
