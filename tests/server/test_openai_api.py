@@ -155,7 +155,7 @@ def test_bad_requests_are_400_naming_the_field(
 
 
 def test_each_error_class_with_its_status(make_server: Any, grounded: InferenceService, settings: Settings) -> None:
-    keyed = make_server(grounded, api_keys=("openai-key-12345678",), rate_burst=2)
+    keyed = make_server(grounded, api_keys=("openai-key-12345678",), rate_burst=2, rate_per_minute=0.1)
     with pytest.raises(openai.AuthenticationError):
         client(keyed, "wrong-key-0000000").models.list()
     good = client(keyed, "openai-key-12345678")
@@ -196,7 +196,8 @@ def test_a_closed_stream_stops_the_generation(api: Any, grounded: InferenceServi
 
 
 def test_cors_and_rate_limit_buckets_are_those_of_graphql(make_server: Any, grounded: InferenceService) -> None:
-    running = make_server(grounded, cors_origins=("http://notebook.example",), rate_burst=1)
+    # a bucket of one that does not refill within the test, however long the mutation takes on a busy machine
+    running = make_server(grounded, cors_origins=("http://notebook.example",), rate_burst=1, rate_per_minute=0.1)
     assert (
         post(running.url, {"query": 'mutation { infer(prompt: "Hi", params: {maxNewTokens: 1}) { text } }'})[0] == 200
     )
