@@ -6,8 +6,11 @@ included) give the same messages, so it is tested against exact text.
 Search text is untrusted. It goes into one system message, right before the
 user's prompt, inside a block fenced by a per-request random boundary and
 labelled as data. Control, zero-width and bidi characters are removed, the
-boundary can never appear inside the block, and each snippet and the whole
-block are capped in tokens. When everything does not fit the budget, the
+boundary can never appear inside the block, nor can a turn marker of the model's
+chat template or a look-alike of one (``toolkit.controltokens``), and each snippet
+and the whole block are capped in tokens. The caller's own text (prompt, history,
+system prompt) keeps its words, but a turn marker in it reaches the model as plain
+text, never as a control token. When everything does not fit the budget, the
 oldest history turns go first, then the lowest-ranked sources; never the prompt.
 """
 
@@ -18,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
+from toolkit.controltokens import COMMON_MARKERS, ControlTokens
 from toolkit.params import Turn
 from toolkit.search import SearchResult, clean_text
 
@@ -57,12 +61,13 @@ def failure_instructions(today: date, reason: str) -> str:
     )
 
 
-def sanitize(text: str, boundary: str, *, single_line: bool = False) -> str:
-    """Untrusted text made safe to place inside the block."""
+def sanitize(text: str, boundary: str, *, single_line: bool = False, control: ControlTokens | None = None) -> str:
+    """Untrusted text made safe to place inside the block: no control characters, no fence, no turn marker."""
+    control = control if control is not None else ControlTokens.of(COMMON_MARKERS)
     text = clean_text(text)
     while True:  # until nothing changes: removing one piece must not assemble a marker from the rest
         before = text
-        text = _FENCE.sub(" ", text.replace(boundary, ""))
+        text = control.strip(_FENCE.sub(" ", text.replace(boundary, "")))
         if single_line:
             text = " ".join(text.split())
         else:
@@ -93,15 +98,16 @@ def format_sources(
     *,
     snippet_tokens: int = SNIPPET_TOKENS,
     block_tokens: int = BLOCK_TOKENS,
+    control: ControlTokens | None = None,
 ) -> tuple[str, tuple[SearchResult, ...]]:
     """The numbered block and the sources kept, within the caps."""
     entries: list[str] = []
     kept: list[SearchResult] = []
     used = 0
     for source in sources:
-        title = sanitize(source.title, boundary, single_line=True) or "(untitled)"
-        url = sanitize(source.url, boundary, single_line=True).replace(" ", "%20")
-        snippet = truncate_tokens(sanitize(source.snippet, boundary), snippet_tokens, count)
+        title = sanitize(source.title, boundary, single_line=True, control=control) or "(untitled)"
+        url = sanitize(source.url, boundary, single_line=True, control=control).replace(" ", "%20")
+        snippet = truncate_tokens(sanitize(source.snippet, boundary, control=control), snippet_tokens, count)
         entry = f"[{len(kept) + 1}] {title}\nURL: {url}\n{snippet}".rstrip()
         cost = count(entry)
         if used + cost > block_tokens:
@@ -131,14 +137,20 @@ def build_messages(
     budget: int | None,
     snippet_tokens: int = SNIPPET_TOKENS,
     block_tokens: int = BLOCK_TOKENS,
+    control: ControlTokens | None = None,
 ) -> BuiltMessages:
     """Chat messages for the model.
 
     ``sources`` None means web search was off; ``search_failure`` a search that
     failed (the model is told, and answers without context). ``count_messages``
     measures a message list as the model will see it, for the ``budget`` (None: nothing is trimmed,
-    nothing counted).
+    nothing counted). ``control``: the model's turn markers (default: the common chat formats'),
+    removed from the sources and defanged in the caller's text.
     """
+    control = control if control is not None else ControlTokens.of(COMMON_MARKERS)
+    prompt = control.defang(prompt)
+    system_prompt = control.defang(system_prompt) if system_prompt else system_prompt
+    history = [Turn(t.role, control.defang(t.content)) for t in history]
     turns = list(history)
     kept = list(sources or ())
     dropped = 0
@@ -150,7 +162,7 @@ def build_messages(
         used: tuple[SearchResult, ...] = ()
         if sources is not None and kept:
             block, used = format_sources(
-                kept, boundary, count_tokens, snippet_tokens=snippet_tokens, block_tokens=block_tokens
+                kept, boundary, count_tokens, snippet_tokens=snippet_tokens, block_tokens=block_tokens, control=control
             )
             messages.append({"role": "system", "content": search_instructions(today, boundary, block)})
         elif search_failure:
