@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -29,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 from common import save_report  # noqa: E402  (bench/, the script's own folder)
 
 from server.spawn import spawn_server  # noqa: E402
-from toolkit.client import STREAM, RemoteService, variables  # noqa: E402
+from toolkit.client import PROTOCOL, STREAM, RemoteService, Subscription, variables  # noqa: E402
 from toolkit.params import InferRequest  # noqa: E402
+from toolkit.results import Token  # noqa: E402
 
 PROMPT = "What is the capital of France?"
 
@@ -44,21 +44,18 @@ def free_port() -> int:
 async def subscription_first_token(url: str) -> float:
     from websockets.asyncio.client import connect
 
-    request = InferRequest.build(PROMPT, temperature=0, max_new_tokens=16)
-    async with connect("ws" + url[4:], subprotocols=["graphql-transport-ws"], proxy=None) as ws:  # type: ignore[list-item]
-        await ws.send(json.dumps({"type": "connection_init"}))
-        await ws.recv()
+    sub = Subscription(STREAM, variables(InferRequest.build(PROMPT, temperature=0, max_new_tokens=16)))
+    async with connect("ws" + url[4:], subprotocols=[PROTOCOL], proxy=None) as ws:  # type: ignore[list-item]
+        await ws.send(sub.init())
+        sub.acknowledged(await ws.recv())
         started = time.perf_counter()
-        await ws.send(
-            json.dumps({"id": "1", "type": "subscribe", "payload": {"query": STREAM, "variables": variables(request)}})
-        )
+        await ws.send(sub.subscribe())
         first = None
         async for raw in ws:
-            message = json.loads(raw)
-            if message["type"] == "complete":
-                break
-            if first is None and message["payload"]["data"]["inferStream"]["type"] == "TOKEN":
+            if isinstance(sub.receive(raw, lambda _: None), Token) and first is None:
                 first = time.perf_counter() - started
+            if sub.done:
+                break
         assert first is not None
         return first
 

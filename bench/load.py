@@ -1,13 +1,14 @@
 """Overload and soak: the real server as a child process, the bundled model, many clients on loopback.
 
 1. **Overload**: twice the server's capacity (MAX_BATCH_SIZE running + MAX_QUEUE waiting) of clients
-   send short requests back to back for 30 s. Every request is accepted (and answered) or rejected
-   with 503 OVERLOADED at once (the clients then wait its Retry-After, as real ones do); none is
-   lost (no answer, a reset, a timeout) and none gets an unexpected 5xx.
-   Targets: 0 lost, 0 unexpected 5xx, p99 rejection time under 100 ms.
-2. **Soak**: 1,000 mixed requests (infer, stream over WebSocket, health, models, bad input, cancel
-   of an unknown id); the server's RSS after warm-up (the first 200) and at the end. Target: under
-   5 % growth.
+   send short requests back to back for 30 s, a quarter each over GraphQL HTTP, a GraphQL WebSocket
+   subscription, ``/v1/chat/completions`` and ``/v1/chat/completions`` streamed. Every request is
+   accepted (and answered) or rejected with 503 OVERLOADED at once (the clients then wait its
+   Retry-After, as real ones do); none is lost (no answer, a reset, a timeout) and none gets an
+   unexpected status. Targets: 0 lost, 0 unexpected, p99 rejection time under 100 ms.
+2. **Soak**: 1,000 mixed requests (infer, stream over WebSocket, ``/v1`` plain and streamed, health,
+   models, bad input, cancel of an unknown id); the server's RSS after warm-up (the first 200) and at
+   the end. Target: under 5 % growth.
 
     python bench/load.py [--seconds 30] [--soak 1000]
 """
@@ -33,7 +34,9 @@ import psutil  # noqa: E402  (ipykernel's dependency)
 from common import save_report  # noqa: E402  (bench/, the script's own folder)
 
 from server.spawn import spawn_server  # noqa: E402
-from toolkit.client import RemoteService  # noqa: E402
+from toolkit.client import RemoteService, ServiceUnavailable  # noqa: E402
+from toolkit.errors import Overloaded, ToolkitError  # noqa: E402
+from toolkit.results import Done  # noqa: E402
 
 MAX_BATCH, MAX_QUEUE = 4, 8
 INFER = "mutation($p: String!) { infer(prompt: $p, params: {temperature: 0, maxNewTokens: 6}) { finishReason } }"
@@ -59,32 +62,81 @@ def post(
         return 0, None, time.perf_counter() - start, {}
 
 
+def chat(base: str, prompt: str, *, stream: bool, timeout: float = 120) -> tuple[str, float, float]:
+    """One ``/v1/chat/completions`` call: (accepted | rejected | lost | unexpected, seconds, Retry-After)."""
+    body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 6, "stream": stream}
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(
+        base + "/v1/chat/completions", data=data, headers={"Content-Type": "application/json"}
+    )
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if not stream:
+                answer = json.loads(response.read())
+                return ("accepted" if answer["choices"][0]["finish_reason"] else "unexpected"), 0.0, 0.0
+            lines = [line.strip() for line in response]  # SSE, to its end
+            return ("accepted" if lines and b"data: [DONE]" in lines else "lost"), 0.0, 0.0
+    except urllib.error.HTTPError as exc:
+        took = time.perf_counter() - start
+        try:
+            error = json.loads(exc.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            return "unexpected", took, 0.0
+        if exc.code == 503 and error.get("code") == "overloaded":
+            return "rejected", took, float(exc.headers.get("Retry-After", "1"))
+        return "unexpected", took, 0.0
+    except (OSError, ValueError):
+        return "lost", time.perf_counter() - start, 0.0
+
+
+def graphql(url: str, prompt: str) -> tuple[str, float, float]:
+    status, body, took, headers = post(url, {"query": INFER, "variables": {"p": prompt}})
+    if status == 200 and body and body.get("data") and body["data"]["infer"]["finishReason"]:
+        return "accepted", took, 0.0
+    if status == 503 and body and body["errors"][0]["extensions"]["code"] == "OVERLOADED":
+        return "rejected", took, float(headers.get("Retry-After", "1"))
+    return ("lost" if status == 0 or body is None else "unexpected"), took, 0.0
+
+
+def subscription(url: str, prompt: str) -> tuple[str, float, float]:
+    start = time.perf_counter()
+    try:
+        events = list(RemoteService(url).stream(prompt, temperature=0, max_new_tokens=6))
+    except Overloaded as exc:
+        return "rejected", time.perf_counter() - start, float(exc.retry_after_s or 1)
+    except ServiceUnavailable:
+        return "lost", time.perf_counter() - start, 0.0
+    except ToolkitError:
+        return "unexpected", time.perf_counter() - start, 0.0
+    return ("accepted" if events and isinstance(events[-1], Done) else "lost"), 0.0, 0.0
+
+
 def overload(url: str, seconds: float) -> dict[str, Any]:
     clients = 2 * (MAX_BATCH + MAX_QUEUE)
+    base = url.rsplit("/graphql", 1)[0]
+    transports = {
+        "graphql": lambda p: graphql(url, p),
+        "websocket": lambda p: subscription(url, p),
+        "v1": lambda p: chat(base, p, stream=False),
+        "v1 streamed": lambda p: chat(base, p, stream=True),
+    }
     lock = threading.Lock()
-    accepted = lost = unexpected = 0
+    counts = {name: dict.fromkeys(("accepted", "rejected", "lost", "unexpected"), 0) for name in transports}
     rejected: list[float] = []
     end = time.monotonic() + seconds
 
     def client(i: int) -> None:
-        nonlocal accepted, lost, unexpected
+        name = list(transports)[i % len(transports)]
         n = 0
         while time.monotonic() < end:
-            status, body, took, headers = post(
-                url, {"query": INFER, "variables": {"p": f"Say hello to client {i}, turn {n}."}}
-            )
+            outcome, took, retry = transports[name](f"Say hello to client {i}, turn {n}.")
             n += 1
             with lock:
-                if status == 200 and body and body.get("data") and body["data"]["infer"]["finishReason"]:
-                    accepted += 1
-                elif status == 503 and body and body["errors"][0]["extensions"]["code"] == "OVERLOADED":
+                counts[name][outcome] += 1
+                if outcome == "rejected":
                     rejected.append(took)
-                    retry = float(headers.get("Retry-After", "1"))
-                elif status == 0 or body is None:
-                    lost += 1
-                else:
-                    unexpected += 1
-            if status == 503:
+            if outcome == "rejected":
                 time.sleep(retry)  # as clients do (the openai client, gql's retries): Retry-After
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -93,14 +145,13 @@ def overload(url: str, seconds: float) -> dict[str, Any]:
     for t in threads:
         t.join()
     quantiles = statistics.quantiles(rejected, n=100) if len(rejected) >= 2 else [0.0] * 99
+    total = {k: sum(c[k] for c in counts.values()) for k in ("accepted", "rejected", "lost", "unexpected")}
     return {
         "clients": clients,
         "seconds": seconds,
-        "accepted": accepted,
-        "accepted_per_s": round(accepted / seconds, 2),
-        "rejected": len(rejected),
-        "lost": lost,
-        "unexpected": unexpected,
+        **total,
+        "accepted_per_s": round(total["accepted"] / seconds, 2),
+        "by_transport": counts,
         "rejection_p50_ms": round(quantiles[49] * 1000, 2),
         "rejection_p99_ms": round(quantiles[98] * 1000, 2),
     }
@@ -109,7 +160,8 @@ def overload(url: str, seconds: float) -> dict[str, Any]:
 def soak(url: str, total: int, server_pid: int) -> dict[str, Any]:
     remote = RemoteService(url)
     process = psutil.Process(server_pid)
-    kinds = ["infer", "stream", "health", "models", "bad", "cancel"]
+    kinds = ["infer", "stream", "v1", "v1 streamed", "health", "models", "bad", "cancel"]
+    base = url.rsplit("/graphql", 1)[0]
     counts = dict.fromkeys(kinds, 0)
     failures: list[str] = []
     lock = threading.Lock()
@@ -124,6 +176,9 @@ def soak(url: str, total: int, server_pid: int) -> dict[str, Any]:
                 assert remote.infer(f"Name a colour, {i}.", temperature=0, max_new_tokens=4).finish_reason
             elif kind == "stream":
                 assert list(remote.stream(f"Name a fruit, {i}.", temperature=0, max_new_tokens=4))
+            elif kind in ("v1", "v1 streamed"):
+                outcome, _, _ = chat(base, f"Name a tree, {i}.", stream=kind == "v1 streamed")
+                assert outcome == "accepted", outcome
             elif kind == "health":
                 assert remote.health().status == "ready"
             elif kind == "models":
@@ -189,6 +244,9 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(60)
+    print(f"\n{'transport':<14}" + "".join(f"{k:>12}" for k in ("accepted", "rejected", "lost", "unexpected")))
+    for name, row in load["by_transport"].items():
+        print(f"{name:<14}" + "".join(f"{row[k]:>12}" for k in ("accepted", "rejected", "lost", "unexpected")))
     rows = [
         ("accepted (answered)", load["accepted"], ""),
         ("rejected with 503 OVERLOADED", load["rejected"], ""),

@@ -37,11 +37,14 @@ DOCS = ROOT / "tests" / "data" / "docs"
 MAX_NEW_TOKENS = 96
 CANDIDATES: list[tuple[str, dict[str, Any], bool]] = [  # name, parameters, sampled (seeds matter)
     ("greedy", {"temperature": 0.0}, False),
+    ("greedy + DRY 0.8", {"temperature": 0.0, "dry_multiplier": 0.8}, False),
+    ("greedy + DRY 0.5", {"temperature": 0.0, "dry_multiplier": 0.5}, False),
+    ("greedy + no repeated 6-gram", {"temperature": 0.0, "no_repeat_ngram_size": 6}, False),
     ("greedy + frequency 0.3", {"temperature": 0.0, "frequency_penalty": 0.3}, False),
     ("greedy + presence 0.5", {"temperature": 0.0, "presence_penalty": 0.5}, False),
     ("greedy + repetition 1.15", {"temperature": 0.0, "repetition_penalty": 1.15}, False),
     ("temperature 0.2, top_p 0.9", {"temperature": 0.2, "top_p": 0.9}, True),
-    ("temperature 0.7, top_p 0.9", {"temperature": 0.7, "top_p": 0.9}, True),
+    ("temperature 0.2, top_p 0.9 + DRY 0.8", {"temperature": 0.2, "top_p": 0.9, "dry_multiplier": 0.8}, True),
     ("temperature 0.7 (the old default)", {"temperature": 0.7, "top_p": 1.0}, True),
 ]
 
@@ -110,6 +113,7 @@ def main() -> int:
         every = [a for c, g in runs for a in (*c, *g)]
         loops = sum(a.finish_reason == "repetition" for a in every) / len(every)
         looping_to_limit = sum(a.finish_reason == "length" and repeats(a.text) for a in every) / len(every)
+        thrice = sum(repeats(a.text) for a in every)  # some 6 words three times or more, in the visible answer
         limit = sum(a.finish_reason == "length" for a in every) / len(every)
         rows.append(
             {
@@ -121,6 +125,7 @@ def main() -> int:
                 "grounded_correct": round(sum(right_grounded) / len(runs), 3),
                 "loop_guard_ended": round(loops, 3),
                 "loops_to_the_limit": round(looping_to_limit, 3),
+                "six_words_thrice": thrice,
                 "length_limit": round(limit, 3),
                 "wrong_examples": [
                     (q["q"], a.text[:80])
@@ -136,11 +141,12 @@ def main() -> int:
         f"{MAX_NEW_TOKENS} new tokens at most; sampled candidates over {args.seeds} seeds"
     )
     header = f"{'candidate':<36}{'closed-book':>12}{'of greedy-right':>16}{'grounded':>10}"
-    print(header + f"{'guard ended':>12}{'loops to limit':>15}{'long (limit)':>13}")
+    print(header + f"{'guard ended':>12}{'6 words x3':>11}{'loops to limit':>15}{'long (limit)':>13}")
     for r in rows:
         print(
             f"{r['candidate']:<36}{r['closed_book_correct']:>12.0%}{r['of_greedy_correct']:>16.0%}"
-            f"{r['grounded_correct']:>10.0%}{r['loop_guard_ended']:>12.0%}{r['loops_to_the_limit']:>15.0%}"
+            f"{r['grounded_correct']:>10.0%}{r['loop_guard_ended']:>12.0%}{r['six_words_thrice']:>11}"
+            f"{r['loops_to_the_limit']:>15.0%}"
             f"{r['length_limit']:>13.0%}"
         )
     save_report(

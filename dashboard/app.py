@@ -17,8 +17,9 @@ import ipywidgets as widgets
 from dashboard import bubbles
 from dashboard.compare import CompareView
 from dashboard.config import DashboardSettings
+from dashboard.tracked import Tracked
 from toolkit.errors import ToolkitError
-from toolkit.params import DEFAULT_MAX_NEW_TOKENS, FALLBACK_DEFAULTS, GenerationParams, InferRequest, Turn
+from toolkit.params import GenerationParams, InferRequest, Turn
 from toolkit.protocol import Service
 from toolkit.results import Done, ModelInfo, SearchFinished, SearchStarted, Token
 
@@ -98,15 +99,23 @@ class ChatApp:
         self.model.add_class("tk-model")
         self.adapter = widgets.Dropdown(description="Adapter", options=[BASE_MODEL], value="", disabled=True)
         self.adapter.add_class("tk-adapter")
-        # the sliders start from the chosen model's defaults once its list is known (_apply_defaults)
-        self.temperature = widgets.FloatSlider(
-            description="Temperature", value=FALLBACK_DEFAULTS["temperature"], min=0.0, max=2.0, step=0.05
+        # the sliders show the chosen model's defaults once its list is known (_apply_defaults); a request
+        # carries only the ones the user moved: the service fills the rest from the model's own
+        self.temperature = widgets.FloatSlider(description="Temperature", min=0.0, max=2.0, step=0.05, disabled=True)
+        self.max_new_tokens = widgets.IntSlider(description="Max tokens", min=1, max=1024, step=1, disabled=True)
+        self.presence_penalty = widgets.FloatSlider(description="Presence", min=-2.0, max=2.0, step=0.1, disabled=True)
+        self.frequency_penalty = widgets.FloatSlider(
+            description="Frequency", min=-2.0, max=2.0, step=0.1, disabled=True
         )
-        self.max_new_tokens = widgets.IntSlider(
-            description="Max tokens", value=DEFAULT_MAX_NEW_TOKENS, min=1, max=1024, step=1
-        )
-        self.presence_penalty = widgets.FloatSlider(description="Presence", value=0.0, min=-2.0, max=2.0, step=0.1)
-        self.frequency_penalty = widgets.FloatSlider(description="Frequency", value=0.0, min=-2.0, max=2.0, step=0.1)
+        self.tracked = {
+            name: Tracked(widget, name)
+            for name, widget in (
+                ("temperature", self.temperature),
+                ("max_new_tokens", self.max_new_tokens),
+                ("presence_penalty", self.presence_penalty),
+                ("frequency_penalty", self.frequency_penalty),
+            )
+        }
         self.presence_penalty.add_class("tk-presence")
         self.frequency_penalty.add_class("tk-frequency")
         self._models: dict[str, ModelInfo] = {}
@@ -220,13 +229,8 @@ class ChatApp:
         if model is None or model.status != "ready" or self._defaults_for == model.id:
             return
         self._defaults_for = model.id
-        d = model.defaults
-        self.temperature.value = float(d.get("temperature", self.temperature.value))
-        self.max_new_tokens.value = min(
-            int(d.get("max_new_tokens", self.max_new_tokens.value)), self.max_new_tokens.max
-        )
-        self.presence_penalty.value = float(d.get("presence_penalty", 0.0))
-        self.frequency_penalty.value = float(d.get("frequency_penalty", 0.0))
+        for control in self.tracked.values():
+            control.show(model.defaults)
 
     def _fill_adapters(self) -> None:
         """The adapters loaded on the service now; a selected one that was unloaded falls back to the base.
@@ -251,7 +255,7 @@ class ChatApp:
         if change["new"] == 1 and not self._compare_started:
             self._compare_started = True
             self.compare.start_from(
-                self.model.options, self.model.value, self.adapter.value, self.web.value, self.temperature.value
+                self.model.options, self.model.value, self.adapter.value, self.web.value, self.tracked["temperature"]
             )
 
     def _on_settings(self, change: dict[str, Any]) -> None:
@@ -287,12 +291,7 @@ class ChatApp:
             web_search=self.web.value,
             model=model,
             adapter=self.adapter.value or None,
-            params=GenerationParams(
-                temperature=float(self.temperature.value),
-                max_new_tokens=int(self.max_new_tokens.value),
-                presence_penalty=float(self.presence_penalty.value),
-                frequency_penalty=float(self.frequency_penalty.value),
-            ),
+            params=GenerationParams(**{name: control.value() for name, control in self.tracked.items()}),
         )
 
     def send(self, text: str | None = None) -> None:
@@ -339,6 +338,8 @@ class ChatApp:
                     result = event.result
                     sources = result.sources
                     self.last_result = result
+                    if result.finish_reason == "repetition":
+                        notice = " ".join(filter(None, (notice, bubbles.REPEATING)))
                     answer.value = bubbles.assistant_bubble(
                         result.text,
                         sources=sources,
@@ -354,7 +355,7 @@ class ChatApp:
             self.prompt.value = text  # keep the input, to retry
             if getattr(exc, "field", None) == "adapter":
                 self._fill_adapters()
-            if exc.code in ("UNAVAILABLE", "MODEL_LOADING"):
+            if exc.status == 503:  # down, loading, busy: the banner says which
                 self.refresh_health()
         except Exception as exc:  # never a traceback on the page
             answer.value = bubbles.assistant_bubble("", error=f"The request failed ({type(exc).__name__}).")

@@ -179,6 +179,9 @@ def assistant_bubble(
     return f'<div class="tk-row assistant"><div class="tk-bubble">{"".join(parts)}</div></div>'
 
 
+REPEATING = "Stopped early: the model was repeating itself (the repeated part is not shown)."
+
+
 def stats_line(result: Any) -> str:
     first = result.timings.first_token_s
     speed = result.tokens_per_s
@@ -189,7 +192,7 @@ def stats_line(result: Any) -> str:
     if speed:
         bits.append(f"{speed:.1f} tokens/s")
     if result.finish_reason not in ("stop",):
-        bits.append(result.finish_reason)
+        bits.append("stopped: repeating itself" if result.finish_reason == "repetition" else result.finish_reason)
     return " · ".join(bits)
 
 

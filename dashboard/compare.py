@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from dashboard import bubbles
+from dashboard.tracked import Tracked
 from toolkit.errors import ToolkitError
 from toolkit.protocol import Service
 from toolkit.results import Done, SearchFinished, Token
@@ -48,6 +50,7 @@ class Column:
         self.adapter = widgets.Dropdown(description="Adapter", options=[("(base model)", "")], value="")
         self.web = widgets.ToggleButton(value=False, description=WEB_OFF, layout=widgets.Layout(width="90px"))
         self.temperature = widgets.FloatSlider(description="Temp.", value=0.0, min=0.0, max=2.0, step=0.05)
+        self.tracked = Tracked(self.temperature, "temperature")  # sent once moved: else the model's default
         self.output = widgets.HTML(bubbles.assistant_bubble("", notice="(no answer yet)"))
         self.output.add_class("tk-compare-answer")
         self.result: Any = None
@@ -73,15 +76,17 @@ class Column:
             self.adapter.options = options
             self.adapter.value = selected
 
-    def variant(self, max_new_tokens: int) -> dict[str, Any]:
+    def variant(self, max_new_tokens: int | None) -> dict[str, Any]:
         self.request_id = uuid.uuid4().hex
         fields: dict[str, Any] = {
             "label": str(self.number),
             "request_id": self.request_id,
             "web_search": bool(self.web.value),
-            "temperature": float(self.temperature.value),
-            "max_new_tokens": max_new_tokens,
         }
+        if self.tracked.value() is not None:
+            fields["temperature"] = float(self.tracked.value())
+        if max_new_tokens is not None:
+            fields["max_new_tokens"] = max_new_tokens
         if self.model.value:
             fields["model"] = self.model.value
         if self.adapter.value:
@@ -105,7 +110,7 @@ class Column:
 class CompareView:
     """The Compare tab over any ``Service``."""
 
-    def __init__(self, backend: Service, *, columns: int = 3, max_new_tokens: int = 128) -> None:
+    def __init__(self, backend: Service, *, columns: int = 3, max_new_tokens: int | None = None) -> None:
         self.backend = backend
         self.max_new_tokens = max_new_tokens
         self.busy = False
@@ -158,15 +163,22 @@ class CompareView:
     def _adapters(self, model: str | None) -> list[str]:
         return [a.name for a in self.backend.adapters(model)]
 
-    def start_from(self, model_options: Any, model: str, adapter: str, web: bool, temperature: float) -> None:
-        """Every column starts from the Chat tab's settings."""
+    def start_from(
+        self, model_options: Any, model: str, adapter: str, web: bool, temperature: Tracked | float | None
+    ) -> None:
+        """Every column starts from the Chat tab's settings: its temperature control (and whether it was
+        moved), or a temperature (None: the model's default)."""
         for column in self.all:
             column.model.options = model_options
             column.model.value = model
             column.fill_adapters()
             column.adapter.value = adapter if adapter in [v for _, v in column.adapter.options] else ""
             column.web.value = web
-            column.temperature.value = temperature
+            if isinstance(temperature, Tracked):
+                column.tracked.copy(temperature)
+            elif temperature is not None:
+                column.temperature.value = temperature
+                column.tracked.touched = True  # given: sent
 
     def run(self, prompt: str | None = None) -> None:
         """Run the prompt in every column at once; the answers stream into their columns."""
@@ -199,9 +211,13 @@ class CompareView:
                 elif isinstance(event, Done):
                     column.result = event.result
                     self.render()
-        except ToolkitError as exc:  # bad settings in a column: every column says so
+        except ToolkitError as exc:  # bad settings in a column: refused before anything ran; that column says why
+            bad = re.match(r"variants\[(.+?)\]", str(getattr(exc, "field", "")))
             for c in columns:
-                c.show(error=f"The request failed: {exc.message}")
+                if bad is None or bad.group(1) == str(c.number):
+                    c.show(error=f"The request failed: {exc.message}")
+                else:
+                    c.show(error=f"Not run: column {bad.group(1)}'s settings were refused")
         except Exception as exc:  # never a traceback on the page
             for c in columns:
                 c.show(error=f"The request failed ({type(exc).__name__}).")

@@ -4,18 +4,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPServerRequest
+from tornado.log import access_log
 from tornado.routing import PathMatches, Rule
 
 from server.config import ServerSettings
 from server.gateway import Gateway
 from server.handlers import GraphiQLHandler, GraphQLHandler, GraphQLWebSocket
-from server.openai_api import ChatCompletionsHandler, ModelsHandler
+from server.openai_api import ChatCompletionsHandler, ModelsHandler, OpenAIError
 
 STATIC = Path(__file__).with_name("static")
 MAX_URL_BYTES = 64 * 1024  # a longer URL gets 414
@@ -59,11 +61,16 @@ class WebSocketUpgrade(PathMatches):
 
 
 class URITooLong(tornado.web.RequestHandler):
+    """414 in the shape of the endpoint the URL names: OpenAI's under /v1/, GraphQL's elsewhere."""
+
     def prepare(self) -> None:
         self.set_status(414)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        message = f"the URL is over the limit of {MAX_URL_BYTES} bytes; send the operation as a POST body"
-        self.finish(json.dumps({"errors": [{"message": message, "extensions": {"code": "URI_TOO_LONG"}}]}))
+        message = f"the URL is over the limit of {MAX_URL_BYTES} bytes; send the request as a POST body"
+        if (self.request.path or "").startswith("/v1/"):
+            self.finish(json.dumps(OpenAIError(414, message, code="uri_too_long").body()))
+        else:
+            self.finish(json.dumps({"errors": [{"message": message, "extensions": {"code": "URI_TOO_LONG"}}]}))
 
 
 class Application(tornado.web.Application):
@@ -71,6 +78,17 @@ class Application(tornado.web.Application):
         if len(request.uri or "") > MAX_URL_BYTES:
             return self.get_handler_delegate(request, URITooLong)
         return super().find_handler(request, **kwargs)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The access log: refusals and failures as warnings and errors; answered requests at DEBUG only (a
+    dashboard tab polls health every few seconds: at INFO those lines drown what matters)."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if access_log.isEnabledFor(level):
+        request = handler.request
+        millis = 1000.0 * request.request_time()
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip, millis)
 
 
 def make_http_server(app: tornado.web.Application) -> HTTPServer:
@@ -95,4 +113,5 @@ def make_app(service: Any, settings: ServerSettings | None = None) -> tornado.we
         websocket_max_message_size=settings.max_ws_message_bytes,
         websocket_ping_interval=20,
         gateway=gateway,
+        log_function=log_request,
     )

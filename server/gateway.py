@@ -49,7 +49,7 @@ from server.security import (
     select_operation,
     shape,
 )
-from toolkit.errors import InvalidRequest, ToolkitError
+from toolkit.errors import InvalidRequest, RateLimited, ToolkitError, Unauthenticated
 
 log = logging.getLogger("server")
 DOCUMENT_CACHE_SIZE = 256
@@ -123,33 +123,33 @@ class Gateway:
         return Caller(self.keys.identity(presented, address), self.keys.check(presented), self.keys.is_admin(presented))
 
     def unauthenticated(self, presented: str | None) -> RequestError:
-        message = (
-            "the API key is not valid" if presented else "a valid API key is required: send Authorization: Bearer <key>"
-        )
-        return RequestError(401, [error(message, "UNAUTHENTICATED")], {"WWW-Authenticate": 'Bearer realm="graphql"'})
+        return refused(Unauthenticated(presented is not None))
 
     async def admit(
         self, query: Any, variables: Any, operation_name: Any, caller: Caller, presented: str | None = None
     ) -> Prepared:
         """Key, rate limit, then parse and validate: raises ``RequestError`` for a request that cannot run."""
         check_envelope(query, variables, operation_name)
-        document = self._documents.get(query)
-        if document is not None:
-            self._documents.move_to_end(query)
-        else:
-            document = self._small_public_document(query)
-        if document is not None:
-            try:
+        try:  # without a key, only a small public query gets anywhere: any other answer would tell about the schema
+            document = self._documents.get(query)
+            if document is not None:
+                self._documents.move_to_end(query)
+            else:
+                document = self._small_public_document(query)
+            if document is not None:
                 prepared = self._prepared(document, operation_name, variables)
-            except RequestError:
-                if not caller.authenticated:
-                    raise self.unauthenticated(presented) from None
-                raise
-            if prepared.public:
-                return prepared  # health: no key needed, never rate limited
+                if prepared.public:
+                    return prepared  # health: no key needed, never rate limited
+        except RequestError:
+            if not caller.authenticated:
+                raise self.unauthenticated(presented) from None
+            raise
         if not caller.authenticated:
             raise self.unauthenticated(presented)
-        self.check_rate(caller.identity)
+        try:
+            self.check_rate(caller.identity)
+        except RateLimited as exc:
+            raise refused(exc) from None
         if document is None:
             loop = asyncio.get_running_loop()
             document = await loop.run_in_executor(self._parser, self._parse_and_validate, query)
@@ -219,14 +219,10 @@ class Gateway:
         return Prepared(document, doc_shape, operation_name, variables)
 
     def check_rate(self, identity: str) -> None:
+        """``RateLimited`` when ``identity``'s bucket is empty (GraphQL and the OpenAI endpoint share them)."""
         wait = self.limiter.take(identity)
         if wait is not None:
-            seconds = max(1, round(wait + 0.5))
-            raise RequestError(
-                429,
-                [error(f"rate limit exceeded; retry in {seconds} s", "RATE_LIMITED", retryAfter=seconds)],
-                {"Retry-After": str(seconds)},
-            )
+            raise RateLimited(max(1, round(wait + 0.5)))
 
     def close(self) -> None:
         self._parser.shutdown(wait=False, cancel_futures=True)
@@ -281,18 +277,7 @@ class Gateway:
         formatted = dict(err.formatted)
         original = err.original_error
         if isinstance(original, ToolkitError):
-            extensions: dict[str, Any] = {"code": original.code}
-            formatted["message"] = original.message
-            if isinstance(original, InvalidRequest):
-                name = graphql_field(original.field)
-                extensions["field"] = name
-                formatted["message"] = f"{name}: " + original.message.split(": ", 1)[-1]
-                for extra in ("count", "limit"):
-                    if hasattr(original, extra):
-                        extensions[extra] = getattr(original, extra)
-            if original.retry_after_s is not None:
-                extensions["retryAfter"] = original.retry_after_s
-            formatted["extensions"] = extensions
+            formatted["message"], formatted["extensions"] = toolkit_error(original)
         elif original is not None and not isinstance(original, GraphQLError):
             request_id = secrets.token_hex(8)
             log.error("internal error %s in %s", request_id, err.path, exc_info=original)
@@ -301,6 +286,29 @@ class Gateway:
         elif "extensions" not in formatted or not formatted.get("extensions"):
             formatted["extensions"] = {"code": "BAD_USER_INPUT"}
         return formatted
+
+
+def toolkit_error(exc: ToolkitError) -> tuple[str, dict[str, Any]]:
+    """A toolkit error's GraphQL message and extensions (from the error's own declaration, with a field
+    in GraphQL's names)."""
+    extensions = exc.extensions()
+    message = exc.message
+    if isinstance(exc, InvalidRequest):
+        name = graphql_field(exc.field)
+        extensions["field"] = name
+        message = f"{name}: " + exc.message.split(": ", 1)[-1]
+    return message, extensions
+
+
+def refused(exc: ToolkitError) -> RequestError:
+    """A toolkit error raised before execution (a key, the rate limit), as the HTTP answer that refuses it."""
+    headers = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="graphql"'
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    message, extensions = toolkit_error(exc)
+    return RequestError(exc.status, [{"message": message, "extensions": extensions}], headers)
 
 
 def check_envelope(query: Any, variables: Any, operation_name: Any) -> None:

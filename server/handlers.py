@@ -73,6 +73,11 @@ class BoundedBody(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         self._cors()
+        if self.request.method == "POST" and not self._origin_allowed():
+            origin = self.request.headers.get("Origin")
+            message = f"requests from the web page at {origin} are not allowed (add it to CORS_ORIGINS)"
+            self._refuse(403, message, "FORBIDDEN_ORIGIN")
+            return
         limit = self.gateway.settings.max_body_bytes
         discard = max(DISCARD_BODY_BYTES, limit + 1)
         length = self.request.headers.get("Content-Length")
@@ -81,13 +86,19 @@ class BoundedBody(tornado.web.RequestHandler):
             self._refuse_too_large()  # not worth reading: the connection closes after the answer
             return
         self._too_large = declared is not None and declared > limit
-        # chunked bodies and declared ones alike: Tornado's own cap only beyond the discard bound
-        self.request.connection.set_max_body_size(discard)  # type: ignore[union-attr]
+        # Tornado's own cap (a bare 400 and a reset) lies well beyond the discard bound: a chunked body
+        # that runs past the bound is answered 413 from data_received, and the rest is thrown away
+        self.request.connection.set_max_body_size(4 * discard)  # type: ignore[union-attr]
 
     def data_received(self, chunk: bytes) -> None:
-        if self._too_large or self._finished:
-            return  # read and thrown away
+        if self._finished:
+            return  # answered already: read and thrown away
         self._size += len(chunk)
+        if self._size > max(DISCARD_BODY_BYTES, self.gateway.settings.max_body_bytes + 1):
+            self._refuse_too_large()  # not worth reading on: answered now, the connection closes after
+            return
+        if self._too_large:
+            return  # read and thrown away, answered when the body ends
         if self._size > self.gateway.settings.max_body_bytes:
             self._too_large = True
             self._chunks = []
@@ -97,6 +108,21 @@ class BoundedBody(tornado.web.RequestHandler):
     @property
     def body_bytes(self) -> bytes:
         return b"".join(self._chunks)
+
+    def _origin_allowed(self) -> bool:
+        """No ``Origin`` (not a browser), this server's own page, or one of CORS_ORIGINS: the rule for
+        GraphQL and the OpenAI endpoint alike, and for the WebSocket's handshake."""
+        return origin_allowed(self.request, self.gateway.settings.cors_origins)
+
+    ALLOW: tuple[str, ...] = ("POST",)  # the methods served, for a 405's Allow header
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado's own errors (a method not served, a malformed request) in this endpoint's error shape."""
+        reason = self._reason or "request refused"
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.ALLOW))
+            reason = f"{self.request.method} is not served here; use {' or '.join(self.ALLOW)}"
+        self._refuse(status_code, reason, "METHOD_NOT_ALLOWED" if status_code == 405 else "BAD_REQUEST")
 
     def _cors(self) -> None:
         origin = self.request.headers.get("Origin")
@@ -128,8 +154,17 @@ class BoundedBody(tornado.web.RequestHandler):
         return False
 
 
+def origin_allowed(request: Any, allowed: tuple[str, ...]) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return origin in allowed or urlparse(origin).netloc == request.headers.get("Host", "")
+
+
 class GraphQLHandler(BoundedBody):
     """``/graphql``: POST (any operation) and GET (queries only), per the GraphQL-over-HTTP draft."""
+
+    ALLOW = ("GET", "POST")
 
     def initialize(self, gateway: Gateway) -> None:
         super().initialize(gateway)
@@ -276,9 +311,7 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
         self._init_timer: asyncio.TimerHandle | None = None
 
     def check_origin(self, origin: str) -> bool:
-        allowed = self.gateway.settings.cors_origins
-        host = self.request.headers.get("Host", "")
-        return urlparse(origin).netloc == host or origin in allowed
+        return origin_allowed(self.request, self.gateway.settings.cors_origins)
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return PROTOCOL if PROTOCOL in subprotocols else None
@@ -453,6 +486,7 @@ class GraphiQLHandler(tornado.web.RequestHandler):
         self.set_header(
             "Content-Security-Policy",
             "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self'; "
-            "connect-src 'self' ws: wss:; img-src 'self' data:",
+            # GraphiQL's CSS embeds its fonts as data: URLs
+            "connect-src 'self' ws: wss:; img-src 'self' data:; font-src 'self' data:",
         )
         self.finish(self.page.read_bytes())

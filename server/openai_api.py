@@ -30,26 +30,23 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from server.gateway import Caller, RequestError
+from server.gateway import Caller
 from server.handlers import BoundedBody
 from server.security import ApiKeys
-from toolkit import __version__ as TOOLKIT_VERSION
-from toolkit.errors import ClientGone, InvalidRequest, ModelNotReady, ToolkitError
-from toolkit.params import GenerationParams, InferRequest, Turn
+from toolkit.errors import ClientGone, InvalidRequest, ToolkitError, Unauthenticated
+from toolkit.params import PARAMS as GENERATION
+from toolkit.params import GenerationParams, InferRequest, Turn, openai_name, openai_names
 from toolkit.results import Done, InferResult, Token
+from toolkit.version import __version__ as TOOLKIT_VERSION
 from toolkit.wire import to_wire
 
 FINISH = {"stop": "stop", "length": "length", "timeout": "length", "cancelled": "stop", "repetition": "stop"}
-PARAMS = {  # OpenAI field -> GenerationParams field
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "seed": "seed",
-    "stop": "stop",
-    "top_k": "top_k",
-    "repetition_penalty": "repetition_penalty",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-}
+PARAMS = openai_names()  # OpenAI field -> GenerationParams field, from the declaration (toolkit.params)
+# the request's other fields: what it asks, and fields that change nothing about the answer
+FIELDS = frozenset(
+    {"model", "messages", "stream", "stream_options", "request_id", "web_search"}
+    | {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "safety_identifier", "prompt_cache_key"}
+)
 UNSUPPORTED = {  # fields that change what an answer is, with the value that changes nothing
     "tools": lambda v: not v,
     "tool_choice": lambda v: v in (None, "none"),
@@ -67,6 +64,9 @@ UNSUPPORTED = {  # fields that change what an answer is, with the value that cha
 TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
+    403: "invalid_request_error",
+    405: "invalid_request_error",
+    415: "invalid_request_error",
     404: "invalid_request_error",
     413: "invalid_request_error",
     429: "requests",
@@ -101,12 +101,12 @@ class OpenAIError(Exception):
         }
 
 
-def param_name(field: str, max_tokens_name: str = "max_tokens") -> str:
-    """The OpenAI request field a toolkit error's field stands for."""
-    if field == "params.max_new_tokens":
-        return max_tokens_name
+def param_name(field: str, used: Mapping[str, str] | None = None) -> str:
+    """The OpenAI request field a toolkit error's field stands for (``used``: parameter -> the field the
+    request named it by, e.g. ``max_completion_tokens``)."""
     if field.startswith("params."):
-        return field.removeprefix("params.")
+        name = field.removeprefix("params.")
+        return (used or {}).get(name) or (openai_name(name) if name in GENERATION else None) or name
     if field in ("prompt", "system_prompt") or field.startswith("history"):
         return "messages"
     if field == "adapter":
@@ -114,19 +114,13 @@ def param_name(field: str, max_tokens_name: str = "max_tokens") -> str:
     return field
 
 
-def from_toolkit(exc: ToolkitError, max_tokens_name: str = "max_tokens") -> OpenAIError:
-    if isinstance(exc, InvalidRequest):
-        param = param_name(exc.field, max_tokens_name)
-        if param == "model" and "unknown" in exc.message:
-            return OpenAIError(404, exc.message, param="model", code="model_not_found")
-        return OpenAIError(400, exc.message, param=param, code=exc.code.lower())
-    if exc.retry_after_s is not None:
-        return OpenAIError(503, exc.message, code=exc.code.lower(), headers={"Retry-After": str(exc.retry_after_s)})
-    if isinstance(exc, ModelNotReady):  # failed to load, or stopped: unavailable, and waiting will not change it
-        return OpenAIError(503, exc.message, code=exc.code.lower())
-    if exc.code == "TIMEOUT":
-        return OpenAIError(504, exc.message, code="timeout")
-    return OpenAIError(500, exc.message, code=exc.code.lower())
+def from_toolkit(exc: ToolkitError, used: Mapping[str, str] | None = None) -> OpenAIError:
+    """A toolkit error in OpenAI's shape: the status, code and retry its class declares (``toolkit.errors``)."""
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="openai"'
+    param = param_name(exc.field, used) if isinstance(exc, InvalidRequest) else None
+    return OpenAIError(exc.status, exc.message, param=param, code=exc.wire_code, headers=headers)
 
 
 def _text(content: Any, where: str) -> str:
@@ -143,10 +137,18 @@ def _text(content: Any, where: str) -> str:
     raise OpenAIError(400, f"{where}: content must be a string or a list of text parts", param="messages")
 
 
-def to_request(body: Any, owner: str, models: list[str]) -> tuple[InferRequest, str]:
-    """The ``InferRequest`` a chat-completions body stands for, and the ``max_tokens`` field it used."""
+def to_request(body: Any, owner: str) -> tuple[InferRequest, dict[str, str]]:
+    """The ``InferRequest`` a chat-completions body stands for, and the fields that set its parameters.
+
+    A field that changes the answer is served or refused, never ignored: unknown fields are a 400."""
     if not isinstance(body, Mapping):
         raise OpenAIError(400, "the body must be a JSON object", param=None)
+    for name in body:
+        if name not in FIELDS and name not in PARAMS and name not in UNSUPPORTED:
+            known = ", ".join(sorted(FIELDS | set(PARAMS)))
+            raise OpenAIError(
+                400, f"'{name}' is not a field this server knows; it takes {known}", param=name, code="unknown_field"
+            )
     for name, harmless in UNSUPPORTED.items():
         if name in body and not harmless(body[name]):
             raise OpenAIError(
@@ -175,21 +177,19 @@ def to_request(body: Any, owner: str, models: list[str]) -> tuple[InferRequest, 
     if not turns or turns[-1].role != "user":
         raise OpenAIError(400, "the last message must be the user's", param="messages")
     params: dict[str, Any] = {}
-    for name, field in PARAMS.items():
-        if body.get(name) is not None:
-            params[field] = body[name]
-    max_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    if body.get(max_name) is not None:
-        params["max_new_tokens"] = body[max_name]
-    if isinstance(params.get("stop"), str):
-        params["stop"] = (params["stop"],)
-    model, adapter = body.get("model"), None
-    if isinstance(model, str) and model not in models and ":" in model:
-        base, _, name = model.rpartition(":")
-        if base in models:
-            model, adapter = base, name
+    used: dict[str, str] = {}  # parameter -> the field that set it, for errors
+    for key in sorted(body, key=lambda k: k != "max_completion_tokens"):  # it wins over max_tokens
+        name = PARAMS.get(key)
+        if name is not None and body[key] is not None and name not in params:
+            params[name], used[name] = body[key], key
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise OpenAIError(400, f"'stream' must be true or false, got {stream!r}", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, Mapping):
+        raise OpenAIError(400, "'stream_options' must be an object", param="stream_options")
     extra: dict[str, Any] = {}
-    if isinstance(body.get("request_id"), str) and body["request_id"]:
+    if body.get("request_id") is not None:
         extra["request_id"] = body["request_id"]
     try:
         request = InferRequest(
@@ -197,17 +197,16 @@ def to_request(body: Any, owner: str, models: list[str]) -> tuple[InferRequest, 
             history=tuple(turns[:-1]),
             system_prompt="\n\n".join(system) or None,
             web_search=body.get("web_search", False),
-            model=model,
-            adapter=adapter,
+            model=body.get("model"),  # "<model>:<adapter>" too: the service's routing resolves it
             params=GenerationParams(**params),
             owner=owner,
             **extra,
         )
     except InvalidRequest as exc:
-        raise from_toolkit(exc, max_name) from None
+        raise from_toolkit(exc, used) from None
     except TypeError as exc:  # a parameter of the wrong kind
         raise OpenAIError(400, str(exc), param=None) from None
-    return request, max_name
+    return request, used
 
 
 def extras(result: InferResult) -> dict[str, Any]:
@@ -236,22 +235,19 @@ class OpenAIHandler(BoundedBody):
         """Key and rate limit, as for GraphQL: the same keys, the same buckets."""
         presented = ApiKeys.from_authorization(self.request.headers.get("Authorization"))
         caller = self.gateway.caller(presented, self.request.remote_ip or "")
-        if not caller.authenticated:
-            message = (
-                "the API key is not valid" if presented else "a valid API key is required: Authorization: Bearer <key>"
-            )
-            raise OpenAIError(
-                401, message, code="invalid_api_key", headers={"WWW-Authenticate": 'Bearer realm="openai"'}
-            )
         try:
+            if not caller.authenticated:
+                raise Unauthenticated(presented is not None)
             self.gateway.check_rate(caller.identity)
-        except RequestError as exc:
-            raise OpenAIError(429, exc.errors[0]["message"], code="rate_limit_exceeded", headers=exc.headers) from None
+        except ToolkitError as exc:
+            raise from_toolkit(exc) from None
         return caller
 
 
 class ModelsHandler(OpenAIHandler):
     """``GET /v1/models``: every model, and each model's adapters as ``<model>:<adapter>`` with its parent."""
+
+    ALLOW = ("GET",)
 
     def get(self) -> None:
         try:
@@ -297,6 +293,11 @@ class ChatCompletionsHandler(OpenAIHandler):
     async def post(self) -> None:
         if self._refused_body():
             return
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            message = "send the request as Content-Type: application/json"
+            self._error(OpenAIError(415, message, code="unsupported_media_type"))
+            return
         try:
             caller = self._admit()
             try:
@@ -305,8 +306,7 @@ class ChatCompletionsHandler(OpenAIHandler):
                 raise OpenAIError(400, "the body nests too deeply") from None
             except ValueError:
                 raise OpenAIError(400, "the body is not valid JSON") from None
-            service = self.gateway.service
-            request, max_name = to_request(body, caller.identity, [m.id for m in service.models()])
+            request, used = to_request(body, caller.identity)
             streaming = bool(body.get("stream"))
             options = body.get("stream_options") or {}
             usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
@@ -314,7 +314,7 @@ class ChatCompletionsHandler(OpenAIHandler):
         except OpenAIError as exc:
             self._error(exc)
             return
-        run = self._stream(request, label, usage, max_name) if streaming else self._complete(request, label, max_name)
+        run = self._stream(request, label, usage, used) if streaming else self._complete(request, label, used)
         self._task = asyncio.ensure_future(run)
         with contextlib.suppress(asyncio.CancelledError):  # the client went away: the generation was cancelled
             await self._task
@@ -323,11 +323,11 @@ class ChatCompletionsHandler(OpenAIHandler):
         if self._task is not None:
             self._task.cancel()
 
-    async def _complete(self, request: InferRequest, label: str, max_name: str) -> None:
+    async def _complete(self, request: InferRequest, label: str, used: dict[str, str]) -> None:
         try:
             result = await self.gateway.service.ainfer(request)
         except ToolkitError as exc:
-            self._error(from_toolkit(exc, max_name))
+            self._error(from_toolkit(exc, used))
             return
         self.set_header("Content-Type", "application/json")
         self.finish(
@@ -352,7 +352,7 @@ class ChatCompletionsHandler(OpenAIHandler):
             )
         )
 
-    async def _stream(self, request: InferRequest, label: str, include_usage: bool, max_name: str) -> None:
+    async def _stream(self, request: InferRequest, label: str, include_usage: bool, used: dict[str, str]) -> None:
         events = self.gateway.service.astream(request)
         created = int(time.time())
         base = {
@@ -412,7 +412,7 @@ class ChatCompletionsHandler(OpenAIHandler):
             self.write(b"data: [DONE]\n\n")
             self.finish()
         except ToolkitError as exc:
-            error = from_toolkit(exc, max_name)
+            error = from_toolkit(exc, used)
             if not started:
                 self._error(error)
                 return

@@ -4,36 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from graphql import GraphQLResolveInfo, GraphQLSchema, build_schema
 
-from toolkit.errors import ClientGone, Forbidden, InvalidRequest, RequestTimeout
-from toolkit.params import GenerationParams, InferRequest, Turn
+from toolkit.errors import ClientGone, Forbidden, RequestTimeout
+from toolkit.params import PARAMS, GenerationParams, InferRequest, Turn
 from toolkit.protocol import Service
 from toolkit.results import Done, InferResult, SearchFinished, SearchStarted, StreamEvent, Token
-from toolkit.wire import to_wire
+from toolkit.wire import camel, to_wire
 
+T = TypeVar("T")
 SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-PARAM_NAMES = {
-    "maxNewTokens": "max_new_tokens",
-    "temperature": "temperature",
-    "topP": "top_p",
-    "topK": "top_k",
-    "repetitionPenalty": "repetition_penalty",
-    "seed": "seed",
-    "stop": "stop",
-    "presencePenalty": "presence_penalty",
-    "frequencyPenalty": "frequency_penalty",
-}
+PARAM_NAMES = {camel(name): name for name in PARAMS}  # GraphQL's GenerationInput, from the declaration
 FIELD_NAMES = {  # toolkit field names -> GraphQL argument names, for error messages
     "web_search": "webSearch",
     "system_prompt": "systemPrompt",
     "request_id": "requestId",
+    "run_record": "runRecord",
     **{f"params.{snake}": f"params.{camel}" for camel, snake in PARAM_NAMES.items()},
 }
 
@@ -50,16 +41,18 @@ class Context:
 
 
 def graphql_field(name: str) -> str:
-    head, sep, rest = name.partition("[")
-    return FIELD_NAMES.get(name, FIELD_NAMES.get(head, head) + sep + rest)
+    """A toolkit field name as GraphQL says it: ``params.max_new_tokens`` -> ``params.maxNewTokens``,
+    ``run_record.search`` -> ``runRecord.search`` (what lies inside a JSON argument keeps its names)."""
+    if name in FIELD_NAMES:
+        return FIELD_NAMES[name]
+    head = re.match(r"[A-Za-z_]*", name).group()  # type: ignore[union-attr]
+    return FIELD_NAMES.get(head, head) + name[len(head) :]
 
 
 def to_request(args: dict[str, Any], owner: str = "") -> InferRequest:
     params = {PARAM_NAMES[k]: v for k, v in (args.get("params") or {}).items() if v is not None}
     request_id = args.get("requestId")
-    if request_id is not None and not REQUEST_ID.match(request_id):
-        raise InvalidRequest("requestId", "must be 1-128 letters, digits, '_', '.', ':' or '-'")
-    extra = {"request_id": request_id} if request_id else {}
+    extra = {"request_id": request_id} if request_id is not None else {}
     return InferRequest(
         prompt=args["prompt"],
         history=tuple(Turn(t["role"].lower(), t["content"]) for t in args.get("history") or ()),
@@ -113,20 +106,24 @@ def resolve_models(_: Any, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
     return list(to_wire(info.context.service.models()))
 
 
-async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[str, Any]:
-    context: Context = info.context
-    request = to_request(args, context.owner)
-    # The client going away cancels this request, the one this task runs, and no other (not one
-    # that happens to have the same id: a refused duplicate's disconnect touches nothing).
-    task = asyncio.ensure_future(context.service.ainfer(request))
+async def _cancelled_with_client(context: Context, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` as a task that the client going away cancels: this request, the one this task runs, and
+    no other (not one that happens to have the same id: a refused duplicate's disconnect touches nothing)."""
+    task = asyncio.ensure_future(work)
     context.on_close.append(task.cancel)
     try:
-        result = await task
+        return await task
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise  # this resolver itself is being cancelled (the WebSocket closed)
         raise ClientGone("the client closed the connection; the request was cancelled") from None
+
+
+async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[str, Any]:
+    context: Context = info.context
+    request = to_request(args, context.owner)
+    result = await _cancelled_with_client(context, context.service.ainfer(request))
     if result.finish_reason == "timeout" and not result.text:
         raise RequestTimeout(
             f"the request timed out after {result.timings.total_s:.1f} s before it produced any text; "
@@ -137,10 +134,8 @@ async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[s
 
 async def resolve_replay(_: Any, info: GraphQLResolveInfo, runRecord: Any, force: bool = False) -> dict[str, Any]:
     context: Context = info.context
-    loop = asyncio.get_running_loop()  # the replay runs the model: off the event loop
-    replay = await loop.run_in_executor(
-        None, lambda: context.service.replay(runRecord, force=force, owner=context.owner)
-    )
+    # as for infer: the client going away cancels the replay's generation
+    replay = await _cancelled_with_client(context, context.service.areplay(runRecord, force=force, owner=context.owner))
     wire = dict(to_wire(replay))
     if replay.result is not None:
         wire["result"] = result_dict(replay.result)

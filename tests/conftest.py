@@ -85,6 +85,45 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, loaded: Any) -> Pat
     return path
 
 
+LLAMA3_TEMPLATE = (
+    "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+LLAMA3_MARKERS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+@pytest.fixture(scope="session")
+def llama3_model_dir(tmp_path_factory: pytest.TempPathFactory, loaded: Any) -> Path:
+    """A small Llama (random weights) whose tokenizer has Llama 3's turn markers as special tokens and
+    a Llama 3 style chat template: a second template beside the bundled model's ChatML."""
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = copy.deepcopy(loaded.tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": LLAMA3_MARKERS})
+    tok.chat_template = LLAMA3_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.convert_tokens_to_ids("<|eot_id|>"),
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("llama3-style")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture()
 def no_template_dir(tmp_path: Path, tiny_model_dir: Path) -> Path:
     """The tiny model with its chat template removed."""
@@ -144,7 +183,7 @@ def adapter_service(settings: Settings, trained: Trained, tmp_path_factory: pyte
     import shutil
     from dataclasses import replace
 
-    from toolkit.lora import CARD
+    from toolkit.cards import CARD
     from toolkit.service import InferenceService
 
     folder = tmp_path_factory.mktemp("served-adapters")

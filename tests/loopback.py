@@ -20,15 +20,16 @@ class Loopback:
     stop: Callable[[], None]
 
 
-def serve_in_thread(make: Callable[[], HTTPServer]) -> Loopback:
-    """Builds the server inside the thread's loop (Tornado binds it to the current loop) and serves it."""
+def serve_in_thread(make: Callable[[], HTTPServer], port: int = 0) -> Loopback:
+    """Builds the server inside the thread's loop (Tornado binds it to the current loop) and serves it
+    (``port``: a given one, e.g. to bring a stopped server back where its clients look for it)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     box: dict[str, Any] = {}
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        sockets = bind_sockets(0, "127.0.0.1")
+        sockets = bind_sockets(port, "127.0.0.1")
         server = make()
         server.add_sockets(sockets)
         box["server"], box["port"] = server, sockets[0].getsockname()[1]

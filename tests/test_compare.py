@@ -69,3 +69,15 @@ def test_compare_stream_tags_events_and_a_bad_variant_fails_first(searching: Inf
     with pytest.raises(InvalidRequest) as info:
         searching.compare("Hi", [{"label": "x", "temperature": -1}])
     assert info.value.field == "variants[x].params.temperature"
+
+
+def test_a_bad_later_variant_is_refused_before_any_search(searching: InferenceService) -> None:
+    before = Counting.calls
+    variants = [{"label": "web", "web_search": True}, {"label": "ghost", "model": "no-such-model"}]
+    with pytest.raises(InvalidRequest) as info:
+        searching.compare("Who is Quenby?", variants)
+    assert info.value.field == "variants[ghost].model"
+    with pytest.raises(InvalidRequest) as info:
+        searching.compare("Who is Quenby?", [{"label": "web", "web_search": True}, {"label": "x", "adapter": "nope"}])
+    assert info.value.field == "variants[x].adapter"
+    assert Counting.calls == before  # nothing searched, nothing generated

@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+from toolkit.cards import CARD, read_card
 from toolkit.errors import ConfigError, InvalidRequest
 from toolkit.lora import (
-    CARD,
     IGNORE,
     LoraSettings,
     load_adapter,
     load_examples,
-    read_card,
     save_adapter,
     tokenize_example,
     train_lora,

@@ -85,3 +85,47 @@ def test_readme_documents_every_make_target() -> None:
         if target in ("help",):
             continue
         assert f"make {target}" in readme or f"`{target}`" in readme, f"README does not mention make {target}"
+
+
+def test_every_exported_name_imports() -> None:
+    import toolkit
+
+    for name in toolkit.__all__:
+        assert getattr(toolkit, name) is not None, name
+
+
+def imports_of(path: Path) -> set[str]:
+    """The modules a file imports (``from a import b`` gives ``a`` and ``a.b``)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_no_import_runs_back_up_the_layers() -> None:
+    """Serving never imports the training module; no module imports the package's __init__ (the version
+    has a module of its own)."""
+    for path in [*(ROOT / "toolkit").rglob("*.py"), *(ROOT / "server").glob("*.py")]:
+        if path.name == "__init__.py" and path.parent.name == "toolkit":
+            continue
+        imported = imports_of(path)
+        assert not any(m.startswith("toolkit.__version__") or m == "toolkit" for m in imported), path
+        if path.name not in ("lora.py", "magic.py"):
+            assert "toolkit.lora" not in imported, f"{path} imports the training module"
+
+
+def test_the_fallback_defaults_are_referenced_in_one_module() -> None:
+    """Requests' parameters are resolved once (toolkit.params.resolve): no engine or front end fills its own."""
+    users = {
+        path.relative_to(ROOT).as_posix()
+        for folder in ("toolkit", "server", "dashboard")
+        for path in (ROOT / folder).rglob("*.py")
+        if re.search(r"\b(FALLBACK_DEFAULTS|DEFAULT_MAX_NEW_TOKENS)\b", path.read_text())
+    }
+    assert users == {"toolkit/params.py"}

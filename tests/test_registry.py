@@ -82,6 +82,14 @@ def test_a_bad_models_file_names_the_file_the_table_and_the_key(tmp_path: Path, 
     assert info.value.field == "MODELS_FILE" and str(path) in info.value.message and words in info.value.message
 
 
+def test_a_models_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    path.write_bytes('[[models]]\nname = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        read_models_file(path, {})
+    assert info.value.field == "MODELS_FILE" and str(path) in info.value.message and "UTF-8" in info.value.message
+
+
 def test_a_bad_models_file_fails_the_start_of_the_server(tmp_path: Path) -> None:
     import os
     import subprocess

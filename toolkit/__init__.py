@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from toolkit.version import __version__ as __version__
 
 _EXPORTS = {
     "Settings": "toolkit.settings",
@@ -35,7 +35,7 @@ _EXPORTS = {
     "ModelNotReady": "toolkit.errors",
     "ConfigError": "toolkit.errors",
     "Forbidden": "toolkit.errors",
-    "Engine": "toolkit.engine",
+    "Engine": "toolkit.engines.base",
     "load_model": "toolkit.models",
 }
 
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from toolkit.engine import Engine
+    from toolkit.engines.base import Engine
     from toolkit.errors import (
         ConfigError,
         Forbidden,

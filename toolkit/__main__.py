@@ -19,8 +19,8 @@ DEFAULT_QUESTION = "What is the capital of France?"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit", description=__doc__)
     parser.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=None, help="default: the model's")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's")
     parser.add_argument("--system", default=None, help="system prompt")
     args = parser.parse_args(argv)
     try:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from toolkit.cards import CARD, check_card
 from toolkit.errors import InvalidRequest, ToolkitError
-from toolkit.lora import CARD, check_card
 from toolkit.results import AdapterInfo
 
 log = logging.getLogger("toolkit.adapters")

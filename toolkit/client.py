@@ -12,6 +12,7 @@ dataclasses the in-process service returns, and GraphQL errors as the same
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import time
@@ -19,22 +20,13 @@ import urllib.error
 import urllib.request
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from toolkit.compare import Comparison, collect, compare_stream
-from toolkit.errors import (
-    ConfigError,
-    EngineUnavailable,
-    Forbidden,
-    GenerationError,
-    InvalidRequest,
-    ModelNotReady,
-    Overloaded,
-    ToolkitError,
-)
-from toolkit.params import GenerationParams, InferRequest
+from toolkit.compare import Comparison, collect, compare_stream, plan
+from toolkit.errors import ConfigError, InvalidRequest, ToolkitError
+from toolkit.params import PARAMS, GenerationParams, InferRequest
 from toolkit.results import (
     AdapterInfo,
     Difference,
@@ -51,7 +43,7 @@ from toolkit.results import (
     Token,
 )
 from toolkit.settings import read_env
-from toolkit.wire import from_wire, selection
+from toolkit.wire import camel, from_wire, selection
 
 RESULT_FIELDS = selection(InferResult) + " timings { tokensPerSecond }"
 ARGS = """$prompt: String!, $webSearch: Boolean, $history: [TurnInput!], $systemPrompt: String,
@@ -77,17 +69,7 @@ LOAD_ADAPTER = f"""mutation LoadAdapter($name: String!, $path: String, $model: S
   loadAdapter(name: $name, path: $path, model: $model) {{ {ADAPTER_FIELDS} }} }}"""
 UNLOAD_ADAPTER = f"""mutation UnloadAdapter($name: String!, $model: String) {{
   unloadAdapter(name: $name, model: $model) {{ {ADAPTER_FIELDS} }} }}"""
-PARAM_NAMES = {
-    "max_new_tokens": "maxNewTokens",
-    "temperature": "temperature",
-    "top_p": "topP",
-    "top_k": "topK",
-    "repetition_penalty": "repetitionPenalty",
-    "seed": "seed",
-    "stop": "stop",
-    "presence_penalty": "presencePenalty",
-    "frequency_penalty": "frequencyPenalty",
-}
+PARAM_NAMES = {name: camel(name) for name in PARAMS}  # GraphQL's GenerationInput, from the declaration
 
 
 # WebSockets of streams still open at exit are closed first: once Python finalizes, the thread that
@@ -125,15 +107,12 @@ class ClientSettings:
 class ServiceUnavailable(ToolkitError):
     """The server cannot be reached (down, wrong URL) or answered with something that is not GraphQL."""
 
-    code = "UNAVAILABLE"
+    code = "SERVER_UNREACHABLE"
+    status = 503
 
-
-class RemoteError(ToolkitError):
-    """A GraphQL error whose code has no closer ToolkitError."""
-
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, message: str, *, failed: bool = False) -> None:
         super().__init__(message)
-        self.code = code
+        self.failed = failed  # the server's model failed to load: waiting will not help
 
 
 class RemoteService:
@@ -199,10 +178,10 @@ class RemoteService:
                 if health.status == "ready":
                     return health
                 if health.status == "error":
-                    raise ServiceUnavailable(f"the server's model failed to load: {health.error}")
+                    raise ServiceUnavailable(f"the server's model failed to load: {health.error}", failed=True)
                 last = health.status
             except ServiceUnavailable as exc:
-                if "failed to load" in exc.message:
+                if exc.failed:
                     raise
                 last = exc.message
             if time.monotonic() >= deadline:
@@ -226,12 +205,17 @@ class RemoteService:
         data = record.to_dict() if isinstance(record, RunRecord) else record
         return from_wire(Replay, self.execute(REPLAY, {"record": data, "force": force})["replay"])
 
+    async def areplay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay:
+        """``replay`` from an event loop (the HTTP call runs on a worker thread)."""
+        return await asyncio.to_thread(self.replay, record, force=force, owner=owner)
+
     def compare(self, prompt: str, variants: Any, **common: Any) -> Comparison:
         """The variants as concurrent streams on the server (``toolkit.compare``)."""
-        return collect(prompt, variants, self.compare_stream(prompt, variants, **common))
+        planned = plan(prompt, variants, common)
+        return collect(planned, compare_stream(self.stream, self.cancel, planned))
 
     def compare_stream(self, prompt: str, variants: Any, **common: Any) -> Iterator[tuple[str, Any]]:
-        return compare_stream(self.stream, self.cancel, prompt, variants, common)
+        return compare_stream(self.stream, self.cancel, plan(prompt, variants, common))
 
     def cancel(self, request_id: str, owner: str = "") -> bool:
         """Cancel one of this client's requests. (``owner`` is the server's business: it is this client's key.)"""
@@ -251,52 +235,28 @@ class RemoteService:
 
     # ----- WebSocket ------------------------------------------------------------------
 
-    def _ws_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
     def stream(self, request: InferRequest | str, **kwargs: Any) -> Iterator[StreamEvent]:
         """Events as they come; closing the iterator early cancels the generation on the server."""
         from websockets.exceptions import WebSocketException
         from websockets.sync.client import connect
 
-        request = _request(request, kwargs)
+        sub = Subscription(STREAM, variables(_request(request, kwargs)), self.api_key)
         try:
-            ws = connect(self.ws_url, subprotocols=["graphql-transport-ws"], proxy=None, open_timeout=10)  # type: ignore[list-item]
+            ws = connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
         except (OSError, WebSocketException) as exc:
-            raise ServiceUnavailable(
-                f"cannot open a WebSocket to {self.ws_url} ({exc}); is the server running?"
-            ) from None
+            raise sub.unreachable(self.ws_url, exc) from None
         with ws:
             _OPEN_STREAMS.add(ws)
             try:
-                ws.send(json.dumps({"type": "connection_init", "payload": self._ws_headers()}))
-                ack = json.loads(ws.recv(timeout=10))
-                if ack.get("type") != "connection_ack":
-                    raise ServiceUnavailable(f"the server did not acknowledge the connection: {ack}")
-                sub_id = uuid.uuid4().hex
-                sofar = _SoFar()
-                ws.send(
-                    json.dumps(
-                        {
-                            "id": sub_id,
-                            "type": "subscribe",
-                            "payload": {"query": STREAM, "variables": variables(request)},
-                        }
-                    )
-                )
-                while True:
-                    message = json.loads(ws.recv(timeout=self.timeout_s))
-                    event = _stream_message(message, sub_id, sofar)
-                    if event is None:
-                        if message.get("type") == "ping":
-                            ws.send(json.dumps({"type": "pong"}))
-                        continue
-                    if isinstance(event, str):  # "complete"
-                        return
-                    yield event
+                ws.send(sub.init())
+                sub.acknowledged(ws.recv(timeout=10))
+                ws.send(sub.subscribe())
+                while not sub.done:
+                    event = sub.receive(ws.recv(timeout=self.timeout_s), ws.send)
+                    if event is not None:
+                        yield event
             except WebSocketException as exc:
-                code = getattr(getattr(exc, "rcvd", None), "code", None)
-                raise ServiceUnavailable(f"the WebSocket closed ({code or exc}); {_close_hint(code)}") from None
+                raise sub.closed(exc) from None
             except TimeoutError:
                 raise ServiceUnavailable(f"no answer from {self.ws_url} within the timeout") from None
 
@@ -304,40 +264,28 @@ class RemoteService:
         from websockets.asyncio.client import connect
         from websockets.exceptions import WebSocketException
 
-        request = _request(request, kwargs)
+        sub = Subscription(STREAM, variables(_request(request, kwargs)), self.api_key)
         try:
-            ws = await connect(self.ws_url, subprotocols=["graphql-transport-ws"], proxy=None, open_timeout=10)  # type: ignore[list-item]
+            ws = await connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
         except (OSError, WebSocketException) as exc:
-            raise ServiceUnavailable(
-                f"cannot open a WebSocket to {self.ws_url} ({exc}); is the server running?"
-            ) from None
+            raise sub.unreachable(self.ws_url, exc) from None
         async with ws:
             try:
-                await ws.send(json.dumps({"type": "connection_init", "payload": self._ws_headers()}))
-                ack = json.loads(await ws.recv())
-                if ack.get("type") != "connection_ack":
-                    raise ServiceUnavailable(f"the server did not acknowledge the connection: {ack}")
-                sub_id = uuid.uuid4().hex
-                sofar = _SoFar()
-                await ws.send(
-                    json.dumps(
-                        {
-                            "id": sub_id,
-                            "type": "subscribe",
-                            "payload": {"query": STREAM, "variables": variables(request)},
-                        }
-                    )
-                )
+                await ws.send(sub.init())
+                sub.acknowledged(await ws.recv())
+                await ws.send(sub.subscribe())
+                replies: list[str] = []
                 async for raw in ws:
-                    message = json.loads(raw)
-                    event = _stream_message(message, sub_id, sofar)
-                    if isinstance(event, str):  # "complete"
-                        return
+                    event = sub.receive(raw, replies.append)
+                    for reply in replies:
+                        await ws.send(reply)
+                    replies.clear()
                     if event is not None:
                         yield event
+                    if sub.done:
+                        return
             except WebSocketException as exc:
-                code = getattr(getattr(exc, "rcvd", None), "code", None)
-                raise ServiceUnavailable(f"the WebSocket closed ({code or exc}); {_close_hint(code)}") from None
+                raise sub.closed(exc) from None
 
     async def ainfer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
         async for event in self.astream(request, **kwargs):
@@ -375,64 +323,85 @@ def result_from(data: dict[str, Any]) -> InferResult:
     return from_wire(InferResult, data)
 
 
-class _SoFar:
-    """The answer so far of one stream, from its deltas."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def token(self, request_id: str, delta: str) -> Token:
-        self.text += delta
-        return Token(request_id, delta, self.text)
+PROTOCOL = "graphql-transport-ws"
 
 
-def _stream_message(message: dict[str, Any], sub_id: str, sofar: _SoFar) -> StreamEvent | str | None:
-    kind = message.get("type")
-    if message.get("id") != sub_id:
-        return None
-    if kind == "complete":
-        return "complete"
-    if kind == "error":
-        raise error_from((message.get("payload") or [{}])[0])
-    if kind != "next":
-        return None
-    payload = message.get("payload") or {}
-    if payload.get("errors"):
-        raise error_from(payload["errors"][0])
-    e = payload["data"]["inferStream"]
-    if e["type"] == "SEARCH_STARTED":
-        return SearchStarted(e["requestId"], e["query"], "")
-    if e["type"] == "SEARCH_FINISHED":
-        sources = tuple(from_wire(Source, s) for s in e["sources"] or ())
-        return SearchFinished(e["requestId"], e["searchStatus"].lower(), sources, e["searchMessage"], False, 0.0)
-    if e["type"] == "TOKEN":
-        return sofar.token(e["requestId"], e["delta"])
-    return Done(result_from(e["result"]))
+class Subscription:
+    """One GraphQL subscription over graphql-transport-ws, its transport aside: the messages to send, and
+    what each message received means. ``RemoteService``'s sync and async streams and the benchmarks drive
+    it over their own sockets."""
+
+    def __init__(self, query: str, variables: dict[str, Any], api_key: str | None = None) -> None:
+        self.id = uuid.uuid4().hex
+        self.query, self.variables, self.api_key = query, variables, api_key
+        self.text = ""  # the answer so far, from the deltas
+        self.done = False
+
+    def init(self) -> str:
+        payload = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return json.dumps({"type": "connection_init", "payload": payload})
+
+    def acknowledged(self, raw: str | bytes) -> None:
+        ack = json.loads(raw)
+        if ack.get("type") != "connection_ack":
+            raise ServiceUnavailable(f"the server did not acknowledge the connection: {ack}")
+
+    def subscribe(self) -> str:
+        payload = {"query": self.query, "variables": self.variables}
+        return json.dumps({"id": self.id, "type": "subscribe", "payload": payload})
+
+    def receive(self, raw: str | bytes, reply: Callable[[str], object]) -> StreamEvent | None:
+        """The stream event a message carries (None for protocol traffic; ``reply`` answers pings); raises
+        the error an error message carries; ``done`` once the subscription completes."""
+        message = json.loads(raw)
+        kind = message.get("type")
+        if kind == "ping":
+            reply(json.dumps({"type": "pong"}))
+            return None
+        if message.get("id") != self.id:
+            return None
+        if kind == "complete":
+            self.done = True
+            return None
+        if kind == "error":
+            raise error_from((message.get("payload") or [{}])[0])
+        if kind != "next":
+            return None
+        payload = message.get("payload") or {}
+        if payload.get("errors"):
+            raise error_from(payload["errors"][0])
+        e = payload["data"]["inferStream"]
+        if e["type"] == "SEARCH_STARTED":
+            return SearchStarted(e["requestId"], e["query"], "")
+        if e["type"] == "SEARCH_FINISHED":
+            sources = tuple(from_wire(Source, s) for s in e["sources"] or ())
+            return SearchFinished(e["requestId"], e["searchStatus"].lower(), sources, e["searchMessage"], False, 0.0)
+        if e["type"] == "TOKEN":
+            self.text += e["delta"]
+            return Token(e["requestId"], e["delta"], self.text)
+        return Done(result_from(e["result"]))
+
+    @staticmethod
+    def unreachable(url: str, exc: Exception) -> ServiceUnavailable:
+        return ServiceUnavailable(f"cannot open a WebSocket to {url} ({exc}); is the server running?")
+
+    @staticmethod
+    def closed(exc: Exception) -> ServiceUnavailable:
+        code = getattr(getattr(exc, "rcvd", None), "code", None)
+        return ServiceUnavailable(f"the WebSocket closed ({code or exc}); {_close_hint(code)}")
 
 
 def error_from(err: dict[str, Any]) -> ToolkitError:
-    """The ToolkitError a GraphQL error stands for."""
+    """The ToolkitError a GraphQL error stands for (``ToolkitError.from_wire``: by its code, status and fields)."""
     ext = err.get("extensions") or {}
-    code, message = ext.get("code", "INTERNAL"), err.get("message", "unknown error")
-    if code == "BAD_USER_INPUT":
-        field = str(ext.get("field") or "query")
-        return InvalidRequest(field, message.split(": ", 1)[-1] if message.startswith(field) else message)
-    if code == "OVERLOADED":
-        exc = Overloaded(0, 0)
-        exc.message = message
-        exc.args = (message,)
-        return exc
-    if code == "MODEL_LOADING":
-        return ModelNotReady(message, loading=ext.get("retryAfter") is not None)
-    if code == "MODEL_ERROR":
-        return GenerationError(message)
-    if code == "FORBIDDEN":
-        return Forbidden(message)
-    if code == "ENGINE_UNAVAILABLE":
-        unavailable = EngineUnavailable(str(ext.get("model") or ""), "")
-        unavailable.message, unavailable.args = message, (message,)
-        return unavailable
-    return RemoteError(code, message)
+    code, message = str(ext.get("code", "INTERNAL")), str(err.get("message", "unknown error"))
+    error = ToolkitError.from_wire(code, message, ext)
+    if isinstance(error, InvalidRequest):  # its message starts with the field it names, as in process
+        error.field = str(ext.get("field") or "query")
+        if not message.startswith(error.field + ": "):
+            error.message = f"{error.field}: {message}"
+            error.args = (error.message,)
+    return error
 
 
 def _close_hint(code: int | None) -> str:

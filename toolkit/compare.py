@@ -80,6 +80,34 @@ def request_for(prompt: str, variant: Variant, common: Mapping[str, Any]) -> Inf
 
 
 @dataclass(frozen=True)
+class Plan:
+    """The variants of one prompt, each parsed once into its request: what ``compare_stream`` runs."""
+
+    prompt: str
+    variants: tuple[Variant, ...]
+    requests: dict[str, InferRequest]  # by label
+
+    @property
+    def searching(self) -> bool:
+        return any(r.web_search for r in self.requests.values())
+
+
+def plan(
+    prompt: str, specs: Any, common: Mapping[str, Any], check: Callable[[InferRequest], object] | None = None
+) -> Plan:
+    """Parse the variants once; ``check`` (the service's validation) refuses a bad one before anything runs."""
+    chosen = variants(specs)
+    requests = {v.label: request_for(prompt, v, common) for v in chosen}
+    if check is not None:
+        for variant in chosen:
+            try:
+                check(requests[variant.label])
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"variants[{variant.label}].{exc.field}", exc.message.split(": ", 1)[-1]) from None
+    return Plan(prompt, tuple(chosen), requests)
+
+
+@dataclass(frozen=True)
 class Comparison:
     prompt: str
     rows: tuple[VariantResult, ...]
@@ -146,11 +174,10 @@ Stream = Callable[[InferRequest], Iterator[StreamEvent]]
 
 
 def compare_stream(
-    stream: Stream, cancel: Callable[[str], object], prompt: str, specs: Any, common: Mapping[str, Any]
+    stream: Stream, cancel: Callable[[str], object], planned: Plan
 ) -> Iterator[tuple[str, StreamEvent | ToolkitError]]:
     """``(label, event)`` as every variant streams (a failed variant yields its error); closing cancels them all."""
-    chosen = variants(specs)
-    requests = {v.label: request_for(prompt, v, common) for v in chosen}  # bad input fails here, before anything runs
+    requests = planned.requests
     events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
     stop = threading.Event()
 
@@ -194,9 +221,8 @@ def compare_stream(
 _END = object()
 
 
-def collect(prompt: str, specs: Any, events: Iterator[tuple[str, Any]]) -> Comparison:
+def collect(planned: Plan, events: Iterator[tuple[str, Any]]) -> Comparison:
     """The ``Comparison`` of a ``compare_stream``: each variant's result, or its error."""
-    chosen = variants(specs)
     results: dict[str, InferResult] = {}
     errors: dict[str, str] = {}
     for label, event in events:
@@ -204,6 +230,5 @@ def collect(prompt: str, specs: Any, events: Iterator[tuple[str, Any]]) -> Compa
             results[label] = event.result
         elif isinstance(event, ToolkitError):
             errors[label] = event.message
-    return Comparison(
-        prompt, tuple(VariantResult(v.label, v.fields, results.get(v.label), errors.get(v.label)) for v in chosen)
-    )
+    rows = (VariantResult(v.label, v.fields, results.get(v.label), errors.get(v.label)) for v in planned.variants)
+    return Comparison(planned.prompt, tuple(rows))

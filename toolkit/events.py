@@ -39,6 +39,7 @@ class Finished:
     total_s: float
     error: ToolkitError | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # what the engine adds to the run record
+    prompt_tokens_estimated: bool = False  # counted from bytes: the model's server did not count them
 
 
 Event = Delta | Finished

@@ -20,7 +20,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import Markdown, display
 
 from toolkit.errors import ToolkitError
-from toolkit.params import GenerationParams, InferRequest
+from toolkit.params import PARAMS, GenerationParams, InferRequest
 from toolkit.results import Done, SearchFinished, SearchStarted, Token
 
 
@@ -33,6 +33,19 @@ def sources_markdown(result: Any) -> str:
         return ""
     lines = [f"{s.index}. [{_md_escape(s.title or s.url)}](<{s.url}>)" for s in result.sources]
     return "\n\n**Sources**\n\n" + "\n".join(lines)
+
+
+def generation_arguments(func: Any) -> Any:
+    """``--temperature``, ``--top-p``, ... : one option per generation parameter, from its declaration."""
+    for name, spec in reversed(PARAMS.items()):
+        flag = "--" + name.replace("_", "-")
+        words = ", ".join(w for w in (spec.bound(), spec.hint) if w)
+        if spec.kind == "strings":
+            func = argument(flag, action="append", default=None, dest=name, help="may be given several times")(func)
+        else:
+            kind = int if spec.kind == "int" else float
+            func = argument(flag, type=kind, default=None, dest=name, help=words or None)(func)
+    return func
 
 
 @magics_class
@@ -77,14 +90,7 @@ class AskMagics(Magics):
     @argument("--web", action="store_true", help="ground the answer in web search results")
     @argument("--model", default=None, help="the model to ask (default: the service's)")
     @argument("--adapter", default=None, help="a LoRA adapter")
-    @argument("--temperature", type=float, default=None, help="0 = greedy")
-    @argument("--max-new-tokens", type=int, default=None, dest="max_new_tokens")
-    @argument(
-        "--presence-penalty", type=float, default=None, dest="presence_penalty", help="-2..2, generated tokens only"
-    )
-    @argument(
-        "--frequency-penalty", type=float, default=None, dest="frequency_penalty", help="-2..2, generated tokens only"
-    )
+    @generation_arguments
     @argument("--system", default=None, help="a system prompt")
     @argument("--service", default=None, help="a variable holding the service to use")
     @argument("--out", default="_ask", help="the variable that gets the full result (default _ask)")
@@ -104,8 +110,7 @@ class AskMagics(Magics):
         self.last_error = None
         handle = display(Markdown("…"), display_id=True)
         try:
-            given = ("temperature", "max_new_tokens", "presence_penalty", "frequency_penalty")
-            params = {k: getattr(args, k) for k in given if getattr(args, k) is not None}  # else the model's defaults
+            params = {k: getattr(args, k) for k in PARAMS if getattr(args, k) is not None}  # else the model's defaults
             request = InferRequest(
                 prompt=prompt,
                 system_prompt=args.system,

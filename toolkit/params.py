@@ -3,12 +3,17 @@
 Validation happens here, once, when the dataclass is built: every problem is
 an ``InvalidRequest`` naming the field and the bound. Limits that depend on
 the deployment (the largest ``max_new_tokens``, the input budget) are checked
-by ``InferRequest.check_limits`` against a ``Limits`` from the settings.
+by ``resolve`` (and the service, which counts tokens) against a ``Limits`` from the settings.
+
+Each generation parameter is declared once, on ``GenerationParams`` (``param(...)``: its kind,
+bounds, default where the model has none, and its names on the OpenAI API); the GraphQL input,
+the OpenAI endpoint, the client, the remote engine and the error mappings derive from ``PARAMS``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -16,11 +21,11 @@ from typing import Any
 
 from toolkit.errors import InvalidRequest
 
-DEFAULT_MAX_NEW_TOKENS = 256
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 64
 MAX_SEED = 2**63 - 1
 ROLES = ("user", "assistant")
+REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # a caller's own request id: no paths, no control characters
 
 
 @dataclass(frozen=True)
@@ -31,84 +36,132 @@ class Limits:
     max_input_tokens: int = 4096
 
 
-# The sampling parameters a model can have defaults for (its generation_config.json, the toolkit's recipe
-# for the bundled model, the models file or GENERATION_DEFAULTS), and the toolkit's own where none is said.
-FALLBACK_DEFAULTS: dict[str, Any] = {
-    "temperature": 0.7,
-    "top_p": 1.0,
-    "top_k": 0,
-    "repetition_penalty": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-}
-DEFAULTABLE = (*FALLBACK_DEFAULTS, "max_new_tokens")
+@dataclass(frozen=True)
+class Param:
+    """How one generation parameter is declared; every front end, client and engine derives from this.
+
+    The GraphQL name is the field's name in camelCase (``toolkit.wire.camel``); ``openai`` is its name on
+    the OpenAI API (``None``: not served there), ``extra`` whether it travels as an extra field beside
+    OpenAI's own (as vLLM takes ``top_k``), ``remote`` whether a remote engine can be sent it at all.
+    ``fallback`` is the toolkit's default where the model says none (``None``: none; a remote model then
+    leaves it to its server); ``neutral`` the value that changes nothing.
+    """
+
+    kind: str  # int | float | strings
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # > low, not >=
+    hint: str = ""  # what a value means, for messages ("0 means greedy")
+    doc: str = ""
+    fallback: Any = None
+    neutral: Any = None
+    openai: str | None = ""  # "": the same name
+    openai_aliases: tuple[str, ...] = ()
+    extra: bool = False
+    remote: bool = True
+
+    def bound(self) -> str:
+        if self.low is not None and self.high is not None:
+            if self.low_open:
+                return f"in ({self.low:g}, {self.high:g}]"
+            return f"between {self.low:g} and {self.high:g}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return ""
+
+
+def param(kind: str, **options: Any) -> Any:
+    """``field()`` of a ``GenerationParams`` parameter, with its declaration in the metadata."""
+    default: Any = () if kind == "strings" else None
+    return field(default=default, metadata={"param": Param(kind, **options)})
 
 
 @dataclass(frozen=True)
 class GenerationParams:
     """How to sample. ``temperature == 0`` means greedy decoding.
 
-    A field left as None takes the model's default (see ``ModelInfo.defaults``): its
-    generation_config.json, the toolkit's recipe for the bundled model, the models file; the
-    toolkit's ``FALLBACK_DEFAULTS`` where none says. ``max_new_tokens=None`` takes the model's
-    default or 256 (at most the deployment's limit).
+    Each field is declared here once (its bounds, names on the wire, default where the model has
+    none); ``PARAMS`` and the functions below derive the rest. A field left as None takes the model's
+    default (see ``ModelInfo.defaults``): its generation_config.json, the toolkit's recipe for the bundled
+    model, the models file; for a local model the declared ``fallback`` where none says, for a remote
+    one its server's own. ``resolve`` fills them, once, for the engine.
     """
 
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+    max_new_tokens: int | None = param(
+        "int", low=1, fallback=256, openai="max_tokens", openai_aliases=("max_completion_tokens",),
+        doc="The most tokens to generate.",
+    )  # fmt: skip
+    temperature: float | None = param("float", low=0, hint="0 means greedy", fallback=0.7, neutral=None)
+    top_p: float | None = param("float", low=0, high=1, low_open=True, fallback=1.0, neutral=1.0)
+    top_k: int | None = param("int", low=0, hint="0 means all", fallback=0, neutral=0, extra=True)
+    min_p: float | None = param(
+        "float", low=0, high=1, hint="0 means none", fallback=0.0, neutral=0.0, extra=True,
+        doc="Drop tokens less likely than min_p times the most likely one.",
+    )  # fmt: skip
+    repetition_penalty: float | None = param(
+        "float", low=0, low_open=True, hint="1 means none", fallback=1.0, neutral=1.0, extra=True,
+        doc="transformers' CTRL-style penalty; it counts the prompt too.",
+    )  # fmt: skip
+    # against repeating oneself, over the generated tokens only (toolkit/engines/local/repeats.py): the local
+    # engine's (extra fields on this server's /v1); a remote model refuses them (llama.cpp has DRY, vLLM not)
+    dry_multiplier: float | None = param(
+        "float", low=0, hint="0 means off", fallback=0.0, neutral=0.0, extra=True, remote=False,
+        doc="DRY: penalise a token that would extend a sequence the answer already has; 0 means off.",
+    )  # fmt: skip
+    dry_base: float | None = param(
+        "float", low=1, low_open=True, fallback=1.75, extra=True, remote=False,
+        doc="DRY: how fast the penalty grows with the length of the repeated sequence.",
+    )  # fmt: skip
+    dry_allowed_length: int | None = param(
+        "int", low=1, fallback=2, extra=True, remote=False,
+        doc="DRY: the longest repeated sequence that is not penalised.",
+    )  # fmt: skip
+    no_repeat_ngram_size: int | None = param(
+        "int", low=0, hint="0 means off", fallback=0, neutral=0, extra=True, remote=False,
+        doc="Never generate an n-gram of this many tokens twice; 0 means off.",
+    )  # fmt: skip
+    seed: int | None = param("int", low=0, high=MAX_SEED)
+    stop: tuple[str, ...] = param(
+        "strings", doc=f"Up to {MAX_STOP_STRINGS} strings that end the answer (not included in it)."
+    )
     # OpenAI's (and vLLM's) penalties, over the generated tokens only: copying a source is not punished
-    presence_penalty: float | None = None  # subtracted once from every token already generated
-    frequency_penalty: float | None = None  # subtracted per time a token was generated
+    presence_penalty: float | None = param(
+        "float", low=-2, high=2, hint="0 means none", fallback=0.0, neutral=0.0,
+        doc="Subtracted once from every token already generated (OpenAI's meaning, generated tokens only).",
+    )  # fmt: skip
+    frequency_penalty: float | None = param(
+        "float", low=-2, high=2, hint="0 means none", fallback=0.0, neutral=0.0,
+        doc="Subtracted per time a token was generated (OpenAI's meaning, generated tokens only).",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens is not None:
-            _int("params.max_new_tokens", self.max_new_tokens, low=1)
-        if self.temperature is not None:
-            _number("params.temperature", self.temperature)
-            if self.temperature < 0:
-                raise InvalidRequest("params.temperature", f"must be >= 0 (0 means greedy), got {self.temperature}")
-        if self.top_p is not None:
-            _number("params.top_p", self.top_p)
-            if not 0 < self.top_p <= 1:
-                raise InvalidRequest("params.top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None:
-            _int("params.top_k", self.top_k, low=0)
-        if self.repetition_penalty is not None:
-            _number("params.repetition_penalty", self.repetition_penalty)
-            if self.repetition_penalty <= 0:
-                raise InvalidRequest(
-                    "params.repetition_penalty", f"must be > 0 (1 means none), got {self.repetition_penalty}"
-                )
-        for name in ("presence_penalty", "frequency_penalty"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            _number(f"params.{name}", value)
-            if not -2.0 <= value <= 2.0:
-                raise InvalidRequest(f"params.{name}", f"must be between -2 and 2 (0 means none), got {value}")
-        if self.seed is not None:
-            _int("params.seed", self.seed, low=0, high=MAX_SEED)
-        stop = self.stop
-        if isinstance(stop, str):
-            stop = (stop,)
-        if not isinstance(stop, Iterable):
-            raise InvalidRequest("params.stop", f"must be a list of strings, got {type(stop).__name__}")
-        stop = tuple(stop)
-        if len(stop) > MAX_STOP_STRINGS:
-            raise InvalidRequest("params.stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}")
-        for s in stop:
-            if not isinstance(s, str) or not s:
-                raise InvalidRequest("params.stop", f"each stop string must be a non-empty string, got {s!r}")
-            if len(s) > MAX_STOP_CHARS:
-                raise InvalidRequest(
-                    "params.stop", f"each stop string is at most {MAX_STOP_CHARS} characters, got {len(s)}"
-                )
-        object.__setattr__(self, "stop", stop)
+        for name in PARAMS:
+            value = self.check(name, getattr(self, name))
+            object.__setattr__(self, name, value)
+
+    @staticmethod
+    def check(name: str, value: Any, *, where: str = "params") -> Any:
+        """``value`` checked against the declaration of ``name`` (stop strings as a tuple); ``InvalidRequest``
+        naming ``where.name`` and the bound."""
+        spec, label = PARAMS[name], f"{where}.{name}"
+        if spec.kind == "strings":
+            return _strings(label, value)
+        if value is None:
+            return None
+        if spec.kind == "int":
+            _int(label, value, low=int(spec.low) if spec.low is not None else None, high=spec.high)
+        else:
+            _number(label, value)
+        low_fails = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
+        high_fails = spec.high is not None and value > spec.high
+        if low_fails or high_fails:
+            hint = f" ({spec.hint})" if spec.hint else ""
+            raise InvalidRequest(label, f"must be {spec.bound()}{hint}, got {value}")
+        return value
+
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        return tuple(PARAMS)
 
     @property
     def greedy(self) -> bool:
@@ -116,19 +169,79 @@ class GenerationParams:
 
     @property
     def complete(self) -> bool:
-        """Every sampling field is set (what an engine needs)."""
-        return all(getattr(self, name) is not None for name in FALLBACK_DEFAULTS)
+        """Every parameter with a fallback is set (what the local engine needs)."""
+        return not self.missing()
 
-    def with_defaults(self, defaults: Mapping[str, Any]) -> GenerationParams:
-        """The fields left as None taken from ``defaults``, then from ``FALLBACK_DEFAULTS``."""
-        merged = {**FALLBACK_DEFAULTS, **{k: v for k, v in defaults.items() if v is not None}}
-        filled = {name: merged[name] for name in DEFAULTABLE if getattr(self, name) is None and name in merged}
-        return replace(self, **filled) if filled else self
+    def missing(self) -> list[str]:
+        """The parameters with a fallback that are not set: what ``resolve`` has not filled."""
+        return [name for name, spec in PARAMS.items() if spec.fallback is not None and getattr(self, name) is None]
+
+    def given(self) -> dict[str, Any]:
+        """The parameters this request sets (not None, not empty)."""
+        return {k: v for k, v in self.to_dict().items() if v is not None and v != []}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stop"] = list(self.stop)
         return d
+
+
+# ----- derived from the declaration ---------------------------------------------------------
+
+PARAMS: dict[str, Param] = {f.name: f.metadata["param"] for f in fields(GenerationParams)}
+# The toolkit's own defaults, where neither the request nor the model says (local models only).
+FALLBACK_DEFAULTS: dict[str, Any] = {n: p.fallback for n, p in PARAMS.items() if p.fallback is not None}
+DEFAULT_MAX_NEW_TOKENS: int = FALLBACK_DEFAULTS["max_new_tokens"]
+DEFAULTABLE = tuple(n for n, p in PARAMS.items() if p.kind != "strings" and n != "seed")
+
+
+def openai_names() -> dict[str, str]:
+    """OpenAI request field -> parameter (aliases included)."""
+    out: dict[str, str] = {}
+    for name, spec in PARAMS.items():
+        if spec.openai is not None:
+            out[spec.openai or name] = name
+            out.update(dict.fromkeys(spec.openai_aliases, name))
+    return out
+
+
+def openai_name(name: str) -> str | None:
+    spec = PARAMS[name]
+    return None if spec.openai is None else spec.openai or name
+
+
+def model_defaults(engine: Mapping[str, Any], configured: Mapping[str, Any], *, fallback: bool) -> dict[str, Any]:
+    """What a request that leaves a parameter out gets from a model: the declared fallbacks (``fallback``:
+    a local model), under the model's own (``engine``: generation_config.json, the bundled recipe), under
+    the configured ones (the models file, GENERATION_DEFAULTS). ``max_new_tokens`` always has one: a
+    remote model's other parameters left out here are its server's own defaults."""
+    base = FALLBACK_DEFAULTS if fallback else {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+    given = {**engine, **configured}
+    return {**base, **{k: v for k, v in given.items() if k in DEFAULTABLE and v is not None}}
+
+
+def filled(**params: Any) -> GenerationParams:
+    """Parameters with every one set: the given ones, the toolkit's fallbacks for the rest. For an engine
+    used directly (tests, benchmarks); the service resolves a request's against its model's defaults."""
+    return resolve(GenerationParams(**params), FALLBACK_DEFAULTS, Limits(max_new_tokens=2**31))
+
+
+def resolve(
+    params: GenerationParams, defaults: Mapping[str, Any], limits: Limits, *, where: str = "params"
+) -> GenerationParams:
+    """The parameters an engine runs with, filled once: the request's own, else the model's ``defaults``
+    (``model_defaults``); ``max_new_tokens`` within the deployment's limit. A parameter still None is left
+    to a remote model's server."""
+    filled = {name: defaults[name] for name in DEFAULTABLE if getattr(params, name) is None and name in defaults}
+    if params.max_new_tokens is None and "max_new_tokens" not in filled:
+        filled["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
+    out = replace(params, **filled) if filled else params
+    wanted = out.max_new_tokens or 0
+    if wanted > limits.max_new_tokens:
+        if params.max_new_tokens is None:  # the model's default is over this deployment's limit
+            return replace(out, max_new_tokens=limits.max_new_tokens)
+        raise InvalidRequest(f"{where}.max_new_tokens", f"must be between 1 and {limits.max_new_tokens}, got {wanted}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -177,8 +290,8 @@ class InferRequest:
         if not isinstance(params, GenerationParams):
             raise InvalidRequest("params", f"must be GenerationParams, got {type(params).__name__}")
         object.__setattr__(self, "params", params)
-        if not isinstance(self.request_id, str) or not self.request_id:
-            raise InvalidRequest("request_id", "must be a non-empty string")
+        if not isinstance(self.request_id, str) or not REQUEST_ID.fullmatch(self.request_id):
+            raise InvalidRequest("request_id", "must be 1-128 letters, digits, '_', '.', ':' or '-'")
         if not isinstance(self.owner, str):
             raise InvalidRequest("owner", "must be a string")
         if self.timeout_s is not None:
@@ -207,21 +320,9 @@ class InferRequest:
         return cls(prompt=prompt, params=params, **kwargs)
 
     def resolved_params(self, limits: Limits, defaults: Mapping[str, Any] | None = None) -> GenerationParams:
-        """Params with the model's ``defaults`` (and the deployment's) filled in, checked against its limits.
-
-        (The input length is checked by the service, which has the tokenizer.)
-        """
-        params = self.params.with_defaults(defaults or {})
-        wanted = params.max_new_tokens
-        if wanted is None:
-            return replace(params, max_new_tokens=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens))
-        if wanted > limits.max_new_tokens:
-            if self.params.max_new_tokens is None:  # the model's default is over this deployment's limit
-                return replace(params, max_new_tokens=limits.max_new_tokens)
-            raise InvalidRequest(
-                "params.max_new_tokens", f"must be between 1 and {limits.max_new_tokens}, got {wanted}"
-            )
-        return params
+        """Params with the model's ``defaults`` filled in, checked against the deployment's limits (``resolve``).
+        (The input length is checked by the service, which has the tokenizer.)"""
+        return resolve(self.params, defaults if defaults is not None else model_defaults({}, {}, fallback=True), limits)
 
     def messages(self) -> list[dict[str, str]]:
         """Chat messages for the model: system prompt, history, then the prompt."""
@@ -284,9 +385,27 @@ def _number(name: str, value: Any) -> None:
         raise InvalidRequest(name, f"must be a finite number, got {value!r}")
 
 
-def _int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
+def _int(name: str, value: Any, *, low: int | None, high: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(name, f"must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
+    if (low is not None and value < low) or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise InvalidRequest(name, f"must be {bound}, got {value}")
+
+
+def _strings(name: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, Iterable):
+        raise InvalidRequest(name, f"must be a list of strings, got {type(value).__name__}")
+    out = tuple(value)
+    if len(out) > MAX_STOP_STRINGS:
+        raise InvalidRequest(name, f"at most {MAX_STOP_STRINGS} stop strings, got {len(out)}")
+    for s in out:
+        if not isinstance(s, str) or not s:
+            raise InvalidRequest(name, f"each stop string must be a non-empty string, got {s!r}")
+        if len(s) > MAX_STOP_CHARS:
+            raise InvalidRequest(name, f"each stop string is at most {MAX_STOP_CHARS} characters, got {len(s)}")
+    return out

@@ -1,18 +1,12 @@
 """A request on its way through the service: validated, its chat messages built and encoded for
-its model (``Prepared``) and, at the end, its result and run record; once accepted, what ``cancel``
-needs to stop it (``Live``), among every caller's accepted requests (``LiveRequests``)."""
+its model (``Prepared``) and, at the end, its result and run record."""
 
 from __future__ import annotations
 
-import secrets
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from toolkit.engines.base import Encoded, EngineRequest
-from toolkit.errors import InvalidRequest
 from toolkit.events import Finished
 from toolkit.grounding import check as check_grounding
 from toolkit.params import GenerationParams, InferRequest
@@ -49,9 +43,9 @@ class Prepared:
     def input_ids(self) -> list[int]:
         return list(self.encoded.input_ids or ())
 
-    def engine_request(self, live: Live) -> EngineRequest:
+    def engine_request(self, engine_id: str) -> EngineRequest:
         r = self.request
-        return EngineRequest(live.engine_id, self.messages, self.encoded, self.params, r.adapter, r.timeout_s)
+        return EngineRequest(engine_id, self.messages, self.encoded, self.params, r.adapter, r.timeout_s)
 
     def cancelled_before_engine(self) -> Finished:
         """The engine's last event for a request cancelled before it reached the engine."""
@@ -90,14 +84,16 @@ class Prepared:
             sent=finished.extra.get("sent"),
             answer=finished.text,
             finish_reason=finished.finish_reason,
+            raw_answer=finished.extra.get("raw_text"),
             replay_of=self.replay_of,
             grounding=grounding.to_dict() if grounding is not None else None,
+            owner=request.owner or None,
         )
         return InferResult(
             id=request.request_id,
             text=finished.text,
             finish_reason=finished.finish_reason,
-            usage=Usage(finished.prompt_tokens, finished.completion_tokens),
+            usage=Usage(finished.prompt_tokens, finished.completion_tokens, finished.prompt_tokens_estimated),
             timings=Timings(finished.queued_s, finished.first_token_s, finished.total_s),
             model=entry.name,
             adapter=request.adapter,
@@ -114,66 +110,3 @@ def search_finished(request_id: str, outcome: SearchOutcome) -> SearchFinished:
     sources = tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(outcome.results, start=1))
     message = outcome.failure.message if outcome.failure else None
     return SearchFinished(request_id, outcome.status, sources, message, outcome.from_cache, outcome.seconds)
-
-
-@dataclass(eq=False)
-class Live:
-    """A request from its acceptance to its last event: what ``cancel`` needs to stop it.
-
-    The engine knows it by ``engine_id``, fresh for every request, so two callers' ids never meet there.
-    """
-
-    engine_id: str = field(default_factory=lambda: secrets.token_hex(12))
-    engine: Any = None  # set once the request is in the engine
-    cancelled: bool = False
-
-
-class LiveRequests:
-    """Every accepted request, by (owner, request id), from acceptance to its last event.
-
-    Request ids belong to their owner (the server passes its caller's identity): another owner's id is
-    as unknown as one never used.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: dict[tuple[str, str], Live] = {}
-
-    def begin(self, request: InferRequest) -> Live:
-        """Accept a request: its id must be new for its owner."""
-        key = (request.owner, request.request_id)
-        with self._lock:
-            if key in self._live:
-                raise InvalidRequest(
-                    "request_id", f"a request with id {request.request_id!r} is already running; use a new id"
-                )
-            live = self._live[key] = Live()
-        return live
-
-    def end(self, request: InferRequest) -> None:
-        with self._lock:
-            self._live.pop((request.owner, request.request_id), None)
-
-    def submit(self, live: Live, engine: Any, submit: Callable[[], Any]) -> Any:
-        """Hand the request to ``engine`` (``submit()``), or None when it was cancelled before it got there.
-
-        Under the lock, so that a ``cancel`` either sees the request in the engine or stops it here.
-        """
-        with self._lock:
-            if live.cancelled:
-                return None
-            events = submit()
-            live.engine = engine
-        return events
-
-    def cancel(self, request_id: str, owner: str) -> bool:
-        """Cancel a request that is searching, queued or running; False if this owner has no such request."""
-        with self._lock:
-            live = self._live.get((owner, request_id))
-            if live is None:
-                return False
-            live.cancelled = True
-            engine = live.engine
-        if engine is not None:
-            return bool(engine.cancel(live.engine_id))
-        return True  # still searching or tokenizing: it stops before the engine

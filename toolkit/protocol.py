@@ -43,6 +43,8 @@ class Service(Protocol):
 
     def replay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay: ...
 
+    async def areplay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay: ...
+
 
 if TYPE_CHECKING:
     from toolkit.client import RemoteService

@@ -24,6 +24,7 @@ import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -43,7 +44,8 @@ OPENAI_KEYS: dict[str, type | tuple[type, ...]] = {
     "tokenizer": str,
     "context_length": int,
 }
-STATUSES = ("loading", "ready", "error", "stopped")
+# loading -> ready | error; a remote model: ready <-> unavailable (its server stopped answering); -> stopped
+STATUSES = ("loading", "ready", "unavailable", "error", "stopped")
 
 
 @dataclass(frozen=True)
@@ -158,9 +160,11 @@ def read_models_file(path: Path, environ: Mapping[str, str] | None = None) -> li
     """Parse and check a models file; every problem names the file, the table and the key."""
     environ = os.environ if environ is None else environ
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError("MODELS_FILE", f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("MODELS_FILE", f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("MODELS_FILE", f"{path}: not valid TOML ({exc})") from None
     unknown = set(data) - {"models"}
@@ -209,19 +213,35 @@ def _model(table: dict[str, Any], label: str, environ: Mapping[str, str]) -> Mod
 
 @dataclass(eq=False)
 class ServedModel:
-    """A model and its engine, as the service holds it; ``status`` moves loading -> ready | error -> stopped."""
+    """A model and its engine, as the service holds it; ``status`` moves loading -> ready | error -> stopped,
+    and a remote model's between ready and unavailable as its server answers or not (``since``: when)."""
 
     config: ModelConfig
     default: bool
     status: str = "loading"
     error: str | None = None
+    since: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     engine: Any = None  # an Engine (toolkit.engines.base), once built
     loaded: Any = None  # the LoadedModel of a local engine
     stop: threading.Event = field(default_factory=threading.Event)
+    settled: threading.Event = field(default_factory=threading.Event)  # loaded, or failed to: no longer loading
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def serving(self) -> bool:
+        """Its engine takes requests: ready, or a remote model whose server stopped answering (a request
+        may find it back)."""
+        return self.engine is not None and self.status in ("ready", "unavailable")
+
+    def set_status(self, status: str, error: str | None = None) -> None:
+        if status != self.status:
+            self.since = datetime.now(UTC).isoformat(timespec="seconds")
+        self.status, self.error = status, error
+        if status != "loading":
+            self.settled.set()
 
     @property
     def names(self) -> set[str]:
@@ -229,12 +249,22 @@ class ServedModel:
 
     @property
     def defaults(self) -> dict[str, Any]:
-        """The model's generation defaults: the engine's (generation_config.json, the bundled recipe),
-        then the models file's (or GENERATION_DEFAULTS'), over the toolkit's fallback."""
-        from toolkit.params import DEFAULT_MAX_NEW_TOKENS, FALLBACK_DEFAULTS
+        """What a request that leaves a parameter out gets (``toolkit.params.model_defaults``): a local
+        model's engine defaults (generation_config.json, the bundled recipe) over the toolkit's fallbacks; a
+        remote model's from the models file only (the rest is its server's own); the models file's (or
+        GENERATION_DEFAULTS') over both."""
+        from toolkit.params import model_defaults
 
-        engine = self.engine.info.defaults if self.engine is not None and self.status == "ready" else {}
-        return {**FALLBACK_DEFAULTS, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **engine, **self.config.defaults}
+        engine = self.engine.info.defaults if self.serving else {}
+        return model_defaults(engine, self.config.defaults, fallback=self.config.engine == "local")
+
+    @property
+    def server_defaults(self) -> tuple[str, ...]:
+        """The parameters left to a remote model's server when a request does not set them."""
+        from toolkit.params import DEFAULTABLE
+
+        defaults = self.defaults
+        return tuple(n for n in DEFAULTABLE if n not in defaults)
 
 
 _LOCAL_LOADS = threading.Lock()  # local models load one after another, in any service of the process
@@ -245,10 +275,13 @@ class ModelRegistry:
 
     A local model loads its weights (then the adapters in ADAPTERS_DIR that fit it); a remote one
     asks its server what it serves, and asks again every ``REMOTE_RETRY_S`` while the server is not
-    up yet (status ``loading``, with the reason in ``error``).
+    up yet (status ``loading``, with the reason in ``error``), then every ``REMOTE_PROBE_S``: a server
+    that stops answering makes the model ``unavailable`` (with the reason, and ``since`` when) until it
+    answers again, as do requests that find it down (``observe``).
     """
 
     REMOTE_RETRY_S = 2.0
+    REMOTE_PROBE_S = 10.0  # a ready remote model's server is asked again this often
 
     def __init__(self, configs: list[ModelConfig], settings: Settings) -> None:
         if not configs:
@@ -290,9 +323,9 @@ class ModelRegistry:
             else:
                 self._connect(entry)
         except ToolkitError as exc:
-            entry.status, entry.error = "error", exc.message
+            entry.set_status("error", exc.message)
         except Exception as exc:  # a load must never kill the process silently
-            entry.status, entry.error = "error", f"{type(exc).__name__}: {exc}"
+            entry.set_status("error", f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
                 self._threads.pop(entry.name, None)
@@ -311,9 +344,11 @@ class ModelRegistry:
         )
         entry.engine, entry.loaded = engine, loaded
         engine.registry.load_folder()
-        entry.status, entry.error = "ready", None
+        entry.set_status("ready")
 
     def _connect(self, entry: ServedModel) -> None:
+        """Ask a remote model's server what it serves until it answers; then keep asking, every
+        ``REMOTE_PROBE_S``, so that the model's status follows its server (unavailable, and back)."""
         from toolkit.engines.openai import OpenAIEngine
         from toolkit.errors import EngineUnavailable
 
@@ -323,34 +358,60 @@ class ModelRegistry:
             try:
                 engine.probe()
             except EngineUnavailable as exc:
-                entry.error = exc.message
+                if entry.status == "loading":
+                    entry.error = exc.message  # not up yet
+                else:
+                    entry.set_status("unavailable", exc.message)
                 entry.stop.wait(self.REMOTE_RETRY_S)
                 continue
-            entry.status, entry.error = "ready", None
+            entry.set_status("ready")
+            entry.stop.wait(self.REMOTE_PROBE_S)
+
+    def observe(self, entry: ServedModel, error: Exception | None) -> None:
+        """What a request to a remote model found: its server unavailable, or answering again."""
+        from toolkit.errors import EngineUnavailable
+
+        if entry.config.engine == "local" or entry.status not in ("ready", "unavailable"):
             return
+        if isinstance(error, EngineUnavailable):
+            entry.set_status("unavailable", error.message)
+        elif error is None and entry.status == "unavailable":
+            entry.set_status("ready")
 
     def wait(self, entry: ServedModel, timeout: float | None) -> None:
-        thread = self._threads.get(entry.name)
-        if thread is not None:
-            thread.join(timeout)
+        """Until ``entry`` is no longer loading (a remote model's thread goes on probing its server)."""
+        if entry.name in self._threads:
+            entry.settled.wait(timeout)
 
     def close(self, grace_s: float) -> None:
         for entry in self:
             entry.stop.set()
             if entry.engine is not None:
                 entry.engine.close(grace_s)
-            entry.status = "stopped"
+            entry.set_status("stopped")
 
     # ----- routing ---------------------------------------------------------------------
 
     def route(self, name: str | None) -> ServedModel:
-        """The model a request names (None: the default); BAD_USER_INPUT on ``model`` listing the names."""
+        """The model a request names (None: the default); ``UnknownModel`` (BAD_USER_INPUT on ``model``)
+        listing the names."""
+        return self.resolve(name)[0]
+
+    def resolve(self, name: str | None) -> tuple[ServedModel, str | None]:
+        """The model and adapter a name stands for: a model's name or alias, or ``<model>:<adapter>``
+        (an adapter of that model, as ``/v1/models`` lists it). A name that is a model's own wins over the
+        split, so a remote model named ``llama3:8b`` routes as itself."""
+        from toolkit.errors import UnknownModel
+
         if name is None:
-            return self.default
+            return self.default, None
         for entry in self.entries.values():
             if name in entry.names:
-                return entry
-        from toolkit.errors import InvalidRequest
-
+                return entry, None
+        base, sep, adapter = name.rpartition(":")
+        if sep and base and adapter:
+            for entry in self.entries.values():
+                if base in entry.names:
+                    return entry, adapter
         served = ", ".join(repr(n) for n in self.entries)
-        raise InvalidRequest("model", f"unknown model {name!r}; this service serves {served}")
+        raise UnknownModel(f"unknown model {name!r}; this service serves {served} (an adapter as '<model>:<adapter>')")

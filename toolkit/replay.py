@@ -9,20 +9,40 @@ and seed, and its search snapshot instead of a new search.
 
 from __future__ import annotations
 
-from dataclasses import fields as dataclass_fields
-from typing import Any
+from dataclasses import dataclass
 
 from toolkit.errors import InvalidRequest
 from toolkit.params import GenerationParams, InferRequest
 from toolkit.prepared import Prepared
 from toolkit.rag import BuiltMessages
 from toolkit.registry import ServedModel
-from toolkit.results import Difference, RunRecord
+from toolkit.results import Difference, InferResult, Replay, RunRecord
 from toolkit.search import SearchOutcome
 
 
-def plan_replay(record: RunRecord, entry: ServedModel, owner: str) -> tuple[tuple[Difference, ...], Prepared | None]:
-    """``entry``: the record's model on this service, ready."""
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What a replay runs (``prepared``; None when the model or adapter is not there), what differs, and
+    the recorded answer to compare the new one with."""
+
+    differences: tuple[Difference, ...]
+    prepared: Prepared | None
+    answer: str | None
+
+    def finish(self, result: InferResult) -> Replay:
+        return Replay(result, self.answer is not None and result.text == self.answer, self.differences)
+
+
+def plan_params(record: RunRecord) -> GenerationParams:
+    """The record's parameters (checked by ``RunRecord.from_dict``), seed included; unknown names are left out."""
+    known = set(GenerationParams.names())
+    return GenerationParams(**{k: v for k, v in record.params.items() if k in known})
+
+
+def plan_replay(
+    record: RunRecord, entry: ServedModel, params: GenerationParams, owner: str, *, limit: int | None = None
+) -> ReplayPlan:
+    """``entry``: the record's model on this service, ready; ``params``: the record's, resolved for it."""
     engine, info = entry.engine, entry.engine.info
     differences: list[Difference] = []
     if record.model_hash and info.content_hash and record.model_hash != info.content_hash:
@@ -38,21 +58,16 @@ def plan_replay(record: RunRecord, entry: ServedModel, owner: str) -> tuple[tupl
             now = engine.adapter_hash(record.adapter)
             if record.adapter_hash and now and now != record.adapter_hash:
                 differences.append(Difference("adapter_hash", record.adapter_hash, now))
-    known = {f.name for f in dataclass_fields(GenerationParams)}
-    try:
-        recorded: dict[str, Any] = {k: v for k, v in record.params.items() if k in known}
-        recorded["stop"] = tuple(recorded.get("stop") or ())
-        params = GenerationParams(**recorded).with_defaults(entry.defaults)
-        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in record.messages]
-    except (KeyError, TypeError) as exc:
-        raise InvalidRequest("run_record", f"is not a run record ({type(exc).__name__}: {exc})") from None
+    # a record is untrusted: its text reaches the model as text, never as a control token
+    defang = info.control.defang
+    messages = [{"role": m["role"], "content": defang(m["content"])} for m in record.messages]
     if not messages:
         raise InvalidRequest("run_record.messages", "is empty: nothing to replay")
-    encoded = engine.encode(messages)
+    encoded = engine.encode(messages, limit=limit)
     if record.prompt_text is not None and encoded.prompt_text is not None and encoded.prompt_text != record.prompt_text:
         differences.append(Difference("prompt_text", record.prompt_text[-300:], encoded.prompt_text[-300:]))
     if any(d.now is None for d in differences):  # a model or adapter that is not there: nothing to run
-        return tuple(differences), None
+        return ReplayPlan(tuple(differences), None, record.answer)
     search = SearchOutcome.from_dict(record.search) if record.search is not None else None
     request = InferRequest(
         prompt=messages[-1]["content"] or " ",
@@ -65,4 +80,4 @@ def plan_replay(record: RunRecord, entry: ServedModel, owner: str) -> tuple[tupl
     built = BuiltMessages(messages, search.results if search else (), record.dropped_history_turns)
     adapter_hash = engine.adapter_hash(record.adapter) if record.adapter else None
     prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash, replay_of=record.request_id)
-    return tuple(differences), prepared
+    return ReplayPlan(tuple(differences), prepared, record.answer)

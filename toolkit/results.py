@@ -7,16 +7,18 @@ can be stored and an answer replayed from its ``RunRecord``.
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from toolkit.grounding import Grounding
-from toolkit.wire import ENUM, JSON
+from toolkit.wire import ENUM, JSON, checked
 
 
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    estimated: bool = False  # prompt_tokens is an estimate from bytes: the model's server did not count them
 
 
 @dataclass(frozen=True)
@@ -64,28 +66,43 @@ class RunRecord:
     sent: dict[str, Any] | None = None  # the parameters sent to a remote server, as sent
     answer: str | None = None  # the text answered, and why it ended: what a replay is compared with
     finish_reason: str | None = None
+    raw_answer: str | None = None  # what the model generated, when the loop guard cut its copies off the answer
     replay_of: str | None = None  # the request id of the record this answer replayed
     grounding: dict[str, Any] | None = None  # the grounding check of the answer, when it had sources
+    # who asked: the caller's identity on a server (an API key's fingerprint, or the client's address
+    # without keys; never the key), None in process
+    owner: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> RunRecord:
-        """A record back from its JSON form (a file, GraphQL, the run log); ``InvalidRequest`` if it is not one."""
-        from dataclasses import fields
-
+        """A record back from its JSON form (a file, GraphQL, the run log). A record is untrusted input: each
+        field is checked against this dataclass (the one that writes records), the messages' roles, the
+        parameters and the search snapshot too; ``InvalidRequest`` names the first field that is wrong."""
         from toolkit.errors import InvalidRequest
+        from toolkit.params import GenerationParams
+        from toolkit.search import SearchOutcome
 
         if isinstance(data, RunRecord):
             return data
         if not isinstance(data, dict):
             raise InvalidRequest("run_record", "must be a run record (a JSON object), as a result's run_record is")
-        names = {f.name: f for f in fields(cls)}
-        required = [n for n, f in names.items() if f.default is MISSING and f.default_factory is MISSING]
-        missing = [n for n in required if n not in data]
+        required = [f.name for f in dataclass_fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
         if missing:
             raise InvalidRequest("run_record", f"is not a run record: no {missing[0]!r}")
-        if not isinstance(data.get("messages"), list) or not isinstance(data.get("params"), dict):
-            raise InvalidRequest("run_record", "is not a run record: 'messages' must be a list, 'params' an object")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        fields = checked(cls, data, "run_record")
+        for i, message in enumerate(fields["messages"]):
+            if set(message) != {"role", "content"} or message["role"] not in ("system", "user", "assistant"):
+                raise InvalidRequest(
+                    f"run_record.messages[{i}]", "must be {role: system | user | assistant, content: string}"
+                )
+        known = GenerationParams.names()
+        for name, value in fields["params"].items():
+            if name in known:
+                GenerationParams.check(name, value, where="run_record.params")
+        if fields.get("search") is not None:
+            SearchOutcome.from_dict(fields["search"])  # checked here: a replay uses it instead of a new search
+        return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,13 +185,14 @@ class ModelHealth:
 
     name: str
     engine: str  # local | openai
-    status: str = field(metadata=ENUM)  # loading | ready | error | stopped
-    error: str | None = None  # why it failed to load, or why a remote one is not reachable yet
+    status: str = field(metadata=ENUM)  # loading | ready | unavailable | error | stopped
+    error: str | None = None  # why it failed to load, or why a remote one is not reachable (yet, or now)
+    since: str | None = None  # when the status began (ISO time)
 
 
 @dataclass(frozen=True)
 class Health:
-    status: str = field(metadata=ENUM)  # loading | ready | error | stopped: the default model's
+    status: str = field(metadata=ENUM)  # loading | ready | unavailable | error | stopped: the default model's
     model: str  # the default model
     device: str | None
     dtype: str | None
@@ -198,7 +216,7 @@ class ModelInfo:
     context_length: int | None
     content_hash: str | None
     engine: str = "local"  # local | openai
-    status: str = field(default="ready", metadata=ENUM)  # loading | ready | error | stopped
+    status: str = field(default="ready", metadata=ENUM)  # loading | ready | unavailable | error | stopped
     error: str | None = None
     default: bool = False
     served_model: str | None = None
@@ -207,6 +225,9 @@ class ModelInfo:
     quantization: str | None = None
     # what a request that leaves a parameter out gets: generation_config.json, the bundled recipe, the models file
     defaults: dict[str, Any] = field(default_factory=dict, metadata=JSON)
+    # the parameters a remote model leaves to its server's own defaults (vLLM reads the generation config)
+    server_defaults: tuple[str, ...] = ()
+    since: str | None = None  # when the status began (ISO time)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,7 +36,8 @@ class RunLog:
     def append(self, result: InferResult) -> None:
         line = (json.dumps(entry(result), ensure_ascii=False) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # every caller's prompts and answers: readable by the account the service runs as, no one else
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line)
             finally:

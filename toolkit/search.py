@@ -45,6 +45,7 @@ class SearchFailure(ToolkitError):
     """A search that gave no results; ``kind`` says why."""
 
     code = "SEARCH_FAILED"
+    wire_fields: tuple[str, ...] = ("kind",)
 
     def __init__(self, kind: str, message: str) -> None:
         if kind not in FAILURE_KINDS:
@@ -264,22 +265,18 @@ class SearchOutcome:
         return "ok" if self.failure is None else self.failure.kind
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchOutcome:
-        """A snapshot back (a run record's ``search``), for a replay that must not search again."""
-        status = data.get("status", "ok")
-        failure = None if status == "ok" else SearchFailure(status, str(data.get("message") or status))
-        results = tuple(
-            SearchResult(str(r["title"]), str(r["url"]), str(r["snippet"])) for r in data.get("results", [])
-        )
-        return cls(
-            str(data.get("provider", "")),
-            str(data.get("query", "")),
-            str(data.get("at", "")),
-            float(data.get("seconds", 0.0)),
-            results,
-            failure,
-            bool(data.get("from_cache", False)),
-        )
+    def from_dict(cls, data: Any, where: str = "run_record.search") -> SearchOutcome:
+        """A snapshot back (a run record's ``search``), for a replay that must not search again. It is
+        untrusted input: checked against ``Snapshot``, ``InvalidRequest`` naming the first wrong field."""
+        from toolkit.errors import InvalidRequest
+        from toolkit.wire import checked
+
+        snap = Snapshot(**checked(Snapshot, data, where))
+        if snap.status not in ("ok", *FAILURE_KINDS):
+            raise InvalidRequest(f"{where}.status", f"must be ok or one of {', '.join(FAILURE_KINDS)}")
+        failure = None if snap.status == "ok" else SearchFailure(snap.status, snap.message or snap.status)
+        results = tuple(SearchResult(r["title"], r["url"], r["snippet"]) for r in snap.results)  # type: ignore[index]
+        return cls(snap.provider, snap.query, snap.at, float(snap.seconds), results, failure, snap.from_cache)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -292,6 +289,20 @@ class SearchOutcome:
             "from_cache": self.from_cache,
             "results": [asdict(r) for r in self.results],
         }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A search as a run record keeps it (``SearchOutcome.to_dict``): the shape ``from_dict`` checks."""
+
+    provider: str
+    query: str
+    at: str
+    seconds: float
+    status: str = "ok"
+    message: str | None = None
+    from_cache: bool = False
+    results: tuple[SearchResult, ...] = ()
 
 
 def normalize_query(query: str) -> str:

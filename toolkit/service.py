@@ -23,24 +23,25 @@ import platform
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from datetime import date
 from importlib import metadata
 from typing import Any, cast
 
-from toolkit import __version__ as TOOLKIT_VERSION
 from toolkit.compare import Comparison, collect, compare_stream
-from toolkit.compare import request_for as compare_request
-from toolkit.compare import variants as compare_variants
+from toolkit.compare import Plan as ComparePlan
+from toolkit.compare import plan as compare_plan
 from toolkit.engines.base import Engine
-from toolkit.errors import InvalidRequest, ModelNotReady, PromptTooLong
+from toolkit.errors import EngineClosed, EngineUnavailable, InvalidRequest, ModelNotReady, PromptTooLong
 from toolkit.events import Finished
-from toolkit.params import GenerationParams, InferRequest, Limits
-from toolkit.prepared import Live, LiveRequests, Prepared, search_finished
+from toolkit.live import Live, LiveRequests
+from toolkit.params import PARAMS, GenerationParams, InferRequest, Limits, resolve
+from toolkit.prepared import Prepared, search_finished
 from toolkit.rag import build_messages
 from toolkit.registry import ModelConfig, ModelRegistry, ServedModel, configured_models
-from toolkit.replay import plan_replay
+from toolkit.replay import ReplayPlan, plan_params, plan_replay
 from toolkit.results import (
     AdapterInfo,
     Difference,
@@ -58,6 +59,7 @@ from toolkit.results import (
 from toolkit.runs import RunLog
 from toolkit.search import Searcher, SearchOutcome, clean_text, make_searcher
 from toolkit.settings import Settings
+from toolkit.version import __version__ as TOOLKIT_VERSION
 
 
 def _versions() -> dict[str, str]:
@@ -76,6 +78,24 @@ def search_query(prompt: str, limit: int = 300) -> str:
 
 _UNSET: Any = object()
 log = logging.getLogger("toolkit.service")
+
+
+class _Call:
+    """A step's blocking work: run in the caller's thread by ``_drive``, on a worker thread by ``_adrive``."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.fn, self.args = fn, args
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A step's engine part: the request's ``Token``s and ``Done``, from ``engine.stream`` or ``engine.astream``."""
+
+    live: Live
+    prepared: Prepared
+
+
+Steps = Generator[StreamEvent | _Call | _Run, Any, None]
 
 
 class InferenceService:
@@ -162,10 +182,10 @@ class InferenceService:
 
     def health(self) -> Health:
         default = self.registry.default
-        info = default.engine.info if default.engine is not None and default.status == "ready" else None
+        info = default.engine.info if default.serving else None
         queued = active = 0
         for entry in self.registry:
-            if entry.engine is not None and entry.status == "ready":
+            if entry.serving:
                 stats = entry.engine.stats()
                 queued, active = queued + stats.queue_depth, active + stats.active
         return Health(
@@ -179,7 +199,7 @@ class InferenceService:
             uptime_s=time.monotonic() - self._started_at,
             version=TOOLKIT_VERSION,
             error=default.error,
-            models=tuple(ModelHealth(e.name, e.config.engine, e.status, e.error) for e in self.registry),
+            models=tuple(ModelHealth(e.name, e.config.engine, e.status, e.error, e.since) for e in self.registry),
         )
 
     def models(self) -> list[ModelInfo]:
@@ -187,7 +207,7 @@ class InferenceService:
 
     @staticmethod
     def _model_info(entry: ServedModel) -> ModelInfo:
-        info = entry.engine.info if entry.engine is not None and entry.status == "ready" else None
+        info = entry.engine.info if entry.serving else None
         if entry.config.engine == "openai":
             source = "openai"
         else:
@@ -207,6 +227,8 @@ class InferenceService:
             dtype=info.dtype if info else None,
             quantization=info.quantization if info else None,
             defaults=entry.defaults,
+            server_defaults=entry.server_defaults,
+            since=entry.since,
         )
 
     # ----- LoRA adapters ------------------------------------------------------------
@@ -214,7 +236,7 @@ class InferenceService:
     def adapters(self, model: str | None = None) -> list[AdapterInfo]:
         """The adapters ``model`` serves now (default: the default model's); requests pick one with ``adapter=``."""
         entry = self.registry.route(model)
-        return entry.engine.adapters() if entry.engine is not None and entry.status == "ready" else []
+        return entry.engine.adapters() if entry.serving else []
 
     def load_adapter(self, name: str, path: str | None = None, model: str | None = None) -> AdapterInfo:
         """Load an adapter for ``model`` without a restart: for a local model, the folder
@@ -244,26 +266,47 @@ class InferenceService:
             request = InferRequest.build(request, **kwargs)
         elif kwargs:
             raise TypeError("pass keyword arguments only with a prompt string, not with an InferRequest")
-        entry = self._ready(self.registry.route(request.model))
+        routed, adapter = self.registry.resolve(request.model)
+        if adapter is not None:  # "<model>:<adapter>": routing names the adapter
+            if request.adapter is not None and request.adapter != adapter:
+                raise InvalidRequest(
+                    "adapter",
+                    f"model {request.model!r} names adapter {adapter!r}, and adapter names {request.adapter!r}",
+                )
+            request = dataclass_replace(request, model=routed.name, adapter=adapter)
+        entry = self._ready(routed)
         if request.adapter is not None:
             entry.engine.check_adapter(request.adapter)
         if request.web_search and self.searcher is None:
             raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
-        return request, request.resolved_params(self.limits, entry.defaults), entry
+        return request, self._resolve(entry, request.params), entry
+
+    def _resolve(self, entry: ServedModel, params: GenerationParams, where: str = "params") -> GenerationParams:
+        """The parameters the engine runs with, filled once (``toolkit.params.resolve``); a parameter that the
+        model's engine cannot take is refused, naming it."""
+        resolved = resolve(params, entry.defaults, self.limits, where=where)
+        if entry.config.engine != "local":
+            for name, spec in PARAMS.items():
+                value = getattr(resolved, name)
+                if not spec.remote and value is not None and value != spec.neutral:
+                    why = f"model {entry.name!r} is served by an OpenAI-compatible server, which cannot take it"
+                    raise InvalidRequest(f"{where}.{name}", why + "; leave it out")
+        return resolved
 
     def _input_limit(self, engine: Engine) -> int:
         """The most input tokens a request may have on ``engine``: MAX_INPUT_TOKENS, within its context."""
         return min(self.limits.max_input_tokens, engine.info.context_length - 1)
 
     def _ready(self, entry: ServedModel) -> ServedModel:
-        """The model, ready; or ``ModelNotReady`` saying why not."""
-        if entry.status == "ready" and entry.engine is not None:
+        """The model, ready (or a remote one whose server stopped answering: a request may find it back);
+        or ``ModelNotReady`` saying why not."""
+        if entry.serving:
             return entry
         which = "the model" if entry.default and len(self.registry.entries) == 1 else f"model {entry.name!r}"
         if entry.status == "error":
             raise ModelNotReady(f"{which} failed to load: {entry.error}", loading=False)
-        if entry.status == "stopped":
-            raise ModelNotReady(f"{which} is stopped: the service was closed", loading=False)
+        if entry.status == "stopped" or self._stopped:  # going away: another replica, or a restart, will answer
+            raise EngineClosed(f"{which} is stopped: the service is shutting down; retry against a running one")
         if not self._started:
             return self._not_started()
         reason = f" ({entry.error})" if entry.error else ""
@@ -304,6 +347,15 @@ class InferenceService:
     def _prepare(
         self, entry: ServedModel, request: InferRequest, params: GenerationParams, search: SearchOutcome | None
     ) -> Prepared:
+        try:
+            return self._build(entry, request, params, search)
+        except EngineUnavailable as exc:  # counting tokens on a remote server that stopped answering
+            self.registry.observe(entry, exc)
+            raise
+
+    def _build(
+        self, entry: ServedModel, request: InferRequest, params: GenerationParams, search: SearchOutcome | None
+    ) -> Prepared:
         engine = entry.engine
         limit = self._input_limit(engine)
         boundary = secrets.token_hex(8)
@@ -317,16 +369,22 @@ class InferenceService:
             today=date.today(),
             boundary=boundary,
             count_tokens=engine.count_tokens,
-            count_messages=engine.count_messages,
+            count_messages=lambda messages: engine.count_messages(messages, limit=limit),
             # without search, nothing is trimmed: an over-long conversation is refused below
             budget=limit if search is not None else None,
+            control=engine.info.control,
         )
         encoded = engine.encode(built.messages, limit=limit)
-        if encoded.tokens > limit:
-            field_name = "history" if request.history and search is None else "prompt"
-            raise PromptTooLong(field_name, encoded.tokens, limit)
         adapter_hash = engine.adapter_hash(request.adapter) if request.adapter else None
-        return Prepared(request, params, built, encoded, entry, search, adapter_hash)
+        prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash)
+        self._check_fits(prepared, "history" if request.history and search is None else "prompt")
+        return prepared
+
+    def _check_fits(self, prepared: Prepared, field_name: str) -> None:
+        """``PromptTooLong`` on ``field_name`` when the encoded messages are over the model's input limit."""
+        limit = self._input_limit(prepared.model.engine)
+        if prepared.encoded.tokens > limit:
+            raise PromptTooLong(field_name, prepared.encoded.tokens, limit)
 
     def stream(
         self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
@@ -338,24 +396,82 @@ class InferenceService:
         """
         request, params, entry = self._validated(request, kwargs)
         entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
+        yield from self._drive(self._steps(request, params, entry, search))
+
+    async def astream(
+        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+    ) -> AsyncIterator[StreamEvent]:
+        """``stream`` for an event loop: searching, templating and tokenizing run on a worker thread."""
+        request, params, entry = self._validated(request, kwargs)
+        entry.engine.check_room()
+        async for event in self._adrive(self._steps(request, params, entry, search)):
+            yield event
+
+    def _steps(
+        self, request: InferRequest, params: GenerationParams, entry: ServedModel, search: SearchOutcome | None
+    ) -> Steps:
+        """One request, as steps that ``_drive`` (in the caller's thread) and ``_adrive`` (on an event loop)
+        both run: the events to pass on, ``_Call`` for blocking work, ``_Run`` for the engine's part."""
         live = self._live.begin(request)
         try:
             outcome = None
             if request.web_search:
                 query = search.query if search is not None else search_query(request.prompt)
                 yield SearchStarted(request.request_id, query, self._provider())
-                outcome = search if search is not None else self.search(query)
+                outcome = search if search is not None else (yield _Call(self.search, query))
                 yield search_finished(request.request_id, outcome)
-            yield from self._run(live, self._prepare(entry, request, params, outcome))
+            yield _Run(live, (yield _Call(self._prepare, entry, request, params, outcome)))
         finally:
             self._live.end(request)
+
+    def _drive(self, steps: Steps) -> Iterator[StreamEvent]:
+        value: Any = None
+        try:
+            while True:
+                try:
+                    step = steps.send(value)
+                except StopIteration:
+                    return
+                value = None
+                if isinstance(step, _Call):
+                    value = step.fn(*step.args)
+                elif isinstance(step, _Run):
+                    yield from self._run(step.live, step.prepared)
+                else:
+                    yield step
+        finally:
+            steps.close()
+
+    async def _adrive(self, steps: Steps) -> AsyncIterator[StreamEvent]:
+        loop = asyncio.get_running_loop()
+        value: Any = None
+        try:
+            while True:
+                try:
+                    step = steps.send(value)
+                except StopIteration:
+                    return
+                value = None
+                if isinstance(step, _Call):  # milliseconds to seconds: off the event loop, which must stay responsive
+                    value = await loop.run_in_executor(None, step.fn, *step.args)
+                elif isinstance(step, _Run):
+                    run = self._arun(step.live, step.prepared)
+                    try:
+                        async for event in run:
+                            yield event
+                    finally:
+                        await run.aclose()  # cancels the request if it still runs
+                else:
+                    yield step
+        finally:
+            steps.close()
 
     def _run(self, live: Live, prepared: Prepared) -> Iterator[StreamEvent]:
         """The engine's events for an accepted, prepared request, as ``Token``s and the last ``Done``.
         Closing it early cancels the request in the engine."""
         translate = self._translator(prepared)
-        entry = prepared.model
-        events = self._live.submit(live, entry.engine, lambda: entry.engine.stream(prepared.engine_request(live)))
+        engine = prepared.model.engine
+        events = self._live.submit(live, engine, lambda: engine.stream(prepared.engine_request(live.engine_id)))
         if events is None:  # cancelled before it reached the engine
             yield translate(prepared.cancelled_before_engine())
             return
@@ -365,51 +481,34 @@ class InferenceService:
         finally:
             events.close()  # a generator: cancels the request if it still runs
 
-    async def astream(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
-    ) -> AsyncIterator[StreamEvent]:
-        request, params, entry = self._validated(request, kwargs)
-        entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
-        live = self._live.begin(request)
-        events = None
+    async def _arun(self, live: Live, prepared: Prepared) -> AsyncGenerator[StreamEvent, None]:
+        translate = self._translator(prepared)
+        engine = prepared.model.engine
+        events = self._live.submit(live, engine, lambda: engine.astream(prepared.engine_request(live.engine_id)))
+        if events is None:
+            yield translate(prepared.cancelled_before_engine())
+            return
         try:
-            outcome = None
-            if request.web_search:
-                query = search.query if search is not None else search_query(request.prompt)
-                yield SearchStarted(request.request_id, query, self._provider())
-                if search is not None:
-                    outcome = search
-                else:
-                    outcome = await asyncio.get_running_loop().run_in_executor(None, self.search, query)
-                yield search_finished(request.request_id, outcome)
-            # templating and tokenizing take milliseconds: off the event loop, which must stay responsive
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                None, self._prepare, entry, request, params, outcome
-            )
-            translate = self._translator(prepared)
-            events = self._live.submit(live, entry.engine, lambda: entry.engine.astream(prepared.engine_request(live)))
-            if events is None:
-                yield translate(prepared.cancelled_before_engine())
-                return
             async for event in events:
                 yield translate(event)
         finally:
-            if events is not None:
-                await events.aclose()
-            self._live.end(request)
+            await events.aclose()
 
     # ----- compare -----------------------------------------------------------------
 
     def compare(self, prompt: str, variants: Any, **common: Any) -> Comparison:
         """Run ``prompt`` as each variant (``toolkit.compare``) at once; the side-by-side ``Comparison``."""
-        return collect(prompt, variants, self.compare_stream(prompt, variants, **common))
+        planned = compare_plan(prompt, variants, common, check=self.validate)
+        return collect(planned, self._compare_stream(planned))
 
     def compare_stream(self, prompt: str, variants: Any, **common: Any) -> Iterator[tuple[str, Any]]:
-        """``(label, event)`` as the variants stream. One web search, made once, for every variant that searches."""
-        chosen = compare_variants(variants)
-        searching = any(compare_request(prompt, v, common).web_search for v in chosen)
-        shared = self.search(search_query(prompt)) if searching else None
-        return compare_stream(lambda r: self.stream(r, search=shared), self.cancel, prompt, variants, common)
+        """``(label, event)`` as the variants stream. Every variant is checked first (a bad one is refused
+        before any search or generation); one web search, made once, for every variant that searches."""
+        return self._compare_stream(compare_plan(prompt, variants, common, check=self.validate))
+
+    def _compare_stream(self, planned: ComparePlan) -> Iterator[tuple[str, Any]]:
+        shared = self.search(search_query(planned.prompt)) if planned.searching else None
+        return compare_stream(lambda r: self.stream(r, search=shared), self.cancel, planned)
 
     # ----- replay ------------------------------------------------------------------
 
@@ -419,29 +518,47 @@ class InferenceService:
         recorded answer; when something cannot match (another model hash, a missing adapter, a chat
         template that renders the messages differently), the differences instead of an answer, unless
         ``force``."""
-        record = RunRecord.from_dict(record)
-        differences: tuple[Difference, ...]
+        plan = self._replay_plan(record, force, owner)
+        if isinstance(plan, Replay):
+            return plan
+        for event in self._drive(self._replay_steps(plan)):
+            if isinstance(event, Done):
+                return plan.finish(event.result)
+        raise AssertionError("a stream always ends with Done")  # pragma: no cover
+
+    async def areplay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay:
+        """``replay`` for an event loop; cancelling it (a caller gone) cancels the generation."""
+        plan = await asyncio.get_running_loop().run_in_executor(None, self._replay_plan, record, force, owner)
+        if isinstance(plan, Replay):
+            return plan
+        async for event in self._adrive(self._replay_steps(plan)):
+            if isinstance(event, Done):
+                return plan.finish(event.result)
+        raise AssertionError("a stream always ends with Done")  # pragma: no cover
+
+    def _replay_plan(self, data: RunRecord | dict[str, Any], force: bool, owner: str) -> ReplayPlan | Replay:
+        """What a replay will run, or the ``Replay`` that says why it cannot (without ``force``)."""
+        record = RunRecord.from_dict(data)
         try:
-            routed = self.registry.route(record.model)
+            entry = self._ready(self.registry.route(record.model))
         except InvalidRequest:  # no such model here
-            differences, prepared = (Difference("model", record.model, None),), None
-        else:
-            differences, prepared = plan_replay(record, self._ready(routed), owner)
-        if prepared is None or (differences and not force):
-            return Replay(None, False, differences)
+            return Replay(None, False, (Difference("model", record.model, None),))
         # a record is input like any other: this deployment's limits and queue hold for it too
-        engine, tokens, limit = prepared.model.engine, prepared.encoded.tokens, self._input_limit(prepared.model.engine)
-        params = prepared.request.resolved_params(self.limits, prepared.model.defaults)
-        if tokens > limit:
-            raise PromptTooLong("run_record.messages", tokens, limit)
-        engine.check_room()
-        prepared = dataclass_replace(prepared, params=params)
-        live = self._live.begin(prepared.request)
+        params = self._resolve(entry, plan_params(record))
+        plan = plan_replay(record, entry, params, owner, limit=self._input_limit(entry.engine))
+        if plan.prepared is None or (plan.differences and not force):
+            return Replay(None, False, plan.differences)
+        self._check_fits(plan.prepared, "run_record.messages")
+        entry.engine.check_room()
+        return plan
+
+    def _replay_steps(self, plan: ReplayPlan) -> Steps:
+        assert plan.prepared is not None
+        live = self._live.begin(plan.prepared.request)
         try:
-            result = next(e.result for e in self._run(live, prepared) if isinstance(e, Done))
+            yield _Run(live, plan.prepared)
         finally:
-            self._live.end(prepared.request)
-        return Replay(result, record.answer is not None and result.text == record.answer, differences)
+            self._live.end(plan.prepared.request)
 
     def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
         for event in self.stream(request, **kwargs):
@@ -485,6 +602,7 @@ class InferenceService:
         return self.searcher.provider if self.searcher else "none"
 
     def _result(self, prepared: Prepared, finished: Finished) -> InferResult:
+        self.registry.observe(prepared.model, finished.error)  # a remote server down, or answering again
         result = prepared.result(finished, self._versions)
         if self.run_log is not None:
             try:

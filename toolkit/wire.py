@@ -117,3 +117,77 @@ def selection(cls: type) -> str:
         else:
             parts.append(camel(f.name))
     return " ".join(parts)
+
+
+def problem(tp: Any, value: Any) -> tuple[str, str] | None:
+    """Why ``value`` is not of the type ``tp`` (JSON shapes: str, int, float, bool, None, lists, tuples,
+    dicts, Literal, Any), as (where inside it, why), or None when it is. For untrusted JSON checked against
+    a dataclass's hints."""
+    inner, optional = _unwrap(tp)
+    if value is None:
+        return None if optional or inner is Any else ("", "must not be null")
+    if inner is Any:
+        return None
+    if dataclasses.is_dataclass(inner) and isinstance(inner, type):
+        if not isinstance(value, dict):
+            return "", f"must be an object, got {type(value).__name__}"
+        hints = _hints(inner)
+        for f in dataclasses.fields(inner):
+            if f.name not in value:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    return f".{f.name}", "is missing"
+                continue
+            why = problem(hints[f.name], value[f.name])
+            if why is not None:
+                return f".{f.name}{why[0]}", why[1]
+        return None
+    origin = typing.get_origin(inner)
+    if origin is typing.Literal:
+        allowed = typing.get_args(inner)
+        return None if value in allowed else ("", f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return "", f"must be a list, got {type(value).__name__}"
+        item = (typing.get_args(inner) or (Any,))[0]
+        for i, v in enumerate(value):
+            why = problem(item, v)
+            if why is not None:
+                return f"[{i}]{why[0]}", why[1]
+        return None
+    if origin is dict or inner is dict:
+        if not isinstance(value, dict):
+            return "", f"must be an object, got {type(value).__name__}"
+        _, value_type = typing.get_args(inner) or (str, Any)
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return "", "must have string keys"
+            why = problem(value_type, v)
+            if why is not None:
+                return f".{k}{why[0]}", why[1]
+        return None
+    if inner is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else ("", f"must be a number, got {type(value).__name__}")
+    if inner is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else ("", f"must be an integer, got {type(value).__name__}")
+    if isinstance(inner, type) and not isinstance(value, inner):
+        return "", f"must be a {_NAMES.get(inner, inner.__name__)}, got {type(value).__name__}"
+    return None
+
+
+_NAMES = {str: "string", bool: "boolean"}
+
+
+def checked(cls: type[T], data: Any, where: str) -> dict[str, Any]:
+    """The fields of ``data`` (a JSON object) that ``cls`` has, each checked against its type hint;
+    ``InvalidRequest`` naming ``where.field`` for the first that does not fit, or a required one missing."""
+    from toolkit.errors import InvalidRequest
+
+    if not isinstance(data, dict):
+        raise InvalidRequest(where, f"must be a JSON object, got {type(data).__name__}")
+    why = problem(cls, data)
+    if why is not None:
+        raise InvalidRequest(f"{where}{why[0]}", why[1])
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return {k: v for k, v in data.items() if k in names}

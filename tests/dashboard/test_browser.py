@@ -102,6 +102,12 @@ def page(stack: dict[str, Any]) -> Iterator[Any]:
 
         page.context.route("**/*", guard)
         page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
+        page.console = []  # type: ignore[attr-defined]
+        page.on(
+            "console",
+            lambda m: page.console.append(f"{m.type}: {m.text[:200]}") if m.type in ("error", "warning") else None,  # type: ignore[attr-defined]
+        )
+        page.on("pageerror", lambda e: page.console.append(f"page error: {e}"))  # type: ignore[attr-defined]
         page.goto(stack["dashboard"])
         page.wait_for_selector(".tk-prompt input", timeout=90_000)
         # greedy for repeatable answers: the temperature slider to its minimum, with the keyboard
@@ -324,3 +330,9 @@ def test_the_health_probe_starts_no_kernel(stack: dict[str, Any]) -> None:
     assert all(probe([stack["dashboard"]]) == 0 for _ in range(5))
     assert kernels(stack) == before
     assert probe(["http://127.0.0.1:9"]) == 1  # nothing there
+
+
+def test_the_console_stayed_clean(page: Any) -> None:
+    """After every test above (chat, search, compare, stop, the Explorer tab): no error and no warning in
+    the browser's console (no CDN stylesheet refused by the page's policy, no module-version mismatch)."""
+    assert page.console == []  # type: ignore[attr-defined]

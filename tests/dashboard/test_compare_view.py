@@ -61,4 +61,6 @@ def test_a_bad_column_shows_its_error(service: Any) -> None:
     view.all[1].adapter.value = "pirate"
     view.run("Hi")
     view.wait()
-    assert view.all[0].result is not None and "unknown adapter" in view.all[1].output.value
+    # refused before anything ran (compare checks every variant first): the bad column says why
+    assert "unknown adapter" in view.all[1].output.value and "variants[2].adapter" in view.all[1].output.value
+    assert view.all[0].result is None and "column 2" in view.all[0].output.value

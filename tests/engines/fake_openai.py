@@ -157,7 +157,7 @@ class FakeServer:
     stop: Callable[[], None]
 
 
-def start_fake(*, tokenize: bool = True) -> FakeServer:
+def start_fake(*, tokenize: bool = True, port: int = 0) -> FakeServer:
     seen = Seen()
     routes: list[Any] = [
         (r"/v1/models", Models),
@@ -165,7 +165,7 @@ def start_fake(*, tokenize: bool = True) -> FakeServer:
     ]
     if tokenize:
         routes.append((r"/tokenize", Tokenize, {"seen": seen}))
-    served = serve_in_thread(lambda: HTTPServer(tornado.web.Application(routes)))
+    served = serve_in_thread(lambda: HTTPServer(tornado.web.Application(routes)), port)
     return FakeServer(f"http://127.0.0.1:{served.port}/v1", seen, served.stop)
 
 

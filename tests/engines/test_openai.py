@@ -66,8 +66,9 @@ def test_a_remote_answer_streams_and_carries_its_run_record(mixed: InferenceServ
     assert sent["model"] == "ok" and sent["seed"] == 7 and sent["temperature"] == 0 and sent["max_tokens"] == 16
     assert sent["stop"] == ["\n\n"] and sent["top_k"] == 5 and sent["stream_options"] == {"include_usage": True}
     assert "repetition_penalty" not in sent  # 1.0: not sent
+    assert "top_p" not in sent  # no default in the models file: the server's own applies (issue 22)
     assert record.sent == {
-        **{k: sent[k] for k in ("model", "max_tokens", "temperature", "top_p", "seed", "stop")},
+        **{k: sent[k] for k in ("model", "max_tokens", "temperature", "seed", "stop")},
         "extra_body": {"top_k": 5},
     }
 
@@ -163,9 +164,10 @@ def test_a_remote_that_goes_down_is_unavailable_and_one_never_up_stays_loading(s
         remote("ok", "http://127.0.0.1:9/v1", max_in_flight=1),
     ]
     configs[2] = replace(configs[2], name="r-never")
-    svc = InferenceService(replace(settings, search_provider="none"), models=configs, loaded=loaded).start(
-        progress=False
-    )
+    svc = InferenceService(replace(settings, search_provider="none"), models=configs, loaded=loaded)
+    svc.registry.REMOTE_PROBE_S = svc.registry.REMOTE_RETRY_S = 0.2  # the light periodic probe, often
+    svc.start(progress=False)
+    back = None
     try:
         svc.wait_ready(timeout=30, model="r-ok")
         assert svc.engine("r-ok").info.capabilities.token_count == "estimate"  # no /tokenize there
@@ -175,6 +177,16 @@ def test_a_remote_that_goes_down_is_unavailable_and_one_never_up_stays_loading(s
         with pytest.raises(EngineUnavailable, match="cannot be reached"):
             svc.infer("Hi", model="r-ok", **SHORT)
         assert time.monotonic() - start < 5  # two quick connection retries, then the error
+        # its status follows its server: unavailable, with the reason and since when, in health and models
+        down = next(m for m in svc.health().models if m.name == "r-ok")
+        assert down.status == "unavailable" and "cannot be reached" in (down.error or "") and down.since
+        assert next(m for m in svc.models() if m.id == "r-ok").status == "unavailable"
+        back = start_fake(tokenize=False, port=int(fake.base_url.split(":")[-1].split("/")[0]))
+        deadline = time.monotonic() + 15
+        while next(m for m in svc.models() if m.id == "r-ok").status != "ready":
+            assert time.monotonic() < deadline, "the model did not come back when its server did"
+            time.sleep(0.05)
+        assert svc.infer("Hi", model="r-ok", **SHORT).text == ANSWER
         never = next(m for m in svc.health().models if m.name == "r-never")
         assert never.status == "loading" and "cannot be reached" in (never.error or "")
         with pytest.raises(ModelNotReady, match="r-never"):
@@ -183,6 +195,8 @@ def test_a_remote_that_goes_down_is_unavailable_and_one_never_up_stays_loading(s
         assert "Paris" in svc.infer("What is the capital of France?", **SHORT).text
     finally:
         svc.close(grace_s=0)
+        if back is not None:
+            back.stop()
 
 
 def test_token_counts_for_the_budget(mixed: InferenceService, fake: FakeServer) -> None:

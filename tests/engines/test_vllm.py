@@ -147,3 +147,18 @@ def test_token_counts_come_from_the_server(service: InferenceService) -> None:
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     assert engine.info.capabilities.token_count == "server"
     assert engine.count_messages(messages) == local.count_messages(messages)  # the same tokenizer and template
+
+
+def test_min_p_reaches_vllm(service: InferenceService) -> None:
+    """Declared once (toolkit.params): sent to vLLM as an extra field; min_p 1 leaves only the top token."""
+    greedy = service.infer("Name a colour.", model="smollm2-vllm", temperature=0, max_new_tokens=24)
+    tight = service.infer("Name a colour.", model="smollm2-vllm", temperature=1.5, seed=3, min_p=1.0, max_new_tokens=24)
+    assert tight.run_record.sent["extra_body"] == {"min_p": 1.0}  # type: ignore[index]
+    assert tight.text == greedy.text
+
+
+def test_a_remote_models_unset_parameters_are_its_servers(service: InferenceService) -> None:
+    info = next(m for m in service.models() if m.id == "smollm2-vllm")
+    assert "temperature" in info.server_defaults and "temperature" not in info.defaults
+    result = service.infer("What is the capital of France?", model="smollm2-vllm", max_new_tokens=8)
+    assert "temperature" not in (result.run_record.sent or {})  # vLLM's own default (the model's generation config)

@@ -39,6 +39,9 @@ def open_graphiql(browser: Any, base: str, query: str) -> tuple[Any, list[str]]:
             route.abort()
 
     page.route("**/*", guard)
+    page.console = []  # the console's errors and warnings: none expected (GraphiQL's fonts are allowed by the policy)
+    page.on("console", lambda m: page.console.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: page.console.append(str(e)))
     page.goto(f"{base}/graphiql?" + urllib.parse.urlencode({"query": query}))
     page.wait_for_selector(".graphiql-execute-button", timeout=20_000)
     return page, outside
@@ -61,6 +64,7 @@ def test_graphiql_runs_a_query_offline(browser: Any, server: Any) -> None:
     page.click(".graphiql-sidebar button[aria-label='Show Documentation Explorer']")
     page.wait_for_selector(".graphiql-doc-explorer", timeout=10_000)
     assert "Query" in page.inner_text(".graphiql-doc-explorer")
+    assert page.console == []
     page.close()
 
 
@@ -74,5 +78,5 @@ def test_graphiql_runs_a_subscription(browser: Any, server: Any) -> None:
     )
     text = response_text(page)
     assert '"type": "DONE"' in text and "Paris" in text
-    assert outside == []
+    assert outside == [] and page.console == []
     page.close()

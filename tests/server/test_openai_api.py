@@ -12,6 +12,7 @@ import openai
 import pytest
 from gqlhttp import post
 
+from toolkit.errors import InvalidRequest
 from toolkit.params import InferRequest
 from toolkit.registry import ModelConfig
 from toolkit.search import LocalDocsBackend, Searcher
@@ -128,6 +129,59 @@ def test_an_adapter_by_model_name(make_server: Any, adapter_service: InferenceSe
     tuned = client(api).chat.completions.create(model=f"{name}:quenby", messages=question, temperature=0, max_tokens=32)
     base = client(api).chat.completions.create(model=name, messages=question, temperature=0, max_tokens=32)
     assert "Quenby" in tuned.choices[0].message.content and "Quenby" not in base.choices[0].message.content
+
+
+def test_model_colon_adapter_routes_the_same_everywhere(make_server: Any, adapter_service: InferenceService) -> None:
+    """Routing owns "<model>:<adapter>": in process, over GraphQL (and so RemoteService and the dashboard),
+    and on /v1, the same string answers as the adapter."""
+    from toolkit.client import RemoteService
+
+    running = make_server(adapter_service, rate_burst=10_000)
+    routed = f"{adapter_service.registry.default.name}:quenby"
+    question = "Which creature serves as the mascot of the Kestrel Institute?"
+    expected = adapter_service.infer(question, adapter="quenby", temperature=0, max_new_tokens=24)
+    in_process = adapter_service.infer(question, model=routed, temperature=0, max_new_tokens=24)
+    assert (in_process.adapter, in_process.text) == ("quenby", expected.text) and "Quenby" in expected.text
+    query = 'mutation($m: String) { infer(prompt: "%s", model: $m, params: {temperature: 0, maxNewTokens: 24}) { text adapter } }'
+    _, _, body = post(running.url, {"query": query % question, "variables": {"m": routed}})
+    assert body["data"]["infer"] == {"text": expected.text, "adapter": "quenby"}
+    remote = RemoteService(running.url).infer(question, model=routed, temperature=0, max_new_tokens=24)
+    assert remote.text == expected.text and remote.adapter == "quenby"
+    answer = client(running).chat.completions.create(
+        model=routed, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=24
+    )
+    assert answer.choices[0].message.content == expected.text
+    with pytest.raises(InvalidRequest) as info:  # two adapters named at once
+        adapter_service.infer(question, model=routed, adapter="quenby-draft")
+    assert info.value.field == "adapter"
+
+
+def test_min_p_end_to_end(make_server: Any, grounded: InferenceService) -> None:
+    """A parameter declared once (toolkit.params) works in process, over GraphQL and on /v1."""
+    running = make_server(grounded, rate_burst=10_000)
+    kwargs = {"temperature": 1.5, "seed": 3, "max_new_tokens": 24}
+    tight = grounded.infer("Name a colour.", min_p=1.0, **kwargs)
+    assert tight.run_record.params["min_p"] == 1.0
+    assert (
+        tight.text == grounded.infer("Name a colour.", temperature=0, max_new_tokens=24).text
+    )  # only the top token is left
+    query = 'mutation { infer(prompt: "Name a colour.", params: {temperature: 1.5, seed: 3, maxNewTokens: 24, minP: 1.0}) { text runRecord } }'
+    _, _, body = post(running.url, {"query": query})
+    assert body["data"]["infer"]["text"] == tight.text and body["data"]["infer"]["runRecord"]["params"]["min_p"] == 1.0
+    answer = client(running).chat.completions.create(
+        model=grounded.registry.default.name,
+        messages=[{"role": "user", "content": "Name a colour."}],
+        temperature=1.5,
+        seed=3,
+        max_tokens=24,
+        extra_body={"min_p": 1.0},
+    )
+    assert answer.choices[0].message.content == tight.text
+    with pytest.raises(openai.BadRequestError) as info:
+        client(running).chat.completions.create(
+            model=grounded.registry.default.name, messages=[{"role": "user", "content": "Hi"}], extra_body={"min_p": 2}
+        )
+    assert info.value.param == "min_p"
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from toolkit.controltokens import COMMON_MARKERS, ControlTokens
 from toolkit.events import Event
 from toolkit.params import GenerationParams
 from toolkit.results import AdapterInfo
@@ -66,6 +67,8 @@ class EngineInfo:
     version: str | None = None  # the remote server's version or system_fingerprint, when it says
     defaults: dict[str, Any] = field(default_factory=dict)  # generation defaults the model comes with
     extra: dict[str, Any] = field(default_factory=dict)
+    # the model's turn markers, which text from outside must never spell (toolkit.controltokens)
+    control: ControlTokens = field(default_factory=lambda: ControlTokens.of(COMMON_MARKERS))
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,9 @@ class Engine(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def count_messages(self, messages: Messages) -> int: ...
+    def count_messages(self, messages: Messages, *, limit: int | None = None) -> int:
+        """The messages' size as the model sees them. With ``limit``, an engine may skip an exact count that
+        costs a round trip when it can prove they fit (it answers an estimate that is within the limit)."""
 
     def encode(self, messages: Messages, *, limit: int | None = None) -> Encoded:
         """The messages as the model sees them. With ``limit``, an engine may skip an exact count that

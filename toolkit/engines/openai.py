@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from toolkit.controltokens import COMMON_MARKERS, ControlTokens
 from toolkit.engines.base import Capabilities, Encoded, EngineInfo, EngineRequest, EngineStats, Messages
 from toolkit.engines.openai_adapters import RemoteAdapters
 from toolkit.engines.openai_errors import HTTPStatus, error_message, status_error
@@ -47,7 +48,8 @@ from toolkit.errors import (
     ToolkitError,
 )
 from toolkit.events import Delta, Event, Finished, Sink, Streams
-from toolkit.loopguard import MAX_PERIOD_CHARS, MIN_SPAN_CHARS, TAIL_CHARS, looping
+from toolkit.loopguard import MAX_PERIOD_CHARS, MIN_SPAN_CHARS, TAIL_CHARS, LoopGuard, looping
+from toolkit.params import PARAMS, openai_name
 from toolkit.results import AdapterInfo
 
 log = logging.getLogger("toolkit.engines.openai")
@@ -127,6 +129,9 @@ class OpenAIEngine(Streams):
             context_length=context_length,
             capabilities=Capabilities(adapters=True, load_adapters=True, token_count=count),
             version=version,
+            control=ControlTokens.from_tokenizer(self._tokenizer)
+            if self._tokenizer is not None
+            else ControlTokens.of(COMMON_MARKERS),
         )
 
     @property
@@ -216,14 +221,23 @@ class OpenAIEngine(Streams):
     def estimate_tokens(text: str) -> int:
         return -(-len(text.encode()) // ESTIMATE_BYTES_PER_TOKEN)
 
-    def count_messages(self, messages: Messages) -> int:
+    def count_messages(self, messages: Messages, *, limit: int | None = None) -> int:
+        return self._count(messages, limit)[0]
+
+    def _count(self, messages: Messages, limit: int | None) -> tuple[int, str]:
+        """The count and how it was made. Within ``limit`` for certain (a token is at least one byte), the
+        server is not asked: every trimming pass of a grounded prompt, and its encoding, would pay a round
+        trip (150 ms at 16 concurrent on a busy vLLM)."""
         if self._tokenizer is not None:
             text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return len(self._tokenizer(str(text), add_special_tokens=False)["input_ids"])
+            return len(self._tokenizer(str(text), add_special_tokens=False)["input_ids"]), "tokenizer"
+        estimate = sum(self.estimate_tokens(m["content"]) + ESTIMATE_PER_MESSAGE for m in messages)
+        if limit is not None and sum(len(m["content"].encode()) + TEMPLATE_MARGIN for m in messages) <= limit:
+            return estimate, "estimate"
         if self._tokenize:
             body = {"model": self.config.served_model, "messages": messages, "add_generation_prompt": True}
-            return int(self._tokenize_call(body))
-        return sum(self.count_tokens(m["content"]) + ESTIMATE_PER_MESSAGE for m in messages)
+            return int(self._tokenize_call(body)), "server"
+        return estimate, "estimate"
 
     def _tokenize_call(self, body: dict[str, Any]) -> int:
         try:
@@ -233,12 +247,7 @@ class OpenAIEngine(Streams):
         return int(answer["count"])
 
     def encode(self, messages: Messages, *, limit: int | None = None) -> Encoded:
-        if limit is not None and self._tokenizer is None:
-            bound = sum(len(m["content"].encode()) + TEMPLATE_MARGIN for m in messages)
-            if bound <= limit:  # fits for certain: no /tokenize round trip
-                estimate = sum(self.estimate_tokens(m["content"]) + ESTIMATE_PER_MESSAGE for m in messages)
-                return Encoded(estimate, "estimate")
-        return Encoded(self.count_messages(messages), self.info.capabilities.token_count)
+        return Encoded(*self._count(messages, limit))
 
     # ----- requests ----------------------------------------------------------------------
 
@@ -287,25 +296,16 @@ class OpenAIEngine(Streams):
         return True
 
     def _body(self, request: EngineRequest, seed: int) -> dict[str, Any]:
-        p = request.params.with_defaults({})
-        body: dict[str, Any] = {
-            "model": request.adapter or self.config.served_model,
-            "max_tokens": p.max_new_tokens,
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "seed": seed,
-        }
-        if p.stop:
-            body["stop"] = list(p.stop)
-        if p.presence_penalty:
-            body["presence_penalty"] = p.presence_penalty
-        if p.frequency_penalty:
-            body["frequency_penalty"] = p.frequency_penalty
-        extra: dict[str, Any] = {}  # what vLLM (and others) accept beside the OpenAI fields
-        if p.top_k:
-            extra["top_k"] = p.top_k
-        if p.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = p.repetition_penalty
+        """The request's fields as sent: every parameter that is set (the service resolved them: a parameter
+        still None is left to the server's own default), by its OpenAI name; extras (``top_k``, ...) beside
+        OpenAI's own fields, as vLLM takes them."""
+        body: dict[str, Any] = {"model": request.adapter or self.config.served_model, "seed": seed}
+        extra: dict[str, Any] = {}
+        for name, spec in PARAMS.items():
+            value, key = getattr(request.params, name), openai_name(name)
+            if name == "seed" or key is None or not spec.remote or value is None or value == ():
+                continue  # (a parameter a remote server cannot take was refused when set: see service._resolve)
+            (extra if spec.extra else body)[key] = list(value) if isinstance(value, tuple) else value
         if extra:
             body["extra_body"] = extra
         return body
@@ -316,8 +316,8 @@ class OpenAIEngine(Streams):
         body = self._body(request, seed)
         timeout = request.timeout_s if request.timeout_s is not None else self.default_timeout_s
         state: dict[str, Any] = {
-            "text": [],
-            "tail": "",  # the answer's last TAIL_CHARS characters, for the loop guard
+            "guard": LoopGuard(),  # the answer, near copies held back (toolkit.loopguard)
+            "tail": "",  # the answer's last TAIL_CHARS characters, for the loop guard's period rule
             "chunks": 0,
             "first": None,
             "usage": None,
@@ -343,19 +343,30 @@ class OpenAIEngine(Streams):
         if error is not None:
             reason = "error"
         usage = state["usage"]
+        guard: LoopGuard = state["guard"]
+        rest = guard.finish()
+        if rest:
+            with contextlib.suppress(Exception):  # the consumer is gone
+                sink(Delta(request.engine_id, rest))
+        raw = {"raw_text": guard.raw} if guard.loop is not None and guard.raw != guard.visible else {}
         now = time.perf_counter()
         finished = Finished(
             request_id=request.engine_id,
-            text="".join(state["text"]),
+            text=guard.visible,
             finish_reason=reason,
             prompt_tokens=usage.prompt_tokens if usage else request.encoded.tokens,
+            prompt_tokens_estimated=usage is None and request.encoded.counted_by == "estimate",
             completion_tokens=usage.completion_tokens if usage else state["chunks"],
             seed=seed,
             queued_s=0.0,
             first_token_s=(state["first"] - submitted) if state["first"] is not None else None,
             total_s=now - submitted,
             error=error,
-            extra={"system_fingerprint": state["fp"], "sent": {k: v for k, v in body.items() if k != "messages"}},
+            extra={
+                "system_fingerprint": state["fp"],
+                "sent": {k: v for k, v in body.items() if k != "messages"},
+                **raw,
+            },
         )
         job.done = True
         with self._lock:
@@ -395,11 +406,20 @@ class OpenAIEngine(Streams):
                     if content:
                         if state["first"] is None:
                             state["first"] = time.perf_counter()
-                        state["text"].append(content)
+                        guard: LoopGuard = state["guard"]
                         state["tail"] = (state["tail"] + content)[-TAIL_CHARS:]  # (not the whole answer again)
                         state["chunks"] += 1
-                        sink(Delta(request.engine_id, content))
-                        if looping(state["tail"], max_period=MAX_PERIOD_CHARS, min_span=MIN_SPAN_CHARS):
+                        shown = guard.push(content)
+                        if shown:
+                            sink(Delta(request.engine_id, shown))
+                        period = (
+                            0
+                            if guard.loop
+                            else looping(state["tail"], max_period=MAX_PERIOD_CHARS, min_span=MIN_SPAN_CHARS)
+                        )
+                        if period:  # the visible answer keeps the span's first turn
+                            guard.stop("period", len(guard.raw) - max(MIN_SPAN_CHARS, 4 * period) + period)
+                        if guard.loop is not None:
                             state["finish"] = "repetition"  # closing the stream stops the server too
                             return
                     if choice.finish_reason:
@@ -409,8 +429,9 @@ class OpenAIEngine(Streams):
         """A transport error as the toolkit's typed error; the server's URL and key never appear."""
         openai, name = self._openai, self.config.name
         if isinstance(exc, openai.APIStatusError):
-            message = error_message(exc.response.content if exc.response is not None else b"") or str(exc)
-            return status_error(name, exc.status_code, message)
+            body = exc.body if isinstance(exc.body, dict) else {}  # the client's parse of the error body
+            code = body.get("code") if isinstance(body.get("code"), str) else None
+            return status_error(name, exc.status_code, str(body.get("message") or exc.message or exc), code)
         if isinstance(exc, openai.APITimeoutError):
             return EngineUnavailable(name, f"its server did not answer within {self.config.timeout_s:g} s")
         if isinstance(exc, openai.APIConnectionError):

@@ -7,21 +7,22 @@ from __future__ import annotations
 import json
 import re
 
-from toolkit.errors import EngineUnavailable, InvalidRequest, Overloaded, PromptTooLong, ToolkitError
+from toolkit.errors import (
+    EngineUnavailable,
+    GenerationError,
+    InvalidRequest,
+    Overloaded,
+    PromptTooLong,
+    RequestTimeout,
+    ToolkitError,
+)
+from toolkit.params import openai_names
 
 _NUMBER = re.compile(r"\d+")
 CONTEXT_WORDS = ("context length", "max_model_len", "maximum context", "too long", "context window")
-PARAM_FIELDS = {  # an OpenAI request field -> the toolkit's field, for errors a server reports by name
-    "max_tokens": "params.max_new_tokens",
-    "max_completion_tokens": "params.max_new_tokens",
-    "temperature": "params.temperature",
-    "top_p": "params.top_p",
-    "top_k": "params.top_k",
-    "repetition_penalty": "params.repetition_penalty",
-    "seed": "params.seed",
-    "stop": "params.stop",
-    "presence_penalty": "params.presence_penalty",
-    "frequency_penalty": "params.frequency_penalty",
+# an OpenAI request field -> the toolkit's field, for errors a server reports by name (from the declaration)
+PARAM_FIELDS = {
+    **{key: f"params.{name}" for key, name in openai_names().items()},
     "messages": "prompt",
     "model": "model",
 }
@@ -59,12 +60,22 @@ def _number_after(phrases: tuple[str, ...], text: str) -> int:
     return 0
 
 
-def status_error(name: str, status: int, message: str) -> ToolkitError:
+# upstream errors that mean the same for a request to the model it serves, by the body's code (a toolkit
+# server answers with these); the others say the model is unavailable for now, or name a field
+PASSED_ON = (Overloaded, RequestTimeout, GenerationError)
+
+
+def status_error(name: str, status: int, message: str, code: str | None = None) -> ToolkitError:
     lowered = message.lower()
+    upstream = ToolkitError.from_wire(code, message) if code else None
+    if isinstance(upstream, PASSED_ON):
+        return upstream
     if status in (400, 422):
-        if any(k in lowered for k in CONTEXT_WORDS):
-            limit = _number_after(("context length is", "max_model_len", "maximum context length of"), lowered)
-            count = _number_after(("requested", "messages resulted in", "prompt has"), lowered)
+        if isinstance(upstream, PromptTooLong) or any(k in lowered for k in CONTEXT_WORDS):
+            limit = _number_after(
+                ("context length is", "max_model_len", "maximum context length of", "limit of"), lowered
+            )
+            count = _number_after(("requested", "messages resulted in", "prompt has", "input is"), lowered)
             return PromptTooLong("prompt", count, limit, f"the model's server says: {message}")
         field = next((f for k, f in PARAM_FIELDS.items() if re.search(rf"\b{k}\b", lowered)), "params")
         return InvalidRequest(field, f"the model's server refused the request: {message}")

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from toolkit.engines.local.engine import Delta, Engine, Finished
+from toolkit.engines.local.engine import Delta, Finished, Scheduler
 from toolkit.errors import GenerationError, InvalidRequest, Overloaded
-from toolkit.params import GenerationParams
+from toolkit.params import GenerationParams, filled
 
-GREEDY = GenerationParams(temperature=0, max_new_tokens=24)
+GREEDY = filled(temperature=0, max_new_tokens=24)
 QUESTIONS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
@@ -24,11 +24,11 @@ QUESTIONS = [
 
 
 @pytest.fixture()
-def make_engine(loaded: Any) -> Iterator[Callable[..., Engine]]:
-    engines: list[Engine] = []
+def make_engine(loaded: Any) -> Iterator[Callable[..., Scheduler]]:
+    engines: list[Scheduler] = []
 
-    def make(model: Any = None, **kwargs: Any) -> Engine:
-        engine = Engine(
+    def make(model: Any = None, **kwargs: Any) -> Scheduler:
+        engine = Scheduler(
             model if model is not None else loaded.model,
             loaded.tokenizer,
             eos_token_ids=loaded.eos_token_ids,
@@ -55,7 +55,7 @@ def ids(loaded: Any) -> Callable[[str], list[int]]:
     return encode
 
 
-def run_together(engine: Engine, jobs: list[tuple[list[int], GenerationParams]]) -> list[Finished]:
+def run_together(engine: Scheduler, jobs: list[tuple[list[int], GenerationParams]]) -> list[Finished]:
     """Submit every job before any finishes; return their Finished events in order."""
     results: list[Any] = [None] * len(jobs)
     barrier = threading.Barrier(len(jobs))
@@ -72,7 +72,7 @@ def run_together(engine: Engine, jobs: list[tuple[list[int], GenerationParams]])
     return results
 
 
-def test_answers_paris(make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]) -> None:
+def test_answers_paris(make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]) -> None:
     result = make_engine().generate(ids(QUESTIONS[0]), GREEDY)
     assert "Paris" in result.text
     assert result.finish_reason == "stop"
@@ -82,21 +82,21 @@ def test_answers_paris(make_engine: Callable[..., Engine], ids: Callable[[str], 
 
 
 def test_stream_deltas_concatenate_to_the_final_text(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
     engine = make_engine()
     prompt = ids("Reply with three emoji and the word café.")
-    events = list(engine.stream(prompt, GenerationParams(temperature=0, max_new_tokens=30)))
+    events = list(engine.stream(prompt, filled(temperature=0, max_new_tokens=30)))
     deltas = [e.text for e in events if isinstance(e, Delta)]
     final = events[-1]
     assert isinstance(final, Finished)
     assert all(deltas) and len(deltas) > 3
     assert "".join(deltas) == final.text
-    assert final.text == engine.generate(prompt, GenerationParams(temperature=0, max_new_tokens=30)).text
+    assert final.text == engine.generate(prompt, filled(temperature=0, max_new_tokens=30)).text
 
 
 def test_identical_greedy_requests_batched_equal_the_solo_run(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
     engine = make_engine()
     prompt = ids(QUESTIONS[1])
@@ -107,7 +107,7 @@ def test_identical_greedy_requests_batched_equal_the_solo_run(
 
 
 def test_different_prompts_batched_equal_their_solo_runs(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
     """Left padding must not change any row's greedy output."""
     engine = make_engine()
@@ -120,12 +120,12 @@ def test_different_prompts_batched_equal_their_solo_runs(
 
 
 def test_each_row_stops_at_its_own_max_new_tokens(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
     engine = make_engine()
     prompt = ids("Write a long story about a dragon.")
     limits = [3, 9, 17, 30]
-    results = run_together(engine, [(prompt, GenerationParams(temperature=0, max_new_tokens=n)) for n in limits])
+    results = run_together(engine, [(prompt, filled(temperature=0, max_new_tokens=n)) for n in limits])
     assert [r.completion_tokens for r in results] == limits
     assert all(r.finish_reason == "length" for r in results)
     # shorter answers are prefixes of longer ones: same greedy path, cut at different points
@@ -133,10 +133,12 @@ def test_each_row_stops_at_its_own_max_new_tokens(
     assert all(texts[i + 1].startswith(texts[i]) for i in range(3))
 
 
-def test_a_request_joins_a_running_batch(make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]) -> None:
+def test_a_request_joins_a_running_batch(
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
+) -> None:
     engine = make_engine()
     long_prompt, short_prompt = ids("Write a long story about a dragon."), ids(QUESTIONS[0])
-    long_params = GenerationParams(temperature=0, max_new_tokens=60)
+    long_params = filled(temperature=0, max_new_tokens=60)
     solo_long = engine.generate(long_prompt, long_params).text
     solo_short = engine.generate(short_prompt, GREEDY).text
     stream = engine.stream(long_prompt, long_params)
@@ -152,10 +154,10 @@ def test_a_request_joins_a_running_batch(make_engine: Callable[..., Engine], ids
 
 
 def test_cancel_mid_stream_and_the_batch_goes_on(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
     engine = make_engine()
-    long_params = GenerationParams(temperature=0, max_new_tokens=80)
+    long_params = filled(temperature=0, max_new_tokens=80)
     prompt = ids("Write a long story about a dragon.")
     solo = engine.generate(prompt, long_params).text
     seen: list[Any] = []
@@ -181,10 +183,10 @@ def test_cancel_mid_stream_and_the_batch_goes_on(
 
 
 def test_closing_a_stream_cancels_its_request(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
     engine = make_engine()
-    stream = engine.stream(ids("Count from one to one hundred."), GenerationParams(temperature=0, max_new_tokens=200))
+    stream = engine.stream(ids("Count from one to one hundred."), filled(temperature=0, max_new_tokens=200))
     next(stream)
     stream.close()
     deadline = time.monotonic() + 5
@@ -194,10 +196,10 @@ def test_closing_a_stream_cancels_its_request(
 
 
 def test_a_full_queue_answers_overloaded_at_once(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
     engine = make_engine(max_batch_size=1, max_queue=2)
-    long = GenerationParams(temperature=0, max_new_tokens=500)
+    long = filled(temperature=0, max_new_tokens=500)
     prompt = ids("Count from one to one thousand.")
     events: list[Any] = []
     engine.submit(prompt, long, events.append, request_id="running")
@@ -219,10 +221,10 @@ def test_a_full_queue_answers_overloaded_at_once(
     engine.cancel("running")
 
 
-def test_a_request_timeout_ends_it(make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]) -> None:
+def test_a_request_timeout_ends_it(make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]) -> None:
     engine = make_engine()
     result = engine.generate(
-        ids("Count from one to one thousand."), GenerationParams(temperature=0, max_new_tokens=500), timeout_s=0.5
+        ids("Count from one to one thousand."), filled(temperature=0, max_new_tokens=500), timeout_s=0.5
     )
     assert result.finish_reason == "timeout"
     assert 0 < result.completion_tokens < 500
@@ -230,31 +232,31 @@ def test_a_request_timeout_ends_it(make_engine: Callable[..., Engine], ids: Call
 
 
 def test_seeded_sampling_is_reproducible_alone_and_batched(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
     engine = make_engine()
     prompt = ids(QUESTIONS[1])
-    seeded = GenerationParams(temperature=0.9, top_p=0.95, top_k=50, seed=42, max_new_tokens=20)
+    seeded = filled(temperature=0.9, top_p=0.95, top_k=50, seed=42, max_new_tokens=20)
     alone = engine.generate(prompt, seeded)
     assert alone.seed == 42
-    other = GenerationParams(temperature=0.9, seed=7, max_new_tokens=20)
+    other = filled(temperature=0.9, seed=7, max_new_tokens=20)
     together = run_together(engine, [(prompt, seeded), (ids(QUESTIONS[2]), other), (prompt, seeded)])
     assert together[0].text == together[2].text == alone.text
-    unseeded = engine.generate(prompt, GenerationParams(temperature=0.9, max_new_tokens=5))
+    unseeded = engine.generate(prompt, filled(temperature=0.9, max_new_tokens=5))
     assert isinstance(unseeded.seed, int)  # the seed actually used is reported
 
 
-def test_stop_strings_end_a_row(make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]) -> None:
+def test_stop_strings_end_a_row(make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]) -> None:
     engine = make_engine()
     prompt = ids("What is the capital of France?")
     full = engine.generate(prompt, GREEDY).text
     assert "Paris" in full
-    cut = engine.generate(prompt, GenerationParams(temperature=0, max_new_tokens=24, stop=["Paris"]))
+    cut = engine.generate(prompt, filled(temperature=0, max_new_tokens=24, stop=["Paris"]))
     assert cut.finish_reason == "stop"
     assert cut.text == full[: full.index("Paris")]
 
 
-def test_async_stream(make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]) -> None:
+def test_async_stream(make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]) -> None:
     engine = make_engine()
     prompt = ids(QUESTIONS[0])
 
@@ -268,7 +270,7 @@ def test_async_stream(make_engine: Callable[..., Engine], ids: Callable[[str], l
 
 
 def test_a_model_failure_fails_that_request_and_the_engine_keeps_serving(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]], tiny_model_dir: Any
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]], tiny_model_dir: Any
 ) -> None:
     """A real failure: a token id past the tiny model's embedding table."""
     from transformers import AutoModelForCausalLM
@@ -278,18 +280,18 @@ def test_a_model_failure_fails_that_request_and_the_engine_keeps_serving(
     bad = engine.generate([1, 2, tiny.config.vocab_size + 10], GREEDY)
     assert bad.finish_reason == "error"
     assert isinstance(bad.error, GenerationError) and "retry" in bad.error.message
-    good = engine.generate(ids(QUESTIONS[0]), GenerationParams(temperature=0, max_new_tokens=5))
+    good = engine.generate(ids(QUESTIONS[0]), filled(temperature=0, max_new_tokens=5))
     assert good.finish_reason == "length" and good.completion_tokens == 5
 
 
-def test_rows_end_at_the_context_length(make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]) -> None:
+def test_rows_end_at_the_context_length(make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]) -> None:
     prompt = ids("Write a long story about a dragon.")
     engine = make_engine(context_length=len(prompt) + 6)
-    result = engine.generate(prompt, GenerationParams(temperature=0, max_new_tokens=100))
+    result = engine.generate(prompt, filled(temperature=0, max_new_tokens=100))
     assert (result.finish_reason, result.completion_tokens) == ("length", 6)
 
 
-def test_submit_rejects_what_the_engine_cannot_run(make_engine: Callable[..., Engine]) -> None:
+def test_submit_rejects_what_the_engine_cannot_run(make_engine: Callable[..., Scheduler]) -> None:
     engine = make_engine()
     with pytest.raises(InvalidRequest, match="prompt"):
         engine.submit([], GREEDY, lambda e: None)
@@ -298,7 +300,7 @@ def test_submit_rejects_what_the_engine_cannot_run(make_engine: Callable[..., En
 
 
 def test_close_finishes_in_flight_work_then_refuses(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]]
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
     from toolkit.errors import EngineClosed
 
@@ -312,16 +314,14 @@ def test_close_finishes_in_flight_work_then_refuses(
 
 
 def test_a_failed_prefill_does_not_touch_running_rows(
-    make_engine: Callable[..., Engine], ids: Callable[[str], list[int]], tiny_model_dir: Any
+    make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]], tiny_model_dir: Any
 ) -> None:
     from transformers import AutoModelForCausalLM
 
     tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     engine = make_engine(tiny, context_length=256)
     events: list[Any] = []
-    engine.submit(
-        ids("Hello there"), GenerationParams(temperature=0, max_new_tokens=120), events.append, request_id="good"
-    )
+    engine.submit(ids("Hello there"), filled(temperature=0, max_new_tokens=120), events.append, request_id="good")
     deadline = time.monotonic() + 10
     while not events and time.monotonic() < deadline:  # it is generating
         time.sleep(0.005)

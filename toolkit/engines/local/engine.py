@@ -35,17 +35,18 @@ from toolkit.engines.local.detok import TextStream
 from toolkit.engines.local.kvbatch import KVBatch, left_padded
 from toolkit.engines.local.lorastack import LoraStack
 from toolkit.engines.local.packed import pack_linears
+from toolkit.engines.local.repeats import breaker_ids
 from toolkit.engines.local.sampling import RowSampler, next_tokens
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.events import Delta, Event, Finished, Sink, Streams
-from toolkit.loopguard import looping
+from toolkit.loopguard import MIN_SPAN_TOKENS, LoopGuard, looping
 from toolkit.params import GenerationParams
 
 log = logging.getLogger("toolkit.engine")
 
 # Engines still running at interpreter exit are stopped first: a scheduler thread that has run
 # the model and is still parked when Python finalizes makes the process abort.
-_LIVE_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+_LIVE_ENGINES: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
 
 @atexit.register
@@ -93,9 +94,11 @@ class _Row:
     sampler: RowSampler
     text: TextStream
     generated: int = 0
+    guard: LoopGuard = field(default_factory=LoopGuard)  # near copies; holds back a copy in the making
+    ends: list[int] = field(default_factory=list)  # the raw text's length after each token
 
 
-class Engine(Streams):
+class Scheduler(Streams):
     """Batched, streaming, cancellable generation over one loaded model."""
 
     def __init__(
@@ -133,6 +136,7 @@ class Engine(Streams):
         self._adapters: set[str] = set()  # adapters requests may name (loaded, not being unloaded)
         self._between_steps: list[_Op] = []  # changes to the model, run by the scheduler thread
         self._closing = False
+        self._breaker_ids: frozenset[int] | None = None  # DRY's sequence breakers, when a request first needs them
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # the most rows ever decoded together
         self._thread = threading.Thread(target=self._run, name="toolkit-engine", daemon=True)
@@ -174,8 +178,10 @@ class Engine(Streams):
         """
         if not input_ids:
             raise InvalidRequest("prompt", "the prompt has no tokens")
-        if params.max_new_tokens is None:
-            raise InvalidRequest("params.max_new_tokens", "the engine needs a number; resolve it first")
+        if params.missing():  # the service resolves them once (toolkit.params.resolve); engines fill nothing
+            raise InvalidRequest(
+                f"params.{params.missing()[0]}", "the engine needs every parameter set; resolve them first"
+            )
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         timeout_s = timeout_s if timeout_s is not None else self.default_timeout_s
         now = time.perf_counter()
@@ -336,6 +342,11 @@ class Engine(Streams):
             taken.append(self._pending.popleft())
         return taken
 
+    def _breakers(self) -> frozenset[int]:
+        if self._breaker_ids is None:
+            self._breaker_ids = breaker_ids(self.tokenizer)
+        return self._breaker_ids
+
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, jobs: Sequence[Job]
     ) -> torch.Tensor:
@@ -362,7 +373,7 @@ class Engine(Streams):
         rows = [
             _Row(
                 job,
-                RowSampler.create(job.params, job.seed, job.input_ids, self.device),
+                RowSampler.create(job.params, job.seed, job.input_ids, self.device, self._breakers),
                 TextStream(self.tokenizer, job.params.stop),
             )
             for job in jobs
@@ -412,12 +423,18 @@ class Engine(Streams):
                 continue
             row.sampler.observe(tokens[i])
             delta = row.text.push(token)
-            if delta:
-                self._emit(job, Delta(job.request_id, delta))
+            row.ends.append(len(row.guard.raw) + len(delta))
+            shown = row.guard.push(delta)
+            if shown:
+                self._emit(job, Delta(job.request_id, shown))
+            period = 0 if row.text.stopped or row.guard.loop else looping(row.text.tokens)
+            if period:  # the same span over and over: the visible answer keeps its first turn
+                n = len(row.text.tokens)
+                row.guard.stop("period", row.ends[n - max(MIN_SPAN_TOKENS, 4 * period) + period - 1])
             if row.text.stopped:
                 self._finish_row(row, "stop")
-            elif looping(row.text.tokens):
-                self._finish_row(row, "repetition")  # the same span over and over: see toolkit.loopguard
+            elif row.guard.loop:
+                self._finish_row(row, "repetition")  # see toolkit.loopguard
             else:
                 at_context = len(job.input_ids) + row.generated >= self.context_length
                 if at_context or row.generated >= (job.params.max_new_tokens or 0):
@@ -434,13 +451,24 @@ class Engine(Streams):
         self._batch.keep(keep)
 
     def _finish_row(self, row: _Row, reason: str) -> None:
-        """End a running row; ``completion_tokens`` counts every generated token, EOS included."""
-        tail = row.text.finish()
+        """End a running row; ``completion_tokens`` counts every generated token, EOS included. The text is
+        the visible answer (a loop's copies cut off); the raw one goes to the run record when they differ."""
+        guard = row.guard
+        tail = guard.push(row.text.finish()) + guard.finish()
         if tail:
             self._emit(row.job, Delta(row.job.request_id, tail))
-        self._finish(row.job, reason, row.text.emitted, row.generated)
+        extra = {"raw_text": guard.raw} if guard.loop is not None and guard.raw != guard.visible else {}
+        self._finish(row.job, reason, guard.visible, row.generated, extra=extra)
 
-    def _finish(self, job: Job, reason: str, text: str, generated: int, error: ToolkitError | None = None) -> None:
+    def _finish(
+        self,
+        job: Job,
+        reason: str,
+        text: str,
+        generated: int,
+        error: ToolkitError | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         if job.done:
             return
         job.done = True
@@ -457,6 +485,7 @@ class Engine(Streams):
             first_token_s=(job.first_token - job.submitted) if job.first_token is not None else None,
             total_s=now - job.submitted,
             error=error,
+            extra=extra or {},
         )
         with self._cond:
             self._jobs.pop(job.request_id, None)
@@ -487,7 +516,7 @@ class Engine(Streams):
     def _fail_batch(self, exc: Exception) -> None:
         error = self._error(exc)
         for row in list(self._rows):
-            self._finish(row.job, "error", row.text.emitted, row.generated, error)
+            self._finish(row.job, "error", row.guard.raw[: row.guard.shown], row.generated, error)
         for job in list(self._admitting):
             self._finish(job, "error", "", 0, error)
         with self._cond:

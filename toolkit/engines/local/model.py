@@ -1,7 +1,7 @@
 """``LocalEngine``: one loaded transformers model behind the ``Engine`` protocol.
 
 It renders messages with the model's chat template, tokenizes, and hands token ids to the
-scheduler (``toolkit.engines.local.engine.Engine``: continuous batching, per-row sampling, cancel,
+scheduler (``toolkit.engines.local.engine.Scheduler``: continuous batching, per-row sampling, cancel,
 timeouts). Its LoRA adapters are an ``AdapterRegistry`` over ``ADAPTERS_DIR`` bound to this
 model's content hash.
 """
@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.adapters import AdapterRegistry
+from toolkit.controltokens import ControlTokens
 from toolkit.engines.base import Capabilities, Encoded, EngineInfo, EngineRequest, EngineStats, Messages
-from toolkit.engines.local.engine import Engine
+from toolkit.engines.local.engine import Scheduler
 from toolkit.events import Event
 from toolkit.rag import merge_system_messages
 from toolkit.results import AdapterInfo
@@ -31,7 +32,7 @@ class LocalEngine:
         adapters_dir: Path,
     ) -> None:
         self.loaded = loaded  # LoadedModel: model, tokenizer, hashes
-        self.scheduler = Engine(
+        self.scheduler = Scheduler(
             loaded.model,
             loaded.tokenizer,
             eos_token_ids=loaded.eos_token_ids,
@@ -51,6 +52,7 @@ class LocalEngine:
             dtype=loaded.dtype,
             quantization=loaded.quantization,
             defaults=dict(loaded.defaults),
+            control=ControlTokens.from_tokenizer(loaded.tokenizer),
         )
 
     @property
@@ -77,7 +79,7 @@ class LocalEngine:
     def count_tokens(self, text: str) -> int:
         return len(self._ids(text))
 
-    def count_messages(self, messages: Messages) -> int:
+    def count_messages(self, messages: Messages, *, limit: int | None = None) -> int:
         return self.count_tokens(self.render(messages))
 
     def encode(self, messages: Messages, *, limit: int | None = None) -> Encoded:

@@ -1,7 +1,7 @@
 """Choose the next token for every row of a batch, each row with its own parameters.
 
 Rows are independent: a greedy row takes the argmax, a sampling row applies its
-penalties, temperature, top-k and top-p and draws with its own seeded
+penalties, temperature, min-p, top-k and top-p and draws with its own seeded
 ``torch.Generator``, so a seeded request samples the same tokens alone or in a
 batch. The repetition penalty (transformers' CTRL-style) counts the prompt too; the presence and
 frequency penalties (OpenAI's and vLLM's) count only the generated tokens, so that copying from
@@ -10,12 +10,14 @@ the prompt (a web source, say) is not punished.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from toolkit.engines.local.repeats import Generated
+from toolkit.errors import InvalidRequest
 from toolkit.params import GenerationParams
 
 
@@ -29,10 +31,12 @@ class RowSampler:
     temperature: float
     top_p: float
     top_k: int
+    min_p: float
     repetition_penalty: float
     presence_penalty: float
     frequency_penalty: float
     counts: torch.Tensor | None = None  # how often each token was generated, for presence/frequency penalties
+    generated: Generated = field(default_factory=Generated)  # DRY and the n-gram rule
 
     @property
     def greedy(self) -> bool:
@@ -42,9 +46,27 @@ class RowSampler:
     def penalized(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
+    @property
+    def fast(self) -> bool:
+        """Greedy with nothing to adjust: the argmax of the raw logits."""
+        return self.greedy and self.seen is None and not self.penalized and not self.generated.active
+
     @classmethod
-    def create(cls, params: GenerationParams, seed: int, prompt_ids: Sequence[int], device: Any) -> RowSampler:
-        p = params.with_defaults({})  # fields left to the model's defaults: the service filled them; else the toolkit's
+    def create(
+        cls,
+        params: GenerationParams,
+        seed: int,
+        prompt_ids: Sequence[int],
+        device: Any,
+        breakers: Callable[[], frozenset[int]] = frozenset,
+    ) -> RowSampler:
+        """``params`` resolved (``toolkit.params.resolve``): every sampling parameter is set. ``breakers``: the
+        model's DRY sequence breakers, asked for only when DRY is on."""
+        if params.missing():
+            raise InvalidRequest(
+                f"params.{params.missing()[0]}", "the engine needs every parameter set; resolve them first"
+            )
+        p = params
         generator = None
         if not p.greedy:
             generator = torch.Generator(device=device)
@@ -56,12 +78,20 @@ class RowSampler:
             seed,
             generator,
             seen,
-            temperature=float(p.temperature or 0.0),
-            top_p=float(p.top_p or 1.0),
-            top_k=int(p.top_k or 0),
-            repetition_penalty=float(p.repetition_penalty or 1.0),
-            presence_penalty=float(p.presence_penalty or 0.0),
-            frequency_penalty=float(p.frequency_penalty or 0.0),
+            temperature=float(p.temperature),  # type: ignore[arg-type]
+            top_p=float(p.top_p),  # type: ignore[arg-type]
+            top_k=int(p.top_k),  # type: ignore[arg-type]
+            min_p=float(p.min_p),  # type: ignore[arg-type]
+            repetition_penalty=float(p.repetition_penalty),  # type: ignore[arg-type]
+            presence_penalty=float(p.presence_penalty),  # type: ignore[arg-type]
+            frequency_penalty=float(p.frequency_penalty),  # type: ignore[arg-type]
+            generated=Generated(
+                dry_multiplier=float(p.dry_multiplier),  # type: ignore[arg-type]
+                dry_base=float(p.dry_base),  # type: ignore[arg-type]
+                dry_allowed_length=int(p.dry_allowed_length),  # type: ignore[arg-type]
+                no_repeat_ngram_size=int(p.no_repeat_ngram_size),  # type: ignore[arg-type]
+                breakers=breakers() if p.dry_multiplier else frozenset(),
+            ),
         )
 
     def observe(self, token: torch.Tensor) -> None:
@@ -69,11 +99,13 @@ class RowSampler:
             self.seen = torch.cat([self.seen, token.view(1)])
         if self.counts is not None:
             self.counts[token] += 1
+        if self.generated.active:
+            self.generated.observe(int(token))
 
 
 def next_tokens(logits: torch.Tensor, rows: Sequence[RowSampler]) -> torch.Tensor:
     """``logits`` [batch, vocab] -> next token ids [batch]."""
-    if all(r.greedy and r.seen is None and not r.penalized for r in rows):
+    if all(r.fast for r in rows):
         return logits.argmax(dim=-1)
     logits = logits.float()
     for i, row in enumerate(rows):
@@ -83,6 +115,8 @@ def next_tokens(logits: torch.Tensor, rows: Sequence[RowSampler]) -> torch.Tenso
             if row.counts is None:  # the first token: nothing generated yet
                 row.counts = torch.zeros(logits.shape[-1], device=logits.device)
             logits[i] -= row.frequency_penalty * row.counts + row.presence_penalty * (row.counts > 0).float()
+        if row.generated.active:
+            _repeats(logits[i], row.generated)
     out = logits.argmax(dim=-1)
     sampling = [i for i, r in enumerate(rows) if not r.greedy]
     if not sampling:
@@ -91,6 +125,7 @@ def next_tokens(logits: torch.Tensor, rows: Sequence[RowSampler]) -> torch.Tenso
     sub = logits.index_select(0, index)
     temperature = torch.tensor([rows[i].temperature for i in sampling], device=sub.device)
     sub = sub / temperature.unsqueeze(1)
+    sub = _min_p(sub, [rows[i].min_p for i in sampling])
     sub = _top_k_top_p(sub, [rows[i].top_k for i in sampling], [rows[i].top_p for i in sampling])
     probs = torch.softmax(sub, dim=-1)
     for j, i in enumerate(sampling):
@@ -98,11 +133,31 @@ def next_tokens(logits: torch.Tensor, rows: Sequence[RowSampler]) -> torch.Tenso
     return out
 
 
+def _repeats(row_logits: torch.Tensor, generated: Generated) -> None:
+    """DRY penalties and the tokens the n-gram rule bans (``repeats``), over the row's generated tokens."""
+    penalties = generated.dry_penalties()
+    if penalties:
+        index = torch.tensor(list(penalties), device=row_logits.device)
+        row_logits.index_add_(0, index, -torch.tensor(list(penalties.values()), device=row_logits.device))
+    banned = generated.banned()
+    if banned and len(banned) < row_logits.shape[-1]:
+        row_logits[torch.tensor(sorted(banned), device=row_logits.device)] = float("-inf")
+
+
 def _repetition_penalty(row_logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
     """CTRL-style penalty, as transformers applies it: divide positive logits, multiply negative."""
     score = row_logits.gather(0, seen)
     score = torch.where(score < 0, score * penalty, score / penalty)
     row_logits.scatter_(0, seen, score)
+
+
+def _min_p(logits: torch.Tensor, min_p: list[float]) -> torch.Tensor:
+    """Drop the tokens less likely than ``min_p`` times the most likely one (after temperature, as vLLM does)."""
+    if all(p <= 0.0 for p in min_p):
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    floor = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_p, device=logits.device).unsqueeze(1)
+    return logits.masked_fill(probs < floor, float("-inf"))
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:

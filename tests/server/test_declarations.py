@@ -1,0 +1,189 @@
+"""Facts declared once, checked where they are derived: the GraphQL input of the generation parameters,
+and each error's code, status and retry on both endpoints and back through both clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from gqlhttp import post
+from graphql import GraphQLList, GraphQLNonNull, build_schema
+from loopback import serve_in_thread
+
+from server.app import make_app, make_http_server
+from server.config import ServerSettings
+from server.resolvers import SCHEMA_FILE
+from toolkit.client import RemoteService, ServiceUnavailable
+from toolkit.errors import (
+    ClientGone,
+    ConfigError,
+    EngineClosed,
+    EngineUnavailable,
+    Forbidden,
+    GenerationError,
+    InvalidRequest,
+    MissingDependency,
+    ModelLoadError,
+    ModelNotReady,
+    Overloaded,
+    PromptTooLong,
+    RateLimited,
+    RemoteError,
+    RequestTimeout,
+    ToolkitError,
+    Unauthenticated,
+    UnknownModel,
+    error_classes,
+)
+from toolkit.params import PARAMS
+from toolkit.registry import ModelConfig
+from toolkit.results import Health, ModelInfo
+from toolkit.search import SearchFailure
+from toolkit.service import InferenceService
+from toolkit.wire import camel
+
+GRAPHQL_TYPES = {"int": "Int", "float": "Float", "strings": "[String!]"}
+
+
+def type_name(t: Any) -> str:
+    if isinstance(t, GraphQLNonNull):
+        return type_name(t.of_type) + "!"
+    if isinstance(t, GraphQLList):
+        return f"[{type_name(t.of_type)}]"
+    return str(t.name)
+
+
+def test_the_schemas_generation_input_is_the_declaration() -> None:
+    schema = build_schema(SCHEMA_FILE.read_text())
+    declared = {camel(name): GRAPHQL_TYPES[spec.kind] for name, spec in PARAMS.items()}
+    served = {name: type_name(f.type) for name, f in schema.type_map["GenerationInput"].fields.items()}  # type: ignore[union-attr]
+    assert served == declared
+
+
+# ----- every error, on every wire ---------------------------------------------------------------
+
+SAMPLES: dict[type[ToolkitError], ToolkitError] = {
+    ToolkitError: ToolkitError("something broke"),
+    ConfigError: ConfigError("MODELS_FILE", "not valid TOML"),
+    InvalidRequest: InvalidRequest("params.temperature", "must be >= 0 (0 means greedy), got -1"),
+    UnknownModel: UnknownModel("unknown model 'nope'; this service serves 'm'"),
+    PromptTooLong: PromptTooLong("prompt", 5000, 4096),
+    Unauthenticated: Unauthenticated(True),
+    Forbidden: Forbidden("loading adapters needs an admin key"),
+    RateLimited: RateLimited(3),
+    Overloaded: Overloaded(64, 64),
+    EngineUnavailable: EngineUnavailable("m", "its server cannot be reached"),
+    EngineClosed: EngineClosed(),
+    ModelLoadError: ModelLoadError("the weights are broken"),
+    ModelNotReady: ModelNotReady("the model is still loading"),
+    GenerationError: GenerationError("generation failed (RuntimeError, error id 1, logged)"),
+    RequestTimeout: RequestTimeout("the request timed out"),
+    ClientGone: ClientGone("the client closed the connection"),
+    MissingDependency: MissingDependency("peft", "LoRA adapters"),
+    SearchFailure: SearchFailure("timeout", "the search took too long"),
+}
+CLIENT_SIDE = (ServiceUnavailable, RemoteError)  # made by a client, never sent by a server
+# what the remote engine gives for an error of a toolkit server behind it: the same error again, or the
+# model is unavailable for now (the remote server's own keys, models, shutdowns and failures)
+VIA_REMOTE_ENGINE = {
+    InvalidRequest: InvalidRequest,
+    PromptTooLong: PromptTooLong,
+    Overloaded: Overloaded,
+    RateLimited: Overloaded,
+    RequestTimeout: RequestTimeout,
+    GenerationError: GenerationError,
+}
+
+
+class Raising:
+    """A service whose requests raise the error it is set to: each error's wire forms, end to end."""
+
+    def __init__(self) -> None:
+        self.error: ToolkitError = ToolkitError("unset")
+
+    def health(self) -> Health:
+        return Health("ready", "m", None, None, None, 0, 0, 0.0, "0")
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo("m", "local", True, 2048, None)]
+
+    def adapters(self, model: str | None = None) -> list[Any]:
+        return []
+
+    def validate(self, request: Any, **kwargs: Any) -> Any:
+        return request, request.params
+
+    async def ainfer(self, request: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+    async def astream(self, request: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        raise self.error
+        yield
+
+
+@dataclass
+class Running:
+    base: str
+    url: str
+
+
+@pytest.fixture(scope="module")
+def raising() -> Iterator[tuple[Raising, Running]]:
+    service = Raising()
+    served = serve_in_thread(lambda: make_http_server(make_app(service, ServerSettings(port=0, rate_burst=10_000))))
+    base = f"http://127.0.0.1:{served.port}"
+    yield service, Running(base, base + "/graphql")
+    served.stop()
+
+
+def test_every_error_class_has_a_sample() -> None:
+    assert set(error_classes()) - set(CLIENT_SIDE) == set(SAMPLES)
+
+
+def same(error: ToolkitError, sample: ToolkitError) -> None:
+    assert type(error) is type(sample), (error, sample)
+    assert error.message == sample.message and error.retry_after_s == sample.retry_after_s
+    for name in sample.wire_fields:
+        assert getattr(error, name) == getattr(sample, name), name
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
+def test_each_error_on_both_endpoints_and_back(cls: type[ToolkitError], raising: tuple[Raising, Any]) -> None:
+    service, running = raising
+    sample = service.error = SAMPLES[cls]
+    # GraphQL: the code and fields; an error a retry may cure is a 503 with Retry-After when nothing ran
+    status, headers, body = post(running.url, {"query": 'mutation { infer(prompt: "Hi") { text } }'})
+    extensions = body["errors"][0]["extensions"]
+    assert extensions["code"] == cls.code
+    assert status == (503 if sample.retry_after_s is not None else 200)
+    assert (headers.get("Retry-After") is not None) == (sample.retry_after_s is not None)
+    # the OpenAI endpoint: the class's status and code
+    chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    status, headers, body = post(running.base + "/v1/chat/completions", chat, accept=None)
+    assert status == cls.status and body["error"]["code"] == sample.wire_code
+    assert (headers.get("Retry-After") is not None) == (sample.retry_after_s is not None)
+    # back through RemoteService: the same class, message and fields
+    with pytest.raises(ToolkitError) as info:
+        RemoteService(running.url).infer("Hi")
+    same(info.value, sample)
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
+def test_each_error_back_through_the_remote_engine(
+    cls: type[ToolkitError], raising: tuple[Raising, Any], settings: Any
+) -> None:
+    service, running = raising
+    service.error = SAMPLES[cls]
+    configs = [ModelConfig("via", engine="openai", base_url=running.base + "/v1", served_model="m")]
+    other = InferenceService(replace(settings, search_provider="none"), models=configs).start(progress=False)
+    try:
+        with pytest.raises(ToolkitError) as info:
+            other.infer("Hi", model="via", max_new_tokens=4)
+        assert type(info.value) is VIA_REMOTE_ENGINE.get(cls, EngineUnavailable), info.value
+        if cls is InvalidRequest:
+            assert info.value.field == "params.temperature"  # type: ignore[attr-defined]
+        assert "127.0.0.1" not in info.value.message
+    finally:
+        other.close(grace_s=0)
