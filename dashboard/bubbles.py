@@ -145,7 +145,8 @@ def _mark(sentence: Any, titles: dict[int, str]) -> str:
         cited = ", ".join(f"[{n}]" for n in sentence.cited)
         why = f"cites {cited}, but " + (f"it is in {where}" if best and sentence.score else "no source says it")
         return f'<span class="tk-mark tk-warn" title="{escape(why)}">⚠</span>'
-    return f'<span class="tk-mark tk-warn" title="{escape("not found in the sources")}">⚠</span>'
+    why = "not found in the sources" + (f": {sentence.why}" if getattr(sentence, "why", None) else "")
+    return f'<span class="tk-mark tk-warn" title="{escape(why)}">⚠</span>'
 
 
 def assistant_bubble(

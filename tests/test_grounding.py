@@ -11,7 +11,16 @@ import pytest
 
 from toolkit.grounding import THRESHOLD, check, split_sentences
 
-CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "grounding.jsonl").read_text().splitlines()]
+DATA = Path(__file__).parent / "data"
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+
+
+CASES = load("grounding.jsonl")
+ADVERSARIAL = load("grounding_adversarial.jsonl")  # issue 23: claims that word overlap cannot see through
+HELD_OUT = load("grounding_heldout.jsonl")  # the same kinds, written after the rules were fixed
 
 
 def verdict(case: dict[str, Any]) -> str:
@@ -30,6 +39,48 @@ def test_at_least_ninety_percent_of_the_labelled_cases() -> None:
 )
 def test_a_swapped_name_or_number_never_passes_as_supported(case: dict[str, Any]) -> None:
     assert verdict(case) != "supported"
+
+
+@pytest.mark.parametrize("cases", [ADVERSARIAL, HELD_OUT], ids=["adversarial", "held out"])
+def test_adversarial_claims_do_not_fool_it(cases: list[dict[str, Any]]) -> None:
+    assert len(cases) >= 40
+    right = sum(verdict(c) == c["label"] for c in cases)
+    unsupported = [c for c in cases if c["label"] == "unsupported"]
+    passed = [c["sentence"] for c in unsupported if verdict(c) == "supported"]
+    assert right / len(cases) >= 0.9, f"{right}/{len(cases)}"
+    assert len(passed) <= 0.02 * len(unsupported), passed
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in ADVERSARIAL if c["label"] == "unsupported"], ids=lambda c: f"{c['kind']}: {c['sentence'][:50]}"
+)
+def test_each_kind_of_unsupported_claim_is_caught_and_says_why(case: dict[str, Any]) -> None:
+    sentence = check(case["sentence"], case["sources"]).sentences[0]
+    assert sentence.verdict == "unsupported" and sentence.decided_by == "rules"
+
+
+def test_a_sentence_said_again_is_one_claim() -> None:
+    source = "The Harlow Dam is a gravity dam on the river Tess. It was built by the engineer Tamsin Reade."
+    once = check("The dam was built by the engineer Tamsin Reade.", [source])
+    twice = check("The dam was built by the engineer Tamsin Reade. The Harlow dam was built by the engineer Tamsin Reade.", [source])
+    assert once.summary == twice.summary == "1 of 1 sentence supported"
+
+
+def test_a_judge_decides_only_where_the_rules_are_unsure() -> None:
+    source = "The Pell Ridge Observatory is closed every February for maintenance."
+    asked: list[str] = []
+
+    def judge(claim: str, text: str) -> bool:
+        asked.append(claim)
+        return False
+
+    unsure = "The observatory shuts its doors every February."  # half of its words are the source's
+    result = check(unsure, [source], judge=judge, judge_name="smollm2")
+    assert asked == [unsure] and result.sentences[0].decided_by == "judge:smollm2"
+    assert result.sentences[0].verdict == "unsupported"
+    asked.clear()
+    clear = check("The Pell Ridge Observatory is never closed [1].", [source], judge=judge)  # a rule decides
+    assert asked == [] and clear.sentences[0].decided_by == "rules" and clear.sentences[0].why
 
 
 def test_citations_out_of_range_wrong_and_missing() -> None:

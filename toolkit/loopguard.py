@@ -160,3 +160,15 @@ class LoopGuard:
         kept = self.raw[:cut]
         match = _CONNECTOR.search(kept)
         return match.start() if match else len(kept.rstrip())
+
+
+def repeats(text: str, n: int = 6, times: int = 3) -> bool:
+    """A loop in plain words: some run of ``n`` words occurs ``times`` times or more."""
+    words = text.lower().split()
+    seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        key = tuple(words[i : i + n])
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] >= times:
+            return True
+    return False

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from toolkit.engines.base import Encoded, EngineRequest
 from toolkit.events import Finished
+from toolkit.grounding import Judge
 from toolkit.grounding import check as check_grounding
 from toolkit.params import GenerationParams, InferRequest
 from toolkit.rag import BuiltMessages
@@ -52,14 +53,18 @@ class Prepared:
         seed = self.params.seed if self.params.seed is not None else 0
         return Finished(self.request.request_id, "", "cancelled", self.encoded.tokens, 0, seed, 0.0, None, 0.0)
 
-    def result(self, finished: Finished, versions: dict[str, str]) -> InferResult:
-        """The answer and its run record, from the engine's ``Finished``; raises the error it carries."""
+    def result(self, finished: Finished, versions: dict[str, str], judge: Judge | None = None) -> InferResult:
+        """The answer and its run record, from the engine's ``Finished``; raises the error it carries.
+        ``judge``: decides the grounding claims the rules are unsure of (``toolkit.grounding``)."""
         if finished.error is not None:
             raise finished.error
         request, search, entry = self.request, self.search, self.model
         info = entry.engine.info
         sources = tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(self.built.sources, start=1))
-        grounding = check_grounding(finished.text, sources) if search is not None and sources else None
+        grounding = None
+        if search is not None and sources:
+            name = getattr(judge, "name", "judge")
+            grounding = check_grounding(finished.text, sources, judge=judge, judge_name=name)
         loaded = entry.loaded
         record = RunRecord(
             request_id=request.request_id,

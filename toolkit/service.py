@@ -34,8 +34,16 @@ from toolkit.compare import Comparison, collect, compare_stream
 from toolkit.compare import Plan as ComparePlan
 from toolkit.compare import plan as compare_plan
 from toolkit.engines.base import Engine
-from toolkit.errors import EngineClosed, EngineUnavailable, InvalidRequest, ModelNotReady, PromptTooLong
+from toolkit.errors import (
+    ConfigError,
+    EngineClosed,
+    EngineUnavailable,
+    InvalidRequest,
+    ModelNotReady,
+    PromptTooLong,
+)
 from toolkit.events import Finished
+from toolkit.judge import ModelJudge
 from toolkit.live import Live, LiveRequests
 from toolkit.params import PARAMS, GenerationParams, InferRequest, Limits, resolve
 from toolkit.prepared import Prepared, search_finished
@@ -129,6 +137,15 @@ class InferenceService:
         else:
             configs = configured_models(self.settings)
         self.registry = ModelRegistry(configs, self.settings)
+        if self.settings.grounding_judge is not None:
+            try:
+                self.registry.route(self.settings.grounding_judge)
+            except InvalidRequest:
+                served = ", ".join(repr(e.name) for e in self.registry)
+                raise ConfigError(
+                    "GROUNDING_JUDGE",
+                    f"{self.settings.grounding_judge!r} is not a model this service serves ({served})",
+                ) from None
         if loaded is not None:
             self.registry.attach(self.registry.default, loaded)
 
@@ -490,7 +507,10 @@ class InferenceService:
             return
         try:
             async for event in events:
-                yield translate(event)
+                if isinstance(event, Finished) and self.settings.grounding_judge:  # the judge generates: off the loop
+                    yield await asyncio.get_running_loop().run_in_executor(None, translate, event)
+                else:
+                    yield translate(event)
         finally:
             await events.aclose()
 
@@ -598,12 +618,17 @@ class InferenceService:
 
         return translate
 
+    def _judge(self) -> ModelJudge | None:
+        """GROUNDING_JUDGE's model, asked about the grounding claims the rules are unsure of."""
+        name = self.settings.grounding_judge
+        return ModelJudge(self, name) if name else None
+
     def _provider(self) -> str:
         return self.searcher.provider if self.searcher else "none"
 
     def _result(self, prepared: Prepared, finished: Finished) -> InferResult:
         self.registry.observe(prepared.model, finished.error)  # a remote server down, or answering again
-        result = prepared.result(finished, self._versions)
+        result = prepared.result(finished, self._versions, self._judge())
         if self.run_log is not None:
             try:
                 self.run_log.append(result)

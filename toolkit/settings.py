@@ -23,6 +23,15 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llm-toolkit"
+
+
+def default_store() -> Path:
+    return default_data_dir() / "toolkit.db"
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "llm-toolkit"
@@ -62,6 +71,10 @@ class Settings:
     run_log: Path | None = None
     # Generation defaults for the MODEL_ID model, over its own: "temperature=0,frequency_penalty=0.3".
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    # A model (by name) that decides the grounding claims the rules are unsure of; None: the rules decide.
+    grounding_judge: str | None = None
+    # The SQLite store (evaluation runs, their cells and cached answers); None: off.
+    store: Path | None = field(default_factory=default_store)
 
     # environment variable for each field; the names users already know
     ENV: ClassVar[dict[str, str]] = {
@@ -86,6 +99,8 @@ class Settings:
         "models_file": "MODELS_FILE",
         "generation_defaults": "GENERATION_DEFAULTS",
         "run_log": "RUN_LOG",
+        "grounding_judge": "GROUNDING_JUDGE",
+        "store": "TOOLKIT_STORE",
     }
 
     def __post_init__(self) -> None:
@@ -98,7 +113,7 @@ class Settings:
             raise ConfigError(env["device"], f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
         object.__setattr__(self, "adapters_dir", Path(self.adapters_dir).expanduser())
-        for name in ("models_file", "run_log"):
+        for name in ("models_file", "run_log", "store"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
         for name, low in (
@@ -158,7 +173,7 @@ def read_env(
 def _defaults(var: str, raw: str) -> dict[str, Any]:
     """``key=value,key=value`` with numbers, checked as generation parameters."""
     from toolkit.errors import InvalidRequest
-    from toolkit.params import DEFAULTABLE, GenerationParams
+    from toolkit.params import DEFAULTABLE, PARAMS, GenerationParams
 
     out: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in raw.split(","))):
@@ -170,7 +185,7 @@ def _defaults(var: str, raw: str) -> dict[str, Any]:
             number = float(value)
         except ValueError:
             raise ConfigError(var, f"{key} must be a number, got {value.strip()!r}") from None
-        out[key] = int(number) if key in ("top_k", "max_new_tokens") and number.is_integer() else number
+        out[key] = int(number) if PARAMS[key].kind == "int" and number.is_integer() else number
     try:
         GenerationParams(**out)
     except InvalidRequest as exc:
@@ -180,7 +195,7 @@ def _defaults(var: str, raw: str) -> dict[str, Any]:
 
 def _parse(name: str, var: str, raw: str) -> Any:
     raw = raw.strip()
-    if name in ("model_id", "hf_token"):
+    if name in ("model_id", "hf_token", "grounding_judge"):
         return raw or None
     if name == "load_in_4bit":
         low = raw.lower()
@@ -197,6 +212,8 @@ def _parse(name: str, var: str, raw: str) -> Any:
         return Path(raw) if raw else default_cache_dir()
     if name in ("adapters_dir", "models_file", "run_log"):
         return Path(raw)
+    if name == "store":
+        return None if raw.lower() in ("off", "none") else Path(raw)
     if name == "generation_defaults":
         return _defaults(var, raw)
     if name in ("request_timeout_s", "search_timeout_s", "search_cache_ttl_s"):

@@ -225,3 +225,10 @@ def test_the_server_counts_only_prompts_that_may_not_fit(mixed: InferenceService
     assert fake.seen.tokenize_calls == before + 1
     with pytest.raises(PromptTooLong):
         mixed.infer("word " * limit, model="r-ok", **SHORT)  # the server's count is over the limit
+
+
+def test_a_parameter_a_remote_server_cannot_take_is_refused_naming_it(mixed: InferenceService) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        mixed.infer("Hi", model="r-ok", dry_multiplier=0.8, **SHORT)
+    assert info.value.field == "params.dry_multiplier" and "r-ok" in info.value.message
+    assert mixed.infer("Hi", model="r-ok", dry_multiplier=0.0, **SHORT).text == ANSWER  # off: nothing to refuse
