@@ -37,6 +37,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/data/hf \
     TOOLKIT_CACHE_DIR=/data/toolkit \
+    TOOLKIT_STORE=/data/toolkit/toolkit.db \
     ADAPTERS_DIR=/data/adapters
 USER app
 EXPOSE 8080 3000 8888

@@ -17,6 +17,7 @@ import ipywidgets as widgets
 from dashboard import bubbles
 from dashboard.compare import CompareView
 from dashboard.config import DashboardSettings
+from dashboard.evaluate import EvaluateView
 from dashboard.tracked import Tracked
 from toolkit.errors import ToolkitError
 from toolkit.params import GenerationParams, InferRequest, Turn
@@ -154,9 +155,14 @@ class ChatApp:
             )
         self.compare = CompareView(backend)
         compare = widgets.VBox([widgets.HTML(bubbles.CSS), self.compare.view])
-        self.tabs = widgets.Tab(children=[chat, compare, explorer], titles=("Chat", "Compare", "GraphQL Explorer"))
+        self.evaluate = EvaluateView(backend)
+        evaluate = widgets.VBox([widgets.HTML(bubbles.CSS), self.evaluate.view])
+        self.tabs = widgets.Tab(
+            children=[chat, compare, evaluate, explorer], titles=("Chat", "Compare", "Evaluate", "GraphQL Explorer")
+        )
         self.tabs.observe(self._on_tab, names="selected_index")
         self._compare_started = False
+        self._evaluate_started = False
 
         self.web.observe(self._on_web, names="value")
         self.model.observe(self._on_model, names="value")
@@ -251,12 +257,21 @@ class ChatApp:
         self.adapter.disabled = not names
 
     def _on_tab(self, change: dict[str, Any]) -> None:
-        """The Compare tab, opened the first time: its columns start from the Chat tab's settings."""
+        """The Compare and Evaluate tabs, opened the first time: their variants start from the Chat tab's
+        settings."""
+        settings = (
+            self.model.options,
+            self.model.value,
+            self.adapter.value,
+            self.web.value,
+            self.tracked["temperature"],
+        )
         if change["new"] == 1 and not self._compare_started:
             self._compare_started = True
-            self.compare.start_from(
-                self.model.options, self.model.value, self.adapter.value, self.web.value, self.tracked["temperature"]
-            )
+            self.compare.start_from(*settings)
+        if change["new"] == 2 and not self._evaluate_started:
+            self._evaluate_started = True
+            self.evaluate.start_from(*settings)
 
     def _on_settings(self, change: dict[str, Any]) -> None:
         if change["new"] == 0:  # Settings opened

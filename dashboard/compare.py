@@ -43,7 +43,10 @@ def diff_html(text: str, other: str) -> str:
 class Column:
     """One variant: its settings and its answer."""
 
-    def __init__(self, number: int, adapters: Callable[[str | None], list[str]]) -> None:
+    def __init__(
+        self, number: int, adapters: Callable[[str | None], list[str]], *, css: str = "tk-column", answers: bool = True
+    ) -> None:
+        """``css``: the box's class (and ``<css>-<number>``); ``answers``: whether it shows its answer."""
         self.number = number
         self._adapters = adapters
         self.model = widgets.Dropdown(description="Model", options=[("(server default)", "")], value="")
@@ -52,7 +55,10 @@ class Column:
         self.temperature = widgets.FloatSlider(description="Temp.", value=0.0, min=0.0, max=2.0, step=0.05)
         self.tracked = Tracked(self.temperature, "temperature")  # sent once moved: else the model's default
         self.output = widgets.HTML(bubbles.assistant_bubble("", notice="(no answer yet)"))
-        self.output.add_class("tk-compare-answer")
+        if answers:
+            self.output.add_class("tk-compare-answer")
+        else:
+            self.output.layout.display = "none"
         self.result: Any = None
         self.text = ""
         self.request_id: str | None = None
@@ -60,10 +66,26 @@ class Column:
             [widgets.HTML(f"<b>{number}</b>"), self.model, self.adapter, self.web, self.temperature, self.output],
             layout=widgets.Layout(flex="1 1 0", min_width="0"),
         )
-        self.box.add_class("tk-column")
-        self.box.add_class(f"tk-column-{number}")
+        self.box.add_class(css)
+        self.box.add_class(f"{css}-{number}")
         self.web.observe(lambda c: setattr(self.web, "description", WEB_ON if c["new"] else WEB_OFF), names="value")
         self.model.observe(lambda _: self.fill_adapters(), names="value")
+
+    def start_from(
+        self, model_options: Any, model: str, adapter: str, web: bool, temperature: Tracked | float | None
+    ) -> None:
+        """The Chat tab's settings: its temperature control (and whether it was moved), or a temperature
+        (None: the model's default)."""
+        self.model.options = model_options
+        self.model.value = model
+        self.fill_adapters()
+        self.adapter.value = adapter if adapter in [v for _, v in self.adapter.options] else ""
+        self.web.value = web
+        if isinstance(temperature, Tracked):
+            self.tracked.copy(temperature)
+        elif temperature is not None:
+            self.temperature.value = temperature
+            self.tracked.touched = True  # given: sent
 
     def fill_adapters(self) -> None:
         try:
@@ -107,6 +129,40 @@ class Column:
             )
 
 
+class Columns:
+    """1 to 4 variant columns (``MAX_COLUMNS`` made, ``count`` shown) over one backend: the Compare tab's,
+    and the Evaluate tab's."""
+
+    def __init__(
+        self,
+        backend: Service,
+        *,
+        shown: int,
+        options: list[int],
+        label: str,
+        css: str = "tk-column",
+        answers: bool = True,
+    ) -> None:
+        self.backend = backend
+        self.all = [Column(i + 1, self._adapters, css=css, answers=answers) for i in range(MAX_COLUMNS)]
+        self.count = widgets.Dropdown(
+            description=label, options=options, value=shown, layout=widgets.Layout(width="170px")
+        )
+        self.box = widgets.HBox(layout=widgets.Layout(width="100%"))
+        self.count.observe(lambda _: self._layout(), names="value")
+        self._layout()
+
+    @property
+    def shown(self) -> list[Column]:
+        return self.all[: int(self.count.value)]
+
+    def _layout(self) -> None:
+        self.box.children = tuple(c.box for c in self.shown)
+
+    def _adapters(self, model: str | None) -> list[str]:
+        return [a.name for a in self.backend.adapters(model)]
+
+
 class CompareView:
     """The Compare tab over any ``Service``."""
 
@@ -116,12 +172,10 @@ class CompareView:
         self.busy = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.all = [Column(i + 1, self._adapters) for i in range(MAX_COLUMNS)]
+        self.set = Columns(self.backend, shown=columns, options=[2, 3, 4], label="Columns")
+        self.all, self.count, self.columns_box = self.set.all, self.set.count, self.set.box
         self.prompt = widgets.Text(
             placeholder="One prompt for every column… (Enter runs)", layout=widgets.Layout(flex="1 1 auto")
-        )
-        self.count = widgets.Dropdown(
-            description="Columns", options=[2, 3, 4], value=columns, layout=widgets.Layout(width="170px")
         )
         self.run_button = widgets.Button(description="Run", button_style="primary", layout=widgets.Layout(width="80px"))
         self.stop_button = widgets.Button(description="Stop", disabled=True, layout=widgets.Layout(width="70px"))
@@ -137,31 +191,22 @@ class CompareView:
             (self.diff, "tk-compare-diff"),
         ):
             w.add_class(name)
-        self.columns_box = widgets.HBox(layout=widgets.Layout(width="100%"))
         self.columns_box.add_class("tk-columns")
         bar = widgets.HBox([self.prompt, self.count, self.run_button, self.stop_button])
         diff_bar = widgets.HBox(
             [self.diff, widgets.HTML("&nbsp;between&nbsp;"), self.diff_a, widgets.HTML("&nbsp;and&nbsp;"), self.diff_b]
         )
         self.view = widgets.VBox([bar, diff_bar, self.columns_box])
-        self.count.observe(lambda _: self._layout(), names="value")
         for w in (self.diff, self.diff_a, self.diff_b):
             w.observe(lambda _: self.render(), names="value")
         self.run_button.on_click(lambda _: self.run())
         self.stop_button.on_click(lambda _: self.stop())
         self.prompt.continuous_update = False
         self.prompt.observe(lambda c: self.run() if c["new"] else None, names="value")
-        self._layout()
 
     @property
     def columns(self) -> list[Column]:
-        return self.all[: int(self.count.value)]
-
-    def _layout(self) -> None:
-        self.columns_box.children = tuple(c.box for c in self.columns)
-
-    def _adapters(self, model: str | None) -> list[str]:
-        return [a.name for a in self.backend.adapters(model)]
+        return self.set.shown
 
     def start_from(
         self, model_options: Any, model: str, adapter: str, web: bool, temperature: Tracked | float | None
@@ -169,16 +214,7 @@ class CompareView:
         """Every column starts from the Chat tab's settings: its temperature control (and whether it was
         moved), or a temperature (None: the model's default)."""
         for column in self.all:
-            column.model.options = model_options
-            column.model.value = model
-            column.fill_adapters()
-            column.adapter.value = adapter if adapter in [v for _, v in column.adapter.options] else ""
-            column.web.value = web
-            if isinstance(temperature, Tracked):
-                column.tracked.copy(temperature)
-            elif temperature is not None:
-                column.temperature.value = temperature
-                column.tracked.touched = True  # given: sent
+            column.start_from(model_options, model, adapter, web, temperature)
 
     def run(self, prompt: str | None = None) -> None:
         """Run the prompt in every column at once; the answers stream into their columns."""

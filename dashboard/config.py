@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from toolkit.errors import ConfigError
@@ -21,6 +22,7 @@ class DashboardSettings:
     # A page's kernel is shut down once it has been idle this long with no browser connected
     # (a closed tab); open tabs keep theirs.
     kernel_idle_s: int = 120
+    evals_dir: str | None = None  # the Evaluate tab's dataset files; default: the repository's evals/ folder
 
     ENV: ClassVar[dict[str, str]] = {
         "host": "DASHBOARD_HOST",
@@ -28,6 +30,7 @@ class DashboardSettings:
         "backend": "DASHBOARD_BACKEND",
         "explorer_url": "EXPLORER_URL",
         "kernel_idle_s": "DASHBOARD_KERNEL_IDLE",
+        "evals_dir": "DASHBOARD_EVALS_DIR",
     }
 
     def __post_init__(self) -> None:
@@ -42,6 +45,11 @@ class DashboardSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> DashboardSettings:
         """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
         return cls(**read_env(cls, environ, overrides, _parse))
+
+    @property
+    def evals_path(self) -> Path:
+        """Where the Evaluate tab lists dataset files (the kernel's working folder is the notebook's)."""
+        return Path(self.evals_dir).expanduser() if self.evals_dir else Path(__file__).resolve().parents[1] / "evals"
 
     @property
     def cull_interval_s(self) -> int:

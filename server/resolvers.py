@@ -11,13 +11,15 @@ from typing import Any, TypeVar
 
 from graphql import GraphQLResolveInfo, GraphQLSchema, build_schema
 
-from toolkit.errors import ClientGone, Forbidden, RequestTimeout
+from toolkit.errors import ClientGone, Forbidden, InvalidRequest, RequestTimeout
 from toolkit.params import PARAMS, GenerationParams, InferRequest, Turn
 from toolkit.protocol import Service
 from toolkit.results import Done, InferResult, SearchFinished, SearchStarted, StreamEvent, Token
+from toolkit.search import SearchOutcome
 from toolkit.wire import camel, to_wire
 
 T = TypeVar("T")
+MAX_QUERY = 2000  # characters of a search query (service.search_query makes them at most 300)
 SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
 PARAM_NAMES = {camel(name): name for name in PARAMS}  # GraphQL's GenerationInput, from the declaration
 FIELD_NAMES = {  # toolkit field names -> GraphQL argument names, for error messages
@@ -64,6 +66,12 @@ def to_request(args: dict[str, Any], owner: str = "") -> InferRequest:
         owner=owner,
         **extra,
     )
+
+
+def search_arg(args: dict[str, Any]) -> dict[str, Any]:
+    """The ``search`` argument (a snapshot to ground in) as the service's ``search=`` keyword, checked."""
+    snapshot = args.get("search")
+    return {} if snapshot is None else {"search": SearchOutcome.from_dict(snapshot, where="search")}
 
 
 def result_dict(result: InferResult) -> dict[str, Any]:
@@ -123,7 +131,8 @@ async def _cancelled_with_client(context: Context, work: Coroutine[Any, Any, T])
 async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[str, Any]:
     context: Context = info.context
     request = to_request(args, context.owner)
-    result = await _cancelled_with_client(context, context.service.ainfer(request))
+    search = search_arg(args)
+    result = await _cancelled_with_client(context, context.service.ainfer(request, **search))
     if result.finish_reason == "timeout" and not result.text:
         raise RequestTimeout(
             f"the request timed out after {result.timings.total_s:.1f} s before it produced any text; "
@@ -151,12 +160,21 @@ async def subscribe_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> Asyn
     context: Context = info.context
     request = to_request(args, context.owner)
     context.service.validate(request)  # bad input fails the subscription at once, before any event
+    search = search_arg(args)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
-        async for event in context.service.astream(request):
+        async for event in context.service.astream(request, **search):
             yield event_dict(event)
 
     return events()
+
+
+async def resolve_search(_: Any, info: GraphQLResolveInfo, query: str) -> dict[str, Any]:
+    """The server's web search, as a snapshot (``SearchOutcome.to_dict``): off the event loop, it blocks."""
+    if not query.strip() or len(query) > MAX_QUERY:
+        raise InvalidRequest("query", f"must be 1 to {MAX_QUERY} characters")
+    outcome = await asyncio.to_thread(info.context.service.search, query)
+    return outcome.to_dict()
 
 
 def resolve_adapters(_: Any, info: GraphQLResolveInfo, model: str | None = None) -> list[dict[str, Any]]:
@@ -193,6 +211,7 @@ def make_schema() -> GraphQLSchema:
     schema.query_type.fields["health"].resolve = resolve_health
     schema.query_type.fields["models"].resolve = resolve_models
     schema.query_type.fields["adapters"].resolve = resolve_adapters
+    schema.query_type.fields["search"].resolve = resolve_search
     schema.mutation_type.fields["loadAdapter"].resolve = resolve_load_adapter
     schema.mutation_type.fields["unloadAdapter"].resolve = resolve_unload_adapter
     schema.mutation_type.fields["infer"].resolve = resolve_infer

@@ -20,7 +20,7 @@ from graphql import (
     SelectionSetNode,
 )
 
-MODEL_FIELDS = frozenset({"infer", "inferStream", "replay"})
+MODEL_FIELDS = frozenset({"infer", "inferStream", "replay", "search"})  # each runs the model or the web search
 INTROSPECTION_DEPTH_LIMIT = 25  # GraphiQL's introspection query is about 15 deep
 FREE_FIELDS = frozenset({"health", "__typename"})
 
@@ -106,7 +106,7 @@ class TokenBucket:
 class DocumentShape:
     operation: OperationDefinitionNode
     root_fields: frozenset[str]  # field names (not aliases) at the root, through fragments
-    model_calls: int  # distinct response keys that run the model (infer / inferStream)
+    model_calls: int  # distinct response keys that run the model or the search (MODEL_FIELDS)
     depth: int  # of the data selection (introspection counts as one level)
     full_depth: int  # everything, introspection included
 
@@ -193,7 +193,8 @@ def limit_errors(doc_shape: DocumentShape, max_depth: int) -> list[GraphQLError]
     if model_calls > 1:
         errors.append(
             GraphQLError(
-                f"one operation may run the model once; this one asks for infer/inferStream {model_calls} times "
+                "one operation may run the model or the search once; this one asks for "
+                f"infer/inferStream/replay/search {model_calls} times "
                 "(through aliases or fragments): send separate requests",
                 extensions={"code": "BAD_USER_INPUT", "field": "query", "limit": 1},
             )

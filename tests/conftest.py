@@ -25,10 +25,28 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("toolkit-cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """TOOLKIT_STORE of this session (for kernels, the CLI and servers it starts): never the user's own."""
+    path = tmp_path_factory.mktemp("store") / "toolkit.db"
+    before = os.environ.get("TOOLKIT_STORE")
+    os.environ["TOOLKIT_STORE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("TOOLKIT_STORE", None)
+    else:
+        os.environ["TOOLKIT_STORE"] = before
+
+
 @pytest.fixture(scope="session")
-def settings(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """The bundled model; an empty ADAPTERS_DIR (not ./adapters of whoever runs the tests)."""
-    return Settings(cache_dir=cache_dir, request_timeout_s=120, adapters_dir=tmp_path_factory.mktemp("no-adapters"))
+def settings(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory, store_path: Path) -> Settings:
+    """The bundled model; an empty ADAPTERS_DIR (not ./adapters of whoever runs the tests); the session's store."""
+    return Settings(
+        cache_dir=cache_dir,
+        request_timeout_s=120,
+        adapters_dir=tmp_path_factory.mktemp("no-adapters"),
+        store=store_path,
+    )
 
 
 @pytest.fixture(scope="session")

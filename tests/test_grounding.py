@@ -62,7 +62,10 @@ def test_each_kind_of_unsupported_claim_is_caught_and_says_why(case: dict[str, A
 def test_a_sentence_said_again_is_one_claim() -> None:
     source = "The Harlow Dam is a gravity dam on the river Tess. It was built by the engineer Tamsin Reade."
     once = check("The dam was built by the engineer Tamsin Reade.", [source])
-    twice = check("The dam was built by the engineer Tamsin Reade. The Harlow dam was built by the engineer Tamsin Reade.", [source])
+    twice = check(
+        "The dam was built by the engineer Tamsin Reade. The Harlow dam was built by the engineer Tamsin Reade.",
+        [source],
+    )
     assert once.summary == twice.summary == "1 of 1 sentence supported"
 
 

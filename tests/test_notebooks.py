@@ -27,6 +27,8 @@ def test_runs_top_to_bottom(
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("ADAPTERS_DIR", str(tmp_path / "adapters"))  # where notebook 03 saves its adapter
     monkeypatch.setenv("LORA_STEPS", "2")  # notebook 03: the mechanics, not the lesson (tests/test_adapters.py)
+    monkeypatch.setenv("EVAL_EVERY", "4")  # notebook 07: every fourth question (tests/evals/ measure the rest)
+    monkeypatch.setenv("TOOLKIT_STORE", str(tmp_path / "toolkit.db"))
     monkeypatch.delenv("MODEL_ID", raising=False)
     monkeypatch.delenv("GRAPHQL_URL", raising=False)
     if path.parent.name == "dashboard":
@@ -48,3 +50,12 @@ def test_runs_top_to_bottom(
         assert any("image/png" in o.get("data", {}) for o in outputs)  # the loss curve
         table = next(o for o in outputs if "| question | base model |" in o.get("data", {}).get("text/markdown", ""))
         assert table["data"]["text/markdown"].count("\n") == 6  # header, rule and five questions
+    if path.name == "07_evaluate.ipynb":  # the summary, the chart, the matrix, the diffs; the rerun from the store
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert any("image/png" in o.get("data", {}) for o in outputs)
+        html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+        assert sum("McNemar" in h for h in html) == 2 and any("✓" in h and "<table>" in h for h in html)
+        rerun = next(
+            o for c in nb.cells if "again.summary" in c.source for o in c.outputs if o.output_type == "execute_result"
+        )
+        assert rerun["data"]["text/plain"].count(" 12") >= 4  # every cell of the 12 questions from the store

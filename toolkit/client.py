@@ -22,10 +22,10 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit.compare import Comparison, collect, compare_stream, plan
-from toolkit.errors import ConfigError, InvalidRequest, ToolkitError
+from toolkit.errors import ConfigError, InvalidRequest, ToolkitError, UnknownModel
 from toolkit.params import PARAMS, GenerationParams, InferRequest
 from toolkit.results import (
     AdapterInfo,
@@ -42,14 +42,18 @@ from toolkit.results import (
     StreamEvent,
     Token,
 )
+from toolkit.search import SearchOutcome
 from toolkit.settings import read_env
 from toolkit.wire import camel, from_wire, selection
 
+if TYPE_CHECKING:
+    from toolkit.evals.results import EvalRun
+
 RESULT_FIELDS = selection(InferResult) + " timings { tokensPerSecond }"
 ARGS = """$prompt: String!, $webSearch: Boolean, $history: [TurnInput!], $systemPrompt: String,
-  $params: GenerationInput, $model: String, $adapter: String, $requestId: ID"""
+  $params: GenerationInput, $model: String, $adapter: String, $requestId: ID, $search: JSON"""
 PASS = """prompt: $prompt, webSearch: $webSearch, history: $history, systemPrompt: $systemPrompt,
-  params: $params, model: $model, adapter: $adapter, requestId: $requestId"""
+  params: $params, model: $model, adapter: $adapter, requestId: $requestId, search: $search"""
 INFER = f"mutation Infer({ARGS}) {{ infer({PASS}) {{ {RESULT_FIELDS} }} }}"
 # TOKEN events select the delta only: the answer so far is put together here, not sent again with
 # every token (a 1,000-token answer would otherwise cost about 500,000 characters on the wire)
@@ -60,6 +64,7 @@ STREAM = f"""subscription InferStream({ARGS}) {{ inferStream({PASS}) {{
 }} }}"""
 HEALTH = f"{{ health {{ {selection(Health)} }} }}"
 MODELS = f"{{ models {{ {selection(ModelInfo)} }} }}"
+SEARCH = "query Search($query: String!) { search(query: $query) }"
 CANCEL = "mutation Cancel($id: ID!) { cancel(requestId: $id) }"
 REPLAY = f"""mutation Replay($record: JSON!, $force: Boolean) {{ replay(runRecord: $record, force: $force) {{
   identical differences {{ {selection(Difference)} }} result {{ {RESULT_FIELDS} }} }} }}"""
@@ -191,13 +196,35 @@ class RemoteService:
     def models(self) -> list[ModelInfo]:
         return [from_wire(ModelInfo, m) for m in self.execute(MODELS, timeout_s=10)["models"]]
 
-    def infer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
+    def infer(self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any) -> InferResult:
         request = _request(request, kwargs)
-        return result_from(self.execute(INFER, variables(request))["infer"])
+        return result_from(self.execute(INFER, variables(request, search))["infer"])
+
+    def search(self, query: str) -> SearchOutcome:
+        """The server's web search, as the snapshot ``stream(..., search=)`` takes (an evaluation searches
+        once per question, and every variant sees the same sources)."""
+        return SearchOutcome.from_dict(self.execute(SEARCH, {"query": query})["search"], where="search")
 
     def validate(self, request: InferRequest | str, **kwargs: Any) -> tuple[InferRequest, GenerationParams]:
-        """The checks a request can have here (its fields); the server checks the rest when it runs."""
+        """The checks a request can have here: its fields, and that the server lists its model (by id, or as
+        ``<id>:<adapter>``) and adapter. The server checks the rest when it runs."""
         request = _request(request, kwargs)
+        if request.model is None and request.adapter is None:
+            return request, request.params
+        ids = [m.id for m in self.models()]
+        model, adapter = request.model, request.adapter
+        if model is not None and model not in ids:
+            base, sep, named = model.rpartition(":")
+            if not (sep and base in ids and named):
+                served = ", ".join(repr(i) for i in ids)
+                raise UnknownModel(
+                    f"unknown model {model!r}; this service serves {served} (an adapter as '<model>:<adapter>')"
+                )
+            model, adapter = base, adapter or named
+        if adapter is not None:
+            names = [a.name for a in self.adapters(model)]
+            if adapter not in names:
+                raise InvalidRequest("adapter", f"unknown adapter {adapter!r}; loaded: {', '.join(names) or 'none'}")
         return request, request.params
 
     def replay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay:
@@ -217,6 +244,19 @@ class RemoteService:
     def compare_stream(self, prompt: str, variants: Any, **common: Any) -> Iterator[tuple[str, Any]]:
         return compare_stream(self.stream, self.cancel, plan(prompt, variants, common))
 
+    def evaluate(self, data: Any, variants: Any, *, repeats: int = 1, **options: Any) -> EvalRun:
+        """Every sample of ``data`` (a dataset file, or dicts) as every variant, ``repeats`` times, checked and
+        kept in the store (``toolkit.evals.evaluate``)."""
+        from toolkit.evals.runner import evaluate
+
+        return evaluate(self, data, variants, repeats=repeats, **options)
+
+    async def aevaluate(self, data: Any, variants: Any, *, repeats: int = 1, **options: Any) -> EvalRun:
+        """``evaluate`` from an event loop; cancelling stops it and keeps the finished cells."""
+        from toolkit.evals.runner import aevaluate
+
+        return await aevaluate(self, data, variants, repeats=repeats, **options)
+
     def cancel(self, request_id: str, owner: str = "") -> bool:
         """Cancel one of this client's requests. (``owner`` is the server's business: it is this client's key.)"""
         return bool(self.execute(CANCEL, {"id": request_id}, timeout_s=10)["cancel"])
@@ -235,12 +275,15 @@ class RemoteService:
 
     # ----- WebSocket ------------------------------------------------------------------
 
-    def stream(self, request: InferRequest | str, **kwargs: Any) -> Iterator[StreamEvent]:
-        """Events as they come; closing the iterator early cancels the generation on the server."""
+    def stream(
+        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+    ) -> Iterator[StreamEvent]:
+        """Events as they come; closing the iterator early cancels the generation on the server.
+        ``search``: a snapshot (``search()``'s) to ground in instead of a new search."""
         from websockets.exceptions import WebSocketException
         from websockets.sync.client import connect
 
-        sub = Subscription(STREAM, variables(_request(request, kwargs)), self.api_key)
+        sub = Subscription(STREAM, variables(_request(request, kwargs), search), self.api_key)
         try:
             ws = connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
         except (OSError, WebSocketException) as exc:
@@ -260,11 +303,13 @@ class RemoteService:
             except TimeoutError:
                 raise ServiceUnavailable(f"no answer from {self.ws_url} within the timeout") from None
 
-    async def astream(self, request: InferRequest | str, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+    async def astream(
+        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+    ) -> AsyncIterator[StreamEvent]:
         from websockets.asyncio.client import connect
         from websockets.exceptions import WebSocketException
 
-        sub = Subscription(STREAM, variables(_request(request, kwargs)), self.api_key)
+        sub = Subscription(STREAM, variables(_request(request, kwargs), search), self.api_key)
         try:
             ws = await connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
         except (OSError, WebSocketException) as exc:
@@ -287,8 +332,10 @@ class RemoteService:
             except WebSocketException as exc:
                 raise sub.closed(exc) from None
 
-    async def ainfer(self, request: InferRequest | str, **kwargs: Any) -> InferResult:
-        async for event in self.astream(request, **kwargs):
+    async def ainfer(
+        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+    ) -> InferResult:
+        async for event in self.astream(request, search=search, **kwargs):
             if isinstance(event, Done):
                 return event.result
         raise ServiceUnavailable("the stream ended without a result")
@@ -305,7 +352,7 @@ def _request(request: InferRequest | str, kwargs: dict[str, Any]) -> InferReques
     return request
 
 
-def variables(request: InferRequest) -> dict[str, Any]:
+def variables(request: InferRequest, search: SearchOutcome | None = None) -> dict[str, Any]:
     params = {PARAM_NAMES[k]: v for k, v in request.params.to_dict().items() if v is not None and v != []}
     return {
         "prompt": request.prompt,
@@ -316,6 +363,7 @@ def variables(request: InferRequest) -> dict[str, Any]:
         "model": request.model,
         "adapter": request.adapter,
         "requestId": request.request_id,
+        "search": search.to_dict() if search is not None else None,
     }
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from datetime import date
 from importlib import metadata
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from toolkit.compare import Comparison, collect, compare_stream
 from toolkit.compare import Plan as ComparePlan
@@ -68,6 +68,9 @@ from toolkit.runs import RunLog
 from toolkit.search import Searcher, SearchOutcome, clean_text, make_searcher
 from toolkit.settings import Settings
 from toolkit.version import __version__ as TOOLKIT_VERSION
+
+if TYPE_CHECKING:
+    from toolkit.evals.results import EvalRun
 
 
 def _versions() -> dict[str, str]:
@@ -591,6 +594,19 @@ class InferenceService:
             if isinstance(event, Done):
                 return event.result
         raise AssertionError("a stream always ends with Done")  # pragma: no cover
+
+    def evaluate(self, data: Any, variants: Any, *, repeats: int = 1, **options: Any) -> EvalRun:
+        """Every sample of ``data`` (a dataset file, or dicts) as every variant, ``repeats`` times, checked and
+        kept in the store (``toolkit.evals.evaluate``)."""
+        from toolkit.evals.runner import evaluate
+
+        return evaluate(self, data, variants, repeats=repeats, **options)
+
+    async def aevaluate(self, data: Any, variants: Any, *, repeats: int = 1, **options: Any) -> EvalRun:
+        """``evaluate`` from an event loop; cancelling stops it and keeps the finished cells."""
+        from toolkit.evals.runner import aevaluate
+
+        return await aevaluate(self, data, variants, repeats=repeats, **options)
 
     def cancel(self, request_id: str, owner: str = "") -> bool:
         """Cancel a request that is searching, queued or running; False if there is no such request.

@@ -294,6 +294,21 @@ def test_health_probes_start_no_dashboard_kernels(stack: dict[str, str], compose
     assert after <= before, (before, after)
 
 
+def test_the_dashboard_keeps_evaluations_on_the_volume(stack: dict[str, str], compose_env: dict[str, str]) -> None:
+    """The Evaluate tab's store is TOOLKIT_STORE on the toolkit-cache volume (kept across restarts), writable there."""
+    container = containers(compose_env)["dashboard"]
+    where = run(
+        DOCKER,
+        "exec",
+        container,
+        "python",
+        "-c",
+        "from toolkit.settings import Settings; print(Settings.from_env().store)",
+    )
+    assert where.strip() == "/data/toolkit/toolkit.db"
+    assert run(DOCKER, "exec", container, "python", "-m", "toolkit.evals", "list").startswith("id")
+
+
 def test_down_leaves_nothing_running(stack: dict[str, str], compose_env: dict[str, str]) -> None:
     run("bash", "scripts/stop.sh", "--cpu", env=compose_env)
     assert containers(compose_env) == {}

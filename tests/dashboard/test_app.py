@@ -139,8 +139,8 @@ def test_loading_shows_a_banner(settings: Any) -> None:
 
 
 def test_tabs(app: ChatApp) -> None:
-    assert app.tabs.titles == ("Chat", "Compare", "GraphQL Explorer")
-    assert 'src="http://127.0.0.1:8080/graphiql"' in app.tabs.children[2].value
+    assert app.tabs.titles == ("Chat", "Compare", "Evaluate", "GraphQL Explorer")
+    assert 'src="http://127.0.0.1:8080/graphiql"' in app.tabs.children[3].value
 
 
 def test_clear_during_an_answer_leaves_no_history(app: ChatApp) -> None:

@@ -30,6 +30,10 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "tests" / "screenshots"
 XSS = "<img src=x onerror=alert(1)>"
+EVAL_SET = (
+    '{"id": "zorvath", "input": "What is the capital city of the planet Zorvath?", "target": "Quillborough"}\n'
+    '{"id": "france", "input": "What is the capital of France?", "target": "Paris"}\n'
+)
 KERNEL_IDLE_S = 4  # DASHBOARD_KERNEL_IDLE: short, so that the culling test does not wait minutes
 
 
@@ -50,8 +54,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, first_load:
         '[[models]]\nname = "SmolLM2-135M-Instruct"\nsource = "bundled"\n\n'
         f'[[models]]\nname = "remote"\nengine = "openai"\nbase_url = "{fake.base_url}"\nserved_model = "ok"\n'
     )
+    evals = tmp_path_factory.mktemp("evals")  # the Evaluate tab's folder
+    (evals / "capitals.jsonl").write_text(EVAL_SET)
     env = {
         **os.environ,
+        "DASHBOARD_EVALS_DIR": str(evals),
         "TOOLKIT_CACHE_DIR": str(cache_dir),
         "SEARCH_PROVIDER": f"local:{corpus}",
         "MODELS_FILE": str(models),
@@ -204,6 +211,8 @@ def test_markup_from_the_user_and_the_web_shows_as_text(page: Any) -> None:
 
 def test_stop_ends_a_long_answer(page: Any) -> None:
     page.click(".tk-web")  # web search off again
+    page.click(".tk-clear")  # a fresh conversation: the earlier turns would change what greedy answers
+    page.wait_for_function("() => document.querySelectorAll('.tk-answer').length === 0", timeout=10_000)
     ask(page, "Count from one to five hundred, one number per line.")
     page.wait_for_function(
         "() => { const a = [...document.querySelectorAll('.tk-answer')].pop(); return a && a.innerText.length > 20; }",
@@ -279,11 +288,47 @@ def test_the_compare_tab_streams_columns_at_once_with_diff_grounding_and_stop(pa
     page.get_by_text("Chat", exact=True).click()
 
 
+def test_the_evaluate_tab_runs_a_dataset_and_opens_a_cell(page: Any, tmp_path: Path) -> None:
+    page.get_by_text("Evaluate", exact=True).click()
+    page.wait_for_selector(".tk-eval-file select", timeout=30_000)
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text('{"input": "ok"}\n{"input": "x", "assert": [{"type": "sounds-like"}]}\n')
+    with page.expect_file_chooser() as chooser:  # an upload, checked before it runs
+        page.click(".tk-eval-upload")
+    chooser.value.set_files(str(bad))
+    page.click(".tk-eval-run")
+    page.wait_for_function(
+        "() => document.querySelector('.tk-eval-status').innerText.includes('mine.jsonl, line 2')", timeout=30_000
+    )
+    page.locator(".tk-eval-file select").select_option(label="capitals.jsonl")  # a file of the folder instead
+    page.click(".tk-eval-run")  # two variants: as the Chat tab (greedy), and with web search
+    page.wait_for_function(
+        "() => document.querySelector('.tk-eval-status').innerText.includes('done: 4 / 4')", timeout=180_000
+    )
+    cells = page.locator(".tk-eval-cell")
+    assert cells.all_inner_texts() == ["✗", "✓", "✓", "✓"]
+    assert page.locator(".tk-eval-chart").is_visible() and "pass_rate" in page.inner_text(".tk-eval-summary")
+    cells.nth(1).click()  # Zorvath, with web search
+    page.wait_for_selector(".tk-eval-detail .tk-sources", timeout=10_000)
+    assert "Quillborough" in page.inner_text(".tk-eval-detail")
+    page.click(".tk-eval-replay")
+    page.wait_for_function(
+        "() => document.querySelector('.tk-eval-replayed').innerText.toLowerCase().includes('identical')",
+        timeout=60_000,
+    )
+    page.locator(".tk-eval-against select").select_option(index=0)  # variant 1 of this run against variant 2
+    page.wait_for_function(
+        "() => document.querySelector('.tk-eval-diff').innerText.includes('1 fixed, 0 broken')", timeout=10_000
+    )
+    page.screenshot(path=str(SHOTS / "9-evaluate.png"), full_page=True)
+    page.get_by_text("Chat", exact=True).click()
+
+
 def test_the_explorer_tab_loads_graphiql(page: Any) -> None:
     page.get_by_text("GraphQL Explorer").click()
     frame = page.frame_locator("iframe[title='GraphQL Explorer']")
     frame.locator(".graphiql-execute-button").wait_for(timeout=30_000)
-    page.screenshot(path=str(SHOTS / "9-explorer.png"))
+    page.screenshot(path=str(SHOTS / "10-explorer.png"))
     assert page.outside == []  # type: ignore[attr-defined]
 
 

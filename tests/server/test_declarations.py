@@ -37,6 +37,7 @@ from toolkit.errors import (
     UnknownModel,
     error_classes,
 )
+from toolkit.evals.dataset import DatasetError
 from toolkit.params import PARAMS
 from toolkit.registry import ModelConfig
 from toolkit.results import Health, ModelInfo
@@ -84,7 +85,8 @@ SAMPLES: dict[type[ToolkitError], ToolkitError] = {
     MissingDependency: MissingDependency("peft", "LoRA adapters"),
     SearchFailure: SearchFailure("timeout", "the search took too long"),
 }
-CLIENT_SIDE = (ServiceUnavailable, RemoteError)  # made by a client, never sent by a server
+# made by a client, never sent by a server (a dataset is read where the evaluation runs)
+CLIENT_SIDE = (ServiceUnavailable, RemoteError, DatasetError)
 # what the remote engine gives for an error of a toolkit server behind it: the same error again, or the
 # model is unavailable for now (the remote server's own keys, models, shutdowns and failures)
 VIA_REMOTE_ENGINE = {

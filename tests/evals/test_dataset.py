@@ -1,0 +1,126 @@
+"""Datasets: JSONL, CSV and YAML (promptfoo's test files too) load to the same samples; every problem is
+caught at load, naming the file, the line (or row) and the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toolkit.evals import DatasetError, dataset, load_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_three_formats_give_the_same_samples(tmp_path: Path) -> None:
+    jsonl = write(
+        tmp_path,
+        "qs.jsonl",
+        '{"id": "fr", "input": "Capital of France?", "assert": [{"type": "icontains", "value": "Paris"}]}\n'
+        "\n"
+        '{"prompt": "Capital of Italy?", "target": "Rome"}\n',
+    )
+    csv = write(
+        tmp_path,
+        "qs.csv",
+        "id,input,__expected\nfr,Capital of France?,icontains: Paris\n,Capital of Italy?,\n",
+    )
+    yaml = write(
+        tmp_path,
+        "qs.yaml",
+        "tests:\n"
+        "  - description: fr\n    vars: {input: 'Capital of France?'}\n    assert: [{type: icontains, value: Paris}]\n"
+        "  - vars: {prompt: 'Capital of Italy?'}\n    target: Rome\n",
+    )
+    loaded = [load_dataset(p) for p in (jsonl, csv, yaml)]
+    first = loaded[0].samples
+    assert [s.id for s in first] == ["fr", "3"]  # the second's id: its line number
+    assert first[1].checks[0].type == "icontains" and first[1].checks[0].value == "Rome"  # target only
+    for other in loaded[1:]:
+        head = other.samples[0]
+        assert (head.input, [c.to_dict() for c in head.checks]) == (
+            "Capital of France?",
+            [{"type": "icontains", "value": "Paris"}],
+        )
+    assert loaded[0].samples[0] == loaded[2].samples[0]
+    assert loaded[0].hash == dataset([s.to_dict() for s in first]).hash  # a sample's dict is its file shape
+
+
+def test_the_shipped_example_set_loads() -> None:
+    data = load_dataset(ROOT / "evals" / "examples" / "quality.yaml")
+    assert len(data) == 45 and sum(bool(s.web_search) for s in data.samples) == 11
+    quick = data[::4]  # a slice is a dataset of its own (the notebook's quick look)
+    assert len(quick) == 12 and quick.samples[1] == data.samples[4] and quick.hash != data.hash
+    with pytest.raises(TypeError, match="slice"):
+        data[3]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "name,text,line,field,words",
+    [
+        ("a.jsonl", '{"input": "ok"}\n{"input": "broken"\n', 2, "line", "not a JSON object"),
+        ("a.jsonl", '{"input": "ok"}\n["a list"]\n', 2, "line", "JSON object"),
+        ("a.jsonl", '{"input": "ok"}\n\n{"input": ""}\n', 3, "input", "non-empty string"),
+        (
+            "a.jsonl",
+            '{"input": "x", "assert": [{"type": "sounds-like", "value": "x"}]}\n',
+            1,
+            "assert[0].type",
+            "known: equals",
+        ),
+        (
+            "a.jsonl",
+            '{"input": "x", "assert": [{"type": "regex", "value": "(x"}]}\n',
+            1,
+            "assert[0].value",
+            "regular expression",
+        ),
+        (
+            "a.jsonl",
+            '{"input": "x", "assert": [{"type": "llm-rubric", "value": "kind", "judge": "gpt-9"}]}\n',
+            1,
+            "assert[0].judge",
+            "not a configured model",
+        ),
+        ("a.jsonl", '{"id": 1, "input": "x"}\n{"id": 1, "input": "y"}\n', 2, "id", "used twice"),
+        (
+            "a.jsonl",
+            '{"input": "x", "history": [{"role": "assistant", "content": "hi"}]}\n',
+            1,
+            "history[0].role",
+            "user",
+        ),
+        ("a.jsonl", '{"input": "x", "web_search": "yes"}\n', 1, "web_search", "true or false"),
+        ("a.csv", "input,assert\nok,\nx,[{broken\n", 3, "assert", "must be JSON"),
+        ("a.csv", "input,__expected\nx,sounds-like: y\n", 2, "assert[0].type", "unknown assertion type"),
+        ("a.yaml", "- input: x\n- input: [1, 2]\n", 2, "input", "non-empty string"),
+        ("a.yaml", "- input: x\n  assert: {type: equals}\n", 1, "assert", "list of checks"),
+        ("a.yaml", "tests: [\n", 2, "file", "not valid YAML"),
+        ("a.txt", "input\n", None, "file", ".jsonl, .csv or .yaml"),
+        ("a.jsonl", "\n", None, "file", "no samples"),
+    ],
+)
+def test_a_bad_dataset_names_file_line_and_field(
+    tmp_path: Path, name: str, text: str, line: int | None, field: str, words: str
+) -> None:
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(write(tmp_path, name, text), models=["smollm2"])
+    error = caught.value
+    assert (error.source, error.line, error.where) == (name, line, field)
+    place = f"{name}, line {line}, {field}: " if line is not None else f"{name}, {field}: "
+    assert error.message.startswith(place) and words in error.message, error.message
+
+
+def test_a_file_that_is_not_there_or_not_text(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="cannot read it"):
+        load_dataset(tmp_path / "missing.jsonl")
+    (tmp_path / "latin1.jsonl").write_bytes(json.dumps({"input": "caf\u00e9"}).encode("utf-8")[:-3] + b'\xe9"}')
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        load_dataset(tmp_path / "latin1.jsonl")

@@ -1,0 +1,221 @@
+"""The checks an evaluation applies to each answer, in promptfoo's names where it has them.
+
+promptfoo's: ``equals``, ``contains``, ``icontains``, ``contains-any``, ``icontains-any``, ``contains-all``,
+``icontains-all``, ``regex``, ``starts-with``, ``is-json``, ``levenshtein`` (``threshold``: the most edits,
+default 5), ``latency`` (``threshold``: milliseconds), and ``llm-rubric`` (a judge model, by name, asked
+whether the answer meets ``value``; its own run record is kept). This toolkit's own: ``grounded`` (the share
+of claim sentences the grounding check supports is at least ``value``), ``cites`` (every supported claim
+carries a correct ``[n]``, and none cites a wrong one), ``no-loop`` (the loop guard did not end it, and no 6
+words come three times) and ``finish-reason`` (``value``: stop, length, ...). ``not-`` before any type
+negates it (``not-contains``, ``not-icontains``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from toolkit.errors import InvalidRequest
+
+TEXT_TYPES = ("equals", "contains", "icontains", "regex", "starts-with")
+LIST_TYPES = ("contains-any", "icontains-any", "contains-all", "icontains-all")
+TYPES = (
+    *TEXT_TYPES,
+    *LIST_TYPES,
+    "is-json",
+    "levenshtein",
+    "latency",
+    "grounded",
+    "cites",
+    "no-loop",
+    "finish-reason",
+    "llm-rubric",
+)
+FINISH_REASONS = ("stop", "length", "cancelled", "timeout", "repetition")
+RUBRIC_PROMPT = (
+    "Here is an answer to a question.\n\nQuestion: {question}\n\nAnswer: {answer}\n\n"
+    "Does the answer meet this requirement: {rubric}\nAnswer yes or no."
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    type: str  # one of TYPES
+    value: Any = None
+    threshold: float | None = None
+    negate: bool = False
+    judge: str | None = None  # llm-rubric: the model that judges
+
+    @property
+    def label(self) -> str:
+        return ("not-" if self.negate else "") + self.type
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and v is not False}
+
+
+@dataclass(frozen=True)
+class Score:
+    check: str  # the check's label
+    passed: bool
+    score: float  # 0..1
+    reason: str
+    record_id: str | None = None  # llm-rubric: the judge's answer's run record
+
+
+def parse_check(spec: Any, models: Collection[str] | None = None) -> Check:
+    """A check from its promptfoo-shaped mapping; ``InvalidRequest`` naming the field that is wrong."""
+    if not isinstance(spec, dict):
+        raise InvalidRequest("check", "must be a mapping with a 'type'")
+    kind = spec.get("type")
+    if not isinstance(kind, str):
+        raise InvalidRequest("type", "is missing")
+    negate = kind.startswith("not-")
+    base = kind.removeprefix("not-")
+    if base not in TYPES:
+        raise InvalidRequest("type", f"unknown assertion type {kind!r}; known: {', '.join(TYPES)} (and not-<type>)")
+    unknown = set(spec) - {"type", "value", "threshold", "provider", "judge", "weight", "metric"}
+    if unknown:
+        raise InvalidRequest(sorted(unknown)[0], "is not a field of a check (type, value, threshold, judge)")
+    value, threshold = spec.get("value"), spec.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise InvalidRequest("threshold", f"must be a number, got {threshold!r}")
+    judge = None
+    if base in TEXT_TYPES or base == "llm-rubric":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) == "":
+            raise InvalidRequest("value", f"{base} needs a non-empty string value")
+        value = str(value)
+    if base == "regex":
+        try:
+            re.compile(str(value))
+        except re.error as exc:
+            raise InvalidRequest("value", f"not a valid regular expression: {exc}") from None
+    elif base in LIST_TYPES:
+        if not isinstance(value, list) or not value or not all(isinstance(v, (str, int, float)) for v in value):
+            raise InvalidRequest("value", f"{base} needs a list of strings")
+        value = [str(v) for v in value]
+    elif base == "levenshtein":
+        if not isinstance(value, str):
+            raise InvalidRequest("value", "levenshtein needs the expected string")
+        threshold = 5 if threshold is None else threshold
+    elif base == "latency":
+        if threshold is None:
+            raise InvalidRequest("threshold", "latency needs a threshold in milliseconds")
+    elif base == "grounded":
+        share = value if value is not None else threshold if threshold is not None else 1.0
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise InvalidRequest("value", "grounded needs the share of supported sentences, 0..1")
+        value = float(share)
+    elif base == "finish-reason":
+        if value not in FINISH_REASONS:
+            raise InvalidRequest("value", f"must be one of {', '.join(FINISH_REASONS)}")
+    elif base == "llm-rubric":
+        judge = spec.get("judge", spec.get("provider"))
+        if not isinstance(judge, str) or not judge:
+            raise InvalidRequest("judge", "llm-rubric needs the judge model's name (judge: <a model of the service>)")
+        if models is not None and judge not in models:
+            known = ", ".join(sorted(models))
+            raise InvalidRequest("judge", f"{judge!r} is not a configured model (the service serves {known})")
+    return Check(base, value, float(threshold) if threshold is not None else None, negate, judge)
+
+
+Judge = Callable[[str, str], tuple[bool | None, str | None]]  # (judge's name, question) -> (yes?, record id)
+
+
+def score(check: Check, result: Any, question: str, judge: Judge | None = None) -> Score:
+    """``check`` applied to ``result`` (an ``InferResult``), negated where it says so."""
+    passed, value, reason, record = _apply(check, result, question, judge)
+    if check.negate:
+        passed, value = not passed, 1.0 - value
+        reason = "not: " + reason
+    return Score(check.label, passed, round(value, 4), reason, record)
+
+
+def _apply(check: Check, result: Any, question: str, judge: Judge | None) -> tuple[bool, float, str, str | None]:
+    text: str = result.text
+    kind, value = check.type, check.value
+    low = text.lower()
+    if kind == "equals":
+        ok = text.strip() == value.strip()
+        return ok, float(ok), "equal" if ok else "differs", None
+    if kind in ("contains", "icontains"):
+        ok = (value.lower() in low) if kind == "icontains" else (value in text)
+        return ok, float(ok), f"{'has' if ok else 'lacks'} {value!r}", None
+    if kind in LIST_TYPES:
+        fold = kind.startswith("i")
+        hits = [v for v in value if (v.lower() in low if fold else v in text)]
+        need_all = kind.endswith("all")
+        ok = len(hits) == len(value) if need_all else bool(hits)
+        return ok, len(hits) / len(value), f"has {len(hits)} of {len(value)}", None
+    if kind == "regex":
+        ok = re.search(value, text) is not None
+        return ok, float(ok), "matches" if ok else "no match", None
+    if kind == "starts-with":
+        ok = text.lstrip().startswith(value)
+        return ok, float(ok), "starts with it" if ok else "starts otherwise", None
+    if kind == "is-json":
+        try:
+            json.loads(text.strip())
+            return True, 1.0, "valid JSON", None
+        except ValueError as exc:
+            return False, 0.0, f"not JSON ({exc})", None
+    if kind == "levenshtein":
+        distance = levenshtein(text.strip(), value.strip())
+        limit = check.threshold or 0
+        return (
+            distance <= limit,
+            max(0.0, 1 - distance / max(1, len(value))),
+            f"{distance} edits (at most {limit:g})",
+            None,
+        )
+    if kind == "latency":
+        millis = result.timings.total_s * 1000
+        limit = check.threshold or 0
+        return millis <= limit, float(millis <= limit), f"{millis:.0f} ms (at most {limit:g})", None
+    if kind == "grounded":
+        grounding = result.grounding
+        if grounding is None or not grounding.sentences:
+            return False, 0.0, "no grounded claims (no sources, or no claim)", None
+        share = grounding.supported / len(grounding.sentences)
+        return share >= value, share, grounding.summary, None
+    if kind == "cites":
+        grounding = result.grounding
+        if grounding is None or not grounding.sentences:
+            return False, 0.0, "no grounded claims", None
+        bad = [s for s in grounding.sentences if s.verdict == "miscited"]
+        uncited = [s for s in grounding.sentences if s.verdict == "supported" and s.best_source not in s.cited]
+        ok = not bad and not uncited
+        total = len(grounding.sentences)
+        return ok, 1 - (len(bad) + len(uncited)) / total, f"{len(bad)} miscited, {len(uncited)} uncited", None
+    if kind == "no-loop":
+        from toolkit.loopguard import repeats
+
+        looped = result.finish_reason == "repetition" or repeats(text)
+        return not looped, float(not looped), "looped" if looped else "no loop", None
+    if kind == "finish-reason":
+        ok = result.finish_reason == value
+        return ok, float(ok), f"finished: {result.finish_reason}", None
+    if kind == "llm-rubric":
+        if judge is None or check.judge is None:
+            return False, 0.0, "no judge", None
+        verdict, record = judge(check.judge, RUBRIC_PROMPT.format(question=question, answer=text, rubric=value))
+        if verdict is None:
+            return False, 0.0, f"the judge {check.judge} said neither yes nor no", record
+        return verdict, float(verdict), f"the judge {check.judge} said {'yes' if verdict else 'no'}", record
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edits (insert, delete, replace) from ``a`` to ``b``."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]

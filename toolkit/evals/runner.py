@@ -1,0 +1,519 @@
+"""Running an evaluation: every sample × variant × repeat through a ``Service``, concurrently and bounded, with
+frozen retrieval, a progress bar, the store (resume, and answers cached by what decides them), and the
+checks applied to each answer.
+
+    run = evaluate(service, "evals/examples/quality.yaml", grid(web_search=[False, True]))
+    run.summary(); run.diff("web_search=False", "web_search=True")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from toolkit.errors import InvalidRequest, Overloaded, RateLimited, ToolkitError
+from toolkit.evals.assertions import score
+from toolkit.evals.dataset import Dataset, Sample, dataset, load_dataset
+from toolkit.evals.results import EvalRow, EvalRun
+from toolkit.evals.runs import RunStore
+from toolkit.grounding import GroundedSentence, Grounding
+from toolkit.judge import ModelJudge, yes_or_no
+from toolkit.params import InferRequest
+from toolkit.results import Done
+from toolkit.search import SearchOutcome
+from toolkit.store import Store, now
+
+T = TypeVar("T")
+MAX_VARIANTS = 64
+CONCURRENCY = 32  # cells in flight: a local engine's batch (MAX_BATCH_SIZE 16) full, and the next ones queued
+ANSWERED = ("stop", "length", "repetition")  # finished answers, kept in the cache (not cancelled or timed out)
+PATIENCE_S = 600  # how long a cell refused for a full queue or a rate limit keeps trying
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    fields: dict[str, Any]
+
+
+def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every combination of the axes, each a variant labelled by what it sets:
+    ``grid(model=["a", "b"], adapter=[None, "quenby"], web_search=[False, True])`` gives 8."""
+    names = list(axes)
+    out = []
+    for values in itertools.product(*(axes[n] for n in names)):
+        fields = dict(zip(names, values, strict=True))
+        label = ", ".join(f"{k}={v}" for k, v in fields.items())
+        out.append({"label": label, **{k: v for k, v in fields.items() if v is not None}})
+    return out
+
+
+def variants(specs: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]]) -> list[Variant]:
+    """Variants from a list of dicts (``label`` optional) or ``{label: fields}``, as ``service.compare`` takes."""
+    items = (
+        [{**dict(v), "label": k} for k, v in specs.items()] if isinstance(specs, Mapping) else [dict(v) for v in specs]
+    )
+    if not 1 <= len(items) <= MAX_VARIANTS:
+        raise InvalidRequest("variants", f"an evaluation takes 1 to {MAX_VARIANTS} variants, got {len(items)}")
+    out = []
+    for i, item in enumerate(items):
+        label = item.pop("label", None)
+        label = str(label) if label else (", ".join(f"{k}={v}" for k, v in item.items()) or f"variant {i + 1}")
+        out.append(Variant(label, item))
+    labels = [v.label for v in out]
+    if len(set(labels)) != len(labels):
+        raise InvalidRequest("variants", f"labels must differ, got {labels}")
+    return out
+
+
+@dataclass(frozen=True)
+class _Cell:
+    sample: Sample
+    variant: Variant
+    repeat: int
+    request: InferRequest
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What the checks look at, from a result or from the store."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_s: float | None
+    total_s: float
+    tokens_per_s: float | None
+    grounding: Grounding | None
+    sources: tuple[dict[str, Any], ...]
+    record: dict[str, Any]
+
+    @property
+    def timings(self) -> Any:
+        return self  # total_s, as a result's timings have it
+
+    @classmethod
+    def of(cls, result: Any) -> _Answer:
+        return cls(
+            result.text,
+            result.finish_reason,
+            result.usage.prompt_tokens,
+            result.usage.completion_tokens,
+            result.timings.first_token_s,
+            result.timings.total_s,
+            result.tokens_per_s,
+            result.grounding,
+            tuple({"index": s.index, "title": s.title, "url": s.url, "snippet": s.snippet} for s in result.sources),
+            result.run_record.to_dict(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "grounding"}
+        d["grounding"] = self.grounding.to_dict() if self.grounding is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> _Answer:
+        g = data.get("grounding")
+        grounding = None
+        if g is not None:
+            sentences = tuple(GroundedSentence(**{**s, "cited": tuple(s["cited"])}) for s in g["sentences"])
+            grounding = Grounding(sentences, g["supported"], g["summary"])
+        return cls(**{**data, "grounding": grounding, "sources": tuple(data.get("sources") or ())})
+
+
+def evaluate(
+    service: Any,
+    data: Dataset | str | Path | Iterable[Mapping[str, Any]],
+    specs: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]],
+    *,
+    repeats: int = 1,
+    name: str | None = None,
+    store: Store | str | Path | Literal[False] | None = None,
+    resume: str | None = None,
+    research: bool = False,
+    concurrency: int = CONCURRENCY,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+    on_row: Callable[[EvalRow], object] | None = None,
+) -> EvalRun:
+    """Ask every sample as every variant, ``repeats`` times, through ``service`` (an ``InferenceService`` or a
+    ``RemoteService``); check each answer; keep each cell in the store as it finishes.
+
+    Bad input (the dataset, a variant naming an unknown model or adapter, a judge that is not served) is
+    refused before any search or generation. Each sample searches once and every cell that searches uses
+    that snapshot (``research``: each cell searches on its own). A variant that leaves ``seed`` out gets the
+    repeat's number, so that sampled repeats differ and reruns repeat. An answer is taken from the store when
+    the same model, adapter, parameters, messages and search results gave it before.
+
+    ``store``: where the run is kept (a path or a ``Store``; default: the settings' ``TOOLKIT_STORE``; False:
+    nowhere, and nothing is cached). Ctrl-C (a kernel interrupt), or setting ``stop``, keeps the finished
+    cells: ``evaluate(..., resume=run.id)`` does the rest. ``on_row`` is called with each cell as it finishes
+    (the dashboard's progress).
+    """
+    if repeats < 1:
+        raise InvalidRequest("repeats", f"must be >= 1, got {repeats}")
+    models = {m.id: m for m in service.models()}
+    data = _dataset(data, models)
+    chosen = variants(specs)
+    for judge_name in data.judges():
+        if judge_name not in models:
+            raise InvalidRequest("judge", f"{judge_name!r} is not a model this service serves ({', '.join(models)})")
+    cells = [_Cell(s, v, r, _request(s, v, r)) for s in data.samples for v in chosen for r in range(repeats)]
+    first: dict[
+        str, _Cell
+    ] = {}  # each variant's first cell: its model, adapter and parameters checked before anything runs
+    for cell in cells:
+        first.setdefault(cell.variant.label, cell)
+    for cell in first.values():
+        try:
+            service.validate(cell.request)
+        except InvalidRequest as exc:
+            raise InvalidRequest(
+                f"variants[{cell.variant.label}].{exc.field}", exc.message.split(": ", 1)[-1]
+            ) from None
+    runs = _run_store(service, store)
+    run, done = _open(runs, resume, name or data.name, data, chosen, repeats)
+    if any(c.request.web_search for c in cells) and hasattr(service, "searcher") and service.searcher is None:
+        raise InvalidRequest("web_search", "a variant searches, but web search is off on this service")
+    searches = _Searches(service, run, runs, research, stop)
+    todo = [c for c in cells if (c.sample.id, c.variant.label, c.repeat) not in done]
+    keys = _Keys(service, models)
+    answers = _Answers(runs)
+    judge = _judge(service)
+    started = time.perf_counter()
+
+    def one(cell: _Cell) -> EvalRow:
+        searching = cell.request.web_search
+        search_hash = None
+        try:
+            snapshot = searches.get(cell.sample) if searching else None
+            search_hash = run.searches.get(cell.sample.id) if snapshot is not None else None
+            # cached only when what it saw is known: no search, or the frozen snapshot
+            key = keys.of(cell.request, snapshot) if not searching or snapshot is not None else None
+            answer, cached = answers.get(key, lambda: _ask(service, cell.request, snapshot, stop))
+        except Exception as exc:  # a failed cell is a row that says why; the others go on
+            message = exc.message if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
+            return EvalRow(cell.sample.id, cell.variant.label, cell.repeat, False, error=message, search=search_hash)
+        scores = tuple(score(c, answer, cell.sample.input, judge) for c in cell.sample.checks)
+        return EvalRow(
+            sample_id=cell.sample.id,
+            variant=cell.variant.label,
+            repeat=cell.repeat,
+            passed=all(s.passed for s in scores),
+            scores=scores,
+            text=answer.text,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            first_token_s=answer.first_token_s,
+            total_s=answer.total_s,
+            tokens_per_s=answer.tokens_per_s,
+            grounding=answer.grounding.summary if answer.grounding is not None else None,
+            sources=answer.sources,
+            record_id=answer.record.get("request_id"),
+            record=answer.record,
+            search=search_hash,
+            cached=cached,
+        )
+
+    bar = _bar(len(todo), run.name, progress)
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="eval")
+    running: dict[Future[EvalRow], _Cell] = {}
+    queue = iter(todo)
+
+    def keep(row: EvalRow) -> None:
+        run.rows.append(row)
+        if runs is not None:
+            runs.save_row(run.id, row)
+        bar.update(1)
+        if on_row is not None:
+            on_row(row)
+
+    try:
+        for cell in itertools.islice(queue, concurrency):
+            running[pool.submit(one, cell)] = cell
+        while running and not (stop is not None and stop.is_set()):
+            finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in finished:
+                running.pop(future)
+                keep(future.result())
+                following = next(queue, None)
+                if following is not None and not (stop is not None and stop.is_set()):
+                    running[pool.submit(one, following)] = following
+        run.status = "done" if len(run.rows) == len(cells) else "interrupted"
+    except KeyboardInterrupt:
+        run.status = "interrupted"
+    finally:
+        if running:  # interrupted: cancel what runs; keep what finished whole
+            for cell in running.values():
+                service.cancel(cell.request.request_id)
+            for future in list(running):
+                try:
+                    row = future.result(timeout=60)
+                except Exception:
+                    continue
+                if row.error is None and row.finish_reason != "cancelled":
+                    keep(row)
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+    if run.status == "interrupted":
+        print(
+            f"interrupted: {len(run.rows)} of {len(cells)} cells kept; evaluate(..., resume={run.id!r}) does the rest"
+        )
+    run.seconds = round((run.seconds or 0) + time.perf_counter() - started, 3)
+    order = {(c.sample.id, c.variant.label, c.repeat): i for i, c in enumerate(cells)}
+    run.rows.sort(key=lambda r: order.get((r.sample_id, r.variant, r.repeat), len(order)))
+    if runs is not None:
+        runs.finish(run)
+    return run
+
+
+async def aevaluate(
+    service: Any,
+    data: Dataset | str | Path | Iterable[Mapping[str, Any]],
+    specs: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]],
+    **options: Any,
+) -> EvalRun:
+    """``evaluate`` for an event loop: it runs on a worker thread; cancelling the task stops it (the finished
+    cells stay in the store, to resume)."""
+    import asyncio
+
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(evaluate, service, data, specs, stop=stop, **options)
+    except asyncio.CancelledError:
+        stop.set()
+        raise
+
+
+def _run_store(service: Any, store: Store | str | Path | Literal[False] | None) -> RunStore | None:
+    """``store``, or (None) the one the settings name: the service's own, or TOOLKIT_STORE; False: none."""
+    if store is False:
+        return None
+    if store is None:
+        from toolkit.settings import Settings
+
+        settings = getattr(service, "settings", None)
+        store = (settings if isinstance(settings, Settings) else Settings.from_env()).store
+        if store is None:  # TOOLKIT_STORE=off
+            return None
+    return RunStore(store if isinstance(store, Store) else Store(store))
+
+
+def _dataset(data: Any, models: Mapping[str, Any]) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, Path)):
+        return load_dataset(data, models=list(models))
+    return dataset(data, models=list(models))
+
+
+def _request(sample: Sample, variant: Variant, repeat: int) -> InferRequest:
+    fields = dict(variant.fields)
+    web = fields.pop("web_search", None)
+    system = fields.pop("system_prompt", None)
+    fields.setdefault("seed", repeat)
+    try:
+        return InferRequest.build(
+            sample.input,
+            history=sample.history,
+            system_prompt=system if system is not None else sample.system_prompt,
+            web_search=bool(web if web is not None else sample.web_search),
+            **fields,
+        )
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"variants[{variant.label}].{exc.field}", exc.message.split(": ", 1)[-1]) from None
+
+
+def _open(
+    runs: RunStore | None, resume: str | None, name: str, data: Dataset, chosen: list[Variant], repeats: int
+) -> tuple[EvalRun, set[tuple[str, str, int]]]:
+    specs = [{"label": v.label, "fields": v.fields} for v in chosen]
+    if resume is not None:
+        if runs is None:
+            raise InvalidRequest("resume", "resuming needs the store (TOOLKIT_STORE)")
+        run = runs.load(resume)
+        if run.dataset_hash != data.hash or run.variants != specs or run.repeats != repeats:
+            raise InvalidRequest("resume", f"run {resume} asked other questions or variants; start a new run")
+        run.rows = [r for r in run.rows if r.error is None]
+        return run, {(r.sample_id, r.variant, r.repeat) for r in run.rows}
+    run = EvalRun(
+        id=time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3),
+        name=name,
+        dataset=data.path or data.name,
+        dataset_hash=data.hash,
+        variants=specs,
+        repeats=repeats,
+        inputs={s.id: s.input for s in data.samples},
+        created_at=now(),
+    )
+    if runs is not None:
+        runs.create(run, data)
+    return run, set()
+
+
+class _Searches:
+    """Frozen retrieval: one search per sample, made by the first of its cells that needs it (on the pool,
+    so that searching overlaps other cells' generation) and reused by every other; a resumed run keeps its
+    own snapshots. ``research``: none kept, each cell searches on its own."""
+
+    def __init__(
+        self, service: Any, run: EvalRun, runs: RunStore | None, research: bool, stop: threading.Event | None
+    ) -> None:
+        self.service, self.run, self.runs, self.research, self.stop = service, run, runs, research, stop
+        self._kept: dict[str, SearchOutcome] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        if runs is not None and not research:
+            for sample_id, snapshot in runs.searches(run.id).items():
+                self._kept[sample_id] = outcome = SearchOutcome.from_dict(snapshot, where="search")
+                run.searches[sample_id] = _snapshot_hash(outcome)
+
+    def get(self, sample: Sample) -> SearchOutcome | None:
+        if self.research:
+            return None
+        with self._lock:
+            lock = self._locks.setdefault(sample.id, threading.Lock())
+        with lock:  # the other cells of this sample wait for its one search
+            if sample.id not in self._kept:
+                from toolkit.service import search_query
+
+                query = search_query(sample.input)
+                outcome = _patiently(lambda: self.service.search(query), self.stop)
+                if self.runs is not None:
+                    self.runs.save_search(self.run.id, sample.id, outcome.to_dict())
+                self.run.searches[sample.id] = _snapshot_hash(outcome)
+                self._kept[sample.id] = outcome
+            return self._kept[sample.id]
+
+
+def _snapshot_hash(outcome: SearchOutcome) -> str:
+    """What a search gave (its status and results, not when it ran): equal results, equal hash."""
+    content = {"status": outcome.status, "results": [[r.title, r.url, r.snippet] for r in outcome.results]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Answers:
+    """Answers by what decides them (``_Keys``): from the store, or from this run's cell with the same key (a
+    second one waits for the first: two variants that ask alike get one answer, not two that batching may
+    tell apart), or generated. Only finished answers are kept (not cancelled or timed-out ones)."""
+
+    def __init__(self, runs: RunStore | None) -> None:
+        self.runs = runs
+        self._mine: dict[str, _Answer] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str | None, ask: Callable[[], _Answer]) -> tuple[_Answer, bool]:
+        """The answer, and whether it was kept from before (the store, or another cell)."""
+        if key is None:
+            return ask(), False
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key in self._mine:
+                return self._mine[key], True
+            stored = self.runs.store.cached(key) if self.runs is not None else None
+            if stored is not None:
+                self._mine[key] = _Answer.from_dict(stored)
+                return self._mine[key], True
+            answer = ask()
+            if answer.finish_reason in ANSWERED:
+                self._mine[key] = answer
+                if self.runs is not None:
+                    self.runs.store.cache(key, answer.to_dict())
+            return answer, False
+
+
+class _Keys:
+    """The cache key of a cell: what decides its answer (the model and its weights, the adapter and its
+    weights, the parameters the model's defaults fill, the messages, the search results)."""
+
+    def __init__(self, service: Any, models: Mapping[str, Any]) -> None:
+        self.service, self.models = service, models
+        self._adapters: dict[str, dict[str, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def _adapter_hash(self, model: str, adapter: str) -> str | None:
+        with self._lock:
+            if model not in self._adapters:
+                self._adapters[model] = {a.name: a.adapter_hash for a in self.service.adapters(model)}
+            return self._adapters[model].get(adapter)
+
+    def of(self, request: InferRequest, search: SearchOutcome | None) -> str | None:
+        model_name, adapter = request.model, request.adapter
+        info = self.models.get(model_name) if model_name else next((m for m in self.models.values() if m.default), None)
+        if info is None:  # "<model>:<adapter>", or an alias: routing decides, not the key
+            info = next((m for m in self.models.values() if model_name and model_name.startswith(m.id + ":")), None)
+            if info is None:
+                return None
+            adapter = adapter or (model_name or "").split(":", 1)[1]
+        params = {**info.defaults, **request.params.given()}
+        content = {
+            "model": [info.id, info.content_hash, info.served_model],
+            "adapter": [adapter, self._adapter_hash(info.id, adapter) if adapter else None],
+            "params": params,
+            "messages": [request.system_prompt, [[t.role, t.content] for t in request.history], request.prompt],
+            "web_search": request.web_search,
+            "search": _snapshot_hash(search) if search is not None else None,
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _patiently(call: Callable[[], T], stop: threading.Event | None) -> T:
+    """``call()``; a full queue or a rate limit (someone else's load, or this run's own) is waited out, as
+    the error says, not failed: for ``PATIENCE_S`` at most, and not once ``stop`` is set."""
+    deadline = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            return call()
+        except (Overloaded, RateLimited) as exc:
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                raise
+            (stop or threading.Event()).wait(min(30, exc.retry_after_s or 1))
+
+
+def _ask(service: Any, request: InferRequest, search: SearchOutcome | None, stop: threading.Event | None) -> _Answer:
+    def once() -> _Answer:
+        for event in service.stream(request, search=search):
+            if isinstance(event, Done):
+                return _Answer.of(event.result)
+        raise ToolkitError("the stream ended without a result")
+
+    return _patiently(once, stop)
+
+
+def _judge(service: Any) -> Callable[[str, str], tuple[bool | None, str | None]]:
+    def ask(name: str, question: str) -> tuple[bool | None, str | None]:
+        try:
+            result = ModelJudge(service, name).ask(question)
+        except ToolkitError:
+            return None, None
+        return yes_or_no(result.text), result.run_record.request_id
+
+    return ask
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _bar(total: int, name: str, progress: bool) -> Any:
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=name, unit="answer")
