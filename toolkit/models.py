@@ -34,10 +34,11 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 # The bundled model's generation defaults, chosen by measurement (bench/quality.py, the table in the
 # README): its GGUF file states none. With the loop guard's near-copy rule, greedy answers every grounded
-# question and as many closed-book ones as any candidate but a presence penalty (one more), no visible answer
-# holds a loop, and the fewest run to the limit (7 %); DRY and the presence penalty leave no loop for the guard
-# to end but run more answers to the limit (12 %), and in long answers DRY goes on inventing (a repeated
-# table row became 25 invented ones) where the presence penalty changes copied numbers (200 °C became 207 °C).
+# question and as many closed-book ones as any candidate but a presence penalty (one more), and no visible
+# answer holds a loop; no candidate runs fewer answers to the limit by more than chance (at most 2 of 45,
+# McNemar's p = 0.5). DRY and the presence penalty leave no loop for the guard to end, but in long answers DRY
+# goes on inventing (a repeated table row became 25 invented ones) and the presence penalty changes copied
+# numbers (200 °C became 207 °C).
 BUNDLED_DEFAULTS: dict[str, Any] = {"temperature": 0.0}
 CONVERSION_MARKER = "toolkit-conversion.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
