@@ -79,10 +79,15 @@ def tokenizer(loaded: Any) -> Any:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, loaded: Any) -> Path:
     """A small Llama built from a config (random weights) with the bundled tokenizer, saved as a model dir."""
+    tok = loaded.tokenizer
+    return save_tiny_llama(tok, tmp_path_factory.mktemp("tiny-llama"), positions=256, eos=tok.eos_token_id)
+
+
+def save_tiny_llama(tok: Any, path: Path, *, positions: int, eos: int) -> Path:
+    """A 2-layer Llama (random weights, seeded) for ``tok``, saved with it in ``path``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = loaded.tokenizer
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=64,
@@ -90,15 +95,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, loaded: Any) -> Pat
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=positions,
         bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
+        eos_token_id=eos,
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
+    LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
@@ -117,29 +120,11 @@ def llama3_model_dir(tmp_path_factory: pytest.TempPathFactory, loaded: Any) -> P
     a Llama 3 style chat template: a second template beside the bundled model's ChatML."""
     import copy
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = copy.deepcopy(loaded.tokenizer)
     tok.add_special_tokens({"additional_special_tokens": LLAMA3_MARKERS})
     tok.chat_template = LLAMA3_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.convert_tokens_to_ids("<|eot_id|>"),
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("llama3-style")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    eos = tok.convert_tokens_to_ids("<|eot_id|>")
+    return save_tiny_llama(tok, tmp_path_factory.mktemp("llama3-style"), positions=2048, eos=eos)
 
 
 @pytest.fixture()
