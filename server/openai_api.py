@@ -44,7 +44,7 @@ FINISH = {"stop": "stop", "length": "length", "timeout": "length", "cancelled": 
 PARAMS = openai_names()  # OpenAI field -> GenerationParams field, from the declaration (toolkit.params)
 # the request's other fields: what it asks, and fields that change nothing about the answer
 FIELDS = frozenset(
-    {"model", "messages", "stream", "stream_options", "request_id", "web_search"}
+    {"model", "messages", "stream", "stream_options", "request_id", "web_search", "conversation_id"}
     | {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "safety_identifier", "prompt_cache_key"}
 )
 UNSUPPORTED = {  # fields that change what an answer is, with the value that changes nothing
@@ -176,6 +176,13 @@ def to_request(body: Any, owner: str) -> tuple[InferRequest, dict[str, str]]:
             )
     if not turns or turns[-1].role != "user":
         raise OpenAIError(400, "the last message must be the user's", param="messages")
+    conversation = body.get("conversation_id")
+    if conversation is not None:
+        if not isinstance(conversation, str) or not conversation:
+            raise OpenAIError(400, "'conversation_id' must be a conversation's id", param="conversation_id")
+        if len(turns) > 1:
+            message = "with 'conversation_id', send only the new user message: the server has the conversation's turns"
+            raise OpenAIError(400, message, param="messages")
     params: dict[str, Any] = {}
     used: dict[str, str] = {}  # parameter -> the field that set it, for errors
     for key in sorted(body, key=lambda k: k != "max_completion_tokens"):  # it wins over max_tokens
@@ -212,6 +219,8 @@ def to_request(body: Any, owner: str) -> tuple[InferRequest, dict[str, str]]:
 def extras(result: InferResult) -> dict[str, Any]:
     """What the toolkit adds to OpenAI's shapes: the run record's id, the timings, and the sources."""
     out: dict[str, Any] = {"run_record_id": result.run_record.request_id, "timings": to_wire(result.timings)}
+    if result.conversation_id is not None:
+        out["conversation_id"] = result.conversation_id
     if result.search_status != "off":
         out["sources"] = to_wire(result.sources)
         out["search_status"] = result.search_status
@@ -314,7 +323,11 @@ class ChatCompletionsHandler(OpenAIHandler):
         except OpenAIError as exc:
             self._error(exc)
             return
-        run = self._stream(request, label, usage, used) if streaming else self._complete(request, label, used)
+        conversation = body.get("conversation_id")  # checked by to_request: continues a kept one
+        if streaming:
+            run = self._stream(request, label, usage, used, conversation)
+        else:
+            run = self._complete(request, label, used, conversation)
         self._task = asyncio.ensure_future(run)
         with contextlib.suppress(asyncio.CancelledError):  # the client went away: the generation was cancelled
             await self._task
@@ -323,9 +336,11 @@ class ChatCompletionsHandler(OpenAIHandler):
         if self._task is not None:
             self._task.cancel()
 
-    async def _complete(self, request: InferRequest, label: str, used: dict[str, str]) -> None:
+    async def _complete(
+        self, request: InferRequest, label: str, used: dict[str, str], conversation: str | None = None
+    ) -> None:
         try:
-            result = await self.gateway.service.ainfer(request)
+            result = await self.gateway.service.ainfer(request, conversation=conversation)
         except ToolkitError as exc:
             self._error(from_toolkit(exc, used))
             return
@@ -352,8 +367,15 @@ class ChatCompletionsHandler(OpenAIHandler):
             )
         )
 
-    async def _stream(self, request: InferRequest, label: str, include_usage: bool, used: dict[str, str]) -> None:
-        events = self.gateway.service.astream(request)
+    async def _stream(
+        self,
+        request: InferRequest,
+        label: str,
+        include_usage: bool,
+        used: dict[str, str],
+        conversation: str | None = None,
+    ) -> None:
+        events = self.gateway.service.astream(request, conversation=conversation)
         created = int(time.time())
         base = {
             "id": f"chatcmpl-{request.request_id}",

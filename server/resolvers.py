@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 from graphql import GraphQLResolveInfo, GraphQLSchema, build_schema
 
-from toolkit.errors import ClientGone, Forbidden, InvalidRequest, RequestTimeout
+from toolkit.conversation import ConversationArg
+from toolkit.errors import ClientGone, Forbidden, InvalidRequest, RequestTimeout, UnknownConversation
 from toolkit.params import PARAMS, GenerationParams, InferRequest, Turn
 from toolkit.protocol import Service
 from toolkit.results import Done, InferResult, SearchFinished, SearchStarted, StreamEvent, Token
@@ -27,6 +28,7 @@ FIELD_NAMES = {  # toolkit field names -> GraphQL argument names, for error mess
     "system_prompt": "systemPrompt",
     "request_id": "requestId",
     "run_record": "runRecord",
+    "conversation_id": "conversationId",
     **{f"params.{snake}": f"params.{camel}" for camel, snake in PARAM_NAMES.items()},
 }
 
@@ -72,6 +74,14 @@ def search_arg(args: dict[str, Any]) -> dict[str, Any]:
     """The ``search`` argument (a snapshot to ground in) as the service's ``search=`` keyword, checked."""
     snapshot = args.get("search")
     return {} if snapshot is None else {"search": SearchOutcome.from_dict(snapshot, where="search")}
+
+
+def conversation_arg(args: dict[str, Any]) -> ConversationArg:
+    """``conversationId`` to continue; else a new conversation unless ``keep: false``."""
+    conversation_id = args.get("conversationId")
+    if conversation_id is not None:
+        return str(conversation_id)
+    return True if args.get("keep", True) is not False else None
 
 
 def result_dict(result: InferResult) -> dict[str, Any]:
@@ -132,7 +142,8 @@ async def resolve_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> dict[s
     context: Context = info.context
     request = to_request(args, context.owner)
     search = search_arg(args)
-    result = await _cancelled_with_client(context, context.service.ainfer(request, **search))
+    conversation = conversation_arg(args)
+    result = await _cancelled_with_client(context, context.service.ainfer(request, conversation=conversation, **search))
     if result.finish_reason == "timeout" and not result.text:
         raise RequestTimeout(
             f"the request timed out after {result.timings.total_s:.1f} s before it produced any text; "
@@ -161,9 +172,12 @@ async def subscribe_infer(_: Any, info: GraphQLResolveInfo, **args: Any) -> Asyn
     request = to_request(args, context.owner)
     context.service.validate(request)  # bad input fails the subscription at once, before any event
     search = search_arg(args)
+    conversation = conversation_arg(args)
+    if isinstance(conversation, str):
+        await _conversation(context, conversation)  # an unknown one too
 
     async def events() -> AsyncIterator[dict[str, Any]]:
-        async for event in context.service.astream(request, **search):
+        async for event in context.service.astream(request, conversation=conversation, **search):
             yield event_dict(event)
 
     return events()
@@ -175,6 +189,38 @@ async def resolve_search(_: Any, info: GraphQLResolveInfo, query: str) -> dict[s
         raise InvalidRequest("query", f"must be 1 to {MAX_QUERY} characters")
     outcome = await asyncio.to_thread(info.context.service.search, query)
     return outcome.to_dict()
+
+
+async def _conversation(context: Context, conversation_id: str, field: str = "conversation_id") -> dict[str, Any]:
+    found = await asyncio.to_thread(context.service.conversation_info, conversation_id, context.owner)
+    if found is None:
+        raise UnknownConversation(conversation_id, field)
+    return dict(to_wire(found))
+
+
+async def resolve_conversations(
+    _: Any, info: GraphQLResolveInfo, query: str | None = None, first: int = 50, before: str | None = None
+) -> list[dict[str, Any]]:
+    context: Context = info.context
+    found = await asyncio.to_thread(context.service.conversations, query, first, before, context.owner)
+    return list(to_wire(found))
+
+
+async def resolve_conversation(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+    try:
+        return await _conversation(info.context, id, "id")
+    except UnknownConversation:
+        return None
+
+
+async def resolve_rename_conversation(_: Any, info: GraphQLResolveInfo, id: str, title: str) -> dict[str, Any]:
+    context: Context = info.context
+    return dict(to_wire(await asyncio.to_thread(context.service.rename_conversation, id, title, context.owner)))
+
+
+async def resolve_delete_conversation(_: Any, info: GraphQLResolveInfo, id: str) -> bool:
+    context: Context = info.context
+    return bool(await asyncio.to_thread(context.service.delete_conversation, id, context.owner))
 
 
 def resolve_adapters(_: Any, info: GraphQLResolveInfo, model: str | None = None) -> list[dict[str, Any]]:
@@ -212,6 +258,10 @@ def make_schema() -> GraphQLSchema:
     schema.query_type.fields["models"].resolve = resolve_models
     schema.query_type.fields["adapters"].resolve = resolve_adapters
     schema.query_type.fields["search"].resolve = resolve_search
+    schema.query_type.fields["conversations"].resolve = resolve_conversations
+    schema.query_type.fields["conversation"].resolve = resolve_conversation
+    schema.mutation_type.fields["renameConversation"].resolve = resolve_rename_conversation
+    schema.mutation_type.fields["deleteConversation"].resolve = resolve_delete_conversation
     schema.mutation_type.fields["loadAdapter"].resolve = resolve_load_adapter
     schema.mutation_type.fields["unloadAdapter"].resolve = resolve_unload_adapter
     schema.mutation_type.fields["infer"].resolve = resolve_infer

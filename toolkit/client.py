@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit.compare import Comparison, collect, compare_stream, plan
+from toolkit.conversation import Conversation, ConversationArg, ConversationInfo
 from toolkit.errors import ConfigError, InvalidRequest, ToolkitError, UnknownModel
 from toolkit.params import PARAMS, GenerationParams, InferRequest
 from toolkit.results import (
@@ -51,9 +52,11 @@ if TYPE_CHECKING:
 
 RESULT_FIELDS = selection(InferResult) + " timings { tokensPerSecond }"
 ARGS = """$prompt: String!, $webSearch: Boolean, $history: [TurnInput!], $systemPrompt: String,
-  $params: GenerationInput, $model: String, $adapter: String, $requestId: ID, $search: JSON"""
+  $params: GenerationInput, $model: String, $adapter: String, $requestId: ID, $search: JSON,
+  $conversationId: ID, $keep: Boolean"""
 PASS = """prompt: $prompt, webSearch: $webSearch, history: $history, systemPrompt: $systemPrompt,
-  params: $params, model: $model, adapter: $adapter, requestId: $requestId, search: $search"""
+  params: $params, model: $model, adapter: $adapter, requestId: $requestId, search: $search,
+  conversationId: $conversationId, keep: $keep"""
 INFER = f"mutation Infer({ARGS}) {{ infer({PASS}) {{ {RESULT_FIELDS} }} }}"
 # TOKEN events select the delta only: the answer so far is put together here, not sent again with
 # every token (a 1,000-token answer would otherwise cost about 500,000 characters on the wire)
@@ -66,6 +69,12 @@ HEALTH = f"{{ health {{ {selection(Health)} }} }}"
 MODELS = f"{{ models {{ {selection(ModelInfo)} }} }}"
 SEARCH = "query Search($query: String!) { search(query: $query) }"
 CANCEL = "mutation Cancel($id: ID!) { cancel(requestId: $id) }"
+CONVERSATIONS = f"""query Conversations($query: String, $first: Int, $before: ID) {{
+  conversations(query: $query, first: $first, before: $before) {{ {selection(ConversationInfo)} }} }}"""
+CONVERSATION = f"query Conversation($id: ID!) {{ conversation(id: $id) {{ {selection(ConversationInfo)} }} }}"
+RENAME = f"""mutation Rename($id: ID!, $title: String!) {{ renameConversation(id: $id, title: $title) {{
+  {selection(ConversationInfo)} }} }}"""
+DELETE = "mutation Delete($id: ID!) { deleteConversation(id: $id) }"
 REPLAY = f"""mutation Replay($record: JSON!, $force: Boolean) {{ replay(runRecord: $record, force: $force) {{
   identical differences {{ {selection(Difference)} }} result {{ {RESULT_FIELDS} }} }} }}"""
 ADAPTER_FIELDS = selection(AdapterInfo)
@@ -196,9 +205,16 @@ class RemoteService:
     def models(self) -> list[ModelInfo]:
         return [from_wire(ModelInfo, m) for m in self.execute(MODELS, timeout_s=10)["models"]]
 
-    def infer(self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any) -> InferResult:
+    def infer(
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
+    ) -> InferResult:
         request = _request(request, kwargs)
-        return result_from(self.execute(INFER, variables(request, search))["infer"])
+        return result_from(self.execute(INFER, variables(request, search, conversation))["infer"])
 
     def search(self, query: str) -> SearchOutcome:
         """The server's web search, as the snapshot ``stream(..., search=)`` takes (an evaluation searches
@@ -257,6 +273,39 @@ class RemoteService:
 
         return await aevaluate(self, data, variants, repeats=repeats, **options)
 
+    # ----- conversations (kept on the server: its store, this client's key) ----------------
+
+    def conversation(
+        self,
+        *,
+        model: str | None = None,
+        adapter: str | None = None,
+        system_prompt: str | None = None,
+        web_search: bool = False,
+        **params: Any,
+    ) -> Conversation:
+        """A new conversation kept on the server (see ``InferenceService.conversation``)."""
+        return Conversation(
+            self, model=model, adapter=adapter, system_prompt=system_prompt, web_search=web_search, **params
+        )
+
+    def conversations(
+        self, query: str | None = None, first: int = 50, before: str | None = None, owner: str = ""
+    ) -> list[ConversationInfo]:
+        data = self.execute(CONVERSATIONS, {"query": query, "first": first, "before": before}, timeout_s=30)
+        return [from_wire(ConversationInfo, c) for c in data["conversations"]]
+
+    def conversation_info(self, conversation_id: str, owner: str = "") -> ConversationInfo | None:
+        data = self.execute(CONVERSATION, {"id": conversation_id}, timeout_s=30)["conversation"]
+        return from_wire(ConversationInfo, data) if data is not None else None
+
+    def rename_conversation(self, conversation_id: str, title: str, owner: str = "") -> ConversationInfo:
+        data = self.execute(RENAME, {"id": conversation_id, "title": title}, timeout_s=30)
+        return from_wire(ConversationInfo, data["renameConversation"])
+
+    def delete_conversation(self, conversation_id: str, owner: str = "") -> bool:
+        return bool(self.execute(DELETE, {"id": conversation_id}, timeout_s=30)["deleteConversation"])
+
     def cancel(self, request_id: str, owner: str = "") -> bool:
         """Cancel one of this client's requests. (``owner`` is the server's business: it is this client's key.)"""
         return bool(self.execute(CANCEL, {"id": request_id}, timeout_s=10)["cancel"])
@@ -276,14 +325,20 @@ class RemoteService:
     # ----- WebSocket ------------------------------------------------------------------
 
     def stream(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
     ) -> Iterator[StreamEvent]:
         """Events as they come; closing the iterator early cancels the generation on the server.
-        ``search``: a snapshot (``search()``'s) to ground in instead of a new search."""
+        ``search``: a snapshot (``search()``'s) to ground in instead of a new search; ``conversation``: a kept
+        conversation's id to continue, or True to start one (the server keeps it)."""
         from websockets.exceptions import WebSocketException
         from websockets.sync.client import connect
 
-        sub = Subscription(STREAM, variables(_request(request, kwargs), search), self.api_key)
+        sub = Subscription(STREAM, variables(_request(request, kwargs), search, conversation), self.api_key)
         try:
             ws = connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
         except (OSError, WebSocketException) as exc:
@@ -304,12 +359,17 @@ class RemoteService:
                 raise ServiceUnavailable(f"no answer from {self.ws_url} within the timeout") from None
 
     async def astream(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
     ) -> AsyncIterator[StreamEvent]:
         from websockets.asyncio.client import connect
         from websockets.exceptions import WebSocketException
 
-        sub = Subscription(STREAM, variables(_request(request, kwargs), search), self.api_key)
+        sub = Subscription(STREAM, variables(_request(request, kwargs), search, conversation), self.api_key)
         try:
             ws = await connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
         except (OSError, WebSocketException) as exc:
@@ -333,9 +393,14 @@ class RemoteService:
                 raise sub.closed(exc) from None
 
     async def ainfer(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
     ) -> InferResult:
-        async for event in self.astream(request, search=search, **kwargs):
+        async for event in self.astream(request, search=search, conversation=conversation, **kwargs):
             if isinstance(event, Done):
                 return event.result
         raise ServiceUnavailable("the stream ended without a result")
@@ -352,9 +417,15 @@ def _request(request: InferRequest | str, kwargs: dict[str, Any]) -> InferReques
     return request
 
 
-def variables(request: InferRequest, search: SearchOutcome | None = None) -> dict[str, Any]:
+def variables(
+    request: InferRequest, search: SearchOutcome | None = None, conversation: ConversationArg = None
+) -> dict[str, Any]:
+    """The GraphQL variables of a request. Without ``conversation`` the server keeps none (``keep: false``), as
+    in process."""
     params = {PARAM_NAMES[k]: v for k, v in request.params.to_dict().items() if v is not None and v != []}
     return {
+        "conversationId": conversation if isinstance(conversation, str) else None,
+        "keep": conversation is not None and conversation is not False,
         "prompt": request.prompt,
         "webSearch": request.web_search,
         "history": [{"role": t.role.upper(), "content": t.content} for t in request.history],

@@ -124,6 +124,17 @@ class UnknownModel(InvalidRequest):
         super().__init__("model", message)
 
 
+class UnknownConversation(InvalidRequest):
+    """No kept conversation with this id: unknown, deleted, or another API key's (which answers the same)."""
+
+    code = "NOT_FOUND"
+    status = 404
+    openai_code = "conversation_not_found"
+
+    def __init__(self, conversation_id: str, field: str = "conversation_id") -> None:
+        super().__init__(field, f"no conversation {conversation_id!r}; list them with conversations()")
+
+
 class PromptTooLong(InvalidRequest):
     """Prompt plus history (plus system prompt) do not fit the input budget."""
 

@@ -5,7 +5,9 @@
 
 The answer streams into the cell as markdown, the sources follow as links, and
 the full result (with its run record) is kept in a variable (``--out``, default
-``_ask``). The service is, in order: ``--service NAME`` (a variable holding an
+``_ask``). Each ask continues the notebook's current conversation (kept in the
+store, ``toolkit.conversation``; the variable ``_conversation`` holds it);
+``%ask_new`` starts another. The service is, in order: ``--service NAME`` (a variable holding an
 ``InferenceService`` or ``RemoteService``), the one set with ``%ask_service NAME``,
 a ``RemoteService`` on ``GRAPHQL_URL`` when that is set, else an in-process
 service started on first use.
@@ -20,7 +22,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import Markdown, display
 
 from toolkit.errors import ToolkitError
-from toolkit.params import PARAMS, GenerationParams, InferRequest
+from toolkit.params import PARAMS, GenerationParams
 from toolkit.results import Done, SearchFinished, SearchStarted, Token
 
 
@@ -53,6 +55,7 @@ class AskMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self._service: Any = None
+        self._conversation: Any = None  # the notebook's current Conversation
         self.last_error: str | None = None  # what the last failed ask showed in its cell
 
     @property
@@ -86,6 +89,19 @@ class AskMagics(Magics):
             return
         self._service = self._ns[name]
 
+    @line_magic
+    def ask_new(self, line: str) -> None:
+        """``%ask_new``: the next ``%%ask`` starts a new conversation (``%ask_new QUESTION`` asks it now)."""
+        self._conversation = None
+        if line.strip():
+            self.ask(line)
+
+    def _conversation_on(self, backend: Any) -> Any:
+        if self._conversation is None or self._conversation.service is not backend:
+            self._conversation = backend.conversation()
+            self._ns["_conversation"] = self._conversation
+        return self._conversation
+
     @magic_arguments()
     @argument("--web", action="store_true", help="ground the answer in web search results")
     @argument("--model", default=None, help="the model to ask (default: the service's)")
@@ -111,15 +127,10 @@ class AskMagics(Magics):
         handle = display(Markdown("…"), display_id=True)
         try:
             params = {k: getattr(args, k) for k in PARAMS if getattr(args, k) is not None}  # else the model's defaults
-            request = InferRequest(
-                prompt=prompt,
-                system_prompt=args.system,
-                web_search=args.web,
-                model=args.model,
-                adapter=args.adapter,
-                params=GenerationParams(**params),
-            )
-            for event in self._backend(args.service).stream(request):
+            GenerationParams(**params)  # a bad option is refused before anything is asked
+            turn = {"system_prompt": args.system, "model": args.model, "adapter": args.adapter}
+            conversation = self._conversation_on(self._backend(args.service))
+            for event in conversation.stream(prompt, web_search=args.web, **turn, **params):
                 if isinstance(event, SearchStarted):
                     handle.update(Markdown(f"🌐 searching `{event.query}`…"))
                 elif isinstance(event, SearchFinished) and event.status != "ok":

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from toolkit.compare import Comparison
+from toolkit.conversation import Conversation, ConversationArg, ConversationInfo
 from toolkit.params import GenerationParams, InferRequest
 from toolkit.results import AdapterInfo, Health, InferResult, ModelInfo, Replay, RunRecord, StreamEvent
 from toolkit.search import SearchOutcome
@@ -33,22 +34,63 @@ class Service(Protocol):
 
     def search(self, query: str) -> SearchOutcome: ...
 
-    # search: a snapshot (search()'s, or a run record's) to ground in instead of a new search
+    # search: a snapshot (search()'s, or a run record's) to ground in instead of a new search;
+    # conversation: a kept conversation's id to continue, or True to start one (toolkit.conversation)
     def infer(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
     ) -> InferResult: ...
 
     async def ainfer(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
     ) -> InferResult: ...
 
     def stream(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
     ) -> Iterator[StreamEvent]: ...
 
     def astream(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
     ) -> AsyncIterator[StreamEvent]: ...
+
+    def conversation(
+        self,
+        *,
+        model: str | None = None,
+        adapter: str | None = None,
+        system_prompt: str | None = None,
+        web_search: bool = False,
+        **params: Any,
+    ) -> Conversation: ...
+
+    def conversations(
+        self, query: str | None = None, first: int = 50, before: str | None = None, owner: str = ""
+    ) -> list[ConversationInfo]: ...
+
+    def conversation_info(self, conversation_id: str, owner: str = "") -> ConversationInfo | None: ...
+
+    def rename_conversation(self, conversation_id: str, title: str, owner: str = "") -> ConversationInfo: ...
+
+    def delete_conversation(self, conversation_id: str, owner: str = "") -> bool: ...
 
     def cancel(self, request_id: str, owner: str = "") -> bool: ...
 

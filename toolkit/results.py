@@ -123,6 +123,7 @@ class InferResult:
     search_status: str = field(default="off", metadata=ENUM)
     search_message: str | None = None  # why the search failed, for the user
     grounding: Grounding | None = None  # with sources: is each sentence supported by them (toolkit.grounding)
+    conversation_id: str | None = None  # the kept conversation this answer is a turn of (toolkit.conversation)
 
     @property
     def tokens_per_s(self) -> float | None:

@@ -33,6 +33,16 @@ from typing import TYPE_CHECKING, Any, cast
 from toolkit.compare import Comparison, collect, compare_stream
 from toolkit.compare import Plan as ComparePlan
 from toolkit.compare import plan as compare_plan
+from toolkit.conversation import (
+    Conversation,
+    ConversationArg,
+    ConversationInfo,
+    ConversationStore,
+    Thread,
+    akept,
+    keeper,
+    kept,
+)
 from toolkit.engines.base import Engine
 from toolkit.errors import (
     ConfigError,
@@ -67,6 +77,7 @@ from toolkit.results import (
 from toolkit.runs import RunLog
 from toolkit.search import Searcher, SearchOutcome, clean_text, make_searcher
 from toolkit.settings import Settings
+from toolkit.store import Store
 from toolkit.version import __version__ as TOOLKIT_VERSION
 
 if TYPE_CHECKING:
@@ -132,6 +143,10 @@ class InferenceService:
         self._stopped = False
         self._versions = _versions()
         self.run_log = RunLog(self.settings.run_log) if self.settings.run_log is not None else None
+        store = self.settings.store  # opened on first use
+        self.kept = (
+            ConversationStore(Store(store), self.settings.conversation_retention_days) if store is not None else None
+        )
         if models is not None:
             configs = models
         elif loaded is not None:
@@ -407,25 +422,59 @@ class InferenceService:
             raise PromptTooLong(field_name, prepared.encoded.tokens, limit)
 
     def stream(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
     ) -> Iterator[StreamEvent]:
         """Search events (with web search on), ``Token`` events as text is generated, then ``Done``.
 
         ``search``: a search already made (``compare`` shares one between its variants) instead of a new
-        one. Closing the iterator early cancels the request.
+        one. ``conversation``: a kept conversation's id to continue (the store supplies the history), or
+        True to start one (``toolkit.conversation``); the turn is saved before ``Done``. Closing the
+        iterator early cancels the request (and keeps a conversation's turn as cancelled).
         """
-        request, params, entry = self._validated(request, kwargs)
+        request, thread = self._threaded(request, kwargs, conversation)
+        request, params, entry = self._validated(request, {})
         entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
-        yield from self._drive(self._steps(request, params, entry, search))
+        yield from kept(thread, request, self._drive(self._steps(request, params, entry, search)))
 
     async def astream(
-        self, request: InferRequest | str, *, search: SearchOutcome | None = None, **kwargs: Any
+        self,
+        request: InferRequest | str,
+        *,
+        search: SearchOutcome | None = None,
+        conversation: ConversationArg = None,
+        **kwargs: Any,
     ) -> AsyncIterator[StreamEvent]:
         """``stream`` for an event loop: searching, templating and tokenizing run on a worker thread."""
-        request, params, entry = self._validated(request, kwargs)
+        request, thread = self._threaded(request, kwargs, conversation)
+        request, params, entry = self._validated(request, {})
         entry.engine.check_room()
-        async for event in self._adrive(self._steps(request, params, entry, search)):
+        async for event in akept(thread, request, self._adrive(self._steps(request, params, entry, search))):
             yield event
+
+    def _threaded(
+        self, request: InferRequest | str, kwargs: dict[str, Any], conversation: ConversationArg
+    ) -> tuple[InferRequest, Thread | None]:
+        """The request, with its conversation's history when it continues one, and the ``Thread`` that will save
+        its turn (None: not kept)."""
+        if isinstance(request, str):
+            request = InferRequest.build(request, **kwargs)
+        elif kwargs:
+            raise TypeError("pass keyword arguments only with a prompt string, not with an InferRequest")
+        if conversation is None or conversation is False:
+            return request, None
+        if conversation is not True and not isinstance(conversation, str):
+            raise InvalidRequest("conversation_id", f"must be a conversation's id, got {conversation!r}")
+        if self.kept is None:
+            if conversation is True:  # nowhere to keep it: answered, not kept
+                return request, None
+            raise InvalidRequest("conversation_id", "this service keeps no conversations (TOOLKIT_STORE=off)")
+        thread = Thread(self.kept, keeper(request.owner), None if conversation is True else conversation)
+        return thread.apply(request), thread
 
     def _steps(
         self, request: InferRequest, params: GenerationParams, entry: ServedModel, search: SearchOutcome | None
@@ -607,6 +656,46 @@ class InferenceService:
         from toolkit.evals.runner import aevaluate
 
         return await aevaluate(self, data, variants, repeats=repeats, **options)
+
+    # ----- conversations -------------------------------------------------------------
+
+    def conversation(
+        self,
+        *,
+        model: str | None = None,
+        adapter: str | None = None,
+        system_prompt: str | None = None,
+        web_search: bool = False,
+        **params: Any,
+    ) -> Conversation:
+        """A new conversation (``toolkit.conversation``): ``ask``/``stream`` add turns, kept in the store as they
+        go. ``params`` (generation parameters) hold for every turn."""
+        return Conversation(
+            self, model=model, adapter=adapter, system_prompt=system_prompt, web_search=web_search, **params
+        )
+
+    def _kept(self) -> ConversationStore:
+        if self.kept is None:
+            raise InvalidRequest("conversation_id", "this service keeps no conversations (TOOLKIT_STORE=off)")
+        return self.kept
+
+    def conversations(
+        self, query: str | None = None, first: int = 50, before: str | None = None, owner: str = ""
+    ) -> list[ConversationInfo]:
+        """Kept conversations, newest first; ``query``: those whose prompts or answers hold its words;
+        ``before``: the page after that id. (None kept: an empty list.)"""
+        return self.kept.list(keeper(owner), query=query, first=first, before=before) if self.kept else []
+
+    def conversation_info(self, conversation_id: str, owner: str = "") -> ConversationInfo | None:
+        """A kept conversation with its turns; None for an unknown id (or, on a server, another key's)."""
+        return self.kept.get(conversation_id, keeper(owner)) if self.kept else None
+
+    def rename_conversation(self, conversation_id: str, title: str, owner: str = "") -> ConversationInfo:
+        return self._kept().rename(conversation_id, title, keeper(owner))
+
+    def delete_conversation(self, conversation_id: str, owner: str = "") -> bool:
+        """Delete a kept conversation, its turns and their run records; False for an unknown id."""
+        return self.kept.delete(conversation_id, keeper(owner)) if self.kept else False
 
     def cancel(self, request_id: str, owner: str = "") -> bool:
         """Cancel a request that is searching, queued or running; False if there is no such request.

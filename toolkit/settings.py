@@ -73,8 +73,10 @@ class Settings:
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     # A model (by name) that decides the grounding claims the rules are unsure of; None: the rules decide.
     grounding_judge: str | None = None
-    # The SQLite store (evaluation runs, their cells and cached answers); None: off.
+    # The SQLite store (evaluation runs, their cells and cached answers, conversations); None: off.
     store: Path | None = field(default_factory=default_store)
+    # Conversations untouched for this many days are deleted; 0: kept until deleted.
+    conversation_retention_days: int = 0
 
     # environment variable for each field; the names users already know
     ENV: ClassVar[dict[str, str]] = {
@@ -101,6 +103,7 @@ class Settings:
         "run_log": "RUN_LOG",
         "grounding_judge": "GROUNDING_JUDGE",
         "store": "TOOLKIT_STORE",
+        "conversation_retention_days": "CONVERSATION_RETENTION_DAYS",
     }
 
     def __post_init__(self) -> None:
@@ -122,6 +125,7 @@ class Settings:
             ("max_batch_size", 1),
             ("max_queue", 1),
             ("search_per_minute", 1),
+            ("conversation_retention_days", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

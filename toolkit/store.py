@@ -1,5 +1,5 @@
-"""One SQLite database for what must outlive a process: evaluation runs, their cells, and the answers
-they cache (``TOOLKIT_STORE``, default ``<data folder>/toolkit.db``).
+"""One SQLite database for what must outlive a process: evaluation runs, their cells, the answers they
+cache, and conversations (``TOOLKIT_STORE``, default ``<data folder>/toolkit.db``).
 
 WAL mode and a busy timeout make it safe with several processes at once (two servers, a notebook and
 the CLI): readers never wait for a writer, and a writer waits for another instead of failing with
@@ -39,6 +39,24 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE answers (key TEXT PRIMARY KEY, result TEXT NOT NULL, created_at TEXT NOT NULL);
     """,
+    # 2: conversations (toolkit.conversation); ``seq`` orders them by their last turn, across processes
+    """
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, title TEXT NOT NULL, model TEXT, adapter TEXT,
+        system_prompt TEXT, web_search INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        seq INTEGER NOT NULL
+    );
+    CREATE INDEX conversations_by_owner ON conversations (owner, seq);
+    CREATE INDEX conversations_by_seq ON conversations (seq);
+    CREATE INDEX conversations_by_update ON conversations (updated_at);
+    CREATE TABLE conversation_turns (
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL, request_id TEXT NOT NULL, prompt TEXT NOT NULL, answer TEXT NOT NULL,
+        status TEXT NOT NULL, finish_reason TEXT, model TEXT, adapter TEXT, sources TEXT NOT NULL,
+        run_record TEXT, created_at TEXT NOT NULL, PRIMARY KEY (conversation_id, position)
+    );
+    CREATE VIRTUAL TABLE conversation_text USING fts5 (text);
+    """,
 )
 BUSY_TIMEOUT_MS = 30_000
 
@@ -69,6 +87,7 @@ class Store:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
                 db.execute("PRAGMA foreign_keys = ON")
+                db.execute("PRAGMA secure_delete = ON")  # what is deleted (a conversation) is overwritten
                 self._migrate(db)
             except sqlite3.DatabaseError as exc:
                 db.close()

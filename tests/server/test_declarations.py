@@ -34,6 +34,7 @@ from toolkit.errors import (
     RequestTimeout,
     ToolkitError,
     Unauthenticated,
+    UnknownConversation,
     UnknownModel,
     error_classes,
 )
@@ -70,6 +71,7 @@ SAMPLES: dict[type[ToolkitError], ToolkitError] = {
     ConfigError: ConfigError("MODELS_FILE", "not valid TOML"),
     InvalidRequest: InvalidRequest("params.temperature", "must be >= 0 (0 means greedy), got -1"),
     UnknownModel: UnknownModel("unknown model 'nope'; this service serves 'm'"),
+    UnknownConversation: UnknownConversation("0" * 32, "id"),
     PromptTooLong: PromptTooLong("prompt", 5000, 4096),
     Unauthenticated: Unauthenticated(True),
     Forbidden: Forbidden("loading adapters needs an admin key"),
