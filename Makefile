@@ -18,7 +18,7 @@ help:
 	@echo "make lab      JupyterLab on 127.0.0.1:8888 in the project's environment"
 	@echo "make test     install if needed, then run the whole test suite"
 	@echo "make lint     ruff and mypy"
-	@echo "make bench    engine, search, server, dashboard, LoRA and load benchmarks: tables, and JSON in bench/results/"
+	@echo "make bench    engine, search, server, dashboard, LoRA, load and conversations benchmarks: tables, and JSON in bench/results/"
 	@echo "make clean    remove .venv and caches"
 	@echo "make up       build and start server, dashboard and lab with docker compose (GPU=1|0, PROFILE=vllm); down, restart, logs"
 	@echo "make test-vllm  the remote engine against the real vLLM (vllm-setup: its venv, .venv-vllm)"
@@ -68,6 +68,7 @@ bench: install
 	$(PY) bench/dashboard.py
 	$(PY) bench/lora.py
 	$(PY) bench/load.py
+	$(PY) bench/conversations.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache

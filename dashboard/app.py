@@ -7,6 +7,7 @@ thread (never ``with output:`` from a thread); that needs ipykernel >= 7.1.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
@@ -17,12 +18,14 @@ import ipywidgets as widgets
 from dashboard import bubbles
 from dashboard.compare import CompareView
 from dashboard.config import DashboardSettings
+from dashboard.conversations import ConversationsView, stored_bubbles
 from dashboard.evaluate import EvaluateView
 from dashboard.tracked import Tracked
+from toolkit.conversation import ConversationArg, ConversationInfo
 from toolkit.errors import ToolkitError
 from toolkit.params import GenerationParams, InferRequest, Turn
 from toolkit.protocol import Service
-from toolkit.results import Done, ModelInfo, SearchFinished, SearchStarted, Token
+from toolkit.results import Done, ModelInfo, RunRecord, SearchFinished, SearchStarted, Token
 
 WEB_OFF, WEB_ON = "🌐 Off", "🌐 On"
 SEARCHING = "🌐 searching…"
@@ -58,16 +61,18 @@ def model_label(model: ModelInfo) -> str:
 
 
 class ChatApp:
-    """Bubble chat with web search, sources, stop and settings; a GraphQL Explorer tab."""
+    """Bubble chat with web search, sources, stop and settings, beside the kept conversations; Compare,
+    Evaluate and GraphQL Explorer tabs."""
 
     def __init__(self, backend: Service, *, graphiql_url: str | None = None, poll_s: float = 2.0) -> None:
         self.backend = backend
-        self.history: list[Turn] = []
+        self.conversation_id: str | None = None  # the kept conversation the chat continues (None: a new one)
+        self.history: list[Turn] = []  # the turns, when the service keeps no conversations
         self.last_result: Any = None
         self.last_replay: Any = None
         self.busy = False
         self.request_id: str | None = None
-        self._conversation = 0  # bumped by Clear: a stream of an older conversation adds no history
+        self._conversation = 0  # bumped by New chat and by opening one: an older conversation's stream adds nothing
         self._thread: threading.Thread | None = None
         self._poll_s = poll_s
         self._adapters_asked = -ADAPTERS_EVERY_S
@@ -86,7 +91,9 @@ class ChatApp:
             description="Send", button_style="primary", layout=widgets.Layout(width="80px")
         )
         self.stop_button = widgets.Button(description="Stop", disabled=True, layout=widgets.Layout(width="70px"))
-        self.clear_button = widgets.Button(description="Clear", layout=widgets.Layout(width="70px"))
+        self.clear_button = widgets.Button(
+            description="Clear", tooltip="a new chat (this one stays in the list)", layout=widgets.Layout(width="70px")
+        )
         for w, name in (
             (self.prompt, "tk-prompt"),
             (self.web, "tk-web"),
@@ -140,9 +147,12 @@ class ChatApp:
         self.settings.observe(self._on_settings, names="selected_index")
 
         input_bar = widgets.HBox([self.prompt, self.web, self.send_button, self.stop_button, self.clear_button])
-        chat = widgets.VBox(
-            [widgets.HTML(bubbles.CSS), self.banner, self.messages, self.indicator, input_bar, self.settings]
+        self.sidebar = ConversationsView(backend, self._show, self._new)
+        talk = widgets.VBox(
+            [self.banner, self.messages, self.indicator, input_bar, self.settings],
+            layout=widgets.Layout(flex="1 1 auto", min_width="0"),
         )
+        chat = widgets.VBox([widgets.HTML(bubbles.CSS), widgets.HBox([self.sidebar.view, talk])])
         self.graphiql_url = graphiql_url if graphiql_url is not None else explorer_url(backend)
         if self.graphiql_url:
             src = bubbles.escape(self.graphiql_url)
@@ -173,6 +183,7 @@ class ChatApp:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.prompt.on_submit(lambda _: self.send())
         self.refresh_health()
+        self.sidebar.latest()  # a reload of the page shows the conversation it showed
         if poll_s > 0:
             threading.Thread(target=self._poll, name="dashboard-health", daemon=True).start()
 
@@ -301,7 +312,7 @@ class ChatApp:
         model = self.model.value or None
         return InferRequest(
             prompt=text,
-            history=tuple(self.history),
+            history=tuple(self.history) if self.conversation_id is None else (),
             system_prompt=self.system_prompt.value or None,
             web_search=self.web.value,
             model=model,
@@ -338,7 +349,8 @@ class ChatApp:
         sources: tuple[Any, ...] = ()
         notice = None
         try:
-            for event in self.backend.stream(request):
+            kept: ConversationArg = self.conversation_id if self.conversation_id is not None else True
+            for event in self.backend.stream(request, conversation=kept):
                 if isinstance(event, SearchStarted):
                     self.indicator.value = SEARCHING
                 elif isinstance(event, SearchFinished):
@@ -362,9 +374,8 @@ class ChatApp:
                         stats=bubbles.stats_line(result),
                         grounding=result.grounding,
                     )
-                    if result.text.strip() and conversation == self._conversation:
-                        self.history += [Turn("user", text), Turn("assistant", result.text)]
-                        self._add(self._replay_button(result))
+                    if conversation == self._conversation:
+                        self._kept(result, text)
         except ToolkitError as exc:
             answer.value = bubbles.assistant_bubble("", error=f"The request failed: {exc.message}")
             self.prompt.value = text  # keep the input, to retry
@@ -381,6 +392,52 @@ class ChatApp:
             self.request_id = None
             self.send_button.disabled = False
             self.stop_button.disabled = True
+
+    def _kept(self, result: Any, text: str) -> None:
+        """After an answer: the conversation it was kept in is the open one (or, with no store, the history
+        grows here), and it has a replay button."""
+        if result.conversation_id is not None:
+            if self.conversation_id != result.conversation_id:
+                self.conversation_id = result.conversation_id
+            info = None
+            with contextlib.suppress(Exception):  # not shown now: the list says it next time
+                info = self.backend.conversation_info(result.conversation_id)
+            if info is not None:
+                self.sidebar.select(info)
+            else:
+                self.sidebar.current = result.conversation_id
+                self.sidebar.refresh()
+        elif result.text.strip():
+            self.history += [Turn("user", text), Turn("assistant", result.text)]
+        if result.text.strip():
+            self._add(self._replay_button(result))
+
+    def _show(self, info: ConversationInfo) -> None:
+        """Open a kept conversation: its turns as bubbles (with replay buttons); the chat continues it."""
+        if self.busy:
+            self.stop()
+        self._conversation += 1
+        self.conversation_id = info.id
+        self.history = []
+        self.last_result = None
+        shown: list[widgets.Widget] = []
+        for user, answer, record in stored_bubbles(info):
+            bubble = widgets.HTML(answer)
+            bubble.add_class("tk-answer")
+            shown += [widgets.HTML(user), bubble]
+            if record is not None:
+                shown.append(self._replay_button(_Recorded(RunRecord.from_dict(record))))
+        self.messages.children = tuple(shown)
+
+    def _new(self) -> None:
+        """New chat: an empty one, kept with its first answer."""
+        if self.busy:
+            self.stop()
+        self._conversation += 1
+        self.conversation_id = None
+        self.messages.children = ()
+        self.history = []
+        self.last_result = None
 
     def _add(self, widget: widgets.Widget) -> None:
         self.messages.children = (*self.messages.children, widget)
@@ -422,15 +479,18 @@ class ChatApp:
                 self.indicator.value = bubbles.escape(f"Could not stop: {exc.message}")
 
     def clear(self) -> None:
-        if self.busy:
-            self.stop()
-        self._conversation += 1
-        self.messages.children = ()
-        self.history = []
-        self.last_result = None
+        """A new chat (New chat in the sidebar): the one shown stays in the list."""
+        self.sidebar.new()
 
     def wait(self, timeout: float = 120.0) -> None:
         """Block until the current answer is complete (for tests and scripts)."""
         deadline = time.monotonic() + timeout
         while self.busy and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+class _Recorded:
+    """A kept turn, as the replay button takes a result: by its run record."""
+
+    def __init__(self, run_record: RunRecord) -> None:
+        self.run_record = run_record

@@ -54,6 +54,9 @@ CSS = """
 .tk-grounding { display: block; margin-top: 2px; font-size: 0.8em; color: #475569; }
 mark.tk-diff { background: #fde68a; padding: 0 1px; border-radius: 2px; }
 .tk-columns { display: flex; gap: 8px; align-items: flex-start; }
+.tk-sidebar { border-right: 1px solid #e2e8f0; }
+.tk-conversation { text-align: left; justify-content: flex-start; overflow: hidden; text-overflow: ellipsis; }
+.tk-download { color: #1d4ed8; }
 .tk-column { flex: 1 1 0; min-width: 0; }
 </style>
 """

@@ -193,7 +193,9 @@ def test_exported_notebook_rebuilds_the_conversation_with_identical_greedy_answe
     monkeypatch.delenv("MODEL_ID", raising=False)
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3").execute()
-    printed = [o["text"].strip() for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("name") == "stdout"]
+    printed = [
+        o["text"].strip() for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("name") == "stdout"
+    ]
     assert printed == [a.strip() for a in answers]
 
 

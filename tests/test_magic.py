@@ -93,3 +93,28 @@ def test_model_routes_the_question(shell: Any, settings: Any, loaded: Any) -> No
     finally:
         multi.close(grace_s=0)
         fake.stop()
+
+
+def test_each_ask_continues_the_notebooks_conversation_and_ask_new_starts_another(shell: Any) -> None:
+    import toolkit
+
+    options = "--service svc --temperature 0 --max-new-tokens 16"
+    shell.run_line_magic("ask_new", "")
+    with capture_output():
+        shell.run_cell_magic("ask", options, "My name is Quillon.")
+        shell.run_cell_magic("ask", options, "What is my name?")
+    result = shell.user_ns["_ask"]
+    assert [m["role"] for m in result.run_record.messages] == ["user", "assistant", "user"]
+    conv = shell.user_ns["_conversation"]
+    assert result.conversation_id == conv.id and [t.prompt for t in conv.turns] == [
+        "My name is Quillon.",
+        "What is my name?",
+    ]
+    shell.run_line_magic("ask_new", "")
+    with capture_output():
+        shell.run_cell_magic("ask", options, "Hello")
+    fresh = shell.user_ns["_ask"]
+    assert fresh.conversation_id != conv.id and [m["role"] for m in fresh.run_record.messages] == ["user"]
+    frame = toolkit.conversations(shell.user_ns["svc"], query="Quillon")
+    assert conv.id in list(frame["id"]) and fresh.conversation_id not in list(frame["id"])
+    assert list(frame.columns)[:4] == ["id", "title", "model", "turns"]

@@ -37,11 +37,14 @@ _EXPORTS = {
     "Forbidden": "toolkit.errors",
     "Engine": "toolkit.engines.base",
     "load_model": "toolkit.models",
+    "Conversation": "toolkit.conversation",
+    "conversations": "toolkit.conversation",
 }
 
 __all__ = [
     "AdapterInfo",
     "ConfigError",
+    "Conversation",
     "Done",
     "Engine",
     "Forbidden",
@@ -61,10 +64,12 @@ __all__ = [
     "Token",
     "ToolkitError",
     "Turn",
+    "conversations",
     "load_model",
 ]
 
 if TYPE_CHECKING:
+    from toolkit.conversation import Conversation, conversations
     from toolkit.engines.base import Engine
     from toolkit.errors import (
         ConfigError,

@@ -62,6 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, first_load:
         "TOOLKIT_CACHE_DIR": str(cache_dir),
         "SEARCH_PROVIDER": f"local:{corpus}",
         "MODELS_FILE": str(models),
+        "TOOLKIT_STORE": str(tmp_path_factory.mktemp("store") / "toolkit.db"),  # conversations: this page's only
     }
     server, url = spawn_server(env=env)
     port = free_port()
@@ -375,6 +376,38 @@ def test_the_health_probe_starts_no_kernel(stack: dict[str, Any]) -> None:
     assert all(probe([stack["dashboard"]]) == 0 for _ in range(5))
     assert kernels(stack) == before
     assert probe(["http://127.0.0.1:9"]) == 1  # nothing there
+
+
+def test_a_reload_mid_conversation_shows_it_whole_and_the_sidebar_lists_it(stack: dict[str, Any], page: Any) -> None:
+    tab = page.context.browser.new_page()  # a page of its own: the module's page keeps its console to itself
+    tab.goto(stack["dashboard"])
+    tab.wait_for_selector(".tk-prompt input", timeout=90_000)
+    tab.click(".tk-new-chat")
+    tab.wait_for_function("() => document.querySelectorAll('.tk-answer').length === 0", timeout=10_000)
+    ask(tab, "My name is Quillon. Say hello.")
+    wait_done(tab)
+    ask(tab, "What is my name?")
+    wait_done(tab)
+    asked = tab.locator(".tk-chat .tk-row.user").all_inner_texts()
+    said = [a.split("\n")[0] for a in answers(tab)]  # each answer's first line (not the live stats line)
+    assert len(asked) == len(said) == 2
+    title = tab.locator(".tk-conversation.tk-current").inner_text()
+    assert title == "My name is Quillon. Say hello."
+    tab.screenshot(path=str(SHOTS / "11-before-reload.png"))
+    tab.reload()
+    tab.wait_for_selector(".tk-prompt input", timeout=90_000)
+    tab.wait_for_function("() => document.querySelectorAll('.tk-answer').length === 2", timeout=60_000)
+    assert tab.locator(".tk-chat .tk-row.user").all_inner_texts() == asked
+    assert [a.split("\n")[0] for a in answers(tab)] == said
+    assert tab.locator(".tk-conversation.tk-current").inner_text() == title
+    assert tab.locator(".tk-replay").count() == 2
+    # the Markdown export is a download of the conversation
+    with tab.expect_download() as info:
+        tab.locator(".tk-exports a", has_text="Markdown").click()
+    markdown = Path(info.value.path()).read_text()
+    assert "What is my name?" in markdown and said[1] in markdown
+    tab.screenshot(path=str(SHOTS / "12-after-reload.png"))
+    tab.close()
 
 
 def test_the_console_stayed_clean(page: Any) -> None:
