@@ -41,6 +41,7 @@ def test_a_conversation_is_kept_as_it_goes_and_continued_from_the_store(service:
     assert again.turns[1].run_record is not None and again.turns[1].run_record["request_id"] == second.id
     # listed first: the newest by its last turn
     assert service.conversations(first=1)[0].id == conv.id
+    assert [r.identical for r in again.replay()] == [True, True]  # each turn again, from its run record
     # a third turn from the reloaded object continues the same conversation
     third = again.ask("Thanks!")
     assert third.conversation_id == conv.id and len(service.conversation_info(conv.id).turns) == 3

@@ -71,3 +71,23 @@ def test_toolkit_store_names_the_file_or_turns_it_off(tmp_path: Path) -> None:
     assert default_store().name == "toolkit.db"
     assert Settings.from_env({"TOOLKIT_STORE": str(tmp_path / "x.db")}).store == tmp_path / "x.db"
     assert Settings.from_env({"TOOLKIT_STORE": "off"}).store is None
+
+
+def test_a_store_from_before_conversations_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)  # a file as the evaluations-only toolkit left it: schema version 1
+    for statement in filter(str.strip, MIGRATIONS[0].split(";")):
+        old.execute(statement)
+    old.execute("INSERT INTO answers (key, result, created_at) VALUES ('k', '{\"text\": \"Paris\"}', 'then')")
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert store.version == len(MIGRATIONS) >= 2 and store.cached("k") == {"text": "Paris"}
+    from toolkit.conversation import ConversationStore
+    from toolkit.params import InferRequest
+
+    kept = ConversationStore(store)
+    cid = kept.create("", InferRequest("Hello"))
+    assert kept.add_turn(cid, InferRequest("Hello"), "Hi!", "stop")
+    assert [c.id for c in kept.list(query="hello")] == [cid]
