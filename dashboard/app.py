@@ -403,7 +403,7 @@ class ChatApp:
             with contextlib.suppress(Exception):  # not shown now: the list says it next time
                 info = self.backend.conversation_info(result.conversation_id)
             if info is not None:
-                self.sidebar.select(info)
+                self.sidebar.touched(info)
             else:
                 self.sidebar.current = result.conversation_id
                 self.sidebar.refresh()
