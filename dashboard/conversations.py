@@ -136,7 +136,7 @@ class ConversationsView:
         return info
 
     def select(self, info: ConversationInfo | None) -> None:
-        """Mark ``info`` as the open conversation (None: a new, not yet kept one) and refresh the list."""
+        """Mark ``info`` as the open conversation (None: a new, not yet kept one)."""
         self.current = info.id if info is not None else None
         if info is None:
             self.actions.layout.display = "none"
@@ -145,7 +145,11 @@ class ConversationsView:
             self.title.value = info.title
             self.actions.layout.display = None
             self._exports(info)
-        self.refresh()
+        self._draw()
+
+    def _draw(self) -> None:
+        """The list as it is (the current one marked), without asking the service again."""
+        self.list.children = tuple(self._item(c) for c in self.items)
 
     def touched(self, info: ConversationInfo) -> None:
         """The open conversation gained a turn: it is the current one and the newest, without asking the
@@ -156,7 +160,7 @@ class ConversationsView:
         self._exports(info)
         if not self.search.value.strip():
             self.items = [info, *(c for c in self.items if c.id != info.id)][:SHOWN]
-        self.list.children = tuple(self._item(c) for c in self.items)
+        self._draw()
 
     def _exports(self, info: ConversationInfo) -> None:
         conv = Conversation(
@@ -202,6 +206,7 @@ class ConversationsView:
             self.status.value = bubbles.escape(exc.message)
             return
         self.new()
+        self.refresh()
 
     def latest(self) -> ConversationInfo | None:
         """The newest conversation, opened (what a reload of the page shows); None when there is none."""

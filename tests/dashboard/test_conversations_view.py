@@ -106,3 +106,20 @@ def test_opening_another_conversation_shows_its_turns(service: InferenceService,
     app.sidebar.open(a.id)
     assert app.conversation_id == a.id and "Opening test one" in bubbles(app)[0]
     app.close()
+
+
+def test_an_answer_costs_one_request_beside_its_stream(service: InferenceService, monkeypatch: Any) -> None:
+    """The dashboard's requests share one rate limit on the server (one client address): after an answer the
+    sidebar reads the conversation once and does not ask for the list again; New chat asks for nothing."""
+    app = fresh(service)
+    app.sidebar.new()
+    asked: list[str] = []
+    for name in ("conversations", "conversation_info"):
+        real = getattr(service, name)
+        monkeypatch.setattr(service, name, lambda *a, _n=name, _r=real, **k: (asked.append(_n), _r(*a, **k))[1])
+    app.send("Name a fruit.")
+    app.wait()
+    assert asked == ["conversation_info"] and app.sidebar.list.children[0].description == "Name a fruit."
+    app.sidebar.new()
+    assert asked == ["conversation_info"]
+    app.close()
