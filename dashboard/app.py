@@ -420,6 +420,14 @@ class ChatApp:
         self.conversation_id = info.id
         self.history = []
         self.last_result = None
+        # the controls say what the conversation ran with: every request names the model (and adapter and
+        # system prompt), so controls left as they were would silently switch a continued conversation
+        if info.model is not None and info.model in self._models:
+            self.model.value = info.model
+            self._fill_adapters()
+        adapters = [value for _, value in self.adapter.options]
+        self.adapter.value = info.adapter if info.adapter in adapters else ""
+        self.system_prompt.value = info.system_prompt or ""
         shown: list[widgets.Widget] = []
         for user, answer, record in stored_bubbles(info):
             bubble = widgets.HTML(answer)

@@ -205,3 +205,63 @@ def test_a_done_event_carries_the_conversation(service: Any) -> None:
     done = events[-1]
     assert isinstance(done, Done) and done.result.conversation_id is not None
     assert json.loads(json.dumps(done.result.to_dict()))["conversation_id"] == done.result.conversation_id
+
+
+def test_async_asks_continue_one_conversation(service: Any) -> None:
+    import asyncio
+
+    async def two() -> tuple[Any, Any, Conversation]:
+        conv = service.conversation(**GREEDY)
+        first = await conv.aask("My name is Quillon.")
+        second = await conv.aask("What is my name?")  # the turn is recorded when its answer is done
+        return first, second, conv
+
+    first, second, conv = asyncio.run(two())
+    assert second.conversation_id == first.conversation_id == conv.id
+    assert [m["role"] for m in second.run_record.messages] == ["user", "assistant", "user"]
+
+
+def test_a_deleted_conversation_leaves_neither_turns_to_resend_nor_words_in_the_files(
+    service: Any, tmp_path: Path
+) -> None:
+    conv = service.conversation(**GREEDY)
+    conv.ask("Hello there")
+    conv.delete()
+    again = conv.ask("Hi")  # a new conversation: the deleted turns are not sent again, nor kept again
+    assert [m["role"] for m in again.run_record.messages] == ["user"]
+    assert [t.prompt for t in service.conversation_info(again.conversation_id).turns] == ["Hi"]
+    # the words of a deleted conversation are gone from the database file and its write-ahead log
+    kept = ConversationStore(Store(tmp_path / "t.db"))
+    secret = "zanzibarquokkafrond"
+    cid = kept.create("", InferRequest(f"the password is {secret}"))
+    kept.add_turn(cid, InferRequest(f"the password is {secret}"), f"noted: {secret}", "stop")
+    assert kept.delete(cid)
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("t.db")]
+    assert files and not any(secret.encode() in p.read_bytes() for p in files)
+
+
+def test_search_finds_words_from_different_turns_and_history_turns_keep_their_own_ids(tmp_path: Path) -> None:
+    kept = ConversationStore(Store(tmp_path / "t.db"))
+    history = [("user", "Tell me about the Harlow Dam."), ("assistant", "It is a gravity dam."),
+               ("user", "Who built it?"), ("assistant", "Tamsin Reade.")]  # fmt: skip
+    request = InferRequest("When was it finished?", history=history)
+    cid = kept.create("", request, first_prompt=history[0][1])
+    kept.add_turn(cid, request, "In 1968.", "stop", prior=request.history)
+    info = kept.get(cid)
+    assert info is not None and len({t.request_id for t in info.turns}) == 3
+    assert [c.id for c in kept.list(query="harlow 1968")] == [cid]  # two turns, one conversation
+    assert kept.list(query="harlow 1999") == []
+
+
+def test_a_store_that_cannot_be_written_still_returns_the_answer(
+    settings: Settings, loaded: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    broken = Settings(**{**settings.__dict__, "store": tmp_path / "file" / "toolkit.db"})
+    service = InferenceService(broken, loaded=loaded).start()
+    try:
+        result = service.infer("What is the capital of France?", conversation=True, **GREEDY)
+        assert "Paris" in result.text and result.conversation_id is None
+        assert "not kept" in caplog.text
+    finally:
+        service.close()

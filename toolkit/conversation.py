@@ -18,15 +18,17 @@ its turns in memory and sends them as history itself.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from toolkit.errors import InvalidRequest, UnknownConversation
+from toolkit.errors import ConfigError, InvalidRequest, UnknownConversation
 from toolkit.params import InferRequest, Turn
 from toolkit.results import Done, InferResult, Replay, RunRecord, Source, StreamEvent, Token
 from toolkit.store import Store, now
@@ -35,6 +37,7 @@ from toolkit.wire import ENUM, JSON
 if TYPE_CHECKING:
     from toolkit.protocol import Service
 
+log = logging.getLogger("toolkit.conversation")
 TITLE_CHARS = 80  # a title made from the first prompt
 MAX_TITLE = 200
 MAX_PAGE = 500
@@ -95,14 +98,10 @@ def title_of(prompt: str) -> str:
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rsplit(" ", 1)[0] + "…"
 
 
-def match_expression(query: str) -> str | None:
-    """A user's words as an FTS5 query: every word, each as a prefix (``"harl"*`` finds Harlow)."""
-    words = re.findall(r"\w+", query)
-    return " ".join(f'"{w}"*' for w in words) or None
-
-
 def _turn_status(finish_reason: str) -> str:
-    return {"cancelled": "cancelled", "error": "error"}.get(finish_reason, "done")
+    """A turn's status from its finish reason: a timed-out answer is cut off, so it counts as failed (kept,
+    not sent as history)."""
+    return {"cancelled": "cancelled", "error": "error", "timeout": "error"}.get(finish_reason, "done")
 
 
 class ConversationStore:
@@ -160,7 +159,7 @@ class ConversationStore:
         record = result.run_record.to_dict() if result is not None else None
         rows: list[tuple[str, str, str, str, str | None, str | None, list[dict[str, Any]], dict[str, Any] | None]]
         rows = [
-            (f"{request.request_id}.h{i // 2}", user.content, bot.content, "stop", model, adapter, [], None)
+            (f"{request.request_id}.h{i}", user.content, bot.content, "stop", model, adapter, [], None)
             for i, (user, bot) in enumerate(zip(prior[::2], prior[1::2], strict=True))
         ]
         rows.append((request.request_id, request.prompt, answer, finish_reason, model, adapter, sources, record))
@@ -212,15 +211,19 @@ class ConversationStore:
             )
             if cursor.rowcount == 0:
                 raise UnknownConversation(conversation_id, "id")
-        info = self.get(conversation_id, owner, turns=False)
-        assert info is not None
-        return info
+            row = db.execute(
+                f"SELECT {self._COLUMNS} FROM conversations c WHERE c.id = ?", (conversation_id,)
+            ).fetchone()
+        return self._info(row)  # read in the write: a delete meanwhile cannot make it None
 
     def delete(self, conversation_id: str, owner: str = "") -> bool:
         """The conversation, its turns, their run records and their words in the search index: gone (the
         store zeroes deleted content: ``PRAGMA secure_delete``)."""
         with self.store.transaction() as db:
-            return self._delete(db, "id = ? AND owner = ?", (conversation_id, owner)) > 0
+            gone = self._delete(db, "id = ? AND owner = ?", (conversation_id, owner)) > 0
+        if gone:
+            self._scrub()
+        return gone
 
     @staticmethod
     def _delete(db: Any, where: str, args: tuple[Any, ...]) -> int:
@@ -230,7 +233,17 @@ class ConversationStore:
             f"WHERE conversation_id IN ({chosen}))",
             args,
         )
-        return int(db.execute(f"DELETE FROM conversations WHERE {where}", args).rowcount)
+        gone = int(db.execute(f"DELETE FROM conversations WHERE {where}", args).rowcount)
+        if gone:
+            # FTS5 keeps a deleted row's terms in its index segments (and writes them again in the delete
+            # marker) until the segments are merged: merge them now, or the words stay in the file
+            db.execute("INSERT INTO conversation_text (conversation_text) VALUES ('optimize')")
+        return gone
+
+    def _scrub(self) -> None:
+        """The WAL still holds the pages as they were before the delete: checkpoint and truncate it (best
+        effort: a reader in another process may keep part of it until its read ends)."""
+        self.store.query("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def prune(self, *, force: bool = False) -> int:
         """Delete conversations untouched for longer than the retention (``CONVERSATION_RETENTION_DAYS``; 0:
@@ -242,7 +255,10 @@ class ConversationStore:
         self._pruned_at = time.monotonic()
         cutoff = (datetime.now(UTC) - timedelta(days=self.retention_days)).isoformat(timespec="seconds")
         with self.store.transaction() as db:
-            return self._delete(db, "updated_at < ?", (cutoff,))
+            gone = self._delete(db, "updated_at < ?", (cutoff,))
+        if gone:
+            self._scrub()
+        return gone
 
     # ----- reading ---------------------------------------------------------------------
 
@@ -314,15 +330,16 @@ class ConversationStore:
         if query is not None:
             if not isinstance(query, str) or len(query) > MAX_QUERY:
                 raise InvalidRequest("query", f"must be at most {MAX_QUERY} characters")
-            expression = match_expression(query)
-            if expression is not None:
-                where.append(
+            words = re.findall(r"\w+", query)
+            if words:  # every word somewhere in the conversation (each turn is a row of the index)
+                found = " AND ".join(
                     "c.id IN (SELECT t.conversation_id FROM conversation_turns t WHERE t.rowid IN "
-                    "(SELECT rowid FROM conversation_text WHERE conversation_text MATCH ?)) "
-                    "OR c.title LIKE ? ESCAPE '\\'"
+                    "(SELECT rowid FROM conversation_text WHERE conversation_text MATCH ?))"
+                    for _ in words
                 )
+                where.append(f"({found}) OR c.title LIKE ? ESCAPE '\\'")
                 like = "%" + re.sub(r"([%_\\])", r"\\\1", query.strip()) + "%"
-                args += [expression, like]
+                args += [*(f'"{w}"*' for w in words), like]
         sql = f"SELECT {self._COLUMNS} FROM conversations c WHERE ({') AND ('.join(where)}) ORDER BY c.seq DESC LIMIT ?"
         return [self._info(row) for row in self.store.query(sql, (*args, first))]
 
@@ -376,12 +393,21 @@ class Thread:
             self.saved = True
 
     def _save(self, request: InferRequest, text: str, finish_reason: str, result: InferResult | None) -> None:
+        """Keep the turn. A store that cannot be written (a full disk, a read-only file, a lock held past the
+        busy timeout) must not lose an answer that was generated: the answer goes back without a
+        conversation, and the log says why."""
         self.saved = True
-        if self.conversation_id is None:
-            first = self.prior[0].content if self.prior else None
-            self.conversation_id = self.conversations.create(self.owner, request, first)
-        if not self.conversations.add_turn(self.conversation_id, request, text, finish_reason, result, self.prior):
-            self.conversation_id = None  # deleted meanwhile: the answer is not a turn of anything
+        try:
+            if self.conversation_id is None:
+                first = self.prior[0].content if self.prior else None
+                self.conversation_id = self.conversations.create(self.owner, request, first)
+            if not self.conversations.add_turn(self.conversation_id, request, text, finish_reason, result, self.prior):
+                self.conversation_id = None  # deleted meanwhile: the answer is not a turn of anything
+        except (sqlite3.Error, ConfigError) as exc:
+            log.warning(
+                "TOOLKIT_STORE %s: turn %s not kept: %s", self.conversations.store.path, request.request_id, exc
+            )
+            self.conversation_id = None
         self.prior = ()
 
 
@@ -426,10 +452,15 @@ async def akept(
                 event = Done(await asyncio.to_thread(thread.save, request, event.result))
             yield event
     except Exception:
-        thread.refused(request, text)
+        if not thread.saved:  # as refused(), off the loop and unawaited (the store's lock may wait on another process)
+            thread.saved = True
+            if text:
+                asyncio.get_running_loop().run_in_executor(None, thread._save, request, text, "error", None)
         raise
     finally:
-        thread.save_unfinished(request, text)  # milliseconds, and a cancelled task must not await
+        if not thread.saved:  # a cancelled task must not await: hand the write to a worker, unawaited
+            thread.saved = True
+            asyncio.get_running_loop().run_in_executor(None, thread._save, request, text, "cancelled", None)
 
 
 ConversationArg = str | Literal[True] | None
@@ -518,16 +549,18 @@ class Conversation:
     def stream(self, prompt: str, **params: Any) -> Iterator[StreamEvent]:
         """The next turn, streamed (``service.stream``'s events); closing it early keeps the turn as cancelled."""
         request, extra = self._request(prompt, params)
-        result, text = None, ""
+        text, added = "", False
         try:
             for event in self.service.stream(request, **extra):
                 if isinstance(event, Token):
                     text = event.text
                 elif isinstance(event, Done):
-                    result = event.result
+                    self._add(request, event.result, text)  # before the caller sees it: the next ask continues
+                    added = True
                 yield event
         finally:
-            self._add(request, result, text)
+            if not added:
+                self._add(request, None, text)
 
     def ask(self, prompt: str, **params: Any) -> InferResult:
         """The next turn's answer. Parameters here are for this turn; those given to the conversation, for all."""
@@ -538,16 +571,18 @@ class Conversation:
 
     async def astream(self, prompt: str, **params: Any) -> AsyncIterator[StreamEvent]:
         request, extra = self._request(prompt, params)
-        result, text = None, ""
+        text, added = "", False
         try:
             async for event in self.service.astream(request, **extra):
                 if isinstance(event, Token):
                     text = event.text
                 elif isinstance(event, Done):
-                    result = event.result
+                    self._add(request, event.result, text)  # an abandoned async generator's finally runs late
+                    added = True
                 yield event
         finally:
-            self._add(request, result, text)
+            if not added:
+                self._add(request, None, text)
 
     async def aask(self, prompt: str, **params: Any) -> InferResult:
         async for event in self.astream(prompt, **params):
@@ -567,7 +602,8 @@ class Conversation:
     def delete(self) -> bool:
         """Delete it from the store: turns, run records and all."""
         gone = self.id is not None and self.service.delete_conversation(self.id)
-        self.id = None
+        self.id, self.title = None, None
+        self.turns = []  # else the next ask sends them as history, and a new conversation keeps them again
         return gone
 
     def to_markdown(self) -> str:

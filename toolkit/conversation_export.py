@@ -9,6 +9,7 @@ part of the conversation the model saw); they are listed in a note.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,15 @@ if TYPE_CHECKING:
 
 def _quote(text: str) -> str:
     return "\n".join("> " + line if line else ">" for line in text.splitlines())
+
+
+def _label(text: str) -> str:
+    """A web page's title as link text: its brackets and markup cannot end the link or start another."""
+    return re.sub(r"([\\`*_\[\]<>])", r"\\\1", " ".join(text.split()))
+
+
+def _url(url: str) -> str:
+    return url.replace("<", "%3C").replace(">", "%3E").replace(" ", "%20")
 
 
 def to_markdown(conv: Conversation) -> str:
@@ -38,7 +48,7 @@ def to_markdown(conv: Conversation) -> str:
             lines += [f"*({turn.status})*", ""]
         if turn.sources:
             lines += ["Sources:", ""]
-            lines += [f"{s.index}. [{s.title or s.url}](<{s.url}>)" for s in turn.sources]
+            lines += [f"{s.index}. [{_label(s.title or s.url)}](<{_url(s.url)}>)" for s in turn.sources]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -69,11 +79,15 @@ def to_notebook(conv: Conversation, path: str | Path | None = None) -> dict[str,
         ),
     ]
     left_out = []
+    given = []  # turns a client sent as history when it started the conversation: no record, not asked again
     for turn in conv.turns:
         if not turn.whole:
             left_out.append(turn.position)
             continue
-        record = turn.run_record or {}
+        if turn.run_record is None:
+            given.append(turn)
+            continue
+        record = turn.run_record
         args = [repr(turn.prompt)]
         search = record.get("search")
         if search is not None:
@@ -81,11 +95,18 @@ def to_notebook(conv: Conversation, path: str | Path | None = None) -> dict[str,
         args += [f"{k}={v!r}" for k, v in _params(turn).items()]
         if turn.model and turn.model != conv.model:
             args.append(f"model={turn.model!r}")
+        if turn.adapter and turn.adapter != conv.adapter:
+            args.append(f"adapter={turn.adapter!r}")
         code = f"answer = conv.ask({', '.join(args)})\nprint(answer.text)"
         if search is not None:
             code = "import json\n\n" + code
         cells.append(_cell("markdown", f"**Turn {turn.position + 1}.** The answer then:\n\n{_quote(turn.answer)}"))
         cells.append(_cell("code", code))
+    if given:  # the conversation's first turns, as it was given them: its history, sent with the first ask
+        seed = ", ".join(
+            f"ConversationTurn({i}, {t.prompt!r}, {t.answer!r}, 'done', 'stop', '', '')" for i, t in enumerate(given)
+        )
+        cells[1]["source"] += f"\nfrom toolkit.conversation import ConversationTurn\nconv.turns += [{seed}]"
     if left_out:
         cells.append(
             _cell("markdown", f"Left out (cancelled or failed): turns {', '.join(str(p + 1) for p in left_out)}.")

@@ -450,7 +450,10 @@ class InferenceService:
         **kwargs: Any,
     ) -> AsyncIterator[StreamEvent]:
         """``stream`` for an event loop: searching, templating and tokenizing run on a worker thread."""
-        request, thread = self._threaded(request, kwargs, conversation)
+        if conversation is None or conversation is False:
+            request, thread = self._threaded(request, kwargs, conversation)
+        else:  # reads the store (and opens it on first use): off the loop
+            request, thread = await asyncio.to_thread(self._threaded, request, kwargs, conversation)
         request, params, entry = self._validated(request, {})
         entry.engine.check_room()
         async for event in akept(thread, request, self._adrive(self._steps(request, params, entry, search))):
@@ -674,9 +677,9 @@ class InferenceService:
             self, model=model, adapter=adapter, system_prompt=system_prompt, web_search=web_search, **params
         )
 
-    def _kept(self) -> ConversationStore:
+    def _kept(self, field: str = "conversation_id") -> ConversationStore:
         if self.kept is None:
-            raise InvalidRequest("conversation_id", "this service keeps no conversations (TOOLKIT_STORE=off)")
+            raise InvalidRequest(field, "this service keeps no conversations (TOOLKIT_STORE=off)")
         return self.kept
 
     def conversations(
@@ -691,7 +694,7 @@ class InferenceService:
         return self.kept.get(conversation_id, keeper(owner)) if self.kept else None
 
     def rename_conversation(self, conversation_id: str, title: str, owner: str = "") -> ConversationInfo:
-        return self._kept().rename(conversation_id, title, keeper(owner))
+        return self._kept("id").rename(conversation_id, title, keeper(owner))
 
     def delete_conversation(self, conversation_id: str, owner: str = "") -> bool:
         """Delete a kept conversation, its turns and their run records; False for an unknown id."""
