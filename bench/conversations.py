@@ -396,6 +396,17 @@ def with_model(store_path: Path, rounds: int) -> list[dict[str, Any]]:
     ]
 
 
+def deleting(kept: ConversationStore, count: int) -> list[dict[str, Any]]:
+    """Deleting a conversation for real: its rows, the search index merged (FTS5 ``optimize``), the WAL
+    truncated. Not a target; it grows with the index."""
+    samples = []
+    for i in range(count):
+        start = time.perf_counter()
+        assert kept.delete(f"{i:032x}")
+        samples.append(time.perf_counter() - start)
+    return [{"measure": "delete (rows, index merge, WAL truncate)", "n": count, **ms(samples)}]
+
+
 def table(title: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n{title}")
     print(f"{'measure':<44}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'x base':>8}{'target':>9}  verdict")
@@ -450,16 +461,18 @@ def main() -> int:
         print(f"saving {args.turns} turns:", flush=True)
         saves = saving(kept, store, words, args.turns, rng)
         reads = history_reads(kept, heavy_request, heavy, args.repeats)
+        deletes = deleting(kept, 10)
         model_rows = with_model(path, args.rounds) if args.model else []
         store.close()
     table(f"list and search, {args.conversations} conversations x 3 turns, {args.repeats} times each", listing)
     table(f"saving a turn (web-search run record, {len(records[1])} B), {args.turns} turns", saves)
     table("reading a conversation's history before a turn (not a target)", reads)
+    table(f"deleting a conversation of {args.conversations} (not a target)", deletes)
     if model_rows:
         table(f"bundled model, 8 new tokens, greedy, {args.rounds} each, alternating", model_rows)
     print("\nsearch query plan:\n  " + "\n  ".join(report["plans"]["search"]))
     print(f"\nCPU: {cpu}, {os.cpu_count()} cores")
-    report |= {"list": listing, "save": saves, "history": reads, "model": model_rows}
+    report |= {"list": listing, "save": saves, "history": reads, "delete": deletes, "model": model_rows}
     failed = [r["measure"] for r in listing + saves + model_rows if r.get("verdict") == "FAIL"]
     report["failed"] = failed
     print("all targets PASS" if not failed else f"FAIL: {', '.join(failed)}")
