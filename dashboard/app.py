@@ -64,7 +64,10 @@ class ChatApp:
     """Bubble chat with web search, sources, stop and settings, beside the kept conversations; Compare,
     Evaluate and GraphQL Explorer tabs."""
 
-    def __init__(self, backend: Service, *, graphiql_url: str | None = None, poll_s: float = 2.0) -> None:
+    def __init__(
+        self, backend: Service, *, graphiql_url: str | None = None, poll_s: float = 2.0, resume: bool = True
+    ) -> None:
+        """``resume``: open the newest kept conversation (what a reload of the page should show); else a new chat."""
         self.backend = backend
         self.conversation_id: str | None = None  # the kept conversation the chat continues (None: a new one)
         self.history: list[Turn] = []  # the turns, when the service keeps no conversations
@@ -183,7 +186,10 @@ class ChatApp:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.prompt.on_submit(lambda _: self.send())
         self.refresh_health()
-        self.sidebar.latest()  # a reload of the page shows the conversation it showed
+        if resume:
+            self.sidebar.latest()  # a reload of the page shows the conversation it showed
+        else:
+            self.sidebar.refresh()
         if poll_s > 0:
             threading.Thread(target=self._poll, name="dashboard-health", daemon=True).start()
 
@@ -438,11 +444,13 @@ class ChatApp:
         self.messages.children = tuple(shown)
 
     def _new(self) -> None:
-        """New chat: an empty one, kept with its first answer."""
+        """New chat: an empty one, kept with its first answer. The model and adapter stay as chosen; the system
+        prompt, which belongs to a conversation, starts empty."""
         if self.busy:
             self.stop()
         self._conversation += 1
         self.conversation_id = None
+        self.system_prompt.value = ""
         self.messages.children = ()
         self.history = []
         self.last_result = None

@@ -20,8 +20,8 @@ XSS = "<img src=x onerror=alert(1)>"
 
 @pytest.fixture()
 def app(service: InferenceService) -> Any:
-    chat = ChatApp(service, graphiql_url="http://127.0.0.1:8080/graphiql", poll_s=0)
-    chat.clear()  # it opened the newest kept conversation (tests/dashboard/test_conversations_view.py): start anew
+    # resume=False: a new chat, not the newest kept conversation (tests/dashboard/test_conversations_view.py)
+    chat = ChatApp(service, graphiql_url="http://127.0.0.1:8080/graphiql", poll_s=0, resume=False)
     chat.temperature.value = 0.0
     chat.max_new_tokens.value = 32
     yield chat
@@ -70,8 +70,7 @@ def test_settings_reach_the_request(app: ChatApp) -> None:
 
 def test_web_toggle_labels_indicator_and_sources(settings: Any, loaded: Any) -> None:
     grounded = InferenceService(settings, loaded=loaded, searcher=Searcher(LocalDocsBackend(DOCS)))
-    app = ChatApp(grounded, poll_s=0)
-    app.clear()  # a new chat, not the newest kept one
+    app = ChatApp(grounded, poll_s=0, resume=False)
     app.temperature.value = 0.0
     seen: list[str] = []
     app.indicator.observe(lambda change: seen.append(change["new"]), names="value")
@@ -121,8 +120,7 @@ def test_server_down_shows_a_banner_keeps_the_input_and_recovers(service: Infere
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = ChatApp(RemoteService(f"http://127.0.0.1:{port}/graphql"), poll_s=0)
-    app.clear()  # a new chat, not the newest kept one
+    app = ChatApp(RemoteService(f"http://127.0.0.1:{port}/graphql"), poll_s=0, resume=False)
     assert app.banner.layout.display is None and "not reachable" in app.banner.value
     assert app.graphiql_url == f"http://127.0.0.1:{port}/graphiql"
     app.prompt.value = "Hello?"
@@ -137,8 +135,7 @@ def test_server_down_shows_a_banner_keeps_the_input_and_recovers(service: Infere
 
 def test_loading_shows_a_banner(settings: Any) -> None:
     loading = InferenceService(settings)  # not started: status loading
-    app = ChatApp(loading, poll_s=0)
-    app.clear()  # a new chat, not the newest kept one
+    app = ChatApp(loading, poll_s=0, resume=False)
     assert "still loading" in app.banner.value
 
 
@@ -159,8 +156,7 @@ def test_clear_during_an_answer_leaves_no_history(app: ChatApp) -> None:
 
 
 def test_the_adapter_selector_lists_the_loaded_adapters_and_picks_one(adapter_service: InferenceService) -> None:
-    app = ChatApp(adapter_service, poll_s=0)
-    app.clear()  # a new chat, not the newest kept one
+    app = ChatApp(adapter_service, poll_s=0, resume=False)
     app.temperature.value = 0.0
     assert app.adapter.options == (("(base model)", ""), ("quenby", "quenby"), ("quenby-draft", "quenby-draft"))
     assert not app.adapter.disabled and app.adapter.value == ""
@@ -173,8 +169,7 @@ def test_the_adapter_selector_lists_the_loaded_adapters_and_picks_one(adapter_se
 
 
 def test_an_unloaded_adapter_leaves_the_selector(served: InferenceService) -> None:
-    app = ChatApp(served, poll_s=0)
-    app.clear()  # a new chat, not the newest kept one
+    app = ChatApp(served, poll_s=0, resume=False)
     app.adapter.value = "quenby"
     for name in ("quenby", "quenby-draft"):
         served.unload_adapter(name)
@@ -202,8 +197,7 @@ def test_the_model_selector_lists_every_model_and_the_adapters_follow_it(setting
     fake = start_fake()
     svc = beside_the_bundled(settings, loaded, fake)
     try:
-        app = ChatApp(svc, poll_s=0)
-        app.clear()  # a new chat, not the newest kept one
+        app = ChatApp(svc, poll_s=0, resume=False)
         assert app.model.options == ((f"{loaded.name} · local", loaded.name), ("remote · openai", "remote"))
         assert app.model.value == loaded.name and app.adapter.options == (("(base model)", ""),)
         app.model.value = "remote"
@@ -228,8 +222,7 @@ def test_the_settings_start_from_the_models_defaults_and_follow_the_model(settin
     svc = InferenceService(settings, models=configs, loaded=loaded)
     svc.registry.attach(svc.registry.entries["warm"], loaded)  # the same weights, other defaults
     try:
-        app = ChatApp(svc, poll_s=0)
-        app.clear()  # a new chat, not the newest kept one
+        app = ChatApp(svc, poll_s=0, resume=False)
         assert app.temperature.value == 0.0 and app.frequency_penalty.value == 0.0  # the bundled model's recipe
         app.send("What is the capital of France?")  # the first answer uses them
         app.wait()

@@ -20,16 +20,15 @@ def bubbles(app: ChatApp) -> list[str]:
     return [w.value for w in app.messages.children if isinstance(w, widgets.HTML)]
 
 
-def fresh(service: InferenceService) -> ChatApp:
-    app = ChatApp(service, poll_s=0)
+def fresh(service: InferenceService, *, resume: bool = True) -> ChatApp:
+    app = ChatApp(service, poll_s=0, resume=resume)
     app.temperature.value = 0.0
     app.max_new_tokens.value = 24
     return app
 
 
 def test_a_reloaded_dashboard_shows_the_newest_conversation_whole_and_continues_it(service: InferenceService) -> None:
-    first = fresh(service)
-    first.clear()
+    first = fresh(service, resume=False)
     first.send("My name is Quillon.")
     first.wait()
     first.send("What is my name?")
@@ -97,7 +96,7 @@ def test_when_says_time_today_and_date_otherwise() -> None:
 
 
 def test_opening_another_conversation_shows_its_turns(service: InferenceService, **_: Any) -> None:
-    a = service.conversation(temperature=0.0, max_new_tokens=8)
+    a = service.conversation(system_prompt="Be brief.", temperature=0.0, max_new_tokens=8)
     a.ask("Opening test one")
     b = service.conversation(temperature=0.0, max_new_tokens=8)
     b.ask("Opening test two")
@@ -105,6 +104,9 @@ def test_opening_another_conversation_shows_its_turns(service: InferenceService,
     assert app.conversation_id == b.id  # the newest
     app.sidebar.open(a.id)
     assert app.conversation_id == a.id and "Opening test one" in bubbles(app)[0]
+    assert app.system_prompt.value == "Be brief."  # the controls say what the conversation runs with
+    app.sidebar.new()
+    assert app.system_prompt.value == "" and app.conversation_id is None
     app.close()
 
 
