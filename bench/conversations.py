@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from common import cpu_model, save_report  # noqa: E402  (bench/, the script's own folder)
 
-from toolkit.conversation import ConversationStore, Thread, title_of  # noqa: E402
+from toolkit.conversation import Thread  # noqa: E402
+from toolkit.conversation_store import ConversationStore, title_of  # noqa: E402
 from toolkit.grounding import GroundedSentence, Grounding  # noqa: E402
 from toolkit.params import InferRequest  # noqa: E402
 from toolkit.results import InferResult, RunRecord, Source, Timings, Usage  # noqa: E402

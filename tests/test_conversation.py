@@ -12,7 +12,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from toolkit.conversation import Conversation, ConversationStore, title_of
+from toolkit.conversation import Conversation
+from toolkit.conversation_store import ConversationStore, title_of
 from toolkit.errors import InvalidRequest, UnknownConversation
 from toolkit.params import InferRequest
 from toolkit.results import Done, Token
