@@ -26,6 +26,7 @@ from toolkit.results import Done, SearchFinished, Token
 
 WEB_OFF, WEB_ON = "🌐 Off", "🌐 On"
 MAX_COLUMNS = 4
+ADAPTERS_FRESH_S = 5.0  # the columns' adapter lists: one request per model within this
 
 
 def diff_html(text: str, other: str) -> str:
@@ -144,6 +145,7 @@ class Columns:
         answers: bool = True,
     ) -> None:
         self.backend = backend
+        self._known: dict[str | None, tuple[float, list[str]]] = {}
         self.all = [Column(i + 1, self._adapters, css=css, answers=answers) for i in range(MAX_COLUMNS)]
         self.count = widgets.Dropdown(
             description=label, options=options, value=shown, layout=widgets.Layout(width="170px")
@@ -160,7 +162,13 @@ class Columns:
         self.box.children = tuple(c.box for c in self.shown)
 
     def _adapters(self, model: str | None) -> list[str]:
-        return [a.name for a in self.backend.adapters(model)]
+        """The adapters of ``model``, asked once for every column (a tab's columns fill at once, and each
+        request counts against the page's rate limit), again after ``ADAPTERS_FRESH_S``."""
+        now = time.monotonic()
+        kept = self._known.get(model)
+        if kept is None or now - kept[0] > ADAPTERS_FRESH_S:
+            kept = self._known[model] = (now, [a.name for a in self.backend.adapters(model)])
+        return kept[1]
 
 
 class CompareView:

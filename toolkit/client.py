@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import itertools
 import json
 import time
 import urllib.error
 import urllib.request
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from toolkit.compare import Comparison, collect, compare_stream, plan
 from toolkit.conversation import Conversation, ConversationArg, ConversationInfo
-from toolkit.errors import ConfigError, InvalidRequest, ToolkitError, UnknownModel
+from toolkit.errors import ConfigError, InvalidRequest, RateLimited, ToolkitError, UnknownModel
 from toolkit.params import PARAMS, GenerationParams, InferRequest
 from toolkit.results import (
     AdapterInfo,
@@ -98,6 +100,8 @@ def _close_open_streams() -> None:
 
 
 DEFAULT_URL = "http://127.0.0.1:8080/graphql"
+MAX_RETRIES = 2  # a call refused by the rate limit is sent again twice, after the wait the server names
+MAX_RETRY_WAIT_S = 20  # ... unless that wait is longer: then the caller hears of it at once
 
 
 @dataclass(frozen=True)
@@ -132,13 +136,25 @@ class ServiceUnavailable(ToolkitError):
 class RemoteService:
     """The same interface as ``InferenceService``, over HTTP and WebSocket."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        max_retries: int = MAX_RETRIES,
+    ) -> None:
+        """``max_retries``: how many times a call the server's rate limit refused is sent again, after the wait
+        the server names (as OpenAI's client does; a refused call did not run); 0: never."""
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         self.url = url
         self.ws_url = "ws" + url[4:]
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.max_retries = max_retries
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RemoteService:
@@ -157,7 +173,23 @@ class RemoteService:
     def execute(
         self, query: str, variables: dict[str, Any] | None = None, *, timeout_s: float | None = None
     ) -> dict[str, Any]:
-        """POST one operation; return ``data`` or raise the error it carries."""
+        """POST one operation; return ``data`` or raise the error it carries. A rate-limited call is sent again
+        after the wait the server names, ``max_retries`` times at most."""
+        for attempt in itertools.count():
+            try:
+                return self._execute(query, variables, timeout_s)
+            except RateLimited as exc:
+                time.sleep(self._retry_wait(exc, attempt))
+        raise AssertionError("unreachable")
+
+    def _retry_wait(self, exc: RateLimited, attempt: int, began: bool = False) -> float:
+        """How long to wait before sending a refused call again; raises ``exc`` when it is not sent again."""
+        wait = exc.retry_after_s or 1
+        if began or attempt >= self.max_retries or wait > MAX_RETRY_WAIT_S:
+            raise exc
+        return float(wait)
+
+    def _execute(self, query: str, variables: dict[str, Any] | None, timeout_s: float | None) -> dict[str, Any]:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
         request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
         try:
@@ -334,11 +366,26 @@ class RemoteService:
     ) -> Iterator[StreamEvent]:
         """Events as they come; closing the iterator early cancels the generation on the server.
         ``search``: a snapshot (``search()``'s) to ground in instead of a new search; ``conversation``: a kept
-        conversation's id to continue, or True to start one (the server keeps it)."""
+        conversation's id to continue, or True to start one (the server keeps it). A stream the rate limit
+        refused before it began is asked again, as ``execute`` does."""
+        body = variables(_request(request, kwargs), search, conversation)
+        for attempt in itertools.count():
+            events = self._stream(body)
+            began = False
+            try:
+                with contextlib.closing(events):
+                    for event in events:
+                        began = True
+                        yield event
+                return
+            except RateLimited as exc:
+                time.sleep(self._retry_wait(exc, attempt, began))
+
+    def _stream(self, body: dict[str, Any]) -> Generator[StreamEvent, None, None]:
         from websockets.exceptions import WebSocketException
         from websockets.sync.client import connect
 
-        sub = Subscription(STREAM, variables(_request(request, kwargs), search, conversation), self.api_key)
+        sub = Subscription(STREAM, body, self.api_key)
         try:
             ws = connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
         except (OSError, WebSocketException) as exc:
@@ -366,10 +413,24 @@ class RemoteService:
         conversation: ConversationArg = None,
         **kwargs: Any,
     ) -> AsyncIterator[StreamEvent]:
+        body = variables(_request(request, kwargs), search, conversation)
+        for attempt in itertools.count():
+            events = self._astream(body)
+            began = False
+            try:
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        began = True
+                        yield event
+                return
+            except RateLimited as exc:
+                await asyncio.sleep(self._retry_wait(exc, attempt, began))
+
+    async def _astream(self, body: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
         from websockets.asyncio.client import connect
         from websockets.exceptions import WebSocketException
 
-        sub = Subscription(STREAM, variables(_request(request, kwargs), search, conversation), self.api_key)
+        sub = Subscription(STREAM, body, self.api_key)
         try:
             ws = await connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
         except (OSError, WebSocketException) as exc:

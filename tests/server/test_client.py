@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from toolkit.client import RemoteService, ServiceUnavailable
-from toolkit.errors import InvalidRequest
+from toolkit.errors import InvalidRequest, RateLimited
 from toolkit.params import InferRequest
 from toolkit.results import Done, SearchFinished, SearchStarted, Token
 from toolkit.search import LocalDocsBackend, Searcher
@@ -141,3 +141,22 @@ def test_api_key_is_sent(make_server: Any, server_service: InferenceService) -> 
         RemoteService(running.url).infer("Hi", max_new_tokens=1)
     with pytest.raises(ServiceUnavailable, match="refused"):
         list(RemoteService(running.url, api_key="wrong-key-1234567").stream("Hi", max_new_tokens=1))
+
+
+def test_a_rate_limited_call_is_sent_again_after_the_wait_the_server_names(
+    make_server: Any, server_service: InferenceService
+) -> None:
+    """As OpenAI's client does: a refused call did not run, so it is sent again (a page that fills its
+    controls at once, or an evaluation's cells, would otherwise fail on a burst)."""
+    running = make_server(server_service, rate_per_minute=60, rate_burst=1)
+    patient, hasty = RemoteService(running.url), RemoteService(running.url, max_retries=0)
+    assert patient.adapters() == []  # the burst's one call
+    with pytest.raises(RateLimited) as refused:
+        hasty.adapters()
+    assert refused.value.retry_after_s >= 1
+    assert patient.adapters() == []  # refused, then sent again a second later
+    events = list(patient.stream("Hi", temperature=0, max_new_tokens=2))  # a stream refused before it began
+    assert isinstance(events[-1], Done)
+    assert asyncio.run(patient.ainfer("Hi", temperature=0, max_new_tokens=2)).finish_reason == "length"
+    with pytest.raises(ValueError, match="max_retries"):
+        RemoteService(running.url, max_retries=-1)
