@@ -69,6 +69,7 @@ bench: install
 	$(PY) bench/lora.py
 	$(PY) bench/load.py
 	$(PY) bench/conversations.py
+	$(PY) bench/prefix.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -341,6 +341,7 @@ class ModelRegistry:
             max_queue=s.max_queue,
             default_timeout_s=s.request_timeout_s,
             adapters_dir=s.adapters_dir,
+            prefix_cache_mb=s.prefix_cache_mb,
         )
         entry.engine, entry.loaded = engine, loaded
         engine.registry.load_folder()

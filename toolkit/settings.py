@@ -56,6 +56,8 @@ class Settings:
     max_batch_size: int = 16
     max_queue: int = 64
     request_timeout_s: float = 300.0
+    # KV of finished answers kept per local model, for prompts that start the same way; 0: none.
+    prefix_cache_mb: int = 256
     # Web search.
     search_provider: str = "ddgs"  # ddgs | local:<folder> | none
     search_timeout_s: float = 5.0
@@ -91,6 +93,7 @@ class Settings:
         "max_batch_size": "MAX_BATCH_SIZE",
         "max_queue": "MAX_QUEUE",
         "request_timeout_s": "REQUEST_TIMEOUT",
+        "prefix_cache_mb": "PREFIX_CACHE_MB",
         "search_provider": "SEARCH_PROVIDER",
         "search_timeout_s": "SEARCH_TIMEOUT",
         "search_region": "SEARCH_REGION",
@@ -124,6 +127,7 @@ class Settings:
             ("max_input_tokens", 16),
             ("max_batch_size", 1),
             ("max_queue", 1),
+            ("prefix_cache_mb", 0),
             ("search_per_minute", 1),
             ("conversation_retention_days", 0),
         ):

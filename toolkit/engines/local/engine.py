@@ -35,6 +35,7 @@ from toolkit.engines.local.detok import TextStream
 from toolkit.engines.local.kvbatch import KVBatch, left_padded
 from toolkit.engines.local.lorastack import LoraStack
 from toolkit.engines.local.packed import pack_linears
+from toolkit.engines.local.prefixes import Prefix, PrefixCache
 from toolkit.engines.local.repeats import breaker_ids
 from toolkit.engines.local.sampling import RowSampler, next_tokens
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
@@ -96,6 +97,7 @@ class _Row:
     generated: int = 0
     guard: LoopGuard = field(default_factory=LoopGuard)  # near copies; holds back a copy in the making
     ends: list[int] = field(default_factory=list)  # the raw text's length after each token
+    ids: list[int] = field(default_factory=list)  # every token sampled, EOS included
 
 
 class Scheduler(Streams):
@@ -111,7 +113,10 @@ class Scheduler(Streams):
         max_batch_size: int = 16,
         max_queue: int = 64,
         default_timeout_s: float | None = None,
+        prefix_cache_bytes: int = 0,
     ) -> None:
+        """``prefix_cache_bytes``: how much KV of finished answers is kept for prompts that start the same
+        way (``prefixes.py``); 0: none."""
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -137,11 +142,20 @@ class Scheduler(Streams):
         self._between_steps: list[_Op] = []  # changes to the model, run by the scheduler thread
         self._closing = False
         self._breaker_ids: frozenset[int] | None = None  # DRY's sequence breakers, when a request first needs them
+        self.prefixes = PrefixCache(prefix_cache_bytes if self._plain_cache() else 0)
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # the most rows ever decoded together
         self._thread = threading.Thread(target=self._run, name="toolkit-engine", daemon=True)
         self._thread.start()
         _LIVE_ENGINES.add(self)
+
+    def _plain_cache(self) -> bool:
+        """Whether this model's cache is plain per-layer keys and values (no sliding window): those a kept
+        prefix can seed."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
 
     # ----- public API -------------------------------------------------------------
 
@@ -234,6 +248,7 @@ class Scheduler(Streams):
             if name in self._lora.names:
                 raise InvalidRequest("name", f"an adapter named {name!r} is already loaded; unload it first")
             self._lora.load(name, folder)
+            self.prefixes.clear(name)  # an earlier adapter of this name had other weights
 
         self._run_between_steps(load)
         with self._cond:
@@ -259,7 +274,7 @@ class Scheduler(Streams):
             self._cond.notify_all()
             self._cond.wait_for(lambda: not self._jobs_on(name), timeout=30)
         try:
-            self._run_between_steps(lambda: self._lora.unload(name))
+            self._run_between_steps(lambda: (self._lora.unload(name), self.prefixes.clear(name)))
         except BaseException:
             with self._cond:  # still in the model: requests may name it again
                 self._adapters.add(name)
@@ -362,13 +377,35 @@ class Scheduler(Streams):
         return out.logits[:, -1, :]
 
     def _prefill(self, jobs: list[Job]) -> None:
-        from transformers import DynamicCache
-
+        """Prefill the admitted jobs and add them to the batch: a job whose prompt starts as a kept prefix
+        does (only its new tokens, on its own), the others together, left padded."""
         now = time.perf_counter()
         for job in jobs:
             job.started = now
-        ids, mask, positions = left_padded([j.input_ids for j in jobs], self.pad_id, self.device)
+        cold = list(jobs)
+        if self.prefixes.enabled and self._batch.mergeable:
+            for job in jobs:
+                hit = self.prefixes.longest(job.adapter, job.input_ids)
+                if hit is not None:
+                    self._prefill_group([job], reuse=hit)
+                    cold.remove(job)
+        if cold:
+            self._prefill_group(cold)
+
+    def _prefill_group(self, jobs: list[Job], reuse: tuple[int, Prefix] | None = None) -> None:
+        from transformers import DynamicCache
+
         cache = DynamicCache(config=self.model.config)
+        if reuse is None:
+            ids, mask, positions = left_padded([j.input_ids for j in jobs], self.pad_id, self.device)
+        else:  # one job: the kept prefix's KV, then its new tokens
+            common, prefix = reuse
+            for layer, (keys, values) in enumerate(prefix.layers):
+                cache.update(keys[:, :, :common].to(self.device), values[:, :, :common].to(self.device), layer)
+            total = len(jobs[0].input_ids)
+            ids = torch.tensor([jobs[0].input_ids[common:]], dtype=torch.long, device=self.device)
+            mask = torch.ones((1, total), dtype=torch.long, device=self.device)
+            positions = torch.arange(common, total, device=self.device).unsqueeze(0)
         logits = self._forward(ids, mask, positions, cache, jobs)
         rows = [
             _Row(
@@ -382,7 +419,7 @@ class Scheduler(Streams):
         self._batch.add(cache, mask, tokens)
         with self._cond:
             self._rows.extend(rows)
-            self._admitting = []
+            self._admitting = [j for j in self._admitting if j not in jobs]
             self.peak_batch = max(self.peak_batch, len(self._rows))
         self._accept(rows, tokens)
 
@@ -416,6 +453,7 @@ class Scheduler(Streams):
                 self._finish_row(row, "timeout")
                 continue
             row.generated += 1
+            row.ids.append(token)
             if job.first_token is None:
                 job.first_token = now
             if token in self.eos_token_ids:
@@ -453,12 +491,30 @@ class Scheduler(Streams):
     def _finish_row(self, row: _Row, reason: str) -> None:
         """End a running row; ``completion_tokens`` counts every generated token, EOS included. The text is
         the visible answer (a loop's copies cut off); the raw one goes to the run record when they differ."""
+        if reason in ("stop", "length", "repetition") and self.prefixes.enabled:
+            self._keep_prefix(row)
         guard = row.guard
         tail = guard.push(row.text.finish()) + guard.finish()
         if tail:
             self._emit(row.job, Delta(row.job.request_id, tail))
         extra = {"raw_text": guard.raw} if guard.loop is not None and guard.raw != guard.visible else {}
         self._finish(row.job, reason, guard.visible, row.generated, extra=extra)
+
+    def _keep_prefix(self, row: _Row) -> None:
+        """Keep the KV of a finished row (its prompt and the tokens fed after it) for prompts that start so."""
+        mask = self._batch.mask
+        if mask is None or not self._batch.mergeable or row not in self._rows:
+            return
+        i = self._rows.index(row)
+        length = int(mask[i].sum())
+        tokens = (row.job.input_ids + row.ids)[:length]
+        if len(tokens) < length:
+            return
+        layers = [
+            (layer.keys[i : i + 1, :, -length:], layer.values[i : i + 1, :, -length:])
+            for layer in self._batch.cache.layers
+        ]
+        self.prefixes.put(row.job.adapter, tokens, layers)
 
     def _finish(
         self,

@@ -30,6 +30,7 @@ class LocalEngine:
         max_queue: int,
         default_timeout_s: float | None,
         adapters_dir: Path,
+        prefix_cache_mb: int = 0,
     ) -> None:
         self.loaded = loaded  # LoadedModel: model, tokenizer, hashes
         self.scheduler = Scheduler(
@@ -40,6 +41,7 @@ class LocalEngine:
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             default_timeout_s=default_timeout_s,
+            prefix_cache_bytes=prefix_cache_mb * 2**20,
         )
         self.registry = AdapterRegistry(adapters_dir, self.scheduler, loaded.content_hash)
         self._info = EngineInfo(

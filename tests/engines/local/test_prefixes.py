@@ -1,0 +1,103 @@
+"""Prefix reuse: a prompt that starts as a finished answer's prompt and text prefills only what is new."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from toolkit.engines.local.engine import Finished, Scheduler
+from toolkit.engines.local.prefixes import MIN_REUSE, PrefixCache
+from toolkit.params import filled
+
+GREEDY = filled(temperature=0, max_new_tokens=32)
+SYSTEM = "You answer questions about the town of Varnholt. " * 12
+
+
+def kv(length: int, value: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(torch.full((1, 2, length, 4), value), torch.full((1, 2, length, 4), value)) for _ in range(3)]
+
+
+def test_the_longest_common_prefix_of_the_same_adapter_is_found() -> None:
+    cache = PrefixCache(max_bytes=1 << 20)
+    cache.put(None, list(range(40)), kv(40))
+    cache.put("quenby", list(range(60)), kv(60))
+    common, entry = cache.longest(None, [*range(30), 999, 1000])  # type: ignore[misc]
+    assert common == 30 and len(entry.tokens) == 40
+    assert cache.longest(None, [*range(MIN_REUSE - 1), 999, 1000]) is None  # too short to be worth it
+    assert cache.longest("other", list(range(50))) is None  # another adapter's KV is not this one's
+    common, _ = cache.longest(None, list(range(40)))  # type: ignore[misc]
+    assert common == 39  # the last prompt token is always computed: its logits give the first new token
+
+
+def test_entries_stay_within_the_budget_oldest_first_and_an_adapter_can_be_cleared() -> None:
+    one = sum(k.nbytes + v.nbytes for k, v in kv(40))
+    cache = PrefixCache(max_bytes=3 * one)
+    for start in (0, 1000, 2000, 3000):
+        cache.put(None, list(range(start, start + 40)), kv(40))
+    assert len(cache) == 3 and cache.bytes <= cache.max_bytes
+    assert cache.longest(None, [*range(0, 40), 7]) is None  # the oldest went
+    cache.put(None, list(range(3000, 3050)), kv(50))  # it covers an entry: that one goes, not kept twice
+    assert len(cache) == 2 and cache.bytes <= cache.max_bytes  # and the oldest made room for the rest
+    assert cache.longest(None, [*range(3000, 3050), 7])[0] == 50  # type: ignore[index]
+    cache.put("quenby", list(range(40)), kv(40))
+    assert cache.longest("quenby", [*range(40), 7]) is not None
+    cache.clear("quenby")  # unloaded, or loaded again with other weights
+    assert cache.longest("quenby", [*range(40), 7]) is None and len(cache) == 1
+    assert PrefixCache(0).longest(None, list(range(40))) is None
+
+
+@pytest.fixture()
+def engines(loaded: Any) -> Iterator[tuple[Scheduler, Scheduler]]:
+    made = [
+        Scheduler(
+            loaded.model,
+            loaded.tokenizer,
+            eos_token_ids=loaded.eos_token_ids,
+            context_length=loaded.context_length,
+            prefix_cache_bytes=bytes_,
+        )
+        for bytes_ in (64 << 20, 0)
+    ]
+    yield made[0], made[1]
+    for engine in made:
+        engine.close(grace_s=0)
+
+
+def answer(engine: Scheduler, ids: list[int]) -> Finished:
+    done = threading.Event()
+    events: list[Any] = []
+
+    def sink(event: Any) -> None:
+        events.append(event)
+        if isinstance(event, Finished):
+            done.set()
+
+    engine.submit(ids, GREEDY, sink)
+    assert done.wait(120)
+    return events[-1]
+
+
+def test_a_conversations_second_turn_reuses_the_first_and_answers_as_a_cold_start(
+    engines: tuple[Scheduler, Scheduler], loaded: Any
+) -> None:
+    warm, cold = engines
+    tok = loaded.tokenizer
+
+    def ids(messages: list[dict[str, str]]) -> list[int]:
+        return list(
+            tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        )
+
+    first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"}]
+    one = answer(warm, ids(first))
+    assert warm.prefixes.hits == 0 and len(warm.prefixes) == 1
+    second = [*first, {"role": "assistant", "content": one.text}, {"role": "user", "content": "And of Italy?"}]
+    two = answer(warm, ids(second))
+    assert warm.prefixes.hits == 1
+    assert warm.prefixes.reused_tokens >= len(ids(first))  # the first turn's prompt and answer were not prefilled again
+    assert two.text == answer(cold, ids(second)).text and two.prompt_tokens == len(ids(second))
+    assert len(cold.prefixes) == 0  # 0 bytes: nothing kept
