@@ -70,6 +70,7 @@ bench: install
 	$(PY) bench/load.py
 	$(PY) bench/conversations.py
 	$(PY) bench/prefix.py
+	$(PY) bench/prefill.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -342,6 +342,7 @@ class ModelRegistry:
             default_timeout_s=s.request_timeout_s,
             adapters_dir=s.adapters_dir,
             prefix_cache_mb=s.prefix_cache_mb,
+            prefill_chunk=s.prefill_chunk,
         )
         entry.engine, entry.loaded = engine, loaded
         engine.registry.load_folder()

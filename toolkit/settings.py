@@ -58,6 +58,8 @@ class Settings:
     request_timeout_s: float = 300.0
     # KV of finished answers kept per local model, for prompts that start the same way; 0: none.
     prefix_cache_mb: int = 256
+    # While answers stream, a longer new prompt is prefilled this many tokens a step; 0: in one piece.
+    prefill_chunk: int = 256
     # Web search.
     search_provider: str = "ddgs"  # ddgs | local:<folder> | none
     search_timeout_s: float = 5.0
@@ -94,6 +96,7 @@ class Settings:
         "max_queue": "MAX_QUEUE",
         "request_timeout_s": "REQUEST_TIMEOUT",
         "prefix_cache_mb": "PREFIX_CACHE_MB",
+        "prefill_chunk": "PREFILL_CHUNK",
         "search_provider": "SEARCH_PROVIDER",
         "search_timeout_s": "SEARCH_TIMEOUT",
         "search_region": "SEARCH_REGION",
@@ -128,6 +131,7 @@ class Settings:
             ("max_batch_size", 1),
             ("max_queue", 1),
             ("prefix_cache_mb", 0),
+            ("prefill_chunk", 0),
             ("search_per_minute", 1),
             ("conversation_retention_days", 0),
         ):

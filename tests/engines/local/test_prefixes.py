@@ -101,3 +101,48 @@ def test_a_conversations_second_turn_reuses_the_first_and_answers_as_a_cold_star
     assert warm.prefixes.reused_tokens >= len(ids(first))  # the first turn's prompt and answer were not prefilled again
     assert two.text == answer(cold, ids(second)).text and two.prompt_tokens == len(ids(second))
     assert len(cold.prefixes) == 0  # 0 bytes: nothing kept
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode_and_answers_as_alone(loaded: Any) -> None:
+    tok = loaded.tokenizer
+    chunked, alone = (
+        Scheduler(
+            loaded.model,
+            tok,
+            eos_token_ids=loaded.eos_token_ids,
+            context_length=loaded.context_length,
+            prefill_chunk=chunk,
+        )
+        for chunk in (32, 0)
+    )
+    try:
+
+        def ids(system: str, question: str) -> list[int]:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+            return list(out["input_ids"])
+
+        running = ids("Be brief.", "Write a long essay about the sea.")
+        long = ids(SYSTEM, "Which town is this about?")
+        assert len(long) > 4 * 32
+        started, ended, events = threading.Event(), threading.Event(), []
+
+        def sink(event: Any) -> None:
+            started.set()
+            events.append(event)
+            if isinstance(event, Finished):
+                ended.set()
+
+        chunked.submit(running, filled(temperature=0, max_new_tokens=120), sink)
+        assert started.wait(60)  # decoding: a long prompt now goes a chunk a step
+        two = answer(chunked, long)
+        assert chunked.chunks >= len(long) // 32 and two.text == answer(alone, long).text
+        cancelled = threading.Event()
+        job = chunked.submit([*long, 13], GREEDY, lambda e: cancelled.set() if isinstance(e, Finished) else None)
+        chunked.cancel(job.request_id)  # while it waits or fills: it ends, and the others go on
+        assert cancelled.wait(60)
+        assert ended.wait(120)
+        assert events[-1].finish_reason in ("length", "stop") and chunked.active == 0
+    finally:
+        chunked.close(grace_s=0)
+        alone.close(grace_s=0)

@@ -7,7 +7,9 @@ others are generating joins them instead of waiting for them to finish
 (continuous batching). Each row has its own sampling parameters, stop strings,
 ``max_new_tokens``, deadline, cancel flag and LoRA adapter (``toolkit.adapters``:
 rows with different adapters share a batch), and leaves the batch on its own.
-Adapters load and unload on the scheduler thread, between two steps.
+Adapters load and unload on the scheduler thread, between two steps. How admitted
+prompts get into the batch (from a kept prefix, in chunks while others decode,
+or together) is ``prefill.py``'s part; the jobs and rows are ``rows.py``'s.
 
 The layers of generation stack as generators: the scheduler emits events
 into a per-request sink; ``stream``/``astream`` (``toolkit.events``) turn the sink into an iterator;
@@ -31,16 +33,17 @@ from typing import Any
 
 import torch
 
-from toolkit.engines.local.detok import TextStream
-from toolkit.engines.local.kvbatch import KVBatch, left_padded
+from toolkit.engines.local.kvbatch import KVBatch
 from toolkit.engines.local.lorastack import LoraStack
 from toolkit.engines.local.packed import pack_linears
-from toolkit.engines.local.prefixes import Prefix, PrefixCache
+from toolkit.engines.local.prefill import Fill, Prefilling
+from toolkit.engines.local.prefixes import PrefixCache
 from toolkit.engines.local.repeats import breaker_ids
-from toolkit.engines.local.sampling import RowSampler, next_tokens
+from toolkit.engines.local.rows import Job, Row
+from toolkit.engines.local.sampling import next_tokens
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.events import Delta, Event, Finished, Sink, Streams
-from toolkit.loopguard import MIN_SPAN_TOKENS, LoopGuard, looping
+from toolkit.loopguard import MIN_SPAN_TOKENS, looping
 from toolkit.params import GenerationParams
 
 log = logging.getLogger("toolkit.engine")
@@ -54,22 +57,6 @@ _LIVE_ENGINES: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 def _close_live_engines() -> None:
     for engine in list(_LIVE_ENGINES):
         engine.close(grace_s=0)
-
-
-@dataclass(eq=False)
-class Job:
-    request_id: str
-    input_ids: list[int]
-    params: GenerationParams
-    seed: int
-    sink: Sink
-    submitted: float
-    deadline: float | None
-    adapter: str | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    started: float | None = None
-    first_token: float | None = None
-    done: bool = False
 
 
 @dataclass(eq=False)
@@ -89,18 +76,7 @@ class _Op:
             self.done.set()
 
 
-@dataclass(eq=False)
-class _Row:
-    job: Job
-    sampler: RowSampler
-    text: TextStream
-    generated: int = 0
-    guard: LoopGuard = field(default_factory=LoopGuard)  # near copies; holds back a copy in the making
-    ends: list[int] = field(default_factory=list)  # the raw text's length after each token
-    ids: list[int] = field(default_factory=list)  # every token sampled, EOS included
-
-
-class Scheduler(Streams):
+class Scheduler(Prefilling, Streams):
     """Batched, streaming, cancellable generation over one loaded model."""
 
     def __init__(
@@ -114,9 +90,11 @@ class Scheduler(Streams):
         max_queue: int = 64,
         default_timeout_s: float | None = None,
         prefix_cache_bytes: int = 0,
+        prefill_chunk: int = 0,
     ) -> None:
         """``prefix_cache_bytes``: how much KV of finished answers is kept for prompts that start the same
-        way (``prefixes.py``); 0: none."""
+        way (``prefixes.py``); 0: none. ``prefill_chunk``: while rows decode, a longer prompt is prefilled
+        this many tokens a step (``prefill.py``); 0: in one piece."""
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -134,7 +112,7 @@ class Scheduler(Streams):
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._admitting: list[Job] = []
         self._batch = KVBatch(self.device)
         self._lora = LoraStack(model)
@@ -142,7 +120,10 @@ class Scheduler(Streams):
         self._between_steps: list[_Op] = []  # changes to the model, run by the scheduler thread
         self._closing = False
         self._breaker_ids: frozenset[int] | None = None  # DRY's sequence breakers, when a request first needs them
-        self.prefixes = PrefixCache(prefix_cache_bytes if self._plain_cache() else 0)
+        plain = self._plain_cache()
+        self.prefixes = PrefixCache(prefix_cache_bytes if plain else 0)
+        self.prefill_chunk = prefill_chunk if plain else 0
+        self._filling: deque[Fill] = deque()  # prompts being prefilled on their own, first come first
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # the most rows ever decoded together
         self._thread = threading.Thread(target=self._run, name="toolkit-engine", daemon=True)
@@ -167,7 +148,7 @@ class Scheduler(Streams):
     @property
     def active(self) -> int:
         with self._cond:
-            return len(self._rows) + len(self._admitting)
+            return len(self._rows) + len(self._admitting) + len(self._filling)
 
     def check_room(self) -> None:
         """Raise ``Overloaded`` now if the queue is full, before a caller spends time preparing a request."""
@@ -273,8 +254,13 @@ class Scheduler(Streams):
                     self._finish(job, "cancelled", "", 0)
             self._cond.notify_all()
             self._cond.wait_for(lambda: not self._jobs_on(name), timeout=30)
+
+        def unload() -> None:
+            self._lora.unload(name)
+            self.prefixes.clear(name)
+
         try:
-            self._run_between_steps(lambda: (self._lora.unload(name), self.prefixes.clear(name)))
+            self._run_between_steps(unload)
         except BaseException:
             with self._cond:  # still in the model: requests may name it again
                 self._adapters.add(name)
@@ -318,7 +304,7 @@ class Scheduler(Streams):
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._rows and not self._between_steps:
+                while not self._pending and not self._rows and not self._filling and not self._between_steps:
                     if self._closing:
                         return
                     self._cond.wait()
@@ -336,6 +322,8 @@ class Scheduler(Streams):
                             if not self._admitting:  # it failed after joining the batch: fail them all
                                 raise
                             self._fail_jobs(self._admitting, exc)  # the running rows were not touched
+                    if self._filling:
+                        self._fill_step()
                     if self._rows:
                         self._decode_step()
             except Exception as exc:  # keep serving: fail this batch, not the engine
@@ -351,7 +339,7 @@ class Scheduler(Streams):
             self._finish(job, "timeout", "", 0)
         if not self._batch.mergeable and self._rows:
             return []
-        room = self.max_batch_size - len(self._rows)
+        room = self.max_batch_size - len(self._rows) - len(self._filling)
         taken: list[Job] = []
         while self._pending and len(taken) < room:
             taken.append(self._pending.popleft())
@@ -376,53 +364,6 @@ class Scheduler(Streams):
         )
         return out.logits[:, -1, :]
 
-    def _prefill(self, jobs: list[Job]) -> None:
-        """Prefill the admitted jobs and add them to the batch: a job whose prompt starts as a kept prefix
-        does (only its new tokens, on its own), the others together, left padded."""
-        now = time.perf_counter()
-        for job in jobs:
-            job.started = now
-        cold = list(jobs)
-        if self.prefixes.enabled and self._batch.mergeable:
-            for job in jobs:
-                hit = self.prefixes.longest(job.adapter, job.input_ids)
-                if hit is not None:
-                    self._prefill_group([job], reuse=hit)
-                    cold.remove(job)
-        if cold:
-            self._prefill_group(cold)
-
-    def _prefill_group(self, jobs: list[Job], reuse: tuple[int, Prefix] | None = None) -> None:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        if reuse is None:
-            ids, mask, positions = left_padded([j.input_ids for j in jobs], self.pad_id, self.device)
-        else:  # one job: the kept prefix's KV, then its new tokens
-            common, prefix = reuse
-            for layer, (keys, values) in enumerate(prefix.layers):
-                cache.update(keys[:, :, :common].to(self.device), values[:, :, :common].to(self.device), layer)
-            total = len(jobs[0].input_ids)
-            ids = torch.tensor([jobs[0].input_ids[common:]], dtype=torch.long, device=self.device)
-            mask = torch.ones((1, total), dtype=torch.long, device=self.device)
-            positions = torch.arange(common, total, device=self.device).unsqueeze(0)
-        logits = self._forward(ids, mask, positions, cache, jobs)
-        rows = [
-            _Row(
-                job,
-                RowSampler.create(job.params, job.seed, job.input_ids, self.device, self._breakers),
-                TextStream(self.tokenizer, job.params.stop),
-            )
-            for job in jobs
-        ]
-        tokens = next_tokens(logits, [r.sampler for r in rows])
-        self._batch.add(cache, mask, tokens)
-        with self._cond:
-            self._rows.extend(rows)
-            self._admitting = [j for j in self._admitting if j not in jobs]
-            self.peak_batch = max(self.peak_batch, len(self._rows))
-        self._accept(rows, tokens)
-
     def _decode_step(self) -> None:
         now = time.perf_counter()
         for row in self._rows:
@@ -441,7 +382,7 @@ class Scheduler(Streams):
         self.steps += 1
         self._accept(self._rows, tokens)
 
-    def _accept(self, rows: Sequence[_Row], tokens: torch.Tensor) -> None:
+    def _accept(self, rows: Sequence[Row], tokens: torch.Tensor) -> None:
         """Feed each row its new token: emit text, decide whether it is done."""
         now = time.perf_counter()
         ids = tokens.tolist()
@@ -488,7 +429,7 @@ class Scheduler(Streams):
             self._rows = [self._rows[i] for i in keep]
         self._batch.keep(keep)
 
-    def _finish_row(self, row: _Row, reason: str) -> None:
+    def _finish_row(self, row: Row, reason: str) -> None:
         """End a running row; ``completion_tokens`` counts every generated token, EOS included. The text is
         the visible answer (a loop's copies cut off); the raw one goes to the run record when they differ."""
         if reason in ("stop", "length", "repetition") and self.prefixes.enabled:
@@ -499,22 +440,6 @@ class Scheduler(Streams):
             self._emit(row.job, Delta(row.job.request_id, tail))
         extra = {"raw_text": guard.raw} if guard.loop is not None and guard.raw != guard.visible else {}
         self._finish(row.job, reason, guard.visible, row.generated, extra=extra)
-
-    def _keep_prefix(self, row: _Row) -> None:
-        """Keep the KV of a finished row (its prompt and the tokens fed after it) for prompts that start so."""
-        mask = self._batch.mask
-        if mask is None or not self._batch.mergeable or row not in self._rows:
-            return
-        i = self._rows.index(row)
-        length = int(mask[i].sum())
-        tokens = (row.job.input_ids + row.ids)[:length]
-        if len(tokens) < length:
-            return
-        layers = [
-            (layer.keys[i : i + 1, :, -length:], layer.values[i : i + 1, :, -length:])
-            for layer in self._batch.cache.layers
-        ]
-        self.prefixes.put(row.job.adapter, tokens, layers)
 
     def _finish(
         self,

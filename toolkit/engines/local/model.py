@@ -31,6 +31,7 @@ class LocalEngine:
         default_timeout_s: float | None,
         adapters_dir: Path,
         prefix_cache_mb: int = 0,
+        prefill_chunk: int = 0,
     ) -> None:
         self.loaded = loaded  # LoadedModel: model, tokenizer, hashes
         self.scheduler = Scheduler(
@@ -42,6 +43,7 @@ class LocalEngine:
             max_queue=max_queue,
             default_timeout_s=default_timeout_s,
             prefix_cache_bytes=prefix_cache_mb * 2**20,
+            prefill_chunk=prefill_chunk,
         )
         self.registry = AdapterRegistry(adapters_dir, self.scheduler, loaded.content_hash)
         self._info = EngineInfo(

@@ -1,0 +1,39 @@
+"""What the scheduler keeps per request: the ``Job`` (queued or running) and, once prefilled, its ``Row``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from toolkit.engines.local.detok import TextStream
+from toolkit.engines.local.sampling import RowSampler
+from toolkit.events import Sink
+from toolkit.loopguard import LoopGuard
+from toolkit.params import GenerationParams
+
+
+@dataclass(eq=False)
+class Job:
+    request_id: str
+    input_ids: list[int]
+    params: GenerationParams
+    seed: int
+    sink: Sink
+    submitted: float
+    deadline: float | None
+    adapter: str | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float | None = None
+    first_token: float | None = None
+    done: bool = False
+
+
+@dataclass(eq=False)
+class Row:
+    job: Job
+    sampler: RowSampler
+    text: TextStream
+    generated: int = 0
+    guard: LoopGuard = field(default_factory=LoopGuard)  # near copies; holds back a copy in the making
+    ends: list[int] = field(default_factory=list)  # the raw text's length after each token
+    ids: list[int] = field(default_factory=list)  # every token sampled, EOS included
