@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,40 @@ TOPICS = [
     "how rainbows appear",
     "the migration of birds",
 ]
+
+
+# Words of made-up sources (about one token each): long grounded-size prompts with no real content.
+SOURCE_WORDS = [
+    "harbour",
+    "river",
+    "bridge",
+    "lantern",
+    "orchard",
+    "granite",
+    "meadow",
+    "quarry",
+    "signal",
+    "ferry",
+    "market",
+    "tower",
+    "canal",
+    "valley",
+    "winter",
+    "copper",
+    "beacon",
+    "archive",
+    "mill",
+    "terrace",
+    "garden",
+    "station",
+    "chapel",
+    "forest",
+    "island",
+]
+
+
+def made_up_words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(SOURCE_WORDS) for _ in range(n))
 
 
 def cpu_model() -> str:

@@ -27,28 +27,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import machine, save_report  # noqa: E402  (bench/, the script's own folder)
+from common import machine, made_up_words, save_report  # noqa: E402  (bench/, the script's own folder)
 from engine import build_cpu_model  # noqa: E402
-
-WORDS = [
-    "harbour",
-    "river",
-    "bridge",
-    "lantern",
-    "orchard",
-    "granite",
-    "meadow",
-    "quarry",
-    "signal",
-    "ferry",
-    "market",
-    "tower",
-    "canal",
-]
 
 
 def long_prompt(tokenizer: Any, rng: random.Random, tokens: int) -> list[int]:
-    words = " ".join(rng.choice(WORDS) for _ in range(int(tokens * 0.95)))
+    words = made_up_words(rng, int(tokens * 0.95))
     messages = [
         {"role": "system", "content": f"Answer from these sources.\n\n[1] {words}"},
         {"role": "user", "content": "Which places do the sources name first?"},

@@ -25,42 +25,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import machine, save_report  # noqa: E402  (bench/, the script's own folder)
-
-WORDS = [
-    "harbour",
-    "river",
-    "bridge",
-    "lantern",
-    "orchard",
-    "granite",
-    "meadow",
-    "quarry",
-    "signal",
-    "ferry",
-    "market",
-    "tower",
-    "canal",
-    "valley",
-    "winter",
-    "copper",
-    "beacon",
-    "archive",
-    "mill",
-    "terrace",
-    "garden",
-    "station",
-    "chapel",
-    "forest",
-    "island",
-]
+from common import machine, made_up_words, save_report  # noqa: E402  (bench/, the script's own folder)
 
 
 def sources(rng: random.Random, n: int) -> str:
     """``n`` made-up passages of ~220 words (about 300 tokens each)."""
     out = []
     for i in range(n):
-        words = " ".join(rng.choice(WORDS) for _ in range(220))
+        words = made_up_words(rng, 220)
         out.append(f"[{i + 1}] Town record {rng.randrange(10_000)}: {words}.")
     return "Answer from these sources.\n\n" + "\n\n".join(out)
 
