@@ -3,7 +3,8 @@
 Rows are left padded. A freshly prefilled group joins by concatenation along the
 batch (the shorter side is left padded along the sequence); finished rows leave
 by index selection, and padding columns no row needs any more are trimmed.
-Only plain ``DynamicLayer`` caches can be merged; others run one group at a time.
+Only plain ``DynamicLayer`` caches can be merged; others run one group at a time. The plain layers are
+``RoomyLayer`` (``kvroom.py``): a decode step appends in place instead of copying the cache.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from toolkit.engines.local.kvroom import RoomyLayer
 
 
 def left_padded(
@@ -43,9 +46,7 @@ class KVBatch:
     def add(self, cache: Any, mask: torch.Tensor, tokens: torch.Tensor) -> None:
         """Append a prefilled group (its cache, mask and first sampled tokens) to the batch."""
         if self.cache is None:
-            from transformers.cache_utils import DynamicLayer
-
-            self.mergeable = all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+            self.mergeable = all(isinstance(layer, RoomyLayer) for layer in getattr(cache, "layers", [None]))
             self.cache, self.mask = cache, mask
             self.positions = mask.sum(-1)
             self.last = tokens
@@ -54,9 +55,7 @@ class KVBatch:
         have, new = self.mask.shape[1], mask.shape[1]
         pad_old, pad_new = max(0, new - have), max(0, have - new)
         for old_layer, new_layer in zip(self.cache.layers, cache.layers, strict=True):
-            for attr in ("keys", "values"):
-                a, b = getattr(old_layer, attr), getattr(new_layer, attr)
-                setattr(old_layer, attr, torch.cat([_pad_left(a, pad_old, -2), _pad_left(b, pad_new, -2)], dim=0))
+            old_layer.stack(new_layer, pad_old, pad_new)
         self.mask = torch.cat([_pad_left(self.mask, pad_old, -1), _pad_left(mask, pad_new, -1)], dim=0)
         self.positions = torch.cat([self.positions, mask.sum(-1)])
         self.last = torch.cat([self.last, tokens])

@@ -20,6 +20,7 @@ import torch
 
 from toolkit.engines.local.detok import TextStream
 from toolkit.engines.local.kvbatch import KVBatch, left_padded
+from toolkit.engines.local.kvroom import roomy_cache
 from toolkit.engines.local.prefixes import Prefix, PrefixCache
 from toolkit.engines.local.rows import Job, Row
 from toolkit.engines.local.sampling import RowSampler, next_tokens
@@ -36,9 +37,7 @@ class Fill:
     @classmethod
     def start(cls, job: Any, config: Any, device: Any, reuse: tuple[int, Prefix] | None = None) -> Fill:
         """A fresh cache, seeded with the first ``common`` tokens' KV of a kept prefix when ``reuse``."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=config)
+        cache = roomy_cache(config)
         if reuse is None:
             return cls(job, cache)
         common, prefix = reuse
@@ -147,9 +146,7 @@ class Prefilling:
         self._join([fill.job], fill.cache, mask, logits)
 
     def _prefill_group(self, jobs: list[Job]) -> None:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
+        cache = roomy_cache(self.model.config)
         ids, mask, positions = left_padded([j.input_ids for j in jobs], self.pad_id, self.device)
         logits = self._forward(ids, mask, positions, cache, jobs)
         self._join(jobs, cache, mask, logits)
