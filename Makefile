@@ -71,6 +71,8 @@ bench: install
 	$(PY) bench/conversations.py
 	$(PY) bench/prefix.py
 	$(PY) bench/prefill.py
+	$(PY) bench/decode.py
+	$(PY) bench/compiled.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) server/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,8 @@ Two engines (``Scheduler``) over one bundled model in this process, the same but
 transformers' ``DynamicLayer`` concatenation does. Cases: 1 request and 16 concurrent, each with a short
 prompt (~40 tokens) and with a grounded-size one (~600 tokens of made-up sources before the question);
 greedy, ``--new-tokens`` each. Rounds alternate the engines; a ratio is the median of the rounds' ratios.
-Greedy texts of the two are compared. Prints a table and the CPU, and writes JSON.
+Greedy texts of the two are compared. Then each kind alone in a process of its own, 16 concurrent
+grounded prompts: peak resident memory. Prints a table and the CPU, and writes JSON.
 """
 
 from __future__ import annotations
@@ -41,6 +42,58 @@ def prompts(tokenizer: Any, grounded: bool, n: int) -> list[list[int]]:
     return out
 
 
+def using(name: str) -> None:
+    """Make the engine's prefill build ``name``'s cache layers: "in place" (the engine's own) or
+    "concatenating" (the baseline: a new buffer at every step, the whole cache copied, as concatenation)."""
+    import toolkit.engines.local.prefill as prefill
+    from toolkit.engines.local.kvroom import RoomyLayer, roomy_cache
+
+    class Concatenating(RoomyLayer):
+        def _in_place(self, length: int, states: Any) -> bool:
+            return False
+
+    def concatenating_cache(config: Any) -> Any:
+        cache = roomy_cache(config)
+        cache.layers = [Concatenating() if type(layer) is RoomyLayer else layer for layer in cache.layers]
+        return cache
+
+    prefill.roomy_cache = roomy_cache if name == "in place" else concatenating_cache  # type: ignore[attr-defined]
+
+
+def child(name: str, new_tokens: int) -> int:
+    """One engine alone in this process (``--rss``'s child): 16 concurrent grounded prompts; prints the
+    peak resident memory after loading and after the run, in MiB."""
+    import resource
+
+    from toolkit.engines.local.engine import Scheduler
+    from toolkit.models import load_model
+    from toolkit.settings import Settings
+
+    using(name)
+    loaded = load_model(Settings.from_env(dtype="float32"), progress=False)
+    engine = Scheduler(
+        loaded.model, loaded.tokenizer, eos_token_ids=loaded.eos_token_ids, context_length=loaded.context_length
+    )
+    loaded_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    run(engine, prompts(loaded.tokenizer, True, 16), new_tokens)
+    engine.close()
+    print(f"RSS {loaded_mib:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    return 0
+
+
+def rss(new_tokens: int) -> dict[str, dict[str, float]]:
+    """Peak RSS of each kind of cache, each in a process of its own."""
+    import subprocess
+
+    out = {}
+    for name in ("in place", "concatenating"):
+        command = [sys.executable, __file__, "--child", name, "--new-tokens", str(new_tokens)]
+        line = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split("RSS ")[-1]
+        loaded_mib, peak_mib = (float(x) for x in line.split())
+        out[name] = {"after_load_mib": loaded_mib, "peak_mib": peak_mib}
+    return out
+
+
 def run(engine: Any, batch: list[list[int]], new_tokens: int) -> tuple[float, int, list[str]]:
     from toolkit.params import filled
 
@@ -64,26 +117,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "decode.json"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one engine alone, for the memory figures
     args = parser.parse_args()
 
+    if args.child:
+        return child(args.child, args.new_tokens)
     from tqdm.auto import tqdm
 
-    import toolkit.engines.local.prefill as prefill
     from toolkit.engines.local.engine import Scheduler
-    from toolkit.engines.local.kvroom import RoomyLayer, roomy_cache
     from toolkit.models import load_model
     from toolkit.settings import Settings
-
-    class Concatenating(RoomyLayer):
-        """The baseline: a new buffer every step (the whole cache copied), as concatenation does."""
-
-        def _in_place(self, length: int, states: Any) -> bool:
-            return False
-
-    def concatenating_cache(config: Any) -> Any:
-        cache = roomy_cache(config)
-        cache.layers = [Concatenating() if type(layer) is RoomyLayer else layer for layer in cache.layers]
-        return cache
 
     loaded = load_model(Settings.from_env(dtype="float32"), progress=False)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -97,9 +140,6 @@ def main() -> int:
         "16 concurrent, short prompts": prompts(tokenizer, False, 16),
         "16 concurrent, grounded prompts": prompts(tokenizer, True, 16),
     }
-
-    def using(name: str) -> None:
-        prefill.roomy_cache = roomy_cache if name == "in place" else concatenating_cache  # type: ignore[attr-defined]
 
     for name, engine in engines.items():  # warm-up
         using(name)
@@ -139,7 +179,14 @@ def main() -> int:
             f"| {r['case']} | {r['prompt_tokens']} | {r['in_place_tok_s']} | {r['concatenating_tok_s']} | "
             f"{r['ratio']:.2f}x | {r['same_greedy_text']} |"
         )
-    save_report({"machine": machine(), "rounds": args.rounds, "new_tokens": args.new_tokens, "cases": rows}, args.out)
+    memory = rss(args.new_tokens)
+    mine, base = memory["in place"]["peak_mib"], memory["concatenating"]["peak_mib"]
+    print(f"peak RSS, 16 concurrent grounded prompts, a process each: in place {mine:.0f} MiB, ")
+    print(
+        f"concatenating {base:.0f} MiB ({mine / base:.2f}x; after loading: {memory['in place']['after_load_mib']:.0f})"
+    )
+    report = {"machine": machine(), "rounds": args.rounds, "new_tokens": args.new_tokens, "cases": rows}
+    save_report({**report, "memory": memory}, args.out)
     return 0
 
 

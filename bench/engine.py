@@ -11,7 +11,8 @@ batch 1 at least 0.95x bare ``generate`` in the same dtype. ``--peers`` also sta
 them on the same prompts through their own API beside the toolkit's service (targets: 1.2x vLLM at
 16 concurrent, 1.0x at 1). On CUDA it builds a Llama-3.2-1B-shaped model from a config (random
 bf16 weights, nothing downloaded) with 64-token prompts. It prints tables and writes JSON. Compare
-ratios, not absolute times: these machines are noisy (each ratio is the best of interleaved rounds).
+ratios, not absolute times: these machines are noisy (each ratio is the median of interleaved rounds'
+ratios; with ``--peers``, every server is up at once and rounds take them in turn, 5 s of quiet after each).
 """
 
 from __future__ import annotations
@@ -187,43 +188,69 @@ def make_engine(model: Any, tokenizer: Any, eos: tuple[int, ...]) -> Any:
     return Scheduler(model, tokenizer, eos_token_ids=eos, context_length=ctx, max_batch_size=64, max_queue=256)
 
 
-def peers(rounds: int, dtypes: list[str]) -> dict[str, dict[str, float]]:
-    """tokens/s at 1 and 16 concurrent: the toolkit's service (in each of ``dtypes``), vLLM-CPU and llama.cpp's
-    server, each through its own API on bench/remote.py's prompts (best of ``rounds``)."""
+QUIET_S = 5.0  # after each measurement: vLLM's CPU workers keep spinning a moment after a round
+
+
+def peers(rounds: int, dtypes: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """tokens/s at 1 and 16 concurrent of the toolkit's service (in each of ``dtypes``) and vLLM-CPU, all up
+    at once, each through its own API on bench/remote.py's prompts: ``rounds`` rounds that take each server
+    in turn with ``QUIET_S`` of quiet after each measurement. Returns (medians, the median over rounds of
+    each server's ratio to vLLM in the same round); llama.cpp's server, when installed, after (medians)."""
     import asyncio
     import tempfile
 
-    from remote import LLAMACPP_NAME, VLLM_NAME, best_rates, llamacpp_rates, start_vllm, straight, through
+    from remote import LLAMACPP_NAME, PROMPTS, VLLM_NAME, llamacpp_rates, rate, start_vllm, straight, through
 
     from toolkit.models import load_model
     from toolkit.service import InferenceService
     from toolkit.settings import Settings
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    table: dict[str, dict[str, float]] = {}
+    runners: dict[str, Any] = {}
+    services = []
     path = ""
-    for dtype in dtypes:
-        settings = Settings.from_env(search_provider="none", dtype=dtype)
-        loaded = load_model(settings, progress=False)
-        path = loaded.path
-        service = InferenceService(settings, loaded=loaded).start(progress=False)
-        try:
-            run = lambda ps, svc=service: asyncio.run(through(svc, None, ps))  # noqa: E731
-            table[f"the toolkit ({loaded.dtype})"] = best_rates(run, rounds, warm=True)
-        finally:
-            service.close(grace_s=0)
-    print("starting vLLM-CPU (float32, compiled: about 90 s) ...", flush=True)
-    vllm = start_vllm(path, workdir, compiled=True)
+    vllm = None
     try:
-        table[VLLM_NAME] = best_rates(lambda ps: asyncio.run(straight(vllm.base_url, "smollm2", ps)), rounds, warm=True)
+        for dtype in dtypes:
+            settings = Settings.from_env(search_provider="none", dtype=dtype)
+            loaded = load_model(settings, progress=False)
+            path = loaded.path
+            service = InferenceService(settings, loaded=loaded).start(progress=False)
+            services.append(service)
+            runners[f"the toolkit ({loaded.dtype})"] = lambda ps, svc=service: asyncio.run(through(svc, None, ps))
+        print("starting vLLM-CPU (float32, compiled: about 90 s) ...", flush=True)
+        vllm = start_vllm(path, workdir, compiled=True)
+        runners[VLLM_NAME] = lambda ps: asyncio.run(straight(vllm.base_url, "smollm2", ps))
+        for run in runners.values():  # warm-up
+            run(PROMPTS[:2])
+            time.sleep(QUIET_S)
+        samples: dict[str, dict[str, list[float]]] = {name: {"1": [], "16": []} for name in runners}
+        for _ in range(rounds):
+            for name, run in runners.items():
+                for n in (1, 16):
+                    tokens, seconds, _ = run(PROMPTS[:n])
+                    samples[name][str(n)].append(rate(tokens, seconds))
+                    time.sleep(QUIET_S)
     finally:
-        vllm.stop()
+        for service in services:
+            service.close(grace_s=0)
+        if vllm is not None:
+            vllm.stop()
+    table = {name: {n: round(statistics.median(v), 1) for n, v in rates.items()} for name, rates in samples.items()}
+    ratios = {
+        name: {
+            n: round(statistics.median(a / b for a, b in zip(rates[n], samples[VLLM_NAME][n], strict=True)), 3)
+            for n in rates
+        }
+        for name, rates in samples.items()
+        if name != VLLM_NAME
+    }
     llama, failed = llamacpp_rates(workdir, rounds, warm=True)
     if llama is not None:
         table[LLAMACPP_NAME] = llama
     if failed:
         print(f"llama.cpp: {failed}")
-    return table
+    return table, ratios
 
 
 def main() -> int:
@@ -348,18 +375,15 @@ def main() -> int:
         "summary": summary,
     }
     if args.peers and not cuda:
-        table = peers(args.rounds, sorted({args.dtype, "float32"}))
+        table, ratios = peers(args.rounds, sorted({args.dtype, "float32"}))
         report["peers_tokens_per_s"] = table
-        print(f"\nside by side, greedy, 64 new tokens, tokens/s (best of {args.rounds})")
+        report["toolkit_vs_vllm"] = ratios
+        print(f"\nside by side, greedy, 64 new tokens, tokens/s (medians of {args.rounds} alternating rounds)")
         print(f"{'server':<40}{'1 request':>12}{'16 concurrent':>16}")
         for name, row in table.items():
             print(f"{name:<40}{row['1']:>12.1f}{row['16']:>16.1f}")
-        vllm = table["vLLM-CPU 0.32 (float32, compiled)"]
-        for name, ours in table.items():
-            if name.startswith("the toolkit"):
-                vs = {n: round(ours[n] / vllm[n], 3) for n in ("1", "16")}
-                report.setdefault("toolkit_vs_vllm", {})[name] = vs
-                print(f"{name} / vLLM-CPU: {vs['1']}x at 1, {vs['16']}x at 16")
+        for name, vs in ratios.items():
+            print(f"{name} / vLLM-CPU (median of the rounds' ratios): {vs['1']}x at 1, {vs['16']}x at 16")
     save_report(report, args.out)
     return 0
 

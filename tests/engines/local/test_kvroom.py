@@ -39,6 +39,19 @@ def test_rows_selected_and_padding_trimmed_from_outside_are_kept_on_the_next_upd
     assert torch.equal(roomy.keys, plain.keys) and torch.equal(roomy.values, plain.values)
 
 
+def test_keeping_rows_from_a_column_on_is_one_copy_with_room_to_append() -> None:
+    roomy, plain = RoomyLayer(), DynamicLayer()
+    for layer in (roomy, plain):
+        layer.update(*states(3, 10, 1))
+    roomy.keep([0, 2], first=4)  # what the batch does when a row finishes
+    plain.batch_select_indices(torch.tensor([0, 2]))
+    plain.keys, plain.values = plain.keys[..., 4:, :], plain.values[..., 4:, :]
+    assert torch.equal(roomy.keys, plain.keys) and torch.equal(roomy.values, plain.values)
+    buffer = roomy.keys.untyped_storage().data_ptr()
+    assert torch.equal(roomy.update(*states(2, 1, 2))[0], plain.update(*states(2, 1, 2))[0])
+    assert roomy.keys.untyped_storage().data_ptr() == buffer
+
+
 def test_stacking_left_pads_the_shorter_side_with_zeros() -> None:
     old, new = RoomyLayer(), RoomyLayer()
     old.update(*states(2, 5, 3))

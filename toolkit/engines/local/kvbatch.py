@@ -78,16 +78,16 @@ class KVBatch:
             return
         assert self.mask is not None and self.positions is not None and self.last is not None
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
-        self.cache.batch_select_indices(index)
         self.mask = self.mask.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
         self.last = self.last.index_select(0, index)
+        if not self.mergeable:  # one group, prefilled together: rows leave, the columns stay
+            self.cache.batch_select_indices(index)
+            return
         first = int(self.mask.any(dim=0).nonzero()[0, 0])
-        if first > 0 and self.mergeable:
-            for layer in self.cache.layers:
-                layer.keys = layer.keys[..., first:, :]
-                layer.values = layer.values[..., first:, :]
-            self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keep(rows, first)
+        self.mask = self.mask[:, first:]
 
 
 def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:

@@ -95,6 +95,22 @@ class RoomyLayer(DynamicLayer):
         self._buffers = (kbuf, vbuf)
         self._set(kbuf[..., :width, :], vbuf[..., :width, :])
 
+    def keep(self, rows: list[int], first: int) -> None:
+        """Only ``rows``, from column ``first`` on (padding no kept row needs): one copy into a new buffer
+        with room, where selecting and then appending would copy twice."""
+        if self.get_seq_length() == 0:  # a layer that holds nothing (KV shared from another layer)
+            return
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None
+        length = keys.shape[-2] - first
+        shape = (len(rows), *keys.shape[1:-2], length + room(length), keys.shape[-1])
+        kbuf, vbuf = keys.new_empty(shape), values.new_empty(shape)
+        for j, i in enumerate(rows):
+            kbuf[j, ..., :length, :].copy_(keys[i, ..., first:, :])
+            vbuf[j, ..., :length, :].copy_(values[i, ..., first:, :])
+        self._buffers = (kbuf, vbuf)
+        self._set(kbuf[..., :length, :], vbuf[..., :length, :])
+
     def reset(self) -> None:
         self._buffers = self._views = None
         super().reset()
