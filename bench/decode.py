@@ -17,8 +17,6 @@ import argparse
 import random
 import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import TOPICS, machine, made_up_words, save_report  # noqa: E402  (bench/, the script's own folder)
+from engine import engine_run  # noqa: E402
 
 
 def prompts(tokenizer: Any, grounded: bool, n: int) -> list[list[int]]:
@@ -75,7 +74,7 @@ def child(name: str, new_tokens: int) -> int:
         loaded.model, loaded.tokenizer, eos_token_ids=loaded.eos_token_ids, context_length=loaded.context_length
     )
     loaded_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    run(engine, prompts(loaded.tokenizer, True, 16), new_tokens)
+    engine_run(engine, prompts(loaded.tokenizer, True, 16), new_tokens, concurrent=True)
     engine.close()
     print(f"RSS {loaded_mib:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
     return 0
@@ -92,24 +91,6 @@ def rss(new_tokens: int) -> dict[str, dict[str, float]]:
         loaded_mib, peak_mib = (float(x) for x in line.split())
         out[name] = {"after_load_mib": loaded_mib, "peak_mib": peak_mib}
     return out
-
-
-def run(engine: Any, batch: list[list[int]], new_tokens: int) -> tuple[float, int, list[str]]:
-    from toolkit.params import filled
-
-    params = filled(max_new_tokens=new_tokens, temperature=0)
-    results: list[Any] = [None] * len(batch)
-
-    def one(i: int) -> None:
-        results[i] = engine.generate(batch[i], params)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(batch))]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, sum(r.completion_tokens for r in results), [r.text for r in results]
 
 
 def main() -> int:
@@ -143,14 +124,15 @@ def main() -> int:
 
     for name, engine in engines.items():  # warm-up
         using(name)
-        run(engine, cases["16 concurrent, short prompts"][:2], 4)
+        engine_run(engine, cases["16 concurrent, short prompts"][:2], 4, concurrent=True)
     runs: dict[tuple[str, str], list[tuple[float, int, list[str]]]] = {}
     bar = tqdm(total=args.rounds * len(cases) * 2, desc="decode benchmark", unit="run")
     for _ in range(args.rounds):
         for case, batch in cases.items():
             for name in ("in place", "concatenating") if _ % 2 == 0 else ("concatenating", "in place"):
                 using(name)
-                runs.setdefault((case, name), []).append(run(engines[name], batch, args.new_tokens))
+                result = engine_run(engines[name], batch, args.new_tokens, concurrent=True)
+                runs.setdefault((case, name), []).append(result)
                 bar.update()
     bar.close()
     using("in place")
