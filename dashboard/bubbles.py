@@ -140,16 +140,19 @@ def grounded_markdown(text: str, grounding: Any, sources: Sequence[Any]) -> str:
 
 
 def _mark(sentence: Any, titles: dict[int, str]) -> str:
+    """A sentence's mark, its reason on hover: the rule it broke, and the passage it was judged on."""
     best = sentence.best_source
     where = f"[{best}] {titles.get(best, '')}".strip() if best else ""
+    evidence = getattr(sentence, "evidence", None)
+    said = f"\n\nEvidence: {evidence}" if evidence else ""
     if sentence.verdict == "supported":
-        return f'<span class="tk-mark tk-ok" title="{escape("supported by " + where)}">✓</span>'
+        return f'<span class="tk-mark tk-ok" title="{escape("supported by " + where + said)}">✓</span>'
     if sentence.verdict == "miscited":
         cited = ", ".join(f"[{n}]" for n in sentence.cited)
         why = f"cites {cited}, but " + (f"it is in {where}" if best and sentence.score else "no source says it")
-        return f'<span class="tk-mark tk-warn" title="{escape(why)}">⚠</span>'
+        return f'<span class="tk-mark tk-warn" title="{escape(why + said)}">⚠</span>'
     why = "not found in the sources" + (f": {sentence.why}" if getattr(sentence, "why", None) else "")
-    return f'<span class="tk-mark tk-warn" title="{escape(why)}">⚠</span>'
+    return f'<span class="tk-mark tk-warn" title="{escape(why + said)}">⚠</span>'
 
 
 def assistant_bubble(

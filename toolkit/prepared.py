@@ -64,7 +64,7 @@ class Prepared:
         grounding = None
         if search is not None and sources:
             name = getattr(judge, "name", "judge")
-            grounding = check_grounding(finished.text, sources, judge=judge, judge_name=name)
+            grounding = check_grounding(finished.text, sources, judge=judge, judge_name=name, question=request.prompt)
         loaded = entry.loaded
         record = RunRecord(
             request_id=request.request_id,
