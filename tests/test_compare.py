@@ -47,8 +47,8 @@ def test_three_variants_in_one_call_answer_as_three_solo_requests(searching: Inf
     assert {k: texts[k] for k in solo} == solo and "Quenby" in solo["adapter"] and "Quenby" not in solo["base"]
     web = comparison["web"].result
     assert web is not None and web.search_status == "ok" and web.grounding is not None and "Quenby" in web.text
-    # a solo web request makes prompts of its own (each fences its sources with a fresh random boundary, so
-    # greedy may part at a near tie): the web variant's own record, run again alone, is its solo answer
+    # a web request alone renders the same prompt (the fence is keyed, not random), but batched with the
+    # others greedy may part at a near tie: the web variant's own record, run again alone, is its solo answer
     alone = searching.replay(web.run_record)
     assert alone.identical and alone.result is not None and alone.result.text == web.text
     assert Counting.calls == 1  # the replay used the snapshot

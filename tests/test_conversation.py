@@ -184,8 +184,21 @@ def test_title_of_a_long_prompt() -> None:
 def test_exported_notebook_rebuilds_the_conversation_with_identical_greedy_answers(
     service: Any, cache_dir: Path, store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conv = service.conversation(system_prompt="Answer in one short sentence.", **GREEDY)
-    answers = [conv.ask(p).text for p in ("What is the capital of France?", "And of Spain?")]
+    """With a search turn too: its prompt is rebuilt byte for byte from the snapshot (the fence around the
+    sources is keyed by this installation's secret and the request, not random), so greedy answers come back
+    identical turn by turn."""
+    from toolkit.search import LocalDocsBackend, Searcher
+
+    before = service.searcher
+    service.searcher = Searcher(LocalDocsBackend(Path(__file__).parent / "data" / "docs"))
+    try:
+        conv = service.conversation(system_prompt="Answer in one short sentence.", **GREEDY)
+        answers = [conv.ask("What is the capital of France?").text]
+        searched = conv.ask("What is the capital city of the planet Zorvath?", web_search=True)
+        answers += [searched.text, conv.ask("And of Spain?").text]
+    finally:
+        service.searcher = before
+    assert searched.sources and "Quillborough" in searched.text
     markdown = conv.to_markdown()
     assert "**User**" in markdown and answers[1] in markdown and conv.system_prompt in markdown
     path = tmp_path / "conversation.ipynb"

@@ -4,7 +4,8 @@
 included) give the same messages, so it is tested against exact text.
 
 Search text is untrusted. It goes into one system message, right before the
-user's prompt, inside a block fenced by a per-request random boundary and
+user's prompt, inside a block fenced by a boundary keyed by a secret of the installation and the
+request (``toolkit.fence``: the same request, the same prompt; no document can guess it) and
 labelled as data. Control, zero-width and bidi characters are removed, the
 boundary can never appear inside the block, nor can a turn marker of the model's
 chat template or a look-alike of one (``toolkit.controltokens``), and each snippet

@@ -53,6 +53,7 @@ from toolkit.errors import (
     PromptTooLong,
 )
 from toolkit.events import Finished
+from toolkit.fence import boundary, installation_key
 from toolkit.judge import ModelJudge
 from toolkit.live import Live, LiveRequests
 from toolkit.params import PARAMS, GenerationParams, InferRequest, Limits, resolve
@@ -142,6 +143,7 @@ class InferenceService:
         self._started = False
         self._stopped = False
         self._versions = _versions()
+        self._fence_key: bytes | None = None  # toolkit.fence: read (or made) on the first search
         self.run_log = RunLog(self.settings.run_log) if self.settings.run_log is not None else None
         store = self.settings.store  # opened on first use
         self.kept = (
@@ -393,16 +395,17 @@ class InferenceService:
     ) -> Prepared:
         engine = entry.engine
         limit = self._input_limit(engine)
-        boundary = secrets.token_hex(8)
         failure = None if search is None or search.ok else search.failure.message  # type: ignore[union-attr]
+        sources = list(search.results) if search is not None and search.ok else None
+        today = date.today()
         built = build_messages(
             request.prompt,
             history=request.history,
             system_prompt=request.system_prompt,
-            sources=list(search.results) if search is not None and search.ok else None,
+            sources=sources,
             search_failure=failure,
-            today=date.today(),
-            boundary=boundary,
+            today=today,
+            boundary=self._fence(request, sources, today),
             count_tokens=engine.count_tokens,
             count_messages=lambda messages: engine.count_messages(messages, limit=limit),
             # without search, nothing is trimmed: an over-long conversation is refused below
@@ -414,6 +417,30 @@ class InferenceService:
         prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash)
         self._check_fits(prepared, "history" if request.history and search is None else "prompt")
         return prepared
+
+    def _fence(self, request: InferRequest, sources: list[Any] | None, today: date) -> str:
+        """The boundary around the search block: keyed by this installation's secret over what the prompt holds
+        (``toolkit.fence``), so the same request renders the same prompt and no document can guess it."""
+        if self._fence_key is None:
+            with self._lock:
+                if self._fence_key is None:
+                    try:
+                        self._fence_key = installation_key(self.settings.cache_dir, self.settings.fence_key)
+                    except OSError as exc:  # a read-only cache: still secret, the same within this process
+                        log.warning(
+                            "the fence key cannot be kept in %s (%s): one for this process",
+                            self.settings.cache_dir,
+                            exc,
+                        )
+                        self._fence_key = secrets.token_bytes(32)
+        content = [
+            request.prompt,
+            request.system_prompt,
+            [[t.role, t.content] for t in request.history],
+            [[s.title, s.url, s.snippet] for s in sources or ()],
+            today.isoformat(),
+        ]
+        return boundary(self._fence_key, content)
 
     def _check_fits(self, prepared: Prepared, field_name: str) -> None:
         """``PromptTooLong`` on ``field_name`` when the encoded messages are over the model's input limit."""

@@ -81,6 +81,9 @@ class Settings:
     store: Path | None = field(default_factory=default_store)
     # Conversations untouched for this many days are deleted; 0: kept until deleted.
     conversation_retention_days: int = 0
+    # The secret that keys the fence around search results (toolkit.fence); None: a key made once and kept
+    # in cache_dir. Replicas that must render the same prompt for the same request share one.
+    fence_key: str | None = field(default=None, repr=False)
 
     # environment variable for each field; the names users already know
     ENV: ClassVar[dict[str, str]] = {
@@ -110,6 +113,7 @@ class Settings:
         "grounding_judge": "GROUNDING_JUDGE",
         "store": "TOOLKIT_STORE",
         "conversation_retention_days": "CONVERSATION_RETENTION_DAYS",
+        "fence_key": "FENCE_KEY",
     }
 
     def __post_init__(self) -> None:
@@ -148,6 +152,8 @@ class Settings:
         provider = self.search_provider
         if provider not in ("ddgs", "none") and not (provider.startswith("local:") and provider[6:].strip()):
             raise ConfigError(env["search_provider"], f"must be ddgs, none or local:<folder>, got {provider!r}")
+        if self.fence_key is not None and len(self.fence_key.strip()) < 16:
+            raise ConfigError(env["fence_key"], "must be a secret of at least 16 characters (or empty: one is made)")
         if self.search_safesearch not in ("on", "moderate", "off"):
             raise ConfigError(env["search_safesearch"], f"must be on, moderate or off, got {self.search_safesearch!r}")
 
@@ -207,7 +213,7 @@ def _defaults(var: str, raw: str) -> dict[str, Any]:
 
 def _parse(name: str, var: str, raw: str) -> Any:
     raw = raw.strip()
-    if name in ("model_id", "hf_token", "grounding_judge"):
+    if name in ("model_id", "hf_token", "grounding_judge", "fence_key"):
         return raw or None
     if name == "load_in_4bit":
         low = raw.lower()

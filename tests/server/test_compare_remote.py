@@ -30,8 +30,8 @@ def test_compare_over_remote_service(make_server: Any, searching: InferenceServi
     remote = RemoteService(running.url).compare(QUESTION, VARIANTS, temperature=0, max_new_tokens=32)
     local = searching.compare(QUESTION, VARIANTS, temperature=0, max_new_tokens=32)
     there, here = remote.texts(), local.texts()
-    # without search, the same answers; with it each request fences its sources with a boundary of its own
-    # (random), so greedy may part at a near tie: each side's web answer is its own record's replay
+    # without search, the same answers; with it the same prompt (the fence is keyed by the installation and
+    # the request), but another batch can part greedy at a near tie: each side's web answer is its record's replay
     assert {k: there[k] for k in ("base", "adapter")} == {k: here[k] for k in ("base", "adapter")}
     web = remote["web"].result
     assert web is not None and "Quenby" in web.text and searching.replay(web.run_record).identical
