@@ -9,6 +9,7 @@ from the evaluation's thread (see ``dashboard.app``).
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import tempfile
@@ -30,6 +31,27 @@ from toolkit.results import Source
 
 SUFFIXES = (".jsonl", ".csv", ".yaml", ".yml")
 THIS_RUN = "this run"
+SUMMARY_COLUMNS = ["name", "n", "passed", "pass_rate", "ci_low", "ci_high", "weighted_pass_rate", "errors", "cached"]
+
+
+def _note(run: EvalRun) -> str:
+    """What the summary cannot show in its table: error cells, answers from the store, what the set can tell."""
+    summaries = [run.variant_summary(label) for label in run.labels]
+    parts = []
+    errors = sum(s["errors"] for s in summaries)
+    if errors:
+        parts.append(f"{errors} error cell(s) (⚠: timed out, refused, failed) count in no rate.")
+    cached = sum(s["cached"] for s in summaries)
+    if cached:
+        parts.append(f"{cached} of {len(run.rows)} cells came from the store; their latencies are the original run's.")
+    n = min((s["n"] for s in summaries), default=0)
+    flips = summaries[0]["min_flips"] if summaries else None
+    parts.append(
+        f"Too small to tell a paired difference with {n} questions."
+        if flips is None
+        else f"A paired difference needs at least {flips} one-way flips ({n} questions)."
+    )
+    return " ".join(parts)
 
 
 def dataset_files(folder: Path) -> list[Path]:
@@ -86,6 +108,7 @@ class EvaluateView:
         self.against = widgets.Dropdown(description="Diff A", options=[], layout=widgets.Layout(width="460px"))
         self.b = widgets.Dropdown(description="B", options=[], layout=widgets.Layout(width="300px"))
         self.diff = widgets.HTML("")
+        self.report = widgets.HTML("")  # a link that downloads the run as one HTML file
         self.selected: EvalRow | None = None
         for w, name in (
             (self.file, "tk-eval-file"),
@@ -103,6 +126,7 @@ class EvaluateView:
             (self.against, "tk-eval-against"),
             (self.b, "tk-eval-b"),
             (self.diff, "tk-eval-diff"),
+            (self.report, "tk-eval-report"),
         ):
             w.add_class(name)
         self.view = widgets.VBox(
@@ -111,6 +135,7 @@ class EvaluateView:
                 widgets.HBox([self.count, self.max_new_tokens, self.repeats]),
                 self.set.box,
                 widgets.HBox([self.run_button, self.stop_button, self.progress, self.status]),
+                self.report,
                 self.summary,
                 self.chart,
                 self.matrix,
@@ -126,8 +151,9 @@ class EvaluateView:
         self.run_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self._stop.set())
         self.replay_button.on_click(lambda _: self.replay())
+        self._choosing = False  # show() sets the diff choices: one report, not one per change
         for w in (self.against, self.b):
-            w.observe(lambda _: self.show_diff(), names="value")
+            w.observe(lambda _: self._chosen(), names="value")
 
     @property
     def columns(self) -> list[Column]:
@@ -222,9 +248,12 @@ class EvaluateView:
     # ----- results ----------------------------------------------------------------------
 
     def show(self, run: EvalRun) -> None:
-        """The summary, the chart, the matrix and the diff choices of ``run``."""
+        """The summary, the chart, the matrix, the report's download link and the diff choices of ``run``."""
         self.run = run
-        self.summary.value = run.summary().to_html(index=False, border=0, classes="tk-eval-table")
+        table = run.summary()[SUMMARY_COLUMNS]
+        self.summary.value = table.to_html(index=False, border=0, classes="tk-eval-table", na_rep="–")
+        notes = [_note(run)]
+        self.summary.value += "".join(f'<p class="tk-eval-note">{html.escape(n)}</p>' for n in notes if n)
         figure = run.chart()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=90)
@@ -245,10 +274,47 @@ class EvaluateView:
                         (f"{earlier['id']} {earlier['name']}: {label}", (earlier["id"], label))
                         for label in earlier["variants"]
                     ]
-        self.against.options = options
-        self.b.options = run.labels
-        self.b.value = run.labels[-1]
-        self.show_diff()
+        # two different variants to start with: this run's first and second (one variant: an earlier run's)
+        self._choosing = True
+        try:
+            self.against.options = options
+            self.b.options = run.labels
+            self.b.value = run.labels[1] if len(run.labels) > 1 else run.labels[0]
+            if len(run.labels) > 1:
+                self.against.value = ("", run.labels[0])
+            else:
+                self.against.value = next((v for _, v in options if v[0] and v[1] == run.labels[0]), options[0][1])
+        finally:
+            self._choosing = False
+        self._chosen()
+
+    def _chosen(self) -> None:
+        if not self._choosing:
+            self.show_diff()
+            self.show_report()
+
+    def show_report(self) -> None:
+        """The link that downloads the run as one self-contained HTML file (its diff: the one chosen)."""
+        run = self.run
+        if run is None:
+            return
+        page = run.report(diffs=self._diffs())
+        data = base64.b64encode(page.encode()).decode()
+        name = f"evaluation-{run.id}.html"
+        self.report.value = (
+            f'<a class="tk-eval-report-link" download="{html.escape(name)}" '
+            f'href="data:text/html;charset=utf-8;base64,{data}">⬇ Report (HTML)</a>'
+        )
+
+    def _diffs(self) -> list[Any] | None:
+        run = self.run
+        if run is None or not self.against.value or not self.b.value:
+            return None
+        other_id, a = self.against.value
+        if other_id:
+            store = self._store()
+            return [store.load(other_id).diff(a, self.b.value, run)] if store is not None else None
+        return [run.diff(a, self.b.value)]
 
     def _store(self) -> RunStore | None:
         from toolkit.settings import Settings
@@ -265,16 +331,16 @@ class EvaluateView:
             name = widgets.HTML(f'<span title="{html.escape(text, quote=True)}">{html.escape(sample_id)}</span>')
             cells.append(name)
             for label in labels:
-                rows = [r for r in run.rows if r.sample_id == sample_id and r.variant == label]
-                passed = sum(r.passed for r in rows)
-                mark = (
-                    "" if not rows else "✓" if passed == len(rows) else "✗" if passed == 0 else f"{passed}/{len(rows)}"
-                )
-                style = "" if not rows else "success" if passed == len(rows) else "danger" if passed == 0 else "warning"
-                tip = (rows[0].error or rows[0].text or "")[:300] if rows else "not run"
+                mark, _, tip = run.cell_mark(sample_id, label)  # ⚠: an error cell, no verdict
+                style = {"✓": "success", "✗": "danger", "⚠": "", "": ""}.get(mark, "warning")
                 button = widgets.Button(
-                    description=mark, button_style=style, tooltip=tip, layout=widgets.Layout(width="auto")
+                    description=mark,
+                    button_style=style,
+                    tooltip=tip[:300] or "not run",
+                    layout=widgets.Layout(width="auto"),
                 )
+                if mark == "⚠":
+                    button.add_class("tk-eval-error")
                 button.add_class("tk-eval-cell")
                 button.on_click(lambda _, s=sample_id, v=label: self.show_cell(s, v))
                 cells.append(button)
@@ -320,20 +386,9 @@ class EvaluateView:
             self.replayed.value = bubbles.banner(exc.message)
 
     def show_diff(self) -> None:
-        run = self.run
-        if run is None or not self.against.value or not self.b.value:
-            self.diff.value = ""
-            return
-        other_id, a = self.against.value
         try:
-            if other_id:
-                store = self._store()
-                if store is None:
-                    return
-                diff = store.load(other_id).diff(a, self.b.value, run)
-            else:
-                diff = run.diff(a, self.b.value)
+            diffs = self._diffs()
         except ToolkitError as exc:
             self.diff.value = bubbles.banner(exc.message)
             return
-        self.diff.value = diff._repr_html_()
+        self.diff.value = diffs[0]._repr_html_() if diffs else ""

@@ -29,6 +29,7 @@ FIELD_NAMES = {  # toolkit field names -> GraphQL argument names, for error mess
     "request_id": "requestId",
     "run_record": "runRecord",
     "conversation_id": "conversationId",
+    "timeout_s": "timeoutSeconds",
     **{f"params.{snake}": f"params.{camel}" for camel, snake in PARAM_NAMES.items()},
 }
 
@@ -56,7 +57,9 @@ def graphql_field(name: str) -> str:
 def to_request(args: dict[str, Any], owner: str = "") -> InferRequest:
     params = {PARAM_NAMES[k]: v for k, v in (args.get("params") or {}).items() if v is not None}
     request_id = args.get("requestId")
-    extra = {"request_id": request_id} if request_id is not None else {}
+    extra: dict[str, Any] = {"request_id": request_id} if request_id is not None else {}
+    if args.get("timeoutSeconds") is not None:
+        extra["timeout_s"] = args["timeoutSeconds"]
     return InferRequest(
         prompt=args["prompt"],
         history=tuple(Turn(t["role"].lower(), t["content"]) for t in args.get("history") or ()),

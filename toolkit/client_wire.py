@@ -46,10 +46,10 @@ class ServiceUnavailable(ToolkitError):
 RESULT_FIELDS = selection(InferResult) + " timings { tokensPerSecond }"
 ARGS = """$prompt: String!, $webSearch: Boolean, $history: [TurnInput!], $systemPrompt: String,
   $params: GenerationInput, $model: String, $adapter: String, $requestId: ID, $search: JSON,
-  $conversationId: ID, $keep: Boolean"""
+  $conversationId: ID, $keep: Boolean, $timeoutSeconds: Float"""
 PASS = """prompt: $prompt, webSearch: $webSearch, history: $history, systemPrompt: $systemPrompt,
   params: $params, model: $model, adapter: $adapter, requestId: $requestId, search: $search,
-  conversationId: $conversationId, keep: $keep"""
+  conversationId: $conversationId, keep: $keep, timeoutSeconds: $timeoutSeconds"""
 INFER = f"mutation Infer({ARGS}) {{ infer({PASS}) {{ {RESULT_FIELDS} }} }}"
 # TOKEN events select the delta only: the answer so far is put together here, not sent again with
 # every token (a 1,000-token answer would otherwise cost about 500,000 characters on the wire)
@@ -108,6 +108,7 @@ def variables(
         "adapter": request.adapter,
         "requestId": request.request_id,
         "search": search.to_dict() if search is not None else None,
+        "timeoutSeconds": request.timeout_s,
     }
 
 

@@ -22,20 +22,16 @@ import html
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from toolkit.errors import InvalidRequest, ToolkitError
 from toolkit.params import InferRequest
 from toolkit.results import Done, InferResult, StreamEvent
+from toolkit.variants import Variant
+from toolkit.variants import variants as typed_variants
 
 VariantSpec = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Variant:
-    label: str
-    fields: dict[str, Any] = field(default_factory=dict)  # request fields over the common ones
 
 
 @dataclass(frozen=True)
@@ -46,27 +42,13 @@ class VariantResult:
     error: str | None = None
 
 
+MAX_VARIANTS = 8
+
+
 def variants(specs: Sequence[VariantSpec] | Mapping[str, VariantSpec]) -> list[Variant]:
-    """Variants from a list of dicts (``label`` optional) or a dict ``{label: fields}``."""
-    if isinstance(specs, Mapping):
-        items = [{**dict(v), "label": k} for k, v in specs.items()]
-    else:
-        items = [dict(v) for v in specs]
-    if not 1 <= len(items) <= 8:
-        raise InvalidRequest("variants", f"compare takes 1 to 8 variants, got {len(items)}")
-    out = []
-    for i, item in enumerate(items):
-        label = str(item.pop("label", None) or _label(item, i))
-        out.append(Variant(label, item))
-    labels = [v.label for v in out]
-    if len(set(labels)) != len(labels):
-        raise InvalidRequest("variants", f"labels must differ, got {labels}")
-    return out
-
-
-def _label(fields: Mapping[str, Any], i: int) -> str:
-    parts = [f"{k}={v}" for k, v in fields.items() if k != "params"]
-    return ", ".join(parts) or f"variant {i + 1}"
+    """Variants from a list of dicts (``label`` optional) or a dict ``{label: fields}``, typed by the
+    declarations (``toolkit.variants``)."""
+    return typed_variants(specs, most=MAX_VARIANTS, what="compare")
 
 
 def request_for(prompt: str, variant: Variant, common: Mapping[str, Any]) -> InferRequest:
@@ -113,7 +95,10 @@ class Comparison:
     rows: tuple[VariantResult, ...]
 
     def __getitem__(self, label: str) -> VariantResult:
-        return next(r for r in self.rows if r.label == label)
+        for row in self.rows:
+            if row.label == label:
+                return row
+        raise KeyError(f"no variant {label!r}; the variants are {[r.label for r in self.rows]}")
 
     def texts(self) -> dict[str, str | None]:
         return {r.label: r.result.text if r.result else None for r in self.rows}

@@ -264,7 +264,7 @@ class InferRequest:
     adapter: str | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    timeout_s: float | None = None
+    timeout_s: float | None = None  # seconds before it ends with finish reason "timeout"; at most REQUEST_TIMEOUT
     # Who sent it (the server's caller identity; "" in process). Request ids are unique per owner,
     # and only the owner can cancel one: another owner's id answers as an unknown id does.
     owner: str = ""

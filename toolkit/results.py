@@ -229,6 +229,7 @@ class ModelInfo:
     # the parameters a remote model leaves to its server's own defaults (vLLM reads the generation config)
     server_defaults: tuple[str, ...] = ()
     since: str | None = None  # when the status began (ISO time)
+    batch_size: int | None = None  # the most requests its engine generates together; None: it cannot tell
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import re
 import threading
 import time
@@ -362,12 +363,12 @@ class Searcher:
                 self._sent.popleft()
             if len(self._sent) >= self.per_minute:
                 wait = 60 - (now - self._sent[0])
-                return outcome(
-                    failure=SearchFailure(
-                        "rate_limited",
-                        f"over this service's limit of {self.per_minute} searches a minute; retry in {wait:.0f} s",
-                    )
+                limited = SearchFailure(
+                    "rate_limited",
+                    f"over this service's limit of {self.per_minute} searches a minute; retry in {wait:.0f} s",
                 )
+                limited.retry_after_s = max(1, math.ceil(wait))  # when the oldest of the minute's searches ages out
+                return outcome(failure=limited)
             self._sent.append(now)
             self.calls += 1
         try:

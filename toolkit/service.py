@@ -266,6 +266,7 @@ class InferenceService:
             defaults=entry.defaults,
             server_defaults=entry.server_defaults,
             since=entry.since,
+            batch_size=info.batch_size if info else None,
         )
 
     # ----- LoRA adapters ------------------------------------------------------------
@@ -316,6 +317,8 @@ class InferenceService:
             entry.engine.check_adapter(request.adapter)
         if request.web_search and self.searcher is None:
             raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
+        if request.timeout_s is not None and request.timeout_s > self.settings.request_timeout_s:
+            request = dataclass_replace(request, timeout_s=self.settings.request_timeout_s)  # at most REQUEST_TIMEOUT
         return request, self._resolve(entry, request.params), entry
 
     def _resolve(self, entry: ServedModel, params: GenerationParams, where: str = "params") -> GenerationParams:
@@ -347,7 +350,7 @@ class InferenceService:
         if not self._started:
             return self._not_started()
         reason = f" ({entry.error})" if entry.error else ""
-        raise ModelNotReady(f"{which} is still loading{reason}; wait and retry (see health())")
+        raise ModelNotReady(f"{which} is still loading{reason}; wait and retry (its health says when it is ready)")
 
     @staticmethod
     def _not_started() -> Any:

@@ -62,12 +62,23 @@ def test_a_run_shows_summary_chart_matrix_cell_replay_and_diff(view: EvaluateVie
     )
     view.replay_button.click()
     assert "identical" in view.replayed.value.lower()
-    view.against.value = ("", run.labels[0])
+    # the diff starts on the two variants of this run, not one against itself
+    assert (view.against.value, view.b.value) == (("", run.labels[0]), run.labels[1])
     assert "1 fixed, 0 broken" in view.diff.value
+    # the report to download: the whole run as one HTML file, its diff the one chosen
+    import base64
+    import re
+
+    link = re.search(
+        r'download="(evaluation-[^"]+\.html)" href="data:text/html;charset=utf-8;base64,([^"]+)"', view.report.value
+    )
+    assert link is not None and link.group(1) == f"evaluation-{run.id}.html"
+    page = base64.b64decode(link.group(2)).decode()
+    assert "Quillborough" in page and "1 fixed, 0 broken" in page and "<svg" in page
 
 
 def test_an_uploaded_file_with_a_bad_line_names_it(view: EvaluateView) -> None:
-    bad = b'{"input": "ok"}\n{"input": "x", "assert": [{"type": "sounds-like"}]}\n'
+    bad = b'{"input": "ok", "target": "k"}\n{"input": "x", "assert": [{"type": "sounds-like"}]}\n'
     view.upload.value = (
         {
             "name": "mine.jsonl",

@@ -1,5 +1,6 @@
 """python -m toolkit.evals against a real server: the summary table, --json, list/show/diff, and the exit
-codes CI relies on (0 passed, 1 under --fail-under or broken against --baseline, 2 bad input)."""
+codes CI relies on (0 passed, 1 under --fail-under or broken against --baseline, 2 bad input or nothing could
+run, 3 error cells, 130 interrupted by Ctrl-C or SIGTERM)."""
 
 from __future__ import annotations
 
@@ -104,6 +105,11 @@ def test_run_passes_fails_under_a_rate_and_against_a_baseline(
     assert code == 0 and "grounded-06  0/1\n" in out and "closed-01    1/1\n" in out
     code, out, _ = cli(capsys, "--store", store, "diff", baseline, planted)
     assert code == 0 and "(significant)" in out and "retrieval changed for" in out
+    page = tmp_path / "report.html"
+    code, out, _ = cli(capsys, "--store", store, "report", planted, "-o", page, "--baseline", baseline)
+    assert code == 0 and f"{len(grounded)} broken" in page.read_text() and "<svg" in page.read_text()
+    code, _, err = cli(capsys, "--store", store, "report", planted, "-o", page, "--diff", "v", "w")
+    assert code == 2 and "--diff: run" in err and "has no variant 'w'" in err
     code, out, _ = cli(capsys, "--store", store, "delete", planted)
     assert code == 0
     code, _, err = cli(capsys, "--store", store, "show", planted)
@@ -115,26 +121,31 @@ def test_run_passes_fails_under_a_rate_and_against_a_baseline(
     [
         (["--variant", "no-colon"], "give NAME:key=value"),
         (["--variant", "v:temperature"], "is not key=value"),
-        (["--variant", "v:temperature=-3"], "variants[v].params.temperature"),
-        (["--variant", "v:model=gpt-9"], "variants[v].model"),
-        (["--variant", "v:adapter=nope"], "variants[v].adapter"),
+        (["--variant", "v:temperature=-3"], "--variant v: temperature: must be >= 0"),
+        (["--variant", "v:web_search=no"], "--variant v: web_search: must be true or false (or 1/0), got 'no'"),
+        (["--variant", "v:model=gpt-9"], "variant v: model: "),
+        (["--variant", "v:adapter=nope"], "variant v: adapter: "),
         (["--fail-under", "7"], "--fail-under must be a rate"),
-        (["--baseline", "no-such-run"], "no evaluation run 'no-such-run'"),
+        (["--baseline", "no-such-run"], "no evaluation run 'no-such-run' in the store; list them with: python -m"),
+        (["--resume", "no-such-run"], "no evaluation run 'no-such-run'"),
         (["--variants", "missing.toml"], "cannot read it"),
+        (["--filter", "nothing-matches"], "--filter nothing-matches: no sample id matches"),
+        (["--limit", "0"], "--limit must be >= 1"),
+        (["-j", "0"], "-j/--concurrency must be >= 1"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(
     capsys: pytest.CaptureFixture[str], url: str, questions: Path, tmp_path: Path, args: list[str], words: str
 ) -> None:
     code, out, err = cli(capsys, "--store", tmp_path / "runs.db", "run", questions, "--url", url, "--quiet", *args)
-    assert code == 2 and words in err and "Traceback" not in err + out, err
+    assert code == 2 and words in err and "Traceback" not in err + out and "runs()" not in err, err
 
 
 def test_a_bad_dataset_exits_2_naming_file_line_and_field(
     capsys: pytest.CaptureFixture[str], url: str, tmp_path: Path
 ) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"input": "ok"}\n{"input": "x", "assert": [{"type": "sounds-like"}]}\n')
+    bad.write_text('{"input": "ok", "target": "k"}\n{"input": "x", "assert": [{"type": "sounds-like"}]}\n')
     code, _, err = cli(capsys, "--store", tmp_path / "runs.db", "run", bad, "--url", url, "--quiet")
     assert code == 2 and "bad.jsonl, line 2, assert[0].type: unknown assertion type 'sounds-like'" in err
 
@@ -194,3 +205,93 @@ def test_the_module_runs_from_a_shell(tmp_path: Path, cache_dir: Path, first_loa
         [sys.executable, "-m", "toolkit.evals", "run"], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert done.returncode == 2 and "dataset" in done.stderr  # argparse's own usage error
+
+
+def test_error_cells_are_not_failures_and_have_an_exit_code_of_their_own(
+    capsys: pytest.CaptureFixture[str], url: str, questions: Path, tmp_path: Path
+) -> None:
+    """A timed-out answer is an error cell: apart in the table and the JSON, in no rate, exit 3 unless
+    --max-errors allows it, 2 when every cell is one; --resume asks them again."""
+    store, out_json = tmp_path / "runs.db", tmp_path / "out.json"
+    common = ["--store", store, "run", questions, "--url", url, "--quiet", "--filter", "grounded-0[1-3]"]
+    late = f"late:{GREEDY},timeout_s=0.001"  # no answer can start within a millisecond
+    code, out, err = cli(capsys, *common, "--variant", f"ok:{GREEDY}", "--variant", late, "--json", out_json)
+    assert code == 3 and "3 cell(s) have no verdict (allowed: 0; --max-errors N allows more)" in err, err
+    assert "TIMEOUT: the answer ran out of time" in err and "--resume" in err
+    assert "3 error cell(s), not counted in any rate (TIMEOUT 3)" in out
+    assert "ok -> late: 0 paired answers" in out and "3 pair(s) left out" in out  # two variants: their diff
+    report = json.loads(out_json.read_text())
+    summary = {v["name"]: v for v in report["variants"]}
+    assert (summary["late"]["n"], summary["late"]["errors"], summary["late"]["pass_rate"]) == (0, 3, None)
+    assert (summary["ok"]["n"], summary["ok"]["errors"]) == (3, 0) and report["errors"] == 3
+    rows = [r for r in report["rows"] if r["variant"] == "late"]
+    assert all(r["error_code"] == "TIMEOUT" and r["pass"] is None for r in rows)
+    first = {r["sample_id"]: r["record_id"] for r in rows}
+    code, out, err = cli(capsys, *common, "--variant", f"ok:{GREEDY}", "--variant", late, "--max-errors", "3")
+    assert code == 0, err
+    code, _, err = cli(capsys, *common, "--variant", late)
+    assert code == 2 and "nothing could run: all 3 cells are errors" in err
+    # --resume asks the error cells again (and only them: the others are kept)
+    code, out, err = cli(
+        capsys,
+        *common,
+        "--variant",
+        f"ok:{GREEDY}",
+        "--variant",
+        late,
+        "--resume",
+        report["run_id"],
+        "--json",
+        out_json,
+    )
+    again = json.loads(out_json.read_text())
+    assert code == 3 and again["run_id"] == report["run_id"]
+    asked = {r["sample_id"]: r["record_id"] for r in again["rows"] if r["variant"] == "late"}
+    assert asked.keys() == first.keys() and not set(asked.values()) & set(first.values())
+
+
+def test_a_cached_rerun_says_so_and_a_small_set_says_it_cannot_tell(
+    capsys: pytest.CaptureFixture[str], url: str, questions: Path, tmp_path: Path
+) -> None:
+    store, out_json = tmp_path / "runs.db", tmp_path / "out.json"
+    common = ["--store", store, "run", questions, "--url", url, "--quiet", "--limit", "3", "-j", "2"]
+    code, out, _ = cli(capsys, *common, "--variant", f"v:{GREEDY}", "--json", out_json)
+    assert code == 0 and "from the store" not in out
+    assert "too small to tell: 3 scored questions per variant" in out
+    first = json.loads(out_json.read_text())["run_id"]
+    code, out, _ = cli(capsys, *common, "--variant", f"v:{GREEDY}", "--baseline", first)
+    assert code == 0 and "3 of 3 cells came from the store" in out and "p50 s*" in out
+    assert "WARNING: --baseline cannot detect a regression here: 3 pairs cannot show a significant change" in out
+
+
+def test_sigterm_marks_the_run_interrupted_as_ctrl_c_does(url: str, questions: Path, tmp_path: Path) -> None:
+    import signal
+    import sqlite3
+    import time
+
+    store = tmp_path / "runs.db"
+    command = [sys.executable, "-m", "toolkit.evals", "--store", str(store), "run", str(questions), "--url", url]
+    slow = "v:temperature=0,max_new_tokens=400"
+    child = subprocess.Popen(
+        [*command, "--variant", slow, "-j", "1", "--quiet"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    cells = 0
+    while time.monotonic() < deadline and cells == 0 and child.poll() is None:  # until the first cell is kept
+        time.sleep(0.1)
+        if store.exists():
+            try:
+                with sqlite3.connect(store) as db:
+                    cells = db.execute("SELECT COUNT(*) FROM eval_cells").fetchone()[0]
+            except sqlite3.Error:
+                cells = 0
+    assert cells, "no cell was kept"
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130 and "interrupted" in err and "--resume" in err, out + err
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT status FROM eval_runs").fetchone()[0] == "interrupted"

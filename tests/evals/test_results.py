@@ -35,9 +35,71 @@ def test_a_diff_of_two_runs_pairs_questions_and_flags_changed_retrieval() -> Non
     assert "q1" in diff._repr_html_() and "not significant" in diff._repr_html_()
 
 
-def test_the_summary_of_a_variant_with_failed_cells() -> None:
+def test_error_cells_are_apart_from_failures_everywhere() -> None:
+    """A timed-out or refused cell has no verdict: not in n, the pass rate, the interval or a diff; shown apart
+    in the summary, the matrix, the JSON and the chart."""
     r = run("a", {"q1": True, "q2": False}, {})
-    r.rows.append(EvalRow("q3", "v", 0, False, error="the server is busy"))
+    r.rows.append(EvalRow("q3", "v", 0, False, error="the answer ran out of time", error_code="TIMEOUT"))
+    r.inputs["q3"] = "question q3"
     summary = r.variant_summary("v")
-    assert (summary["n"], summary["passed"], summary["errors"]) == (3, 1, 1)
-    assert summary["mean_tokens"] is None and summary["ci_low"] < 1 / 3 < summary["ci_high"]
+    assert (summary["n"], summary["passed"], summary["pass_rate"], summary["errors"]) == (2, 1, 0.5, 1)
+    assert summary["error_codes"] == {"TIMEOUT": 1} and summary["mean_tokens"] is None
+    assert summary["ci_low"] < 1 / 2 < summary["ci_high"]
+    assert [e.sample_id for e in r.errors()] == ["q3"]
+    matrix = r._repr_html_()
+    assert matrix.count("⚠") == 2 and "error TIMEOUT: the answer ran out of time" in matrix  # the cell, the row's head
+    report = r.to_json()
+    assert report["errors"] == 1
+    row = next(x for x in report["rows"] if x["sample_id"] == "q3")
+    assert (row["pass"], row["error_code"]) == (None, "TIMEOUT")
+    figure = r.chart()
+    assert any("1 errors" in t.get_text() for t in figure.axes[0].texts)
+    other = run("b", {"q1": False, "q2": False, "q3": True}, {})
+    diff = r.diff("v", "v", other)
+    assert (diff.pairs, diff.errors, [f.sample_id for f in diff.fixed]) == (2, 1, [])  # q3: no verdict in a
+    assert "1 pair(s) left out" in str(diff)
+
+
+def test_the_smallest_detectable_change_is_said_before_looking() -> None:
+    small = run("a", dict.fromkeys(["q1", "q2", "q3", "q4", "q5"], True), {})
+    diff = small.diff("v", "v", run("b", dict.fromkeys(["q1", "q2", "q3", "q4", "q5"], False), {}))
+    assert diff.min_flips is None and len(diff.broken) == 5 and not diff.significant  # all five flipped: p = 0.0625
+    assert "cannot show a significant change" in str(diff)
+    ten = {f"q{i}": True for i in range(10)}
+    diff = run("a", ten, {}).diff("v", "v", run("b", ten, {}))
+    assert diff.min_flips == 6 and "6 one-way flips" in str(diff)
+    assert run("a", ten, {}).variant_summary("v")["min_flips"] == 6
+
+
+def test_weighted_pass_rate_and_named_metrics() -> None:
+    from toolkit.evals.assertions import Score
+
+    rows = [
+        EvalRow("q1", "v", 0, True, scores=(Score("contains", True, 1.0, "", metric="facts"),), weight=3.0),
+        EvalRow(
+            "q2",
+            "v",
+            0,
+            False,
+            scores=(Score("contains", False, 0.0, "", metric="facts"), Score("no-loop", True, 1.0, "", metric="form")),
+            weight=1.0,
+        ),
+    ]
+    r = EvalRun("a", "a", "d", "h", [{"label": "v", "fields": {}}], 1, rows, {"q1": "x", "q2": "y"})
+    summary = r.variant_summary("v")
+    assert (summary["pass_rate"], summary["weighted_pass_rate"]) == (0.5, 0.75)
+    assert summary["metrics"] == {"facts": 0.5, "form": 1.0}
+
+
+def test_verdict_follows_promptfoos_weights_and_threshold() -> None:
+    from toolkit.evals.assertions import Score, verdict
+
+    scores = [
+        Score("a", True, 1.0, "", weight=3),
+        Score("b", False, 0.0, "", weight=1),
+        Score("c", False, 0, "", weight=0),
+    ]
+    assert verdict(scores) == (False, 0.75)  # without a threshold, every check that weighs passes
+    assert verdict(scores, threshold=0.7) == (True, 0.75)
+    assert verdict(scores, threshold=0.8) == (False, 0.75)
+    assert verdict(scores[:1] + scores[2:]) == (True, 1.0)  # a weight-0 check is reported, it does not decide

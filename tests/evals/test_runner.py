@@ -37,7 +37,7 @@ class Counting(LocalDocsBackend):
 def searching(service: InferenceService) -> Any:
     before = service.searcher
     backend = Counting(DOCS)
-    service.searcher = Searcher(backend, cache_ttl_s=0)  # every search reaches the backend
+    service.searcher = Searcher(backend, cache_ttl_s=0, per_minute=10_000)  # every search reaches the backend
     yield service, backend
     service.searcher = before
 
@@ -113,7 +113,7 @@ def test_the_frame_the_matrix_the_chart_and_the_json(planted: tuple[EvalRun, Pat
     passed = 3 + len(grounded_passed(run))
     assert frame.groupby("variant")["passed"].sum().to_dict() == {"as written": passed, "no search": 3}
     matrix = run._repr_html_()
-    assert matrix.count("<tr>") == 12 + 2 and matrix.count("✓") == passed + 3 and matrix.count("✗") == 21 - passed
+    assert matrix.count("<tr>") == 12 + 3 and matrix.count("✓") == passed + 3 and matrix.count("✗") == 21 - passed
     figure = run.chart()
     assert len(figure.axes[0].patches) == 2
     report = run.to_json(run.diff("as written", "no search"))
@@ -145,6 +145,42 @@ def test_an_unchanged_run_answers_from_the_store_and_a_changed_cell_generates(
         "as written", "no search"
     )
     assert first.diff("as written", "as written", again).pairs == 12  # two runs, paired
+
+
+def test_a_grounded_run_twice_without_the_cache_gives_the_same_greedy_answers(searching: Any, subset: Path) -> None:
+    """Each run searches on its own and nothing comes from a store: the same sources make the same prompt (the
+    fence around them is keyed, not random), so the same greedy answers, cell by cell."""
+    service, backend = searching
+    variants = [{"label": "grounded", "temperature": 0, "max_new_tokens": 40}]
+    before = len(backend.queries)
+    first = evaluate(service, subset, variants, store=False, progress=False, concurrency=1)
+    second = evaluate(service, subset, variants, store=False, progress=False, concurrency=1)
+    assert len(backend.queries) - before == 2 * 9 and not any(r.cached for r in first.rows + second.rows)
+    assert [r.text for r in second.rows] == [r.text for r in first.rows]
+    assert [r.record["prompt_text"] for r in second.rows] == [r.record["prompt_text"] for r in first.rows]  # type: ignore[index]
+
+
+def test_a_failed_search_is_an_error_cell_not_a_failure_of_the_model(service: InferenceService) -> None:
+    """ddgs cannot reach the internet here: the grounded cells have no verdict (the model was never asked
+    without the sources the variant promised), the closed-book one answers; and research=True says the same."""
+    from toolkit.search import DDGSBackend
+
+    before = service.searcher
+    service.searcher = Searcher(DDGSBackend(timeout_s=5), cache_ttl_s=0, per_minute=10_000)
+    samples = [
+        {"id": "searched", "input": "Who designed the Harrowgate Bridge?", "target": "Vantage", "web_search": True},
+        {"id": "closed", "input": "What is the capital of France?", "target": "Paris"},
+    ]
+    try:
+        for research in (False, True):
+            run = evaluate(service, samples, [{"label": "v", **GREEDY}], store=False, progress=False, research=research)
+            searched, closed = run.row("searched", "v"), run.row("closed", "v")
+            assert searched is not None and not searched.scored and searched.error_code == "SEARCH_NETWORK", searched
+            assert closed is not None and closed.scored and closed.passed
+            summary = run.variant_summary("v")
+            assert (summary["n"], summary["errors"], summary["pass_rate"]) == (1, 1, 1.0)
+    finally:
+        service.searcher = before
 
 
 def test_ctrl_c_keeps_the_finished_cells_and_resume_does_the_rest(searching: Any, subset: Path, tmp_path: Path) -> None:

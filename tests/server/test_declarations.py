@@ -191,3 +191,40 @@ def test_each_error_back_through_the_remote_engine(
         assert "127.0.0.1" not in info.value.message
     finally:
         other.close(grace_s=0)
+
+
+# ----- every declared field, through GraphQL: a good value served, a bad one refused naming it ---------------
+
+INFER = (
+    "mutation($p: GenerationInput, $w: Boolean) "
+    '{ infer(prompt: "Say hi.", params: $p, webSearch: $w, keep: false) { text runRecord } }'
+)
+
+
+def _good_and_bad(name: str) -> tuple[Any, Any]:
+    spec = PARAMS[name]
+    if spec.kind == "strings":
+        return ["END"], ["a", "b", "c", "d", "e"]
+    low = spec.low if spec.low is not None else 0
+    good = low + 1 if spec.kind == "int" or spec.high is None else (low + spec.high) / 2
+    bad = low if spec.low_open else low - 1  # under the low bound (GraphQL's Int has no room above a seed's)
+    return (int(good), int(bad)) if spec.kind == "int" else (float(good), float(bad))
+
+
+def test_every_declared_field_through_graphql(server: Any) -> None:
+    for name in PARAMS:
+        good, bad = _good_and_bad(name)
+        params = {camel(name): good} if name == "max_new_tokens" else {camel(name): good, "maxNewTokens": 1}
+        status, _, body = post(server.url, {"query": INFER, "variables": {"p": params}})
+        assert status == 200 and "errors" not in body, (name, body)
+        assert body["data"]["infer"]["runRecord"]["params"][name] == good, name
+        bad_params = {camel(name): bad, "maxNewTokens": 1} if name != "max_new_tokens" else {camel(name): bad}
+        _, _, body = post(server.url, {"query": INFER, "variables": {"p": bad_params}})
+        error = body["errors"][0]
+        assert (
+            error["extensions"]["code"] == "BAD_USER_INPUT" and error["extensions"]["field"] == f"params.{camel(name)}"
+        )
+    _, _, body = post(server.url, {"query": INFER, "variables": {"p": {"maxNewTokens": 1}, "w": "false"}})
+    assert "errors" in body and "Boolean" in body["errors"][0]["message"]  # a string is not a boolean on this wire
+    status, _, body = post(server.url, {"query": INFER, "variables": {"p": {"maxNewTokens": 1}, "w": False}})
+    assert status == 200 and body["data"]["infer"]["runRecord"]["search"] is None

@@ -66,6 +66,7 @@ class EngineInfo:
     quantization: str | None = None
     version: str | None = None  # the remote server's version or system_fingerprint, when it says
     defaults: dict[str, Any] = field(default_factory=dict)  # generation defaults the model comes with
+    batch_size: int | None = None  # the most requests it generates together; None where it cannot tell
     extra: dict[str, Any] = field(default_factory=dict)
     # the model's turn markers, which text from outside must never spell (toolkit.controltokens)
     control: ControlTokens = field(default_factory=lambda: ControlTokens.of(COMMON_MARKERS))

@@ -64,4 +64,9 @@ def runs(store: Any = None) -> Any:
 
 def open_run(run_id: str, store: Any = None) -> EvalRun:
     """A run back from the store, to look at again or to diff with another."""
-    return _store(store).load(run_id)
+    from toolkit.errors import InvalidRequest
+
+    try:
+        return _store(store).load(run_id)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.field, exc.message.split(": ", 1)[-1] + "; list them with runs()") from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,6 +35,15 @@ TYPES = (
     "llm-rubric",
 )
 FINISH_REASONS = ("stop", "length", "cancelled", "timeout", "repetition")
+# what each type reads besides its type (default: a value); anything else given would go unchecked
+TAKES: dict[str, tuple[str, ...]] = {
+    "is-json": (),
+    "no-loop": (),
+    "cites": (),
+    "latency": ("threshold",),
+    "levenshtein": ("value", "threshold"),
+    "grounded": ("value", "threshold"),
+}
 RUBRIC_PROMPT = (
     "Here is an answer to a question.\n\nQuestion: {question}\n\nAnswer: {answer}\n\n"
     "Does the answer meet this requirement: {rubric}\nAnswer yes or no."
@@ -48,13 +57,18 @@ class Check:
     threshold: float | None = None
     negate: bool = False
     judge: str | None = None  # llm-rubric: the model that judges
+    weight: float = 1.0  # in its sample's weighted score; 0: reported, does not decide
+    metric: str | None = None  # the named metric it counts toward
 
     @property
     def label(self) -> str:
         return ("not-" if self.negate else "") + self.type
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v is not False}
+        out = {k: v for k, v in asdict(self).items() if v is not None and v is not False}
+        if self.weight == 1.0:
+            del out["weight"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,21 @@ class Score:
     score: float  # 0..1
     reason: str
     record_id: str | None = None  # llm-rubric: the judge's answer's run record
+    weight: float = 1.0  # the check's
+    metric: str | None = None  # the check's named metric (or its sample's)
+
+
+def verdict(scores: Sequence[Score], threshold: float | None = None) -> tuple[bool, float]:
+    """Whether a sample passed, and its weighted score (promptfoo's rule): the weighted mean of its checks'
+    scores, checks of weight 0 reported only; without a ``threshold`` every check that weighs must pass, with
+    one the weighted mean must reach it."""
+    weighing = [s for s in scores if s.weight > 0]
+    total = sum(s.weight for s in weighing)
+    mean = sum(s.weight * s.score for s in weighing) / total if total else 0.0
+    if not weighing:
+        return False, 0.0
+    passed = all(s.passed for s in weighing) if threshold is None else mean >= threshold - 1e-9
+    return passed, round(mean, 4)
 
 
 def parse_check(spec: Any, models: Collection[str] | None = None) -> Check:
@@ -79,10 +108,25 @@ def parse_check(spec: Any, models: Collection[str] | None = None) -> Check:
         raise InvalidRequest("type", f"unknown assertion type {kind!r}; known: {', '.join(TYPES)} (and not-<type>)")
     unknown = set(spec) - {"type", "value", "threshold", "provider", "judge", "weight", "metric"}
     if unknown:
-        raise InvalidRequest(sorted(unknown)[0], "is not a field of a check (type, value, threshold, judge)")
+        raise InvalidRequest(
+            sorted(unknown)[0], "is not a field of a check (type, value, threshold, judge, weight, metric)"
+        )
+    takes = TAKES.get(base, ("value",))
+    for name in ("value", "threshold"):
+        if spec.get(name) is not None and name not in takes:
+            what = "neither a value nor a threshold" if not takes else f"only {' and '.join(takes)}"
+            raise InvalidRequest(name, f"{base} takes {what}; it would not be checked")
+    if base != "llm-rubric" and (spec.get("judge") is not None or spec.get("provider") is not None):
+        raise InvalidRequest("judge" if spec.get("judge") is not None else "provider", "only llm-rubric has a judge")
     value, threshold = spec.get("value"), spec.get("threshold")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
         raise InvalidRequest("threshold", f"must be a number, got {threshold!r}")
+    weight = spec.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+        raise InvalidRequest("weight", f"must be a number >= 0 (0: reported, does not decide), got {weight!r}")
+    metric = spec.get("metric")
+    if metric is not None and (not isinstance(metric, str) or not metric.strip()):
+        raise InvalidRequest("metric", "must be a metric's name (a non-empty string)")
     judge = None
     if base in TEXT_TYPES or base == "llm-rubric":
         if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) == "":
@@ -119,19 +163,28 @@ def parse_check(spec: Any, models: Collection[str] | None = None) -> Check:
         if models is not None and judge not in models:
             known = ", ".join(sorted(models))
             raise InvalidRequest("judge", f"{judge!r} is not a configured model (the service serves {known})")
-    return Check(base, value, float(threshold) if threshold is not None else None, negate, judge)
+    return Check(
+        base,
+        value,
+        float(threshold) if threshold is not None else None,
+        negate,
+        judge,
+        float(weight),
+        metric.strip() if metric else None,
+    )
 
 
 Judge = Callable[[str, str], tuple[bool | None, str | None]]  # (judge's name, question) -> (yes?, record id)
 
 
-def score(check: Check, result: Any, question: str, judge: Judge | None = None) -> Score:
-    """``check`` applied to ``result`` (an ``InferResult``), negated where it says so."""
+def score(check: Check, result: Any, question: str, judge: Judge | None = None, metric: str | None = None) -> Score:
+    """``check`` applied to ``result`` (an ``InferResult``), negated where it says so; ``metric``: the sample's
+    named metric, where the check names none."""
     passed, value, reason, record = _apply(check, result, question, judge)
     if check.negate:
         passed, value = not passed, 1.0 - value
         reason = "not: " + reason
-    return Score(check.label, passed, round(value, 4), reason, record)
+    return Score(check.label, passed, round(value, 4), reason, record, check.weight, check.metric or metric)
 
 
 def _apply(check: Check, result: Any, question: str, judge: Judge | None) -> tuple[bool, float, str, str | None]:

@@ -5,31 +5,42 @@
     python -m toolkit.evals list
     python -m toolkit.evals show RUN
     python -m toolkit.evals diff RUN_A RUN_B
+    python -m toolkit.evals report RUN -o run.html
 
 ``run`` answers on the model configured as for ``make serve`` (MODEL_ID, MODELS_FILE, SEARCH_PROVIDER),
-or on a running server with ``--url``. A variant is ``NAME:key=value,key=value`` (any request field:
-model, adapter, web_search, system_prompt, temperature, ...; values are JSON where they parse, text
-otherwise), or a table of a TOML file (``--variants``): ``[variants.NAME]`` with its fields.
+or on a running server with ``--url``; the dataset and the variants are checked first, before the model
+loads. A variant is ``NAME:key=value,key=value`` (any request field: model, adapter, web_search,
+system_prompt, temperature, ...; each value read by its field's declaration: web_search takes true/false
+in any case or 1/0, numbers are numbers within their bounds), or a table of a TOML file (``--variants``):
+``[variants.NAME]`` with its fields. With two variants, ``run`` prints their paired diff.
+
+A cell that timed out, was refused or whose engine failed is an error cell: it counts in no pass rate and
+is shown apart (``errors``); ``--resume RUN`` asks the error cells again.
 
 Exit codes: 0 passed; 1 a variant's pass rate is under ``--fail-under``, or (``--baseline``) questions
 that passed in the baseline fail now and McNemar's p < 0.05; 2 bad input (the dataset, a variant, a
-run id) or nothing could run; 130 interrupted (the finished cells are kept: ``--resume RUN``).
+run id) or nothing could run (every cell an error); 3 some cells are errors (more than ``--max-errors``,
+default 0); 130 interrupted, by Ctrl-C or SIGTERM (the finished cells are kept: ``--resume RUN``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
 import sys
 import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import InvalidRequest, ToolkitError
 from toolkit.evals.results import Diff, EvalRun
 from toolkit.evals.runs import RunStore
+from toolkit.variants import typed
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class BadInput(Exception):
@@ -37,20 +48,47 @@ class BadInput(Exception):
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """``NAME:key=value,key=value`` -> ``{"label": NAME, key: value, ...}`` (values JSON where they parse)."""
+    """``NAME:key=value,key=value`` -> ``{"label": NAME, key: value, ...}``, each value read by what its field is
+    declared to be (``toolkit.variants``: ``web_search=False`` is false, ``web_search=no`` is refused)."""
     name, sep, rest = text.partition(":")
     if not sep or not name.strip():
         raise BadInput(f"--variant {text!r}: give NAME:key=value,... (NAME: alone for the model's defaults)")
-    variant: dict[str, Any] = {"label": name.strip()}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
+    label = name.strip()
+    given: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in _parts(rest))):
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
-            raise BadInput(f"--variant {name}: {part!r} is not key=value")
+            raise BadInput(f"--variant {label}: {part!r} is not key=value")
+        given[key.strip()] = _list(value.strip())
+    return {"label": label, **_typed(given, label, "--variant")}
+
+
+def _parts(text: str) -> list[str]:
+    """``key=value`` pieces split at commas outside brackets (``stop=["a","b"]`` is one piece)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth <= 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _list(value: str) -> Any:
+    """A JSON list (``stop=["a","b"]``) as a list; any other value stays text, for its declaration to read."""
+    if value.startswith("["):
         try:
-            variant[key.strip()] = json.loads(value)
+            return json.loads(value)
         except ValueError:
-            variant[key.strip()] = value
-    return variant
+            return value
+    return value
+
+
+def _typed(fields: dict[str, Any], label: str, option: str) -> dict[str, Any]:
+    try:
+        return typed(fields, f"variants[{label}]")
+    except InvalidRequest as exc:
+        raise BadInput(f"{option} {_in_cli_words(exc).removeprefix('variant ')}") from None
 
 
 def read_variants(path: str) -> list[dict[str, Any]]:
@@ -63,7 +101,7 @@ def read_variants(path: str) -> list[dict[str, Any]]:
     tables = data.get("variants")
     if not isinstance(tables, dict) or not tables or not all(isinstance(v, dict) for v in tables.values()):
         raise BadInput(f"--variants {path}: needs [variants.NAME] tables, one per variant")
-    return [{"label": name, **fields} for name, fields in tables.items()]
+    return [{"label": name, **_typed(fields, name, f"--variants {path}:")} for name, fields in tables.items()]
 
 
 def _store(path: str | None) -> RunStore | None:
@@ -95,16 +133,44 @@ def _service(url: str | None) -> Any:
 
 def print_summary(run: EvalRun) -> None:
     print(f"{run.name} ({run.id}, {run.status}): {len(run.inputs)} samples, {run.repeats} repeat(s)")
-    header = f"{'variant':<32}{'n':>5}{'passed':>8}{'rate':>8}{'95% CI':>16}{'tokens':>8}{'p50 s':>8}{'errors':>8}"
+    summaries = [run.variant_summary(label) for label in run.labels]
+    cached = sum(s["cached"] for s in summaries)
+    latency = "p50 s*" if cached else "p50 s"
+    header = f"{'variant':<32}{'n':>5}{'passed':>8}{'rate':>8}{'95% CI':>13}{'errors':>8}{'tokens':>8}{latency:>8}"
     print(header)
-    for s in (run.variant_summary(label) for label in run.labels):
-        ci = f"{s['ci_low']:.2f}-{s['ci_high']:.2f}"
-        latency = f"{s['p50_latency_s']:.2f}" if s["p50_latency_s"] is not None else "-"
+    for s in summaries:
+        rate = f"{s['pass_rate']:.1%}" if s["pass_rate"] is not None else "-"
+        ci = f"{s['ci_low']:.2f}-{s['ci_high']:.2f}" if s["n"] else "-"
+        p50 = f"{s['p50_latency_s']:.2f}" if s["p50_latency_s"] is not None else "-"
         tokens = f"{s['mean_tokens']:.0f}" if s["mean_tokens"] is not None else "-"
+        print(f"{s['name'][:31]:<32}{s['n']:>5}{s['passed']:>8}{rate:>8}{ci:>13}{s['errors']:>8}{tokens:>8}{p50:>8}")
+    if any(s["weighted_pass_rate"] != s["pass_rate"] for s in summaries):
+        print("weighted pass rate: " + ", ".join(f"{s['name']} {_rate(s['weighted_pass_rate'])}" for s in summaries))
+    for s in summaries:
+        if s["metrics"]:
+            print(f"metrics of {s['name']}: " + ", ".join(f"{m} {r:.1%}" for m, r in s["metrics"].items()))
+    total = len(run.rows)
+    if cached:
         print(
-            f"{s['name'][:31]:<32}{s['n']:>5}{s['passed']:>8}{s['pass_rate']:>8.1%}{ci:>16}{tokens:>8}{latency:>8}"
-            f"{s['errors']:>8}"
+            f"{cached} of {total} cells came from the store (answered before, with the same model, parameters, "
+            "messages and sources); * tokens and latencies are of the cells answered in this run"
         )
+    n = min((s["n"] for s in summaries), default=0)
+    flips = summaries[0]["min_flips"] if summaries else None
+    if flips is None:
+        print(f"too small to tell: {n} scored questions per variant cannot show a significant paired difference")
+    else:
+        print(f"a paired difference needs at least {flips} one-way flips to reach p < 0.05 ({n} scored questions)")
+    errors = run.errors()
+    if errors:
+        codes = ", ".join(f"{code} {count}" for code, count in Counter(r.error_code or "ERROR" for r in errors).items())
+        print(f"{len(errors)} error cell(s), not counted in any rate ({codes}):")
+        for r in errors[:3]:
+            print(f"  {r.sample_id} / {r.variant}: {r.error}")
+
+
+def _rate(rate: float | None) -> str:
+    return f"{rate:.1%}" if rate is not None else "-"
 
 
 def baseline_diffs(run: EvalRun, baseline: EvalRun) -> list[Diff]:
@@ -123,43 +189,65 @@ def regressed(diff: Diff) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from toolkit.evals.dataset import load_dataset
     from toolkit.evals.runner import evaluate
 
+    # everything that can be checked without the model is, first: a bad file fails in about a second
+    if args.fail_under is not None and not 0 <= args.fail_under <= 1:
+        raise BadInput(f"--fail-under must be a rate between 0 and 1, got {args.fail_under}")
+    if args.max_errors is not None and args.max_errors < 0:
+        raise BadInput(f"--max-errors must be >= 0, got {args.max_errors}")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise BadInput(f"-j/--concurrency must be >= 1, got {args.concurrency}")
+    if args.limit is not None and args.limit < 1:
+        raise BadInput(f"--limit must be >= 1, got {args.limit}")
     variants = [parse_variant(v) for v in args.variant or ()]
     if args.variants:
         variants += read_variants(args.variants)
     if not variants:
         variants = [{"label": "default"}]
-    if args.fail_under is not None and not 0 <= args.fail_under <= 1:
-        raise BadInput(f"--fail-under must be a rate between 0 and 1, got {args.fail_under}")
+    data = load_dataset(args.dataset)
+    try:
+        data = data.chosen(limit=args.limit, pattern=args.filter)
+    except InvalidRequest as exc:
+        raise BadInput(f"--{exc.field} {args.filter if exc.field == 'filter' else args.limit}: {_said(exc)}") from None
     store = _store(args.store)
     baseline = _needs_store(store).load(args.baseline) if args.baseline else None
+    if args.resume:
+        _needs_store(store).load(args.resume)
     service = _service(args.url)
+    previous = signal.signal(signal.SIGTERM, _terminated)  # a run killed by SIGTERM is interrupted, as Ctrl-C
     try:
         run = evaluate(
             service,
-            args.dataset,
+            data,
             variants,
             repeats=args.repeats,
             name=args.name,
             store=store.store if store is not None else None,
             resume=args.resume,
             progress=not args.quiet,
+            concurrency=args.concurrency,
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         close = getattr(service, "close", None)
         if close is not None:
             close(grace_s=0)
     print_summary(run)
     code = EXIT_OK
     for s in (run.variant_summary(label) for label in run.labels):
-        if args.fail_under is not None and s["pass_rate"] < args.fail_under:
+        if args.fail_under is not None and s["pass_rate"] is not None and s["pass_rate"] < args.fail_under:
             print(f"FAIL: {s['name']} passed {s['pass_rate']:.1%}, under --fail-under {args.fail_under:.1%}")
             code = EXIT_FAILED
     diffs = baseline_diffs(run, baseline) if baseline is not None else []
+    if not diffs and len(run.labels) == 2:
+        diffs = [run.diff(run.labels[0], run.labels[1])]
     for diff in diffs:
         print(diff)
-        if regressed(diff):
+        if baseline is not None and diff.min_flips is None:
+            print(f"WARNING: --baseline cannot detect a regression here: {diff.detectable}")
+        if baseline is not None and regressed(diff):
             print(f"FAIL: {diff.b} broke {len(diff.broken)} question(s) that passed in {diff.a}")
             code = EXIT_FAILED
     if args.json:
@@ -167,9 +255,50 @@ def cmd_run(args: argparse.Namespace) -> int:
         report["diff"] = [d.to_dict() for d in diffs] if diffs else None
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     if run.status == "interrupted":
-        print(f"interrupted: resume with --resume {run.id}", file=sys.stderr)
+        print(f"interrupted: {len(run.rows)} cells kept; resume with --resume {run.id}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    errors = run.errors()
+    if errors and len(errors) == len(run.rows):
+        print(
+            f"error: nothing could run: all {len(errors)} cells are errors, first: {errors[0].error}", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
+    allowed = args.max_errors or 0
+    if len(errors) > allowed:
+        reasons = "; ".join(dict.fromkeys(f"{r.error_code}: {r.error}" for r in errors[:20]))
+        print(
+            f"error: {len(errors)} cell(s) have no verdict (allowed: {allowed}; --max-errors N allows more): "
+            f"{reasons[:400]}. Ask them again with --resume {run.id}",
+            file=sys.stderr,
+        )
+        return EXIT_ERRORS
     return code
+
+
+# a Python argument of evaluate() -> the option that sets it here
+OPTIONS = {"resume": "--resume", "repeats": "--repeats", "concurrency": "-j/--concurrency", "judge": "a check's judge"}
+
+
+def _in_cli_words(exc: InvalidRequest) -> str:
+    """An error in this interface's words: ``--resume``, not ``resume=``; ``python -m toolkit.evals list``,
+    not ``runs()``; a variant by its label."""
+    said = _said(exc)
+    if exc.field == "run":
+        return f"{said}; list them with: python -m toolkit.evals list"
+    if exc.field in OPTIONS:
+        return f"{OPTIONS[exc.field]}: {said}"
+    match = re.fullmatch(r"variants\[(.*)\]\.(?:params\.)?(.+)", exc.field)
+    if match:
+        return f"variant {match.group(1)}: {match.group(2)}: {said}"
+    return exc.message
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _said(exc: InvalidRequest) -> str:
+    return exc.message.split(": ", 1)[-1]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -213,6 +342,23 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    store = _needs_store(_store(args.store))
+    run = store.load(args.run)
+    diffs = None
+    if args.baseline:
+        diffs = baseline_diffs(run, store.load(args.baseline))
+    elif args.diff:
+        a, b = args.diff
+        unknown = [v for v in (a, b) if v not in run.labels]
+        if unknown:
+            raise BadInput(f"--diff: run {run.id} has no variant {unknown[0]!r} ({', '.join(run.labels)})")
+        diffs = [run.diff(a, b)]
+    run.report(args.output, diffs=diffs)
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     if not _needs_store(_store(args.store)).delete(args.run):
         raise BadInput(f"no evaluation run {args.run!r} in the store")
@@ -238,6 +384,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="OUT", help="write the summary, the rows and the diff as JSON")
     run.add_argument("--url", metavar="GRAPHQL_URL", help="a running server (default: the model in process)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "-j", "--concurrency", type=int, metavar="N", help="answers in flight (default: what the model batches)"
+    )
+    run.add_argument("--limit", type=int, metavar="N", help="only the first N samples (after --filter)")
+    run.add_argument("--filter", metavar="REGEX", help="only the samples whose id matches")
+    run.add_argument(
+        "--max-errors", type=int, metavar="N", help="exit 0/1 with up to N error cells (default 0: any exits 3)"
+    )
     run.set_defaults(func=cmd_run)
     commands.add_parser("list", help="the stored runs, newest first").set_defaults(func=cmd_list)
     show = commands.add_parser("show", help="a stored run's summary and matrix")
@@ -251,6 +405,12 @@ def parser() -> argparse.ArgumentParser:
     diff.add_argument("--b", metavar="VARIANT", help="RUN_B's variant")
     diff.add_argument("--json", metavar="OUT")
     diff.set_defaults(func=cmd_diff)
+    report = commands.add_parser("report", help="a stored run as one self-contained HTML file")
+    report.add_argument("run")
+    report.add_argument("-o", "--output", required=True, metavar="OUT.html")
+    report.add_argument("--diff", nargs=2, metavar=("A", "B"), help="the diff of two of its variants")
+    report.add_argument("--baseline", metavar="RUN_ID", help="the diff against an earlier run")
+    report.set_defaults(func=cmd_report)
     delete = commands.add_parser("delete", help="delete a stored run")
     delete.add_argument("run")
     delete.set_defaults(func=cmd_delete)
@@ -263,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except InvalidRequest as exc:  # said in this interface's words: its options, not the Python arguments
+        print(f"error: {_in_cli_words(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ToolkitError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -21,28 +21,34 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from toolkit.errors import InvalidRequest, Overloaded, RateLimited, ToolkitError
-from toolkit.evals.assertions import score
+from toolkit.evals.assertions import Score, score, verdict
 from toolkit.evals.dataset import Dataset, Sample, dataset, load_dataset
 from toolkit.evals.results import EvalRow, EvalRun
 from toolkit.evals.runs import RunStore
-from toolkit.grounding import GroundedSentence, Grounding
+from toolkit.grounding import Grounding
 from toolkit.judge import ModelJudge, yes_or_no
 from toolkit.params import InferRequest
 from toolkit.results import Done
 from toolkit.search import SearchOutcome
 from toolkit.store import Store, now
+from toolkit.variants import Variant
+from toolkit.variants import variants as typed_variants
 
 T = TypeVar("T")
 MAX_VARIANTS = 64
-CONCURRENCY = 32  # cells in flight: a local engine's batch (MAX_BATCH_SIZE 16) full, and the next ones queued
+# cells in flight where the model's engine cannot say how many it batches (a remote server): its batch full
+CONCURRENCY = 16
 ANSWERED = ("stop", "length", "repetition")  # finished answers, kept in the cache (not cancelled or timed out)
+SEARCHED = ("ok", "no_results")  # searches that ran: what their cells see is the search's answer
+# answers that did not finish: error cells (no verdict), with the code and the reason they show
+UNFINISHED = {
+    "timeout": (
+        "TIMEOUT",
+        "the answer ran out of time (REQUEST_TIMEOUT, or the variant's timeout_s) after {tokens} tokens",
+    ),
+    "cancelled": ("CANCELLED", "the answer was cancelled after {tokens} tokens"),
+}
 PATIENCE_S = 600  # how long a cell refused for a full queue or a rate limit keeps trying
-
-
-@dataclass(frozen=True)
-class Variant:
-    label: str
-    fields: dict[str, Any]
 
 
 def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
@@ -58,21 +64,13 @@ def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def variants(specs: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]]) -> list[Variant]:
-    """Variants from a list of dicts (``label`` optional) or ``{label: fields}``, as ``service.compare`` takes."""
-    items = (
-        [{**dict(v), "label": k} for k, v in specs.items()] if isinstance(specs, Mapping) else [dict(v) for v in specs]
-    )
-    if not 1 <= len(items) <= MAX_VARIANTS:
-        raise InvalidRequest("variants", f"an evaluation takes 1 to {MAX_VARIANTS} variants, got {len(items)}")
-    out = []
-    for i, item in enumerate(items):
-        label = item.pop("label", None)
-        label = str(label) if label else (", ".join(f"{k}={v}" for k, v in item.items()) or f"variant {i + 1}")
-        out.append(Variant(label, item))
-    labels = [v.label for v in out]
-    if len(set(labels)) != len(labels):
-        raise InvalidRequest("variants", f"labels must differ, got {labels}")
-    return out
+    """Variants from a list of dicts (``label`` optional) or ``{label: fields}``, as ``service.compare`` takes,
+    each field typed by its declaration (``toolkit.variants``)."""
+    chosen = typed_variants(specs, most=MAX_VARIANTS, what="an evaluation")
+    for variant in chosen:
+        if "request_id" in variant.fields:
+            raise InvalidRequest(f"variants[{variant.label}].request_id", "each cell gets its own; leave it out")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -125,10 +123,7 @@ class _Answer:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> _Answer:
         g = data.get("grounding")
-        grounding = None
-        if g is not None:
-            sentences = tuple(GroundedSentence(**{**s, "cited": tuple(s["cited"])}) for s in g["sentences"])
-            grounding = Grounding(sentences, g["supported"], g["summary"])
+        grounding = Grounding.from_dict(g) if g is not None else None
         return cls(**{**data, "grounding": grounding, "sources": tuple(data.get("sources") or ())})
 
 
@@ -142,7 +137,7 @@ def evaluate(
     store: Store | str | Path | Literal[False] | None = None,
     resume: str | None = None,
     research: bool = False,
-    concurrency: int = CONCURRENCY,
+    concurrency: int | None = None,
     progress: bool = True,
     stop: threading.Event | None = None,
     on_row: Callable[[EvalRow], object] | None = None,
@@ -160,6 +155,11 @@ def evaluate(
     nowhere, and nothing is cached). Ctrl-C (a kernel interrupt), or setting ``stop``, keeps the finished
     cells: ``evaluate(..., resume=run.id)`` does the rest. ``on_row`` is called with each cell as it finishes
     (the dashboard's progress).
+
+    ``concurrency``: cells in flight (default: what the variants' models generate together, their engine's
+    batch size), so that no cell waits behind this run's own in the engine's queue and its timeout counts
+    from when its answer starts. A cell that times out, is refused or whose engine fails is an error cell:
+    it has no verdict and counts in no pass rate (``EvalRun.errors()``); resuming a run asks them again.
     """
     if repeats < 1:
         raise InvalidRequest("repeats", f"must be >= 1, got {repeats}")
@@ -182,6 +182,10 @@ def evaluate(
             raise InvalidRequest(
                 f"variants[{cell.variant.label}].{exc.field}", exc.message.split(": ", 1)[-1]
             ) from None
+    if concurrency is None:
+        concurrency = _batch(models, {c.request.model for c in first.values()})
+    elif isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise InvalidRequest("concurrency", f"must be an integer >= 1, got {concurrency!r}")
     runs = _run_store(service, store)
     run, done = _open(runs, resume, name or data.name, data, chosen, repeats)
     if any(c.request.web_search for c in cells) and hasattr(service, "searcher") and service.searcher is None:
@@ -199,18 +203,53 @@ def evaluate(
         try:
             snapshot = searches.get(cell.sample) if searching else None
             search_hash = run.searches.get(cell.sample.id) if snapshot is not None else None
+            if snapshot is not None and snapshot.status not in SEARCHED:  # retrieval failed: nothing to judge
+                why = snapshot.failure.message if snapshot.failure is not None else snapshot.status
+                return EvalRow(
+                    cell.sample.id,
+                    cell.variant.label,
+                    cell.repeat,
+                    False,
+                    error=f"the web search failed ({why}); nothing was asked without its sources",
+                    error_code=f"SEARCH_{snapshot.status.upper()}",
+                    search=search_hash,
+                    weight=cell.sample.weight,
+                )
             # cached only when what it saw is known: no search, or the frozen snapshot
             key = keys.of(cell.request, snapshot) if not searching or snapshot is not None else None
             answer, cached = answers.get(key, lambda: _ask(service, cell.request, snapshot, stop))
-        except Exception as exc:  # a failed cell is a row that says why; the others go on
+        except Exception as exc:  # an error cell says why, and counts in no rate; the others go on
             message = exc.message if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
-            return EvalRow(cell.sample.id, cell.variant.label, cell.repeat, False, error=message, search=search_hash)
-        scores = tuple(score(c, answer, cell.sample.input, judge) for c in cell.sample.checks)
+            code = exc.code if isinstance(exc, ToolkitError) else "INTERNAL"
+            return EvalRow(
+                cell.sample.id,
+                cell.variant.label,
+                cell.repeat,
+                False,
+                error=message,
+                error_code=code,
+                search=search_hash,
+                weight=cell.sample.weight,
+            )
+        unfinished = UNFINISHED.get(answer.finish_reason)
+        searched = (answer.record.get("search") or {}).get("status") if searching else None
+        if searched is not None and searched not in SEARCHED:  # research=True: the cell's own search failed
+            unfinished = (
+                f"SEARCH_{searched.upper()}",
+                f"the web search failed ({searched}); it answered without sources",
+            )
+        if unfinished is not None:  # no whole answer to check: an error cell, not a failure of the model
+            code, why = unfinished
+            scores: tuple[Score, ...] = ()
+            passed, weighted = False, None
+        else:
+            scores = tuple(score(c, answer, cell.sample.input, judge, cell.sample.metric) for c in cell.sample.checks)
+            passed, weighted = verdict(scores, cell.sample.threshold)
         return EvalRow(
             sample_id=cell.sample.id,
             variant=cell.variant.label,
             repeat=cell.repeat,
-            passed=all(s.passed for s in scores),
+            passed=passed,
             scores=scores,
             text=answer.text,
             finish_reason=answer.finish_reason,
@@ -225,6 +264,10 @@ def evaluate(
             record=answer.record,
             search=search_hash,
             cached=cached,
+            error=why.format(tokens=answer.completion_tokens) if unfinished is not None else None,
+            error_code=code if unfinished is not None else None,
+            score=weighted,
+            weight=cell.sample.weight,
         )
 
     bar = _bar(len(todo), run.name, progress)
@@ -267,10 +310,6 @@ def evaluate(
                     keep(row)
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
-    if run.status == "interrupted":
-        print(
-            f"interrupted: {len(run.rows)} of {len(cells)} cells kept; evaluate(..., resume={run.id!r}) does the rest"
-        )
     run.seconds = round((run.seconds or 0) + time.perf_counter() - started, 3)
     order = {(c.sample.id, c.variant.label, c.repeat): i for i, c in enumerate(cells)}
     run.rows.sort(key=lambda r: order.get((r.sample_id, r.variant, r.repeat), len(order)))
@@ -295,6 +334,20 @@ async def aevaluate(
     except asyncio.CancelledError:
         stop.set()
         raise
+
+
+def _batch(models: Mapping[str, Any], names: set[str | None]) -> int:
+    """What the variants' models generate together: the smallest batch size among them (CONCURRENCY where
+    none says)."""
+    sizes = []
+    for name in names:
+        info = models.get(name) if name else next((m for m in models.values() if m.default), None)
+        if info is None and name:  # "<model>:<adapter>"
+            info = next((m for m in models.values() if name.startswith(m.id + ":")), None)
+        size = getattr(info, "batch_size", None)
+        if size:
+            sizes.append(int(size))
+    return min(sizes) if sizes else CONCURRENCY
 
 
 def _run_store(service: Any, store: Store | str | Path | Literal[False] | None) -> RunStore | None:
@@ -329,7 +382,7 @@ def _request(sample: Sample, variant: Variant, repeat: int) -> InferRequest:
             sample.input,
             history=sample.history,
             system_prompt=system if system is not None else sample.system_prompt,
-            web_search=bool(web if web is not None else sample.web_search),
+            web_search=web if web is not None else bool(sample.web_search),
             **fields,
         )
     except InvalidRequest as exc:
@@ -380,6 +433,18 @@ class _Searches:
                 self._kept[sample_id] = outcome = SearchOutcome.from_dict(snapshot, where="search")
                 run.searches[sample_id] = _snapshot_hash(outcome)
 
+    def _search(self, query: str) -> SearchOutcome:
+        """The search; a rate limit (this service's own, or its server's) is waited out as the error says, for
+        ``PATIENCE_S`` at most and not once ``stop`` is set: a refused search is not what the run asked."""
+        deadline = time.monotonic() + PATIENCE_S
+        while True:
+            outcome = _patiently(lambda: self.service.search(query), self.stop)
+            waiting = outcome.status == "rate_limited" and time.monotonic() < deadline
+            if not waiting or (self.stop is not None and self.stop.is_set()):
+                return outcome
+            retry = getattr(outcome.failure, "retry_after_s", None) or 5
+            (self.stop or threading.Event()).wait(min(30, retry))
+
     def get(self, sample: Sample) -> SearchOutcome | None:
         if self.research:
             return None
@@ -390,8 +455,10 @@ class _Searches:
                 from toolkit.service import search_query
 
                 query = search_query(sample.input)
-                outcome = _patiently(lambda: self.service.search(query), self.stop)
-                if self.runs is not None:
+                outcome = self._search(query)
+                # one snapshot for every cell of this run; kept in the store only if the search ran (a failed
+                # one is searched again when the run is resumed, as its error cells are asked again)
+                if self.runs is not None and outcome.status in SEARCHED:
                     self.runs.save_search(self.run.id, sample.id, outcome.to_dict())
                 self.run.searches[sample.id] = _snapshot_hash(outcome)
                 self._kept[sample.id] = outcome
@@ -467,6 +534,7 @@ class _Keys:
             "messages": [request.system_prompt, [[t.role, t.content] for t in request.history], request.prompt],
             "web_search": request.web_search,
             "search": _snapshot_hash(search) if search is not None else None,
+            "timeout_s": request.timeout_s,  # a shorter time can end it otherwise
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 

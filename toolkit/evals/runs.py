@@ -69,7 +69,7 @@ class RunStore:
             (run_id,),
         )
         if not rows:
-            raise InvalidRequest("run", f"no evaluation run {run_id!r} in the store; list them with runs()")
+            raise InvalidRequest("run", f"no evaluation run {run_id!r} in the store")
         rid, created, name, dataset, dataset_hash, variants, repeats, status, seconds = rows[0]
         samples = self.store.query(
             "SELECT sample_id, sample, search FROM eval_samples WHERE run_id = ? ORDER BY position", (rid,)

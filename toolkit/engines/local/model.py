@@ -56,6 +56,7 @@ class LocalEngine:
             dtype=loaded.dtype,
             quantization=loaded.quantization,
             defaults=dict(loaded.defaults),
+            batch_size=max_batch_size,
             control=ControlTokens.from_tokenizer(loaded.tokenizer),
         )
 
