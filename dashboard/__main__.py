@@ -59,6 +59,10 @@ def voila_command(
 
     folder = config_dir or Path(tempfile.mkdtemp(prefix="dashboard-voila-"))
     (folder / "voila.json").write_text(json.dumps(voila_config(explorer)))
+    # a callable cannot be said in JSON: the hook that sets the _xsrf cookie Voila's unload beacon sends back
+    (folder / "voila.py").write_text(
+        "from dashboard.voila_hooks import prelaunch\n\nc.VoilaConfiguration.prelaunch_hook = prelaunch\n"
+    )
     paths = [str(folder), str(ROOT), *jupyter_config_path()]
     return [
         sys.executable,

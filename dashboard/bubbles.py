@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlparse
 
@@ -190,16 +191,26 @@ REPEATING = "Stopped early: the model was repeating itself (the repeated part is
 
 
 def stats_line(result: Any) -> str:
-    first = result.timings.first_token_s
-    speed = result.tokens_per_s
-    bits = [result.model + (f" + adapter {result.adapter}" if result.adapter else "")]
-    bits.append(f"{result.usage.completion_tokens} tokens")
+    """An answer's model, tokens, first-token time, speed and (unless it stopped) why it ended."""
+    return stats_of(result.model, result.adapter, asdict(result.usage), asdict(result.timings), result.finish_reason)
+
+
+def stats_of(
+    model: str, adapter: str | None, usage: dict[str, Any] | None, timings: dict[str, Any] | None, finish: str | None
+) -> str:
+    """The stats line from its parts: a live result's, or a kept turn's run record's (``usage``, ``timings``;
+    None in records made before they were kept there)."""
+    bits = [model + (f" + adapter {adapter}" if adapter else "")]
+    tokens = (usage or {}).get("completion_tokens")
+    first, total = (timings or {}).get("first_token_s"), (timings or {}).get("total_s")
+    if tokens is not None:
+        bits.append(f"{tokens} tokens")
     if first is not None:
         bits.append(f"first token {first:.2f} s")
-    if speed:
-        bits.append(f"{speed:.1f} tokens/s")
-    if result.finish_reason not in ("stop",):
-        bits.append("stopped: repeating itself" if result.finish_reason == "repetition" else result.finish_reason)
+    if tokens is not None and first is not None and total is not None and tokens > 1 and total > first:
+        bits.append(f"{(tokens - 1) / (total - first):.1f} tokens/s")
+    if finish not in ("stop", None):
+        bits.append("stopped: repeating itself" if finish == "repetition" else finish)
     return " · ".join(bits)
 
 

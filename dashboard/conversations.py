@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ import ipywidgets as widgets
 from dashboard import bubbles
 from toolkit.conversation import Conversation, ConversationInfo
 from toolkit.errors import ToolkitError
+from toolkit.grounding import Grounding
 from toolkit.protocol import Service
 
 SHOWN = 50  # conversations in the list (the newest, or the search's best)
@@ -56,6 +58,7 @@ class ConversationsView:
         self.backend = backend
         self.on_open, self.on_new = on_open, on_new
         self.current: str | None = None
+        self.shown: ConversationInfo | None = None  # the open one, with its turns (what the exports hold)
         self.items: list[ConversationInfo] = []
         self.new_button = widgets.Button(description="+ New chat", layout=widgets.Layout(width="100%"))
         self.new_button.add_class("tk-new-chat")
@@ -163,6 +166,7 @@ class ConversationsView:
         self._draw()
 
     def _exports(self, info: ConversationInfo) -> None:
+        self.shown = info  # the open conversation whole: a rename exports it again under its new title
         conv = Conversation(
             self.backend,
             model=info.model,
@@ -194,6 +198,8 @@ class ConversationsView:
             return
         self.status.value = ""
         self.title.value = info.title
+        if self.shown is not None and self.shown.id == info.id:  # the exports under the title it has now
+            self._exports(replace(self.shown, title=info.title))
         self.refresh()
 
     def delete(self) -> None:
@@ -227,10 +233,22 @@ def stored_bubbles(info: ConversationInfo) -> list[tuple[str, str, Any]]:
             notice = bubbles.REPEATING
         record = turn.run_record
         web = bool(record and record.get("search"))
+        stats = grounding = None
+        if record is not None:  # as it was shown live: its stats line and grounding marks
+            stats = bubbles.stats_of(
+                record.get("model") or turn.model or "",
+                record.get("adapter"),
+                record.get("usage"),
+                record.get("timings"),
+                record.get("finish_reason") or turn.finish_reason,
+            )
+            grounding = Grounding.from_dict(record["grounding"]) if record.get("grounding") else None
         out.append(
             (
                 bubbles.user_bubble(turn.prompt, web_search=web),
-                bubbles.assistant_bubble(turn.answer, sources=turn.sources, notice=notice),
+                bubbles.assistant_bubble(
+                    turn.answer, sources=turn.sources, notice=notice, stats=stats, grounding=grounding
+                ),
                 record if turn.whole else None,
             )
         )

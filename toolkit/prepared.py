@@ -3,7 +3,7 @@ its model (``Prepared``) and, at the end, its result and run record."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from toolkit.engines.base import Encoded, EngineRequest
@@ -66,6 +66,8 @@ class Prepared:
             name = getattr(judge, "name", "judge")
             grounding = check_grounding(finished.text, sources, judge=judge, judge_name=name, question=request.prompt)
         loaded = entry.loaded
+        usage = Usage(finished.prompt_tokens, finished.completion_tokens, finished.prompt_tokens_estimated)
+        timings = Timings(finished.queued_s, finished.first_token_s, finished.total_s)
         record = RunRecord(
             request_id=request.request_id,
             created_at=self.created_at,
@@ -93,13 +95,15 @@ class Prepared:
             replay_of=self.replay_of,
             grounding=grounding.to_dict() if grounding is not None else None,
             owner=request.owner or None,
+            usage=asdict(usage),
+            timings=asdict(timings),
         )
         return InferResult(
             id=request.request_id,
             text=finished.text,
             finish_reason=finished.finish_reason,
-            usage=Usage(finished.prompt_tokens, finished.completion_tokens, finished.prompt_tokens_estimated),
-            timings=Timings(finished.queued_s, finished.first_token_s, finished.total_s),
+            usage=usage,
+            timings=timings,
             model=entry.name,
             adapter=request.adapter,
             run_record=record,

@@ -72,6 +72,9 @@ class RunRecord:
     # who asked: the caller's identity on a server (an API key's fingerprint, or the client's address
     # without keys; never the key), None in process
     owner: str | None = None
+    # how it went (a kept conversation's turn shows them as when it was live): tokens, and seconds
+    usage: dict[str, Any] | None = None  # Usage's fields
+    timings: dict[str, Any] | None = None  # Timings' fields
 
     @classmethod
     def from_dict(cls, data: Any) -> RunRecord:

@@ -296,7 +296,7 @@ def test_the_evaluate_tab_runs_a_dataset_and_opens_a_cell(page: Any, tmp_path: P
     page.get_by_text("Evaluate", exact=True).click()
     page.wait_for_selector(".tk-eval-file select", timeout=30_000)
     bad = tmp_path / "mine.jsonl"
-    bad.write_text('{"input": "ok"}\n{"input": "x", "assert": [{"type": "sounds-like"}]}\n')
+    bad.write_text('{"input": "ok", "target": "k"}\n{"input": "x", "assert": [{"type": "sounds-like"}]}\n')
     with page.expect_file_chooser() as chooser:  # an upload, checked before it runs
         page.click(".tk-eval-upload")
     chooser.value.set_files(str(bad))
@@ -323,10 +323,14 @@ def test_the_evaluate_tab_runs_a_dataset_and_opens_a_cell(page: Any, tmp_path: P
         "() => document.querySelector('.tk-eval-replayed').innerText.toLowerCase().includes('identical')",
         timeout=60_000,
     )
-    page.locator(".tk-eval-against select").select_option(index=0)  # variant 1 of this run against variant 2
+    # the diff starts on variant 1 against variant 2 of this run, not one against itself
     page.wait_for_function(
         "() => document.querySelector('.tk-eval-diff').innerText.includes('1 fixed, 0 broken')", timeout=10_000
     )
+    with page.expect_download() as info:  # the report: one self-contained HTML file
+        page.click(".tk-eval-report-link")
+    report = Path(info.value.path()).read_text()
+    assert "Quillborough" in report and "1 fixed, 0 broken" in report and "<script" not in report
     page.screenshot(path=str(SHOTS / "9-evaluate.png"), full_page=True)
     page.get_by_text("Chat", exact=True).click()
 
@@ -386,34 +390,57 @@ def test_the_health_probe_starts_no_kernel(stack: dict[str, Any]) -> None:
 
 def test_a_reload_mid_conversation_shows_it_whole_and_the_sidebar_lists_it(stack: dict[str, Any], page: Any) -> None:
     tab = page.context.browser.new_page()  # a page of its own: the module's page keeps its console to itself
+    console: list[str] = []
+    tab.on("console", lambda m: console.append(f"{m.type}: {m.text[:200]}") if m.type in ("error", "warning") else None)
     tab.goto(stack["dashboard"])
     tab.wait_for_selector(".tk-prompt input", timeout=90_000)
     tab.click(".tk-new-chat")
     tab.wait_for_function("() => document.querySelectorAll('.tk-answer').length === 0", timeout=10_000)
+    tab.click(".tk-web")  # the first turn searches: its grounding marks must come back as they were
+    tab.wait_for_function("() => document.querySelector('.tk-web').innerText.includes('🌐 On')")
+    ask(tab, "What is the capital city of the planet Zorvath?")
+    wait_done(tab)
+    tab.click(".tk-web")
+    tab.wait_for_function("() => document.querySelector('.tk-web').innerText.includes('Off')")
     ask(tab, "My name is Quillon. Say hello.")
     wait_done(tab)
-    ask(tab, "What is my name?")
-    wait_done(tab)
     asked = tab.locator(".tk-chat .tk-row.user").all_inner_texts()
+    live = tab.locator(".tk-answer").evaluate_all(
+        "els => els.map(e => [e.querySelector('.tk-stats')?.innerText, e.querySelectorAll('.tk-mark').length,"
+        " e.querySelector('.tk-grounding')?.innerText])"
+    )
     said = [a.split("\n")[0] for a in answers(tab)]  # each answer's first line (not the live stats line)
-    assert len(asked) == len(said) == 2
+    assert len(asked) == len(said) == 2 and "🌐" in asked[0] and "🌐" not in asked[1]
+    assert live[0][1] >= 1 and live[0][2] and live[1][1] == 0  # the searched answer's marks and summary
     title = tab.locator(".tk-conversation.tk-current").inner_text()
-    assert title == "My name is Quillon. Say hello."
+    assert title == "What is the capital city of the planet Zorvath?"
     tab.screenshot(path=str(SHOTS / "11-before-reload.png"))
     tab.reload()
     tab.wait_for_selector(".tk-prompt input", timeout=90_000)
     tab.wait_for_function("() => document.querySelectorAll('.tk-answer').length === 2", timeout=60_000)
-    assert tab.locator(".tk-chat .tk-row.user").all_inner_texts() == asked
+    assert tab.locator(".tk-chat .tk-row.user").all_inner_texts() == asked  # 🌐 on the turn that searched
     assert [a.split("\n")[0] for a in answers(tab)] == said
+    reopened = tab.locator(".tk-answer").evaluate_all(
+        "els => els.map(e => [e.querySelector('.tk-stats')?.innerText, e.querySelectorAll('.tk-mark').length,"
+        " e.querySelector('.tk-grounding')?.innerText])"
+    )
+    assert reopened == live  # the stats line, the grounding marks and summary as when it was live
     assert tab.locator(".tk-conversation.tk-current").inner_text() == title
     assert tab.locator(".tk-replay").count() == 2
-    # the Markdown export is a download of the conversation
+    # renamed, the exports carry the title it has now; the Markdown export is a download of the conversation
+    tab.fill(".tk-title input", "Zorvath and Quillon")
+    tab.click(".tk-rename")
+    tab.wait_for_function(
+        "() => document.querySelector('.tk-exports a').getAttribute('download') === 'zorvath-and-quillon.md'"
+    )
     with tab.expect_download() as info:
         tab.locator(".tk-exports a", has_text="Markdown").click()
     markdown = Path(info.value.path()).read_text()
-    assert "What is my name?" in markdown and said[1] in markdown
+    assert markdown.startswith("# Zorvath and Quillon") and "My name is Quillon" in markdown and said[1] in markdown
     tab.screenshot(path=str(SHOTS / "12-after-reload.png"))
     tab.close()
+    # the reload shut the old page's kernel down (Voila's unload beacon) without a 403 in the console
+    assert console == [], console
 
 
 def test_the_console_stayed_clean(page: Any) -> None:
