@@ -226,11 +226,14 @@ def local() -> LocalDocsBackend:
     ("query", "title"),
     [
         ("What is the capital of Zorvath?", "zorvath.md › The planet Zorvath"),
-        ("what does zorvath export", "zorvath.md › Economy"),
-        ("oven temperature for sourdough bread", "sourdough.md › Oven temperature"),
+        ("what does zorvath export", "zorvath.md › The planet Zorvath › Economy"),
+        ("oven temperature for sourdough bread", "sourdough.md › Sourdough baking › Oven temperature"),
         ("how often should I feed a starter", "sourdough.md › Sourdough baking"),
         ("longest river in Africa", "rivers.txt"),
-        ("why do refractors show colour fringes", "notes/telescope.html › Chromatic aberration"),
+        (
+            "why do refractors show colour fringes",
+            "notes/telescope.html › Refracting telescopes › Chromatic aberration",
+        ),
         ("when was the Varrow Point lighthouse automated", "notes/injection.md › Lighthouse keeping"),
     ],
 )

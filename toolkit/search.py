@@ -130,7 +130,7 @@ class DDGSBackend:
 
 DOC_SUFFIXES = (".md", ".txt", ".html", ".htm")
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-_HTML_HEADING = re.compile(r"<h[1-6][^>]*>(.*?)</h[1-6]>", re.I | re.S)
+_HTML_HEADING = re.compile(r"<h([1-6])[^>]*>(.*?)</h\1>", re.I | re.S)
 _TAG = re.compile(r"<[^>]+>")
 _SCRIPT = re.compile(r"<(script|style)[^>]*>.*?</\1>", re.I | re.S)
 
@@ -141,6 +141,14 @@ class Chunk:
     section: str
     text: str
     name: str = ""  # the file's path relative to the documents folder (posix); default: its file name
+    within: tuple[str, ...] = ()  # the headings the section is under ("The Harrowgate Bridge" for "Maintenance")
+
+    @property
+    def title(self) -> str:
+        """``file.md › Heading › Subheading``: a section's subject is often named only by a heading above it
+        (the grounding check reads "the bridge" in "Maintenance" as the document's "Harrowgate Bridge")."""
+        headings = [*self.within, self.section] if self.section != self.path.stem else list(self.within)
+        return " › ".join([self.name or self.path.name, *headings])
 
     @property
     def url(self) -> str:
@@ -159,27 +167,33 @@ def chunk_document(path: Path, text: str, max_chars: int = 1200, *, name: str = 
     """
     if path.suffix.lower() in (".html", ".htm"):
         text = _SCRIPT.sub(" ", text)
-        text = _HTML_HEADING.sub(lambda m: "\n\n# " + _TAG.sub("", m.group(1)).strip() + "\n\n", text)
+        text = _HTML_HEADING.sub(
+            lambda m: "\n\n" + "#" * int(m.group(1)) + " " + _TAG.sub("", m.group(2)).strip() + "\n\n", text
+        )
         text = re.sub(r"</?(p|div|br|li|tr|section|article)[^>]*>", "\n\n", text, flags=re.I)
         text = html.unescape(_TAG.sub(" ", text))
-    sections: list[tuple[str, list[str]]] = [(path.stem, [])]
+    sections: list[tuple[str, tuple[str, ...], list[str]]] = [(path.stem, (), [])]
+    above: list[tuple[int, str]] = []  # the open headings: (level, text)
     for line in text.splitlines():
         heading = _HEADING.match(line) if path.suffix.lower() != ".txt" else None
         if heading:
-            sections.append((heading.group(2).strip(), []))
+            level, title = len(heading.group(1)), heading.group(2).strip()
+            above = [(lvl, t) for lvl, t in above if lvl < level]
+            sections.append((title, tuple(t for _, t in above), []))
+            above.append((level, title))
         else:
-            sections[-1][1].append(line)
+            sections[-1][2].append(line)
     chunks: list[Chunk] = []
-    for title, lines in sections:
+    for title, within, lines in sections:
         paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", "\n".join(lines))]
         current = ""
         for para in filter(None, paragraphs):
             if current and len(current) + len(para) + 1 > max_chars:
-                chunks.append(Chunk(path, title, current, name))
+                chunks.append(Chunk(path, title, current, name, within))
                 current = ""
             current = f"{current}\n{para}" if current else para
         if current:
-            chunks.append(Chunk(path, title, current, name))
+            chunks.append(Chunk(path, title, current, name, within))
     return chunks
 
 
@@ -234,9 +248,7 @@ class LocalDocsBackend:
             if score <= 0:
                 continue
             chunk = self.chunks[i]
-            rel = chunk.path.relative_to(self.folder)
-            title = f"{rel} › {chunk.section}" if chunk.section != chunk.path.stem else str(rel)
-            results.append(SearchResult(title=title, url=chunk.url, snippet=chunk.text))
+            results.append(SearchResult(title=chunk.title, url=chunk.url, snippet=chunk.text))
         if not results:
             raise SearchFailure("no_results", "no local document matches the query")
         return results
