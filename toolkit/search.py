@@ -12,7 +12,9 @@ no_results, network, error). ``Searcher`` turns every failure into an
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import logging
 import math
 import re
@@ -273,6 +275,11 @@ class SearchOutcome:
     def ok(self) -> bool:
         return self.failure is None
 
+    def content_hash(self) -> str:
+        """What the search gave (its status and results, not when it ran): equal results, equal hash."""
+        content = {"status": self.status, "results": [[r.title, r.url, r.snippet] for r in self.results]}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
     @property
     def status(self) -> str:
         return "ok" if self.failure is None else self.failure.kind
@@ -415,6 +422,12 @@ class Searcher:
         if "failure" in box:
             raise box["failure"]
         return list(box["results"])
+
+
+def search_query(prompt: str, limit: int = 300) -> str:
+    """The web query for a prompt: one line, at most ``limit`` characters."""
+    query = " ".join(clean_text(prompt).split())
+    return query if len(query) <= limit else query[:limit].rsplit(" ", 1)[0]
 
 
 def make_searcher(settings: Settings) -> Searcher | None:

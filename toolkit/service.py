@@ -76,7 +76,7 @@ from toolkit.results import (
     Token,
 )
 from toolkit.runs import RunLog
-from toolkit.search import Searcher, SearchOutcome, clean_text, make_searcher
+from toolkit.search import Searcher, SearchOutcome, make_searcher, search_query
 from toolkit.settings import Settings
 from toolkit.store import Store
 from toolkit.version import __version__ as TOOLKIT_VERSION
@@ -91,12 +91,6 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
-
-
-def search_query(prompt: str, limit: int = 300) -> str:
-    """The web query for a prompt: one line, at most ``limit`` characters."""
-    query = " ".join(clean_text(prompt).split())
-    return query if len(query) <= limit else query[:limit].rsplit(" ", 1)[0]
 
 
 _UNSET: Any = object()

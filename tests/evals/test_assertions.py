@@ -8,15 +8,15 @@ import pytest
 
 from toolkit import grounding
 from toolkit.errors import InvalidRequest
+from toolkit.evals.answers import Answer
 from toolkit.evals.assertions import TYPES, parse_check, score
-from toolkit.evals.runner import _Answer
 
 SOURCES = ["Quillborough is the capital of Zorvath. It was founded in 2231.", "Zorvath exports glowmoss."]
 
 
-def answer(text: str, *, finish: str = "stop", total_s: float = 0.5, sources: list[str] | None = None) -> _Answer:
+def answer(text: str, *, finish: str = "stop", total_s: float = 0.5, sources: list[str] | None = None) -> Answer:
     checked = grounding.check(text, sources) if sources else None
-    return _Answer(text, finish, 10, 5, 0.1, total_s, 10.0, checked, (), {"request_id": "r"})
+    return Answer(text, finish, 10, 5, 0.1, total_s, 10.0, checked, (), {"request_id": "r"})
 
 
 def judge_says(verdict: bool | None) -> Any:
@@ -28,7 +28,7 @@ def judge_says(verdict: bool | None) -> Any:
 
 
 # (check, an answer that passes, an answer that fails)
-CASES: list[tuple[dict[str, Any], _Answer, _Answer]] = [
+CASES: list[tuple[dict[str, Any], Answer, Answer]] = [
     ({"type": "equals", "value": "Paris"}, answer(" Paris\n"), answer("Paris, France")),
     ({"type": "contains", "value": "Paris"}, answer("It is Paris."), answer("It is paris.")),
     ({"type": "icontains", "value": "Paris"}, answer("it is PARIS"), answer("It is Lyon.")),
@@ -63,7 +63,7 @@ CASES: list[tuple[dict[str, Any], _Answer, _Answer]] = [
 
 
 @pytest.mark.parametrize("spec,good,bad", CASES, ids=[c[0]["type"] for c in CASES])
-def test_each_check_passes_and_fails(spec: dict[str, Any], good: _Answer, bad: _Answer) -> None:
+def test_each_check_passes_and_fails(spec: dict[str, Any], good: Answer, bad: Answer) -> None:
     check = parse_check(spec)
     passed, failed = score(check, good, "q"), score(check, bad, "q")
     assert passed.passed and passed.score > failed.score, passed.reason

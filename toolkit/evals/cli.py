@@ -319,10 +319,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         marks = []
         for label in run.labels:
             rows = [r for r in run.rows if r.sample_id == sample_id and r.variant == label]
-            marks.append(" - " if not rows else f"{sum(r.passed for r in rows)}/{len(rows)}")
+            scored = [r for r in rows if r.scored]
+            mark = f"{sum(r.passed for r in scored)}/{len(scored)}" if scored else " ⚠ "  # ⚠: error cells only
+            marks.append(" - " if not rows else mark + ("⚠" if scored and len(scored) < len(rows) else ""))
         print(f"{sample_id:<{width + 2}}" + "  ".join(f"{m:^3}" for m in marks))
     for i, label in enumerate(run.labels):
         print(f"[{i + 1}] {label}")
+    if run.errors():
+        print("⚠: an error cell (timed out, refused, failed): no verdict, in no rate")
     if args.json:
         Path(args.json).write_text(json.dumps(run.to_json(), indent=2, default=str))
     return EXIT_OK

@@ -9,6 +9,7 @@ from typing import Any
 from toolkit.errors import InvalidRequest
 from toolkit.evals.dataset import Dataset
 from toolkit.evals.results import EvalRow, EvalRun
+from toolkit.search import SearchOutcome
 from toolkit.store import Store, now
 
 
@@ -96,11 +97,8 @@ class RunStore:
                 r.repeat,
             )
         )
-        from toolkit.evals.runner import _snapshot_hash
-        from toolkit.search import SearchOutcome
-
         run.searches = {
-            sid: _snapshot_hash(SearchOutcome.from_dict(json.loads(s), where="search")) for sid, _, s in samples if s
+            sid: SearchOutcome.from_dict(json.loads(s), where="search").content_hash() for sid, _, s in samples if s
         }
         return run
 
