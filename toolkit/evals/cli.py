@@ -153,7 +153,7 @@ def print_summary(run: EvalRun) -> None:
     if cached:
         print(
             f"{cached} of {total} cells came from the store (answered before, with the same model, parameters, "
-            "messages and sources); * tokens and latencies are of the cells answered in this run"
+            "messages and sources); * their tokens and latencies are the original run's"
         )
     n = min((s["n"] for s in summaries), default=0)
     flips = summaries[0]["min_flips"] if summaries else None

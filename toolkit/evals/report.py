@@ -103,7 +103,7 @@ def _summary(run: EvalRun) -> str:
     if cached:
         notes.append(
             f"{cached} cell(s) came from the store (answered before with the same model, parameters, messages and "
-            "sources); latencies are of the cells answered in this run."
+            "sources); their latencies are the original run's."
         )
     return (
         "<h2>Summary</h2><table><tr><th>variant</th><th>n</th><th>passed</th><th>rate</th><th>95 % CI</th>"

@@ -184,13 +184,13 @@ class EvalRun:
     def variant_summary(self, label: str) -> dict[str, Any]:
         """One variant: its pass rate over the scored cells (error cells apart), with a Wilson 95 % interval,
         the weighted pass rate, the fewest one-way flips its size can detect, and its answers' sizes and times
-        (of cells answered in this run; those from the store are counted in ``cached``)."""
+        (a cell from the store has its original answer's: ``cached`` counts them)."""
         rows = [r for r in self.rows if r.variant == label]
         scored = [r for r in rows if r.scored]
         n, passed = len(scored), sum(r.passed for r in scored)
         low, high = wilson(passed, n)
         weight = sum(r.weight for r in scored)
-        fresh = [r for r in scored if r.total_s is not None and not r.cached]
+        answered = [r for r in scored if r.total_s is not None]  # from the store too: the original answer's times
 
         def median(values: list[float]) -> float | None:
             return round(statistics.median(values), 3) if values else None
@@ -208,10 +208,12 @@ class EvalRun:
             "error_codes": dict(Counter(r.error_code or "ERROR" for r in errors)),
             "cached": sum(r.cached for r in rows),
             "min_flips": min_flips(n),
-            "mean_tokens": round(statistics.fmean([r.completion_tokens or 0 for r in fresh]), 1) if fresh else None,
-            "p50_latency_s": median([r.total_s for r in fresh if r.total_s is not None]),
-            "p50_first_token_s": median([r.first_token_s for r in fresh if r.first_token_s is not None]),
-            "tokens_per_s": median([r.tokens_per_s for r in fresh if r.tokens_per_s]),
+            "mean_tokens": round(statistics.fmean([r.completion_tokens or 0 for r in answered]), 1)
+            if answered
+            else None,
+            "p50_latency_s": median([r.total_s for r in answered if r.total_s is not None]),
+            "p50_first_token_s": median([r.first_token_s for r in answered if r.first_token_s is not None]),
+            "tokens_per_s": median([r.tokens_per_s for r in answered if r.tokens_per_s]),
             "metrics": self.metric_rates(label),
         }
 
