@@ -23,8 +23,8 @@ A case may carry ``answer_before`` (the answer's text before the claim: a pronou
 where the set has them. Baselines in the same run: plain word recall over a whole source, and with
 ``--before REV`` the check as it was at a git revision (loaded from ``git show``). ``--judge``: the bundled
 model as a judge, deciding the claims the rules are unsure of (``GROUNDING_JUDGE``), and alone, asked about
-every claim against the source it cites, else its first (as ``llm-rubric`` asks). Speed: one 300-token answer with 4 sources,
-uncached (target < 10 ms).
+every claim against the source it cites, else its first (as ``llm-rubric`` asks). Speed: one 300-token
+answer with 4 sources, uncached (target < 10 ms).
 """
 
 from __future__ import annotations
