@@ -233,6 +233,7 @@ class ModelInfo:
     server_defaults: tuple[str, ...] = ()
     since: str | None = None  # when the status began (ISO time)
     batch_size: int | None = None  # the most requests its engine generates together; None: it cannot tell
+    linear: str | None = None  # a bfloat16 CPU model's linear layers: packed (oneDNN's kernels) or plain (F.linear)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

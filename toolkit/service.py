@@ -261,6 +261,7 @@ class InferenceService:
             server_defaults=entry.server_defaults,
             since=entry.since,
             batch_size=info.batch_size if info else None,
+            linear=info.linear if info else None,
         )
 
     # ----- LoRA adapters ------------------------------------------------------------

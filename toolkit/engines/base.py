@@ -67,6 +67,7 @@ class EngineInfo:
     version: str | None = None  # the remote server's version or system_fingerprint, when it says
     defaults: dict[str, Any] = field(default_factory=dict)  # generation defaults the model comes with
     batch_size: int | None = None  # the most requests it generates together; None where it cannot tell
+    linear: str | None = None  # a bfloat16 CPU model's linear layers: packed (oneDNN) or plain (F.linear)
     extra: dict[str, Any] = field(default_factory=dict)
     # the model's turn markers, which text from outside must never spell (toolkit.controltokens)
     control: ControlTokens = field(default_factory=lambda: ControlTokens.of(COMMON_MARKERS))

@@ -35,7 +35,7 @@ import torch
 
 from toolkit.engines.local.kvbatch import KVBatch
 from toolkit.engines.local.lorastack import LoraStack
-from toolkit.engines.local.packed import pack_linears
+from toolkit.engines.local.packed import PACKED, PLAIN, pack_linears
 from toolkit.engines.local.prefill import Fill, Prefilling
 from toolkit.engines.local.prefixes import PrefixCache
 from toolkit.engines.local.repeats import breaker_ids
@@ -103,8 +103,10 @@ class Scheduler(Prefilling, Streams):
         self.max_queue = max_queue
         self.default_timeout_s = default_timeout_s
         self.device = next(model.parameters()).device
-        if self.device.type == "cpu":
-            pack_linears(model)  # bfloat16 layers only, for this engine's inference: see packed.py
+        # a bfloat16 model's linear layers: prepacked for oneDNN where this CPU runs it, else F.linear (packed.py)
+        self.linear: str | None = None
+        if self.device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16:
+            self.linear = PACKED if pack_linears(model) else PLAIN
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(eos_token_ids)))
         names = inspect.signature(model.forward).parameters

@@ -57,6 +57,7 @@ class LocalEngine:
             quantization=loaded.quantization,
             defaults=dict(loaded.defaults),
             batch_size=max_batch_size,
+            linear=self.scheduler.linear,
             control=ControlTokens.from_tokenizer(loaded.tokenizer),
         )
 

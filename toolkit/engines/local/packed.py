@@ -11,22 +11,47 @@ The packed path runs only where it is safe: without autograd (the engine's infer
 CPU bfloat16 input; training and other dtypes take the plain ``F.linear``. A packed weight is
 rebuilt when its weight changes (a different tensor, or one written in place). It costs one more
 copy of each packed weight in memory.
+
+And only where this CPU can run it: oneDNN's bfloat16 path needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT;
+on an AVX2-only CPU its reorder raises ("bf16 path needs the cpu support ..."), and every request would
+fail. ``is_packing_available`` tries the two kernels once on a tiny weight; where they fail, nothing is
+packed and the layers keep ``F.linear`` (which runs there). The model's info says which path it takes.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
+PACKED, PLAIN = "packed", "plain"  # a bfloat16 model's linear layers: oneDNN with prepacked weights, or F.linear
 
+
+@functools.cache
 def is_packing_available() -> bool:
-    """Whether this torch build has oneDNN's linear kernels (most x86-64 CPU builds)."""
+    """Whether this torch build has oneDNN's linear kernels and this CPU runs their bfloat16 path: both tried
+    once, on a tiny weight (an AVX2-only CPU has the kernels and fails them)."""
     ops = torch.ops.mkldnn
-    return bool(torch.backends.mkldnn.is_available()) and all(
-        hasattr(ops, name) for name in ("_reorder_linear_weight", "_linear_pointwise")
-    )
+    names = ("_reorder_linear_weight", "_linear_pointwise")
+    if not torch.backends.mkldnn.is_available() or not all(hasattr(ops, name) for name in names):
+        return False
+    try:
+        _probe()
+    except RuntimeError as exc:  # "bf16 path needs the cpu support avx_ne_convert or avx512bw, ..."
+        log.info("bfloat16 linear layers take F.linear: oneDNN's packed kernels fail here (%s)", exc)
+        return False
+    return True
+
+
+def _probe() -> None:
+    with torch.inference_mode(False), torch.no_grad():
+        weight = torch.ones(8, 8, dtype=torch.bfloat16)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 8, dtype=torch.bfloat16), packed, None, "none", [], "")
 
 
 class _PackedForward:
