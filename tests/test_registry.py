@@ -129,6 +129,8 @@ def two_local(settings: Settings, tmp_path_factory: pytest.TempPathFactory, load
     svc.start(wait=False, progress=False)
     svc.wait_ready(timeout=300)
     svc.wait_ready(timeout=300, model="nf4")
+    broken = svc.registry.route("broken")  # its load fails: wait for that too, not only for the two that load
+    svc.registry.wait(broken, timeout=300)
     yield svc
     svc.close(grace_s=0)
 
