@@ -34,26 +34,6 @@ THIS_RUN = "this run"
 SUMMARY_COLUMNS = ["name", "n", "passed", "pass_rate", "ci_low", "ci_high", "weighted_pass_rate", "errors", "cached"]
 
 
-def _note(run: EvalRun) -> str:
-    """What the summary cannot show in its table: error cells, answers from the store, what the set can tell."""
-    summaries = [run.variant_summary(label) for label in run.labels]
-    parts = []
-    errors = sum(s["errors"] for s in summaries)
-    if errors:
-        parts.append(f"{errors} error cell(s) (⚠: timed out, refused, failed) count in no rate.")
-    cached = sum(s["cached"] for s in summaries)
-    if cached:
-        parts.append(f"{cached} of {len(run.rows)} cells came from the store; their latencies are the original run's.")
-    n = min((s["n"] for s in summaries), default=0)
-    flips = summaries[0]["min_flips"] if summaries else None
-    parts.append(
-        f"Too small to tell a paired difference with {n} questions."
-        if flips is None
-        else f"A paired difference needs at least {flips} one-way flips ({n} questions)."
-    )
-    return " ".join(parts)
-
-
 def dataset_files(folder: Path) -> list[Path]:
     """The dataset files under ``folder`` (not hidden ones), sorted."""
     if not folder.is_dir():
@@ -252,8 +232,7 @@ class EvaluateView:
         self.run = run
         table = run.summary()[SUMMARY_COLUMNS]
         self.summary.value = table.to_html(index=False, border=0, classes="tk-eval-table", na_rep="–")
-        notes = [_note(run)]
-        self.summary.value += "".join(f'<p class="tk-eval-note">{html.escape(n)}</p>' for n in notes if n)
+        self.summary.value += "".join(f'<p class="tk-eval-note">{html.escape(n)}.</p>' for n in run.notes())
         figure = run.chart()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=90)

@@ -218,7 +218,7 @@ def test_error_cells_are_not_failures_and_have_an_exit_code_of_their_own(
     code, out, err = cli(capsys, *common, "--variant", f"ok:{GREEDY}", "--variant", late, "--json", out_json)
     assert code == 3 and "3 cell(s) have no verdict (allowed: 0; --max-errors N allows more)" in err, err
     assert "TIMEOUT: the answer ran out of time" in err and "--resume" in err
-    assert "3 error cell(s), not counted in any rate (TIMEOUT 3)" in out
+    assert "3 error cell(s), not counted in any rate (TIMEOUT 3)" in out and "grounded-01 / late: the answer ran" in out
     assert "ok -> late: 0 paired answers" in out and "3 pair(s) left out" in out  # two variants: their diff
     report = json.loads(out_json.read_text())
     summary = {v["name"]: v for v in report["variants"]}
@@ -257,7 +257,7 @@ def test_a_cached_rerun_says_so_and_a_small_set_says_it_cannot_tell(
     common = ["--store", store, "run", questions, "--url", url, "--quiet", "--limit", "3", "-j", "2"]
     code, out, _ = cli(capsys, *common, "--variant", f"v:{GREEDY}", "--json", out_json)
     assert code == 0 and "from the store" not in out
-    assert "too small to tell: 3 scored questions per variant" in out
+    assert "Too small to tell: 3 scored questions per variant" in out
     first = json.loads(out_json.read_text())["run_id"]
     code, out, _ = cli(capsys, *common, "--variant", f"v:{GREEDY}", "--baseline", first)
     assert code == 0 and "3 of 3 cells came from the store" in out and "p50 s*" in out

@@ -78,7 +78,7 @@ def test_the_report_holds_everything_and_fetches_nothing(tmp_path: Path) -> None
     # the summary with its interval, errors apart, what the set can tell, the cached cells
     assert "<td>grounded</td><td class='num'>7</td><td class='num'>7</td><td class='num'>100.0%</td>" in page
     assert "1 (TIMEOUT 1)" in page and "1 error cell(s)" in page
-    assert "A paired difference needs at least 6 one-way flips" in page and "1 cell(s) came from the store" in page
+    assert "A paired difference needs at least 6 one-way flips" in page and "1 of 16 cells came from the store" in page
     # the matrix: ⚠ apart from ✗; the diff of the two variants; every cell's answer, sources, checks, record
     assert page.count(">⚠</a>") == 1 and page.count(">✗</a>") == 6
     assert "<h2>Diff: closed → grounded</h2>" in page and "5 fixed, 0 broken" in page

@@ -31,7 +31,6 @@ import re
 import signal
 import sys
 import tomllib
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -149,24 +148,10 @@ def print_summary(run: EvalRun) -> None:
     for s in summaries:
         if s["metrics"]:
             print(f"metrics of {s['name']}: " + ", ".join(f"{m} {r:.1%}" for m, r in s["metrics"].items()))
-    total = len(run.rows)
-    if cached:
-        print(
-            f"{cached} of {total} cells came from the store (answered before, with the same model, parameters, "
-            "messages and sources); * their tokens and latencies are the original run's"
-        )
-    n = min((s["n"] for s in summaries), default=0)
-    flips = summaries[0]["min_flips"] if summaries else None
-    if flips is None:
-        print(f"too small to tell: {n} scored questions per variant cannot show a significant paired difference")
-    else:
-        print(f"a paired difference needs at least {flips} one-way flips to reach p < 0.05 ({n} scored questions)")
-    errors = run.errors()
-    if errors:
-        codes = ", ".join(f"{code} {count}" for code, count in Counter(r.error_code or "ERROR" for r in errors).items())
-        print(f"{len(errors)} error cell(s), not counted in any rate ({codes}):")
-        for r in errors[:3]:
-            print(f"  {r.sample_id} / {r.variant}: {r.error}")
+    for note in run.notes():
+        print(note)
+    for r in run.errors()[:3]:
+        print(f"  {r.sample_id} / {r.variant}: {r.error}")
 
 
 def _rate(rate: float | None) -> str:

@@ -89,28 +89,12 @@ def _summary(run: EvalRun) -> str:
             f"<td class='num'>{s['p50_latency_s'] if s['p50_latency_s'] is not None else '–'}</td>"
             f"<td>{_e(', '.join(f'{m} {r:.0%}' for m, r in s['metrics'].items()))}</td></tr>"
         )
-    notes = []
-    flips = summaries[0]["min_flips"] if summaries else None
-    n = min((s["n"] for s in summaries), default=0)
-    if flips is None:
-        notes.append(f"Too small to tell: {n} scored questions cannot show a significant paired difference.")
-    else:
-        notes.append(f"A paired difference needs at least {flips} one-way flips to reach p &lt; 0.05 ({n} questions).")
-    errors = sum(s["errors"] for s in summaries)
-    if errors:
-        notes.append(f"{errors} error cell(s) (timed out, refused, failed) have no verdict and count in no rate.")
-    cached = sum(s["cached"] for s in summaries)
-    if cached:
-        notes.append(
-            f"{cached} cell(s) came from the store (answered before with the same model, parameters, messages and "
-            "sources); their latencies are the original run's."
-        )
     return (
         "<h2>Summary</h2><table><tr><th>variant</th><th>n</th><th>passed</th><th>rate</th><th>95 % CI</th>"
         "<th>weighted</th><th>errors</th><th>from store</th><th>p50 s</th><th>metrics</th></tr>"
         + "".join(rows)
         + "</table>"
-        + "".join(f"<p class='note'>{note}</p>" for note in notes)
+        + "".join(f"<p class='note'>{_e(note)}.</p>" for note in run.notes())
     )
 
 

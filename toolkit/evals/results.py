@@ -234,6 +234,33 @@ class EvalRun:
                 tally[1] += 1
         return {m: round(ok / total, 4) for m, (ok, total) in sorted(counts.items())}
 
+    def notes(self) -> list[str]:
+        """What the summary's table cannot show, said once for the CLI, the report and the dashboard: the error
+        cells, the cells from the store, and what the set is large enough to tell."""
+        summaries = [self.variant_summary(label) for label in self.labels]
+        out = []
+        errors = self.errors()
+        if errors:
+            codes = ", ".join(f"{c} {k}" for c, k in Counter(r.error_code or "ERROR" for r in errors).items())
+            out.append(
+                f"{len(errors)} error cell(s), not counted in any rate ({codes}): timed out, refused or failed, "
+                "they have no verdict"
+            )
+        cached = sum(s["cached"] for s in summaries)
+        if cached:
+            out.append(
+                f"{cached} of {len(self.rows)} cells came from the store (answered before, with the same model, "
+                "parameters, messages and sources): their tokens and latencies are the original run's"
+            )
+        n = min((s["n"] for s in summaries), default=0)
+        flips = summaries[0]["min_flips"] if summaries else None
+        out.append(
+            f"Too small to tell: {n} scored questions per variant cannot show a significant paired difference"
+            if flips is None
+            else f"A paired difference needs at least {flips} one-way flips to reach p < {ALPHA} ({n} scored questions)"
+        )
+        return out
+
     def errors(self) -> list[EvalRow]:
         """The cells without a verdict (timed out, refused, failed), in the run's order."""
         return [r for r in self.rows if not r.scored]
