@@ -27,7 +27,7 @@ from toolkit.evals.runs import RunStore
 from toolkit.judge import ModelJudge, yes_or_no
 from toolkit.params import InferRequest
 from toolkit.store import Store, now
-from toolkit.variants import Variant
+from toolkit.variants import Variant, label_of
 from toolkit.variants import variants as typed_variants
 
 MAX_VARIANTS = 64
@@ -50,8 +50,7 @@ def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
     out = []
     for values in itertools.product(*(axes[n] for n in names)):
         fields = dict(zip(names, values, strict=True))
-        label = ", ".join(f"{k}={v}" for k, v in fields.items())
-        out.append({"label": label, **{k: v for k, v in fields.items() if v is not None}})
+        out.append({"label": label_of(fields, 0), **{k: v for k, v in fields.items() if v is not None}})
     return out
 
 
