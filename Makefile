@@ -69,6 +69,7 @@ bench: install
 	$(PY) bench/lora.py
 	$(PY) bench/load.py
 	$(PY) bench/conversations.py
+	$(PY) bench/history.py
 	$(PY) bench/prefix.py
 	$(PY) bench/prefill.py
 	$(PY) bench/decode.py

@@ -189,6 +189,64 @@ def test_budget_drops_the_oldest_history_first_then_sources_never_the_prompt() -
     assert nothing_fits.sources == ()  # type: ignore[attr-defined]
 
 
+def naive_fit(history: list[Turn], budget: int) -> int:
+    """The reference: drop the oldest pair until everything fits (what fitting did before; quadratic)."""
+    for dropped in range(0, len(history) + 2, 2):
+        messages = build(prompt="q", history=history[dropped:], sources=SOURCES, budget=None).messages  # type: ignore[attr-defined]
+        if count_messages(messages) <= budget:
+            return min(dropped, len(history))
+    return len(history)
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3, 7, 8, 33])
+def test_fitting_keeps_exactly_the_newest_turns_that_fit(turns: int) -> None:
+    history = [Turn("user" if i % 2 == 0 else "assistant", "w " * (1 + (i * 7) % 13)) for i in range(turns)]
+    full = count_messages(build(prompt="q", history=history, sources=SOURCES, budget=None).messages)  # type: ignore[attr-defined]
+    bare = count_messages(build(prompt="q", sources=SOURCES, budget=None).messages)  # type: ignore[attr-defined]
+    for budget in range(bare, full + 2):
+        built = build(prompt="q", history=history, sources=SOURCES, budget=budget)
+        assert built.dropped_history_turns == naive_fit(history, budget), budget  # type: ignore[attr-defined]
+        assert built.sources == tuple(SOURCES)  # type: ignore[attr-defined]
+        assert count_messages(built.messages) <= budget  # type: ignore[attr-defined]
+
+
+def test_a_10000_turn_history_is_counted_a_few_times_in_small_pieces() -> None:
+    """Fitting is linear: O(log n) counts, each of about what fits (it was a count of everything per pair)."""
+    history = [Turn("user" if i % 2 == 0 else "assistant", f"turn {i} " + "word " * 8) for i in range(10_000)]
+    sizes: list[int] = []
+
+    def counting(messages: list[dict[str, str]]) -> int:
+        sizes.append(len(messages))
+        return count_messages(messages)
+
+    built = build(prompt="q", history=history, sources=SOURCES, count_messages=counting, budget=2_000)
+    kept = built.messages[:-2]  # type: ignore[attr-defined]
+    assert len(kept) == 10_000 - built.dropped_history_turns > 0  # type: ignore[attr-defined]
+    assert kept[-1]["content"].startswith("turn 9999 ")  # the newest turns stay, in order
+    assert len(sizes) <= 2 * 14 + 2  # galloping and bisecting over 5,000 pairs
+    assert max(sizes) <= 2 * len(kept) + 4  # no count of much more than what fits: never the whole history
+
+
+def test_fitting_stops_when_the_caller_is_gone() -> None:
+    history = [Turn("user" if i % 2 == 0 else "assistant", "word " * 8) for i in range(1_000)]
+    asked = counted = 0
+
+    def gone() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 2
+
+    def counting(messages: list[dict[str, str]]) -> int:
+        nonlocal counted
+        counted += 1
+        return count_messages(messages)
+
+    built = build(prompt="q", history=history, sources=SOURCES, count_messages=counting, budget=200, cancelled=gone)
+    assert counted == 2  # nothing counted after the caller left
+    assert built.messages[-1] == {"role": "user", "content": "q"}  # type: ignore[attr-defined]
+    assert built.dropped_history_turns >= 998  # what had been found to fit by then, no more
+
+
 def test_truncate_tokens_keeps_whole_words() -> None:
     assert truncate_tokens("a b c d e f", 4, words) == "a b c …"
     assert truncate_tokens("a b", 4, words) == "a b"

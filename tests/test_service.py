@@ -388,3 +388,98 @@ def test_cancel_while_searching_stops_before_generating(settings: Settings, load
     finally:
         release.set()
         svc.close(grace_s=0)
+
+
+def wait_for(condition: Any, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_a_request_being_searched_for_holds_its_place_in_the_queue(settings: Settings, loaded: Any) -> None:
+    """Accepted is counted from acceptance: requests still searching (or being prepared) fill MAX_QUEUE as
+    queued ones do, and health shows them."""
+    from toolkit.errors import Overloaded
+
+    release = threading.Event()
+
+    class Slow:
+        name = "slow"
+
+        def search(self, query: str, max_results: int) -> list[SearchResult]:
+            release.wait(30)
+            return [SearchResult("t", "https://example.org", "s")]
+
+    svc = InferenceService(replace(settings, max_queue=2), loaded=loaded, searcher=Searcher(Slow(), timeout_s=30))
+    try:
+        results: list[Any] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(svc.infer("Hi", web_search=True, max_new_tokens=2)))
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        wait_for(lambda: svc.health().preparing == 2)
+        with pytest.raises(Overloaded):
+            svc.infer("Hi", max_new_tokens=2)
+        release.set()
+        for t in threads:
+            t.join(60)
+        assert len(results) == 2 and svc.health().preparing == 0
+        assert svc.infer("Hi", max_new_tokens=2).text is not None  # room again
+    finally:
+        release.set()
+        svc.close(grace_s=0)
+
+
+def test_a_caller_that_leaves_while_its_request_is_prepared_frees_its_place(settings: Settings, loaded: Any) -> None:
+    release = threading.Event()
+    searching = threading.Event()
+
+    class Slow:
+        name = "slow"
+
+        def search(self, query: str, max_results: int) -> list[SearchResult]:
+            searching.set()
+            release.wait(30)
+            return [SearchResult("t", "https://example.org", "s")]
+
+    svc = InferenceService(settings, loaded=loaded, searcher=Searcher(Slow(), timeout_s=30))
+
+    async def leave() -> None:
+        stream = svc.astream(InferRequest.build("Hi", web_search=True, max_new_tokens=2))
+        assert isinstance(await anext(stream), SearchStarted)
+        await asyncio.to_thread(searching.wait, 30)
+        assert svc.health().preparing == 1
+        await stream.aclose()  # the caller leaves mid-search
+
+    try:
+        asyncio.run(leave())
+        assert svc.health().preparing == 0
+        release.set()
+    finally:
+        release.set()
+        svc.close(grace_s=0)
+
+
+def test_a_kept_conversation_longer_than_the_input_limit_continues_with_its_newest_turns(
+    settings: Settings, loaded: Any, tmp_path: Path
+) -> None:
+    """The store supplies a kept conversation's history, so the caller cannot trim it: the service fits it, and
+    the run record says how many turns were left out (it was refused: "drop older history turns")."""
+    store = tmp_path / "long.db"
+    roomy = InferenceService(replace(settings, store=store), loaded=loaded)
+    history = [("user" if i % 2 == 0 else "assistant", f"turn {i}: " + "harbour lantern " * 20) for i in range(40)]
+    first = roomy.infer("Start.", history=history, conversation=True, max_new_tokens=2, temperature=0)
+    assert first.conversation_id is not None
+    tight = InferenceService(replace(settings, store=store, max_input_tokens=400), loaded=loaded)
+    with pytest.raises(PromptTooLong):  # a history the caller sends is still the caller's to trim
+        tight.infer("Next?", history=history, max_new_tokens=2)
+    result = tight.infer("Next?", conversation=first.conversation_id, max_new_tokens=2, temperature=0)
+    record = result.run_record
+    assert result.conversation_id == first.conversation_id and record.dropped_history_turns > 0
+    assert record.usage is not None and record.usage["prompt_tokens"] <= 400
+    sent = [m["content"] for m in record.messages]
+    assert sent[-1] == "Next?" and sent[-2] == first.text  # the newest turn kept, right before the prompt
+    assert len(tight.conversation_info(first.conversation_id).turns) == 22  # 20 sent first, and two asked

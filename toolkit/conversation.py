@@ -52,6 +52,7 @@ class Thread:
     conversation_id: str | None  # None: a new one, made when the turn is saved
     saved: bool = False
     prior: tuple[Turn, ...] = ()  # a new conversation's history, as the client sent it: its first turns
+    continues: bool = False  # the history is the store's: the service fits it to the input limit
 
     def apply(self, request: InferRequest) -> InferRequest:
         """``request`` with the conversation's history (and its model, adapter and system prompt where the
@@ -64,6 +65,7 @@ class Thread:
             raise UnknownConversation(self.conversation_id)
         if request.history:
             raise InvalidRequest("history", "give a conversation or a history, not both: the conversation has its own")
+        self.continues = True
         return replace(
             request,
             history=info.history(),

@@ -31,6 +31,9 @@ CountTokens = Callable[[str], int]
 CountMessages = Callable[[Messages], int]
 
 SNIPPET_TOKENS = 160
+# Plenty for any tokenizer's text: a history with more characters than this per token of budget cannot fit,
+# so it is not counted whole first.
+_MAX_CHARS_PER_TOKEN = 8
 BLOCK_TOKENS = 700
 # The block's markers, and near copies of them: any non-letters between the words, and angle-bracket runs.
 _FENCE = re.compile(r"<{2,}|>{2,}|(?:BEGIN|END)[\W_]*SEARCH[\W_]*RESULTS", re.I)
@@ -139,6 +142,7 @@ def build_messages(
     snippet_tokens: int = SNIPPET_TOKENS,
     block_tokens: int = BLOCK_TOKENS,
     control: ControlTokens | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> BuiltMessages:
     """Chat messages for the model.
 
@@ -146,20 +150,21 @@ def build_messages(
     failed (the model is told, and answers without context). ``count_messages``
     measures a message list as the model will see it, for the ``budget`` (None: nothing is trimmed,
     nothing counted). ``control``: the model's turn markers (default: the common chat formats'),
-    removed from the sources and defanged in the caller's text.
+    removed from the sources and defanged in the caller's text. ``cancelled``: asked before each count; once it says
+    the caller has gone (the request will not run), fitting stops at once with what it had found to fit.
     """
     control = control if control is not None else ControlTokens.of(COMMON_MARKERS)
     prompt = control.defang(prompt)
     system_prompt = control.defang(system_prompt) if system_prompt else system_prompt
-    history = [Turn(t.role, control.defang(t.content)) for t in history]
-    turns = list(history)
+    turns = [Turn(t.role, control.defang(t.content)) for t in history]
     kept = list(sources or ())
-    dropped = 0
-    while True:
+
+    def build(keep: int) -> tuple[Messages, tuple[SearchResult, ...]]:
+        """The messages with the newest ``keep`` history turns and the sources in ``kept``."""
         messages: Messages = []
         if system_prompt:
             messages.append({"role": "system", "content": system_prompt})
-        messages.extend({"role": t.role, "content": t.content} for t in turns)
+        messages.extend({"role": t.role, "content": t.content} for t in turns[len(turns) - keep :])
         used: tuple[SearchResult, ...] = ()
         if sources is not None and kept:
             block, used = format_sources(
@@ -171,13 +176,47 @@ def build_messages(
         elif sources is not None:  # search ran but everything was trimmed away
             messages.append({"role": "system", "content": failure_instructions(today, "no room for the results")})
         messages.append({"role": "user", "content": prompt})
-        if budget is None or not (turns or kept) or count_messages(messages) <= budget:
-            return BuiltMessages(messages, used, dropped)
-        if turns:
-            del turns[:2]  # the oldest user/assistant pair
-            dropped += 2
+        return messages, used
+
+    def fits(keep: int) -> bool:
+        if cancelled is not None and cancelled():
+            return False  # nothing more is counted: the request will not run, so what is kept does not matter
+        return count_messages(build(keep)[0]) <= budget  # type: ignore[operator]
+
+    n = len(turns)
+    if budget is None or (not turns and not kept):
+        return BuiltMessages(*build(n), 0)
+    # Turns go in whole pairs, oldest first: the candidates keep n, n-2, n-4, ... turns (and none).
+    if sum(len(t.content) for t in turns) <= budget * _MAX_CHARS_PER_TOKEN and fits(n):
+        return BuiltMessages(*build(n), 0)  # the usual case: everything fits, counted once
+    keep = _most_that_fit([k for k in range(n % 2, n + 1, 2)], fits) if turns else None
+    if keep is None:  # no history fits beside the prompt: no history, and the lowest-ranked sources go
+        keep = 0
+        while kept and not fits(0):
+            kept.pop()
+    return BuiltMessages(*build(keep), n - keep)
+
+
+def _most_that_fit(candidates: list[int], fits: Callable[[int], bool]) -> int | None:
+    """The largest of the ascending ``candidates`` that ``fits`` (which holds for a prefix of them), or None.
+
+    Galloping from the smallest, then bisecting: O(log n) counts, each of a message list at most about
+    twice the size of the one that fits, so fitting is linear in what is kept, not quadratic in the history.
+    """
+    if not fits(candidates[0]):
+        return None
+    good, step = 0, 1
+    while good + step < len(candidates) and fits(candidates[good + step]):
+        good += step
+        step *= 2
+    bad = min(good + step, len(candidates))  # the first index known not to fit (or the end)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(candidates[mid]):
+            good = mid
         else:
-            kept.pop()  # the lowest-ranked source
+            bad = mid
+    return candidates[good]
 
 
 def merge_system_messages(messages: Messages) -> Messages:

@@ -207,6 +207,7 @@ class Health:
     version: str
     error: str | None = None
     models: tuple[ModelHealth, ...] = ()
+    preparing: int = 0  # accepted, being searched for or prepared: not yet in an engine's queue
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from datetime import date
@@ -95,13 +96,15 @@ def _versions() -> dict[str, str]:
 
 _UNSET: Any = object()
 log = logging.getLogger("toolkit.service")
+PREPARE_WORKERS = 4
 
 
 class _Call:
-    """A step's blocking work: run in the caller's thread by ``_drive``, on a worker thread by ``_adrive``."""
+    """A step's blocking work: run in the caller's thread by ``_drive``, on a worker thread by ``_adrive``
+    (of ``pool``; None: the loop's default)."""
 
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.fn, self.args = fn, args
+    def __init__(self, fn: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor | None = None) -> None:
+        self.fn, self.args, self.pool = fn, args, pool
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,12 @@ class InferenceService:
         self._lock = threading.Lock()
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
         self._live = LiveRequests()
+        # Building a request's messages (templating, counting, tokenizing: milliseconds, up to a second for a
+        # long history) runs here, not on the loop's shared pool: a few long requests cannot hold up the
+        # threads that everything else (a store read, a search) waits on. A request queued here that its
+        # caller leaves never runs.
+        self._prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="toolkit-prepare")
+        self._preparing: dict[str, int] = {}  # accepted, not yet in the engine: by model name
         self._started = False
         self._stopped = False
         self._versions = _versions()
@@ -193,6 +202,7 @@ class InferenceService:
         """Finish (or after ``grace_s`` cancel) in-flight requests and stop every engine."""
         self._stopped = True
         self.registry.close(grace_s)
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> InferenceService:
         return self.start()
@@ -219,6 +229,8 @@ class InferenceService:
             if entry.serving:
                 stats = entry.engine.stats()
                 queued, active = queued + stats.queue_depth, active + stats.active
+        with self._lock:
+            preparing = sum(self._preparing.values())
         return Health(
             status=default.status,
             model=default.name,
@@ -227,6 +239,7 @@ class InferenceService:
             quantization=info.quantization if info else None,
             queue_depth=queued,
             active=active,
+            preparing=preparing,
             uptime_s=time.monotonic() - self._started_at,
             version=TOOLKIT_VERSION,
             error=default.error,
@@ -380,17 +393,31 @@ class InferenceService:
         return self._prepare(entry, request, params, search)
 
     def _prepare(
-        self, entry: ServedModel, request: InferRequest, params: GenerationParams, search: SearchOutcome | None
+        self,
+        entry: ServedModel,
+        request: InferRequest,
+        params: GenerationParams,
+        search: SearchOutcome | None,
+        fit: bool = False,
+        live: Live | None = None,
     ) -> Prepared:
         try:
-            return self._build(entry, request, params, search)
+            return self._build(entry, request, params, search, fit, live)
         except EngineUnavailable as exc:  # counting tokens on a remote server that stopped answering
             self.registry.observe(entry, exc)
             raise
 
     def _build(
-        self, entry: ServedModel, request: InferRequest, params: GenerationParams, search: SearchOutcome | None
+        self,
+        entry: ServedModel,
+        request: InferRequest,
+        params: GenerationParams,
+        search: SearchOutcome | None,
+        fit: bool = False,
+        live: Live | None = None,
     ) -> Prepared:
+        """``fit``: trim the history to the limit even without search (a kept conversation's, which the caller
+        cannot trim); ``live``: the request, whose cancellation stops the fitting."""
         engine = entry.engine
         limit = self._input_limit(engine)
         failure = None if search is None or search.ok else search.failure.message  # type: ignore[union-attr]
@@ -406,14 +433,15 @@ class InferenceService:
             boundary=self._fence(request, sources, today),
             count_tokens=engine.count_tokens,
             count_messages=lambda messages: engine.count_messages(messages, limit=limit),
-            # without search, nothing is trimmed: an over-long conversation is refused below
-            budget=limit if search is not None else None,
+            # without search, a history the caller sent is not trimmed: an over-long one is refused below
+            budget=limit if search is not None or fit else None,
             control=engine.info.control,
+            cancelled=(lambda: live.cancelled) if live is not None else None,
         )
         encoded = engine.encode(built.messages, limit=limit)
         adapter_hash = engine.adapter_hash(request.adapter) if request.adapter else None
         prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash)
-        self._check_fits(prepared, "history" if request.history and search is None else "prompt")
+        self._check_fits(prepared, "history" if request.history and search is None and not fit else "prompt")
         return prepared
 
     def _fence(self, request: InferRequest, sources: list[Any] | None, today: date) -> str:
@@ -463,8 +491,8 @@ class InferenceService:
         """
         request, thread = self._threaded(request, kwargs, conversation)
         request, params, entry = self._validated(request, {})
-        entry.engine.check_room()  # a full queue answers at once, before search and tokenizing
-        yield from kept(thread, request, self._drive(self._steps(request, params, entry, search)))
+        fit = thread is not None and thread.continues
+        yield from kept(thread, request, self._drive(self._steps(request, params, entry, search, fit)))
 
     async def astream(
         self,
@@ -480,8 +508,8 @@ class InferenceService:
         else:  # reads the store (and opens it on first use): off the loop
             request, thread = await asyncio.to_thread(self._threaded, request, kwargs, conversation)
         request, params, entry = self._validated(request, {})
-        entry.engine.check_room()
-        async for event in akept(thread, request, self._adrive(self._steps(request, params, entry, search))):
+        fit = thread is not None and thread.continues
+        async for event in akept(thread, request, self._adrive(self._steps(request, params, entry, search, fit))):
             yield event
 
     def _threaded(
@@ -505,11 +533,23 @@ class InferenceService:
         return thread.apply(request), thread
 
     def _steps(
-        self, request: InferRequest, params: GenerationParams, entry: ServedModel, search: SearchOutcome | None
+        self,
+        request: InferRequest,
+        params: GenerationParams,
+        entry: ServedModel,
+        search: SearchOutcome | None,
+        fit: bool = False,
     ) -> Steps:
         """One request, as steps that ``_drive`` (in the caller's thread) and ``_adrive`` (on an event loop)
-        both run: the events to pass on, ``_Call`` for blocking work, ``_Run`` for the engine's part."""
-        live = self._live.begin(request)
+        both run: the events to pass on, ``_Call`` for blocking work, ``_Run`` for the engine's part.
+        ``fit``: the history is the store's (a kept conversation), so it is fitted to the input limit."""
+        self._accept(entry)  # a full queue answers at once, before search and tokenizing
+        accepted = True
+        try:
+            live = self._live.begin(request)
+        except BaseException:
+            self._release(entry)
+            raise
         try:
             outcome = None
             if request.web_search:
@@ -517,9 +557,27 @@ class InferenceService:
                 yield SearchStarted(request.request_id, query, self._provider())
                 outcome = search if search is not None else (yield _Call(self.search, query))
                 yield search_finished(request.request_id, outcome)
-            yield _Run(live, (yield _Call(self._prepare, entry, request, params, outcome)))
+            prepared = yield _Call(self._prepare, entry, request, params, outcome, fit, live, pool=self._prepare_pool)
+            self._release(entry)
+            accepted = False
+            yield _Run(live, prepared)
         finally:
+            if accepted:
+                self._release(entry)
+                live.cancelled = True  # left before the engine: a preparation still running stops
             self._live.end(request)
+
+    def _accept(self, entry: ServedModel) -> None:
+        """Count a request against its model's queue from its acceptance (``Overloaded`` when full): one
+        being searched for or prepared holds a place as one waiting in the engine does."""
+        with self._lock:
+            waiting = self._preparing.get(entry.name, 0)
+            entry.engine.check_room(waiting)
+            self._preparing[entry.name] = waiting + 1
+
+    def _release(self, entry: ServedModel) -> None:
+        with self._lock:
+            self._preparing[entry.name] -= 1
 
     def _drive(self, steps: Steps) -> Iterator[StreamEvent]:
         value: Any = None
@@ -550,7 +608,12 @@ class InferenceService:
                     return
                 value = None
                 if isinstance(step, _Call):  # milliseconds to seconds: off the event loop, which must stay responsive
-                    value = await loop.run_in_executor(None, step.fn, *step.args)
+                    work = loop.run_in_executor(step.pool, step.fn, *step.args)
+                    try:
+                        value = await work
+                    except BaseException:
+                        work.cancel()  # the caller left: work not yet started never runs
+                        raise
                 elif isinstance(step, _Run):
                     run = self._arun(step.live, step.prepared)
                     try:

@@ -98,8 +98,9 @@ class Engine(Protocol):
         """The messages as the model sees them. With ``limit``, an engine may skip an exact count that
         costs a round trip when it can prove the messages fit (``Encoded.tokens`` is then an estimate)."""
 
-    def check_room(self) -> None:
-        """Raise ``Overloaded`` at once when no request could be accepted now."""
+    def check_room(self, waiting: int = 0) -> None:
+        """Raise ``Overloaded`` at once when no request could be accepted now, counting ``waiting`` more that
+        were accepted and are not yet here (being searched for or prepared)."""
 
     def stream(self, request: EngineRequest) -> Iterator[Event]:
         """Submit now; the events. Closing the iterator early cancels the request."""

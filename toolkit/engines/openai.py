@@ -251,9 +251,9 @@ class OpenAIEngine(Streams):
 
     # ----- requests ----------------------------------------------------------------------
 
-    def check_room(self) -> None:
+    def check_room(self, waiting: int = 0) -> None:
         with self._lock:
-            if len(self._jobs) >= self.config.max_in_flight:
+            if len(self._jobs) + waiting >= self.config.max_in_flight:
                 raise self._overloaded()
 
     def _overloaded(self) -> Overloaded:

@@ -152,11 +152,12 @@ class Scheduler(Prefilling, Streams):
         with self._cond:
             return len(self._rows) + len(self._admitting) + len(self._filling)
 
-    def check_room(self) -> None:
-        """Raise ``Overloaded`` now if the queue is full, before a caller spends time preparing a request."""
+    def check_room(self, waiting: int = 0) -> None:
+        """Raise ``Overloaded`` now if the queue is full, before a caller spends time preparing a request;
+        ``waiting``: requests accepted by the caller and not yet submitted, which count as queued."""
         with self._cond:
-            if len(self._pending) >= self.max_queue:
-                raise Overloaded(len(self._pending), self.max_queue)
+            if len(self._pending) + waiting >= self.max_queue:
+                raise Overloaded(len(self._pending) + waiting, self.max_queue)
 
     def submit(
         self,

@@ -95,8 +95,8 @@ class LocalEngine:
 
     # ----- requests -------------------------------------------------------------------
 
-    def check_room(self) -> None:
-        self.scheduler.check_room()
+    def check_room(self, waiting: int = 0) -> None:
+        self.scheduler.check_room(waiting)
 
     def _options(self, request: EngineRequest) -> dict[str, Any]:
         assert request.encoded.input_ids is not None, "encode() with this engine first"
