@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from toolkit.errors import ConfigError
-from toolkit.settings import read_env
+from toolkit.settings import Settings, read_env
 
 BACKENDS = ("remote", "inprocess")
 
@@ -43,7 +44,9 @@ class DashboardSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> DashboardSettings:
-        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
+        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win. ALLOWED_HOSTS is checked
+        here too, so that a bad value stops the launch (the page's hook reads it, ``allowed_hosts``)."""
+        allowed_hosts(environ)
         return cls(**read_env(cls, environ, overrides, _parse))
 
     @property
@@ -55,6 +58,14 @@ class DashboardSettings:
     def cull_interval_s(self) -> int:
         """How often idle kernels are looked for."""
         return max(1, min(60, self.kernel_idle_s // 2))
+
+
+def allowed_hosts(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """ALLOWED_HOSTS, as ``toolkit.settings`` declares and checks it: the dashboard answers to the same names
+    as the server (``voila_hooks.prelaunch`` refuses a page asked for by any other)."""
+    env = os.environ if environ is None else environ
+    var = Settings.ENV["allowed_hosts"]
+    return Settings.from_env({var: env.get(var, "")}).allowed_hosts
 
 
 def _parse(name: str, var: str, raw: str) -> Any:

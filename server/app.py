@@ -1,10 +1,14 @@
 """``make_app(service, settings)``: the Tornado application, with every collaborator passed in;
-``make_http_server(app)``: the HTTP server for it, with the header bounds the application answers within."""
+``make_http_server(app)``: the HTTP server for it, with the header bounds the application answers within.
+
+Every request's ``Host`` is checked first (``AllowedHosts``: the guard against DNS rebinding), on every
+route and on the WebSocket's handshake alike."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,9 @@ from tornado.routing import PathMatches, Rule
 from server.config import ServerSettings
 from server.gateway import Gateway
 from server.handlers import GraphiQLHandler, GraphQLHandler, GraphQLWebSocket
-from server.openai_api import ChatCompletionsHandler, ModelsHandler, OpenAIError
+from server.openai_api import ChatCompletionsHandler, ModelHandler, ModelsHandler, OpenAIError, UnknownPath
+from server.security import AllowedHosts, FailedKeys
+from toolkit.settings import Settings
 
 STATIC = Path(__file__).with_name("static")
 MAX_URL_BYTES = 64 * 1024  # a longer URL gets 414
@@ -60,21 +66,56 @@ class WebSocketUpgrade(PathMatches):
         return super().match(request)
 
 
-class URITooLong(tornado.web.RequestHandler):
-    """414 in the shape of the endpoint the URL names: OpenAI's under /v1/, GraphQL's elsewhere."""
+@tornado.web.stream_request_body  # answered on the headers: a body is never read
+class Refusal(tornado.web.RequestHandler):
+    """A request refused before routing, in the shape of the endpoint the URL names: OpenAI's under /v1/,
+    GraphQL's elsewhere (a WebSocket handshake included)."""
+
+    STATUS = 400
+    CODE = "BAD_REQUEST"
+
+    def message(self) -> str:
+        raise NotImplementedError
 
     def prepare(self) -> None:
-        self.set_status(414)
+        self.set_status(self.STATUS)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        message = f"the URL is over the limit of {MAX_URL_BYTES} bytes; send the request as a POST body"
-        if (self.request.path or "").startswith("/v1/"):
-            self.finish(json.dumps(OpenAIError(414, message, code="uri_too_long").body()))
+        message = self.message()
+        path = self.request.path or ""
+        if path == "/v1" or path.startswith("/v1/"):
+            self.finish(json.dumps(OpenAIError(self.STATUS, message, code=self.CODE.lower()).body()))
         else:
-            self.finish(json.dumps({"errors": [{"message": message, "extensions": {"code": "URI_TOO_LONG"}}]}))
+            self.finish(json.dumps({"errors": [{"message": message, "extensions": {"code": self.CODE}}]}))
+
+    def data_received(self, chunk: bytes) -> None:
+        pass  # answered already
+
+
+class URITooLong(Refusal):
+    """414: the URL is over MAX_URL_BYTES."""
+
+    STATUS = 414
+    CODE = "URI_TOO_LONG"
+
+    def message(self) -> str:
+        return f"the URL is over the limit of {MAX_URL_BYTES} bytes; send the request as a POST body"
+
+
+class ForbiddenHost(Refusal):
+    """403: the request's ``Host`` is not a name this server answers to (``AllowedHosts``)."""
+
+    STATUS = 403
+    CODE = "FORBIDDEN_HOST"
+
+    def message(self) -> str:
+        return AllowedHosts.refusal(self.request.headers.get("Host", ""))
 
 
 class Application(tornado.web.Application):
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> tornado.web._HandlerDelegate:
+        hosts: AllowedHosts = self.settings["allowed_hosts"]
+        if not hosts.allows(request.headers.get("Host")):
+            return self.get_handler_delegate(request, ForbiddenHost)
         if len(request.uri or "") > MAX_URL_BYTES:
             return self.get_handler_delegate(request, URITooLong)
         return super().find_handler(request, **kwargs)
@@ -96,16 +137,25 @@ def make_http_server(app: tornado.web.Application) -> HTTPServer:
     return HTTPServer(app, max_header_size=MAX_HEADER_BYTES)
 
 
-def make_app(service: Any, settings: ServerSettings | None = None) -> tornado.web.Application:
+def make_app(
+    service: Any, settings: ServerSettings | None = None, allowed_hosts: Iterable[str] | None = None
+) -> tornado.web.Application:
+    """``allowed_hosts``: ALLOWED_HOSTS; by default the service's (``Settings.allowed_hosts``)."""
     settings = settings or ServerSettings()
+    if allowed_hosts is None:
+        service_settings = getattr(service, "settings", None)
+        allowed_hosts = service_settings.allowed_hosts if isinstance(service_settings, Settings) else ()
     gateway = Gateway(service, settings)
+    api = {"gateway": gateway, "failed_keys": FailedKeys()}  # wrong keys count alike on every endpoint
     assets_ready = all(p.is_file() for p in ASSETS.values())
     return Application(
         [
-            Rule(WebSocketUpgrade(r"/graphql"), GraphQLWebSocket, {"gateway": gateway}),
-            (r"/graphql", GraphQLHandler, {"gateway": gateway}),
-            (r"/v1/chat/completions", ChatCompletionsHandler, {"gateway": gateway}),
-            (r"/v1/models", ModelsHandler, {"gateway": gateway}),
+            Rule(WebSocketUpgrade(r"/graphql"), GraphQLWebSocket, api),
+            (r"/graphql", GraphQLHandler, api),
+            (r"/v1/chat/completions", ChatCompletionsHandler, api),
+            (r"/v1/models", ModelsHandler, api),
+            (r"/v1/models/(.+)", ModelHandler, api),
+            (r"/v1(/.*)?", UnknownPath, api),  # anything else under /v1: a 404 in OpenAI's shape
             (r"/graphiql/?", GraphiQLHandler, {"page": STATIC / "graphiql.html", "assets_ready": assets_ready}),
             (r"/graphiql/assets/(.*)", AssetHandler, {"path": "/"}),
             (r"/", tornado.web.RedirectHandler, {"url": "/graphiql"}),
@@ -113,5 +163,6 @@ def make_app(service: Any, settings: ServerSettings | None = None) -> tornado.we
         websocket_max_message_size=settings.max_ws_message_bytes,
         websocket_ping_interval=20,
         gateway=gateway,
+        allowed_hosts=AllowedHosts(allowed_hosts, bound=settings.host),
         log_function=log_request,
     )

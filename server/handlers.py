@@ -16,10 +16,10 @@ import tornado.web
 import tornado.websocket
 from graphql import GraphQLError, OperationType
 
-from server.gateway import Caller, Gateway, RequestError, error
+from server.gateway import Caller, Gateway, RequestError, error, refused
 from server.resolvers import Context
-from server.security import ApiKeys
-from toolkit.errors import ToolkitError
+from server.security import ApiKeys, FailedKeys
+from toolkit.errors import RateLimited, ToolkitError
 
 log = logging.getLogger("server")
 
@@ -65,8 +65,9 @@ class BoundedBody(tornado.web.RequestHandler):
     Subclasses answer errors in their own shape: ``_refuse(status, message, code)``.
     """
 
-    def initialize(self, gateway: Gateway) -> None:
+    def initialize(self, gateway: Gateway, failed_keys: FailedKeys) -> None:
         self.gateway = gateway
+        self.failed_keys = failed_keys
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
@@ -155,10 +156,20 @@ class BoundedBody(tornado.web.RequestHandler):
 
 
 def origin_allowed(request: Any, allowed: tuple[str, ...]) -> bool:
+    """The ``Origin`` may be this server's own: its ``Host`` was checked before routing (``AllowedHosts``),
+    so a page on a rebinding name never gets this far."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True
     return origin in allowed or urlparse(origin).netloc == request.headers.get("Host", "")
+
+
+def too_many_wrong_keys(wait_s: int) -> RateLimited:
+    """The refusal of a client address that sent too many wrong API keys (``FailedKeys``): RATE_LIMITED, 429,
+    with the seconds to wait."""
+    exc = RateLimited(wait_s)
+    exc.message = f"too many wrong API keys from this address; retry in {wait_s} s"
+    return exc
 
 
 class GraphQLHandler(BoundedBody):
@@ -166,8 +177,8 @@ class GraphQLHandler(BoundedBody):
 
     ALLOW = ("GET", "POST")
 
-    def initialize(self, gateway: Gateway) -> None:
-        super().initialize(gateway)
+    def initialize(self, gateway: Gateway, failed_keys: FailedKeys) -> None:
+        super().initialize(gateway, failed_keys)
         self.context: Context | None = None
 
     def _refuse(self, status: int, message: str, code: str, **extensions: Any) -> None:
@@ -245,7 +256,10 @@ class GraphQLHandler(BoundedBody):
             )
             return
         presented = ApiKeys.from_authorization(self.request.headers.get("Authorization"))
-        caller = gateway.caller(presented, self.request.remote_ip or "")
+        address = self.request.remote_ip or ""
+        wait = self.failed_keys.wait(address)  # None unless this address sent too many wrong keys
+        # such an address is taken for one without a key (its key is not looked at): health still answers
+        caller = gateway.caller(presented if wait is None else None, address)
         try:
             prepared = await gateway.admit(query, variables, operation_name, caller, presented)
             if method == "GET" and prepared.kind != OperationType.QUERY:
@@ -261,6 +275,10 @@ class GraphQLHandler(BoundedBody):
         except RequestError as exc:
             if self._finished:
                 return
+            if exc.status == 401 and wait is not None:
+                exc = refused(too_many_wrong_keys(wait))  # the key was not even looked at
+            elif exc.status == 401 and presented is not None:
+                self.failed_keys.failed(address)
             status = exc.status
             if status == 400 and media == JSON and _is_graphql_error(exc):
                 status = 200  # application/json: a well-formed request gets 200 even with GraphQL errors
@@ -301,8 +319,9 @@ def _is_graphql_error(exc: RequestError) -> bool:
 class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
     """``/graphql`` over WebSocket: the graphql-transport-ws protocol (graphql-ws PROTOCOL.md)."""
 
-    def initialize(self, gateway: Gateway) -> None:
+    def initialize(self, gateway: Gateway, failed_keys: FailedKeys) -> None:
         self.gateway = gateway
+        self.failed_keys = failed_keys
         self.acknowledged = False
         self.init_received = False
         self.caller: Caller | None = None  # set by connection_init
@@ -312,6 +331,20 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         return origin_allowed(self.request, self.gateway.settings.cors_origins)
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """The handshake; refused with 429 for an address that sent too many wrong keys (every operation over
+        the socket needs one when keys are on)."""
+        wait = self.failed_keys.wait(self.request.remote_ip or "")
+        if wait is not None:
+            refusal = refused(too_many_wrong_keys(wait))
+            self.set_status(refusal.status)
+            for name, value in refusal.headers.items():
+                self.set_header(name, value)
+            self.set_header("Content-Type", f"{JSON}; charset=utf-8")
+            self.finish(json.dumps({"errors": refusal.errors}))
+            return
+        await super().get(*args, **kwargs)
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return PROTOCOL if PROTOCOL in subprotocols else None
@@ -373,10 +406,17 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
         presented = _key_from_payload(payload or {}) or self.gateway.keys.from_authorization(
             self.request.headers.get("Authorization")
         )
+        address = self.request.remote_ip or ""
+        wait = self.failed_keys.wait(address)
+        if wait is not None:  # sockets opened before the address was refused: the key is not looked at
+            self.close(4429, f"Too many wrong API keys from this address: retry in {wait} s")
+            return
         if not self.gateway.keys.check(presented):
+            if presented is not None:
+                self.failed_keys.failed(address)
             self.close(4403, "Forbidden")
             return
-        self.caller = self.gateway.caller(presented, self.request.remote_ip or "")
+        self.caller = self.gateway.caller(presented, address)
         self.acknowledged = True
         if self._init_timer:
             self._init_timer.cancel()

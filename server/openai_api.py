@@ -1,4 +1,5 @@
-"""The OpenAI chat-completions API on the same server and port: ``/v1/chat/completions`` and ``/v1/models``,
+"""The OpenAI chat-completions API on the same server and port: ``/v1/chat/completions``, ``/v1/models`` and
+``/v1/models/{model}``,
 calling the same ``InferenceService`` as GraphQL (no second path to the model), so the ``openai``
 clients, LangChain, LlamaIndex, Open WebUI and editor plugins use the toolkit's models, adapters
 and web-search RAG, and one toolkit server can be the remote engine of another.
@@ -13,8 +14,9 @@ and web-search RAG, and one toolkit server can be the remote engine of another.
 - Fields that would change the meaning and are not served (``n`` > 1, ``tools``, ``response_format``,
   ``logprobs``, ...) are a 400 naming the field, never ignored.
 - Errors in OpenAI's shape with the statuses its client maps to its exceptions: 400 (``param``), 401,
-  404 (unknown model), 413, 429 (``Retry-After``), 503 (overloaded, engine unavailable, loading: with
-  ``Retry-After`` wherever the error says a retry may succeed).
+  404 (an unknown model, ``model_not_found``; a path not served, ``unknown_url``), 413, 429
+  (``Retry-After``), 503 (overloaded, engine unavailable, loading: with ``Retry-After`` wherever the
+  error says a retry may succeed).
 - The same API keys (``Authorization: Bearer``), rate-limit buckets, body limit and CORS as GraphQL;
   a closed connection cancels the generation.
 """
@@ -31,7 +33,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 
 from server.gateway import Caller
-from server.handlers import BoundedBody
+from server.handlers import BoundedBody, too_many_wrong_keys
 from server.security import ApiKeys
 from toolkit.errors import ClientGone, InvalidRequest, ToolkitError, Unauthenticated
 from toolkit.params import PARAMS as GENERATION
@@ -241,16 +243,53 @@ class OpenAIHandler(BoundedBody):
         self.finish(json.dumps(exc.body()))
 
     def _admit(self) -> Caller:
-        """Key and rate limit, as for GraphQL: the same keys, the same buckets."""
+        """Key and rate limit, as for GraphQL: the same keys, the same buckets, the same count of wrong keys
+        per client address (an address over it is refused whatever key it sends)."""
         presented = ApiKeys.from_authorization(self.request.headers.get("Authorization"))
-        caller = self.gateway.caller(presented, self.request.remote_ip or "")
+        address = self.request.remote_ip or ""
+        caller = self.gateway.caller(presented, address)
         try:
+            wait = self.failed_keys.wait(address)
+            if wait is not None:
+                raise too_many_wrong_keys(wait)
             if not caller.authenticated:
+                if presented is not None:
+                    self.failed_keys.failed(address)
                 raise Unauthenticated(presented is not None)
             self.gateway.check_rate(caller.identity)
         except ToolkitError as exc:
             raise from_toolkit(exc) from None
         return caller
+
+
+def model_list(service: Any) -> list[dict[str, Any]]:
+    """Every model, and each model's adapters as ``<model>:<adapter>`` with its parent, as ``/v1/models``
+    lists them."""
+    created = int(time.time())
+    data = []
+    for model in service.models():
+        data.append(
+            {
+                "id": model.id,
+                "object": "model",
+                "created": created,
+                "owned_by": f"llm-toolkit ({model.engine})",
+                "parent": None,
+                "max_model_len": model.context_length,
+            }
+        )
+        for adapter in service.adapters(model.id) if model.status == "ready" else []:
+            data.append(
+                {
+                    "id": f"{model.id}:{adapter.name}",
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "llm-toolkit (adapter)",
+                    "parent": model.id,
+                    "root": adapter.path,
+                }
+            )
+    return data
 
 
 class ModelsHandler(OpenAIHandler):
@@ -264,39 +303,45 @@ class ModelsHandler(OpenAIHandler):
         except OpenAIError as exc:
             self._error(exc)
             return
-        service = self.gateway.service
-        created = int(time.time())
-        data = []
-        for model in service.models():
-            data.append(
-                {
-                    "id": model.id,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": f"llm-toolkit ({model.engine})",
-                    "parent": None,
-                    "max_model_len": model.context_length,
-                }
-            )
-            for adapter in service.adapters(model.id) if model.status == "ready" else []:
-                data.append(
-                    {
-                        "id": f"{model.id}:{adapter.name}",
-                        "object": "model",
-                        "created": created,
-                        "owned_by": "llm-toolkit (adapter)",
-                        "parent": model.id,
-                        "root": adapter.path,
-                    }
-                )
-        self.finish({"object": "list", "data": data})
+        self.finish({"object": "list", "data": model_list(self.gateway.service)})
+
+
+class ModelHandler(OpenAIHandler):
+    """``GET /v1/models/{model}`` (``client.models.retrieve``): one entry of the list, by its id; 404
+    ``model_not_found`` for any other."""
+
+    ALLOW = ("GET",)
+
+    def get(self, model: str) -> None:
+        try:
+            self._admit()
+            found = next((m for m in model_list(self.gateway.service) if m["id"] == model), None)
+            if found is None:
+                message = f"the model {model!r} does not exist here; GET /v1/models lists the models served"
+                raise OpenAIError(404, message, param="model", code="model_not_found")
+        except OpenAIError as exc:
+            self._error(exc)
+            return
+        self.finish(found)
+
+
+class UnknownPath(OpenAIHandler):
+    """Any other path under ``/v1``, with any method: 404 in OpenAI's shape, naming what is served."""
+
+    def prepare(self) -> None:
+        self._cors()
+        message = (
+            f"no endpoint {self.request.method} {self.request.path}; this server serves POST /v1/chat/completions, "
+            "GET /v1/models and GET /v1/models/{model}"
+        )
+        self._error(OpenAIError(404, message, code="unknown_url"))
 
 
 class ChatCompletionsHandler(OpenAIHandler):
     """``POST /v1/chat/completions``, streamed (SSE) or not."""
 
-    def initialize(self, gateway: Any) -> None:
-        super().initialize(gateway)
+    def initialize(self, gateway: Any, failed_keys: Any) -> None:
+        super().initialize(gateway, failed_keys)
         self._task: asyncio.Task[None] | None = None
 
     async def post(self) -> None:

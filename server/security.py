@@ -1,10 +1,15 @@
-"""API keys, rate limiting and limits on what one GraphQL document may ask for."""
+"""The names the server answers to, API keys, rate limiting (of requests and of wrong keys) and limits on
+what one GraphQL document may ask for."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import math
+import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +28,129 @@ from graphql import (
 MODEL_FIELDS = frozenset({"infer", "inferStream", "replay", "search"})  # each runs the model or the web search
 INTROSPECTION_DEPTH_LIMIT = 25  # GraphiQL's introspection query is about 15 deep
 FREE_FIELDS = frozenset({"health", "__typename"})
+WILDCARD_ADDRESSES = frozenset({"", "*", "0.0.0.0", "::"})  # bound to every interface: no name of its own
+_SINGLE_LABEL = re.compile(r"[a-z0-9_-]+")  # a name without a dot: "server" (a compose service), "myhost"
+KEY_FAILURES = 10  # wrong API keys one client address may send within KEY_FAILURE_WINDOW_S ...
+KEY_FAILURE_WINDOW_S = 60.0  # ... before it is refused (a right key too) until the oldest one is that old
+
+
+def host_of(header: str) -> str | None:
+    """The host name (or IP address, without brackets) of a ``Host`` header's value, in lower case, without
+    the port and a trailing dot; None for a value that is not ``host[:port]``."""
+    value = header.strip().lower()
+    if value.startswith("["):  # an IPv6 address: [::1]:8080
+        name, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        return name
+    if _is_ip(value):
+        return value  # an IPv6 address without brackets: no port
+    name, colon, port = value.rpartition(":")
+    if colon:
+        if not port.isdigit():
+            return None
+        value = name
+    value = value.rstrip(".")
+    return value or None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+class AllowedHosts:
+    """The names this server answers to, checked on every request's ``Host`` header: the guard against DNS
+    rebinding, where a web page on the attacker's domain (``rebind.attacker.example``) has that name resolve
+    to this machine, so that the browser sends the attacker's requests here as same-origin ones (with the
+    attacker's name in ``Host`` and ``Origin``).
+
+    Accepted: no ``Host`` at all (not a browser); an IP address (rebinding needs a name); ``localhost`` and
+    names under ``.localhost`` (the browser resolves them itself); a name without a dot (``server``, a
+    compose service, or a machine on the local network: the attacker cannot give one to a page); the name
+    the server is bound to, when it is bound to one; and ``names`` (ALLOWED_HOSTS; ``*``: every name).
+    A server bound to every interface (0.0.0.0, as in a container) is no exception: its port may be
+    published on the user's own machine, where the browser that rebinding abuses runs.
+    """
+
+    def __init__(self, names: Iterable[str] = (), bound: str | None = None) -> None:
+        wanted = {n.strip().lower().rstrip(".") for n in names}
+        if bound is not None and bound.strip().lower() not in WILDCARD_ADDRESSES:
+            name = host_of(bound)
+            if name is not None:
+                wanted.add(name)
+        self.any = "*" in wanted
+        self.names = frozenset(wanted - {"*"})
+
+    def allows(self, header: str | None) -> bool:
+        if header is None or self.any:
+            return True
+        name = host_of(header)
+        if name is None:
+            return False
+        return (
+            _is_ip(name)
+            or name == "localhost"
+            or name.endswith(".localhost")
+            or _SINGLE_LABEL.fullmatch(name) is not None
+            or name in self.names
+        )
+
+    @staticmethod
+    def refusal(header: str) -> str:
+        """What a refused request is told."""
+        name = host_of(header) or header
+        return (
+            f"this server does not answer to the name {name!r} (the request's Host header): a page on another "
+            "site may have made its name point here (DNS rebinding). If it is this server's name, add it to "
+            "ALLOWED_HOSTS"
+        )
+
+
+class FailedKeys:
+    """Wrong API keys per client address: after ``limit`` of them within ``window_s``, the address is refused
+    (with a right key too, or guessing would go on) until the oldest of them is ``window_s`` old; then one
+    more try, and so on: at most ``limit`` guesses per window."""
+
+    def __init__(
+        self,
+        limit: int = KEY_FAILURES,
+        window_s: float = KEY_FAILURE_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, address: str) -> int | None:
+        """Seconds ``address`` must wait before its next try (at least 1), or None if it may try now."""
+        now = self._clock()
+        with self._lock:
+            times = self._failures.get(address)
+            if times is None or len(times) < self.limit:
+                return None
+            left = times[0] + self.window_s - now
+            if left <= 0:
+                return None
+            return max(1, math.ceil(left))
+
+    def failed(self, address: str) -> None:
+        now = self._clock()
+        with self._lock:
+            times = self._failures.setdefault(address, deque(maxlen=self.limit))
+            times.append(now)
+            if len(self._failures) > 10_000:
+                self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        stale = [a for a, times in self._failures.items() if times[-1] + self.window_s <= now]
+        for address in stale:
+            del self._failures[address]
 
 
 class ApiKeys:

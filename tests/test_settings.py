@@ -64,6 +64,10 @@ def test_empty_model_id_is_the_default() -> None:
         ({"MAX_NEW_TOKENS_LIMIT": "0"}, "MAX_NEW_TOKENS_LIMIT"),
         ({"REQUEST_TIMEOUT": "soon"}, "REQUEST_TIMEOUT"),
         ({"REQUEST_TIMEOUT": "0"}, "REQUEST_TIMEOUT"),
+        ({"ALLOWED_HOSTS": "http://toolkit.example"}, "ALLOWED_HOSTS"),
+        ({"ALLOWED_HOSTS": "toolkit.example:8080"}, "ALLOWED_HOSTS"),
+        ({"ALLOWED_HOSTS": "*.example.com"}, "ALLOWED_HOSTS"),
+        ({"ALLOWED_HOSTS": "toolkit.example/path"}, "ALLOWED_HOSTS"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], var: str) -> None:
@@ -71,6 +75,16 @@ def test_invalid_values_name_the_variable(env: dict[str, str], var: str) -> None
         Settings.from_env(env)
     assert info.value.field == var
     assert var in str(info.value)
+
+
+def test_allowed_hosts_are_names_in_lower_case() -> None:
+    assert Settings.from_env({}).allowed_hosts == ()
+    hosts = Settings.from_env({"ALLOWED_HOSTS": " Toolkit.Example. , lab.internal,[::1],10.0.0.7, lab.internal"})
+    assert hosts.allowed_hosts == ("toolkit.example", "lab.internal", "::1", "10.0.0.7")
+    assert Settings.from_env({"ALLOWED_HOSTS": "*"}).allowed_hosts == ("*",)
+    assert Settings(allowed_hosts=("A.example",)).allowed_hosts == ("a.example",)  # in code too
+    with pytest.raises(ConfigError, match="ALLOWED_HOSTS"):
+        Settings(allowed_hosts="a.example")  # type: ignore[arg-type]  # a string is not a list of names
 
 
 def test_unknown_override_is_a_type_error() -> None:

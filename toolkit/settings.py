@@ -8,7 +8,9 @@ that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
 
 def default_data_dir() -> Path:
@@ -84,6 +87,9 @@ class Settings:
     # The secret that keys the fence around search results (toolkit.fence); None: a key made once and kept
     # in cache_dir. Replicas that must render the same prompt for the same request share one.
     fence_key: str | None = field(default=None, repr=False)
+    # Names the server and the dashboard answer to (a request's Host) besides those always accepted (IP
+    # addresses, localhost, names without a dot, the bound name): the guard against DNS rebinding. "*": any.
+    allowed_hosts: tuple[str, ...] = ()
 
     # environment variable for each field; the names users already know
     ENV: ClassVar[dict[str, str]] = {
@@ -114,6 +120,7 @@ class Settings:
         "store": "TOOLKIT_STORE",
         "conversation_retention_days": "CONVERSATION_RETENTION_DAYS",
         "fence_key": "FENCE_KEY",
+        "allowed_hosts": "ALLOWED_HOSTS",
     }
 
     def __post_init__(self) -> None:
@@ -156,6 +163,7 @@ class Settings:
             raise ConfigError(env["fence_key"], "must be a secret of at least 16 characters (or empty: one is made)")
         if self.search_safesearch not in ("on", "moderate", "off"):
             raise ConfigError(env["search_safesearch"], f"must be on, moderate or off, got {self.search_safesearch!r}")
+        object.__setattr__(self, "allowed_hosts", _host_names(self.allowed_hosts, env["allowed_hosts"]))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -186,6 +194,29 @@ def read_env(
         elif environ.get(var, "").strip():
             values[f.name] = parse(f.name, var, environ[var].strip())
     return values
+
+
+def _host_names(names: Any, var: str) -> tuple[str, ...]:
+    """``names`` in lower case, without a trailing dot or an IPv6 address's brackets (``*``: any name); an
+    error naming ``var`` for anything else (a scheme, a port, a path, a wildcard other than ``*``)."""
+    if not isinstance(names, (tuple, list)):
+        raise ConfigError(var, f"must be a list of host names, got {names!r}")
+    out: list[str] = []
+    for name in names:
+        value = str(name).strip().lower()
+        value = value[1:-1] if value.startswith("[") and value.endswith("]") else value.rstrip(".")
+        if not (value == "*" or _HOST_NAME.fullmatch(value) or _is_ip(value)):
+            raise ConfigError(var, f"expected comma-separated host names without scheme or port (or *), got {name!r}")
+        out.append(value)
+    return tuple(dict.fromkeys(out))
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _defaults(var: str, raw: str) -> dict[str, Any]:
@@ -234,6 +265,8 @@ def _parse(name: str, var: str, raw: str) -> Any:
         return None if raw.lower() in ("off", "none") else Path(raw)
     if name == "generation_defaults":
         return _defaults(var, raw)
+    if name == "allowed_hosts":
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
     if name in ("request_timeout_s", "search_timeout_s", "search_cache_ttl_s"):
         try:
             return float(raw)

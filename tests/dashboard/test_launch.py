@@ -8,15 +8,21 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from dashboard.__main__ import content_security_policy
 from dashboard.app import backend_from_env
+from dashboard.config import DashboardSettings
+from dashboard.healthcheck import PROBE
+from dashboard.voila_hooks import prelaunch
 from toolkit.client import RemoteService, ServiceUnavailable
+from toolkit.errors import ConfigError
 from toolkit.service import InferenceService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +127,71 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch, cache_dir: Path, first_
         assert local.health().status == "ready"
     finally:
         local.close(grace_s=0)
+
+
+REBIND = "rebind.attacker.example"
+
+
+def page_status(port: int, host: str) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_launched_dashboard_refuses_a_rebinding_name() -> None:
+    """Voila turns jupyter_server's Host check off: the dashboard's page hook refuses a page asked for by a
+    name it does not answer to (before any kernel starts), and serves one named in ALLOWED_HOSTS."""
+    port = free_port()
+    env = {**os.environ, "GRAPHQL_URL": "http://127.0.0.1:9/graphql", "ALLOWED_HOSTS": "toolkit.example"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboard", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # a static file: starts no kernel
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{PROBE}", timeout=10).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard did not come up"
+                time.sleep(0.3)
+        status, page = page_status(port, f"{REBIND}:{port}")
+        assert status == 403 and "ALLOWED_HOSTS" in page
+        assert page_status(port, f"toolkit.example:{port}")[0] == 200
+        proc.terminate()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_page_hook_checks_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tornado.web
+
+    def handler(host: str, bound: str = "0.0.0.0") -> Any:
+        voila = SimpleNamespace(ip=bound)
+        return SimpleNamespace(
+            settings={"voila": voila}, request=SimpleNamespace(headers={"Host": host}), xsrf_token="t"
+        )
+
+    monkeypatch.delenv("ALLOWED_HOSTS", raising=False)
+    for host in ("localhost:3000", "127.0.0.1:3000", "[::1]:3000", "192.168.1.20:3000", "dashboard:3000"):
+        prelaunch(handler(host))  # answered: no HTTPError
+    with pytest.raises(tornado.web.HTTPError) as refused:
+        prelaunch(handler(f"{REBIND}:3000"))
+    assert refused.value.status_code == 403 and "ALLOWED_HOSTS" in (refused.value.reason or "")
+    prelaunch(handler("dash.internal:3000", bound="dash.internal"))  # the name it is bound to
+    monkeypatch.setenv("ALLOWED_HOSTS", "toolkit.example")
+    prelaunch(handler("toolkit.example:3000"))
+    monkeypatch.setenv("ALLOWED_HOSTS", "*")
+    prelaunch(handler(f"{REBIND}:3000"))
+    with pytest.raises(ConfigError, match="ALLOWED_HOSTS"):  # a bad value stops the launch
+        DashboardSettings.from_env({"ALLOWED_HOSTS": "http://toolkit.example"})

@@ -547,3 +547,151 @@ def test_the_run_log_records_its_owner_never_the_key(
         assert os.stat(log).st_mode & 0o077 == 0  # readable by the service's own account only
     finally:
         svc.close(grace_s=0)
+
+
+# ----- issue 32: DNS rebinding, and guessing keys ----------------------------------------------
+
+REBIND = "rebind.attacker.example"
+
+
+def raw_request(base: str, head: str) -> tuple[int, dict[str, str], bytes]:
+    """Send ``head`` (a request line and headers, no body) as it is; the status, headers and body (read up to
+    its Content-Length: an upgraded socket stays open)."""
+    port = int(urllib.parse.urlsplit(base).port or 80)
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\r\n")
+        while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+            answer += data
+        top, _, body = answer.partition(b"\r\n\r\n")
+        status_line, *lines = top.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+        while len(body) < int(headers.get("content-length", 0)) and (data := sock.recv(65536)):
+            body += data
+    return int(status_line.split()[1]), headers, body
+
+
+def test_a_page_on_a_rebinding_name_reads_nothing(make_server: Any, server_service: InferenceService) -> None:
+    """A page at http://rebind.attacker.example:PORT whose name now resolves to 127.0.0.1: its requests carry
+    that name in Host and Origin. They read every kept conversation once; now every route refuses them."""
+    running = make_server(server_service)
+    port = urllib.parse.urlsplit(running.base).port
+    page = {"Host": f"{REBIND}:{port}", "Origin": f"http://{REBIND}:{port}"}
+    status, headers, body = post(running.url, {"query": "{ conversations { id title } }"}, headers=page)
+    assert status == 403 and code_of(body) == "FORBIDDEN_HOST" and "data" not in body
+    assert REBIND in body["errors"][0]["message"] and "ALLOWED_HOSTS" in body["errors"][0]["message"]
+    assert headers["Content-Type"].startswith("application/json")
+    request = urllib.request.Request(running.base + "/v1/models", headers=page)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    error = json.loads(refused.value.read())["error"]
+    assert refused.value.code == 403 and error["code"] == "forbidden_host" and "ALLOWED_HOSTS" in error["message"]
+    status, _, _ = raw_post(
+        running.base + "/v1/chat/completions", CHAT.encode(), {"Content-Type": "application/json", **page}
+    )
+    assert status == 403
+    for path in ("/graphiql", "/", "/nowhere"):
+        status, _, raw = raw_request(running.base, f"GET {path} HTTP/1.1\r\nHost: {REBIND}:{port}\r\n")
+        assert status == 403 and code_of(json.loads(raw)) == "FORBIDDEN_HOST", path
+    # the WebSocket's handshake
+    handshake = (
+        f"GET /graphql HTTP/1.1\r\nHost: {REBIND}:{port}\r\nOrigin: http://{REBIND}:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n"
+    )
+    status, headers, raw = raw_request(running.base, handshake)
+    assert status == 403 and "upgrade" not in headers and code_of(json.loads(raw)) == "FORBIDDEN_HOST"
+    # this server's own names still answer, the handshake included
+    for host in (
+        f"127.0.0.1:{port}",
+        f"localhost:{port}",
+        "localhost",
+        f"[::1]:{port}",
+        "app.localhost",
+        "server:8080",
+    ):
+        status, _, body = post(running.url, {"query": "{ health { status } }"}, headers={"Host": host})
+        assert status == 200 and body["data"]["health"]["status"], host
+    status, headers, _ = raw_request(running.base, handshake.replace(REBIND, "127.0.0.1"))
+    assert status == 101 and headers["upgrade"].lower() == "websocket"
+
+
+def test_allowed_hosts_and_the_bound_name_are_answered(
+    make_server: Any, settings: Any, server_service: InferenceService
+) -> None:
+    from dataclasses import replace
+
+    named = InferenceService(replace(settings, allowed_hosts=("toolkit.example",)))  # never started: not needed
+    running = make_server(named)
+    typename = {"query": "{ __typename }"}
+    assert post(running.url, typename, headers={"Host": "Toolkit.Example:443"})[0] == 200
+    assert post(running.url, typename, headers={"Host": "toolkit.example."})[0] == 200
+    assert post(running.url, typename, headers={"Host": "other.example"})[0] == 403
+    anything = make_server(InferenceService(replace(settings, allowed_hosts=("*",))))
+    assert post(anything.url, typename, headers={"Host": f"{REBIND}:1"})[0] == 200
+    bound = make_server(server_service, host="toolkit.internal")  # SERVER_HOST names the server
+    assert post(bound.url, typename, headers={"Host": "toolkit.internal:8080"})[0] == 200
+    assert post(bound.url, typename, headers={"Host": REBIND})[0] == 403
+
+
+def test_guessing_keys_is_throttled_per_address(make_server: Any, server_service: InferenceService) -> None:
+    """300 wrong keys went through in 0.3 s. Now, after FailedKeys' limit, the address is refused with 429 on
+    every endpoint, its right key included (or guessing would go on), while health stays public."""
+    from server.security import KEY_FAILURES
+
+    running = make_server(server_service, api_keys=(KEY_A,))
+    models = {"query": "{ models { id } }"}
+    for i in range(KEY_FAILURES):
+        status, _, body = post(running.url, models, headers=bearer(f"guess-{i:08d}"))
+        assert status == 401 and code_of(body) == "UNAUTHENTICATED", i
+    status, headers, body = post(running.url, models, headers=bearer(f"guess-{KEY_FAILURES:08d}"))
+    assert status == 429 and code_of(body) == "RATE_LIMITED" and "wrong API keys" in body["errors"][0]["message"]
+    assert int(headers["Retry-After"]) == body["errors"][0]["extensions"]["retryAfter"] > 0
+    status, _, body = post(running.url, models, headers=bearer(KEY_A))  # the right key: refused too
+    assert status == 429 and code_of(body) == "RATE_LIMITED"
+    status, _, body = post(running.url, {"query": "{ health { status } }"}, headers=bearer(KEY_A))
+    assert status == 200 and body["data"]["health"]["status"] == "READY"  # health needs no key
+    request = urllib.request.Request(running.base + "/v1/models", headers=bearer(KEY_A))
+    with pytest.raises(urllib.error.HTTPError) as limited:
+        urllib.request.urlopen(request, timeout=30)
+    error = json.loads(limited.value.read())["error"]
+    assert limited.value.code == 429 and error["code"] == "rate_limit_exceeded" and limited.value.headers["Retry-After"]
+    port = urllib.parse.urlsplit(running.base).port
+    handshake = (
+        f"GET /graphql HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: graphql-transport-ws\r\n"
+    )
+    status, headers, raw = raw_request(running.base, handshake)
+    assert status == 429 and int(headers["retry-after"]) > 0 and code_of(json.loads(raw)) == "RATE_LIMITED"
+    other = make_server(server_service, api_keys=(KEY_A,))  # another server: its own count; no key is no guess
+    for _ in range(KEY_FAILURES + 2):
+        assert post(other.url, models)[0] == 401
+    assert post(other.url, models, headers=bearer(KEY_A))[0] == 200
+
+
+def test_wrong_keys_over_sockets_opened_before_count_too(make_server: Any, server_service: InferenceService) -> None:
+    """Sockets opened before the address was refused: each connection_init with a wrong key counts, and once
+    over the limit the key is not looked at (4429), the right one included."""
+    from server.security import KEY_FAILURES
+
+    running = make_server(server_service, api_keys=(KEY_A,))
+
+    async def run() -> list[Any]:
+        sockets = [
+            await connect(running.ws_url, subprotocols=["graphql-transport-ws"], proxy=None)  # type: ignore[list-item]
+            for _ in range(KEY_FAILURES + 1)
+        ]
+        keys = [f"guess-{i:08d}" for i in range(KEY_FAILURES)] + [KEY_A]
+        outcomes = []
+        for ws, key in zip(sockets, keys, strict=True):
+            await ws.send(json.dumps({"type": "connection_init", "payload": bearer(key)}))
+            try:
+                outcomes.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            except ConnectionClosed as exc:
+                outcomes.append(exc.rcvd.code if exc.rcvd else None)
+            await ws.close()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert outcomes[:KEY_FAILURES] == [4403] * KEY_FAILURES and outcomes[-1] == 4429

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -277,3 +280,51 @@ def test_the_remote_engine_pointed_at_this_endpoint_answers_as_the_local_service
         assert remote.text == local.text and remote.run_record.engine == "openai"
     finally:
         other.close(grace_s=0)
+
+
+def test_retrieve_a_model_and_an_unknown_one(api: Any, grounded: InferenceService) -> None:
+    """``client.models.retrieve(id)``: the entry ``/v1/models`` lists; an unknown id is a 404 in OpenAI's shape."""
+    name = grounded.registry.default.name
+    model = client(api).models.retrieve(name)
+    listed = client(api).models.list().data[0]
+    assert model.id == listed.id == name and model.object == "model" and model.owned_by == listed.owned_by
+    assert model.model_extra["max_model_len"] == listed.model_extra["max_model_len"]
+    with pytest.raises(openai.NotFoundError) as info:
+        client(api).models.retrieve("org/no-such-model")
+    error = info.value
+    assert error.status_code == 404 and error.code == "model_not_found" and error.param == "model"
+    assert error.type == "invalid_request_error" and "org/no-such-model" in error.message
+
+
+def test_a_model_id_with_a_slash_and_an_adapter(make_server: Any) -> None:
+    """Ids as a Hub name gives them (``org/name``, which the client sends as ``org%2Fname``) and as
+    ``<model>:<adapter>``."""
+    from types import SimpleNamespace
+
+    class Listed:
+        def models(self) -> list[Any]:
+            return [SimpleNamespace(id="org/Some-Model", engine="local", context_length=2048, status="ready")]
+
+        def adapters(self, model: str) -> list[Any]:
+            return [SimpleNamespace(name="tuned", path="tuned")]
+
+    api = make_server(Listed())
+    assert client(api).models.retrieve("org/Some-Model").owned_by == "llm-toolkit (local)"
+    adapter = client(api).models.retrieve("org/Some-Model:tuned")
+    assert adapter.id == "org/Some-Model:tuned" and adapter.model_extra["parent"] == "org/Some-Model"
+    with pytest.raises(openai.NotFoundError):
+        client(api).models.retrieve("org/Some-Model:other")
+
+
+def test_unknown_v1_paths_are_json_404s(api: Any, grounded: InferenceService) -> None:
+    """Not Tornado's HTML page: OpenAI's error shape, naming what is served, whatever the method."""
+    with pytest.raises(openai.NotFoundError) as info:
+        client(api).embeddings.create(model=grounded.registry.default.name, input="x")
+    error = info.value
+    assert error.code == "unknown_url" and error.type == "invalid_request_error"
+    assert "POST /v1/embeddings" in error.message and "/v1/chat/completions" in error.message
+    for path in ("/v1/completions", "/v1", "/v1/", "/v1/models/"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(api.base + path, timeout=30)
+        assert refused.value.code == 404 and refused.value.headers["Content-Type"].startswith("application/json")
+        assert json.loads(refused.value.read())["error"]["code"] == "unknown_url", path

@@ -12,7 +12,17 @@ from graphql import parse
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server.security import ApiKeys, TokenBucket, is_free, limit_errors, select_operation, shape
+from server.security import (
+    AllowedHosts,
+    ApiKeys,
+    FailedKeys,
+    TokenBucket,
+    host_of,
+    is_free,
+    limit_errors,
+    select_operation,
+    shape,
+)
 from toolkit.service import InferenceService
 
 KEY = "test-key-0123456789"
@@ -94,6 +104,70 @@ def test_token_bucket() -> None:
     assert bucket.take("b") is None  # per identity
     now[0] += 1.0
     assert bucket.take("a") is None
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1"),
+        ("[::1]:8080", "::1"),
+        ("[::1]", "::1"),
+        ("::1", "::1"),
+        ("LocalHost", "localhost"),
+        ("toolkit.example.:443", "toolkit.example"),
+        ("rebind.attacker.example:8080", "rebind.attacker.example"),
+        ("toolkit.example:http", None),
+        ("[::1]x", None),
+        ("[::1", None),
+        (":8080", None),
+    ],
+)
+def test_host_of(header: str, name: str | None) -> None:
+    assert host_of(header) == name
+
+
+def test_allowed_hosts() -> None:
+    hosts = AllowedHosts(["toolkit.example"])
+    accepted = [
+        None,  # no Host: not a browser
+        "127.0.0.1:8080",
+        "192.168.1.20:8080",  # any IP address: rebinding needs a name
+        "[::1]:8080",
+        "[fe80::1]",
+        "localhost:8080",
+        "app.localhost",
+        "server:8080",  # a name without a dot: a compose service
+        "my_host-2",
+        "Toolkit.Example:8443",
+        "toolkit.example.",
+    ]
+    refused = ["rebind.attacker.example:8080", "toolkit.example.attacker.example", "localhost.attacker.example", ""]
+    refused += ["evil@127.0.0.1", "127.0.0.1:8080/x", "a b", "server:port"]
+    assert [h for h in accepted if not hosts.allows(h)] == []
+    assert [h for h in refused if hosts.allows(h)] == []
+    assert AllowedHosts(["*"]).allows("rebind.attacker.example")
+    # the name it is bound to; an address bound to every interface names nothing
+    assert AllowedHosts(bound="toolkit.internal").allows("toolkit.internal:8080")
+    for wildcard in ("0.0.0.0", "::", ""):
+        assert not AllowedHosts(bound=wildcard).allows("rebind.attacker.example")
+    assert "ALLOWED_HOSTS" in AllowedHosts.refusal("rebind.attacker.example:8080")
+
+
+def test_failed_keys_refuse_an_address_until_the_oldest_failure_is_old() -> None:
+    now = [0.0]
+    failed = FailedKeys(limit=3, window_s=60, clock=lambda: now[0])
+    for t in (0.0, 10.0, 20.0):
+        now[0] = t
+        assert failed.wait("a") is None
+        failed.failed("a")
+    assert failed.wait("a") == 40  # until the first failure is 60 s old
+    assert failed.wait("b") is None  # per address
+    now[0] = 59.5
+    assert failed.wait("a") == 1  # rounded up, never 0
+    now[0] = 60.0
+    assert failed.wait("a") is None  # one more try ...
+    failed.failed("a")
+    assert failed.wait("a") == 10  # ... and refused until the second failure is 60 s old
 
 
 def test_api_key_helpers() -> None:
