@@ -223,6 +223,8 @@ def extras(result: InferResult) -> dict[str, Any]:
     out: dict[str, Any] = {"run_record_id": result.run_record.request_id, "timings": to_wire(result.timings)}
     if result.conversation_id is not None:
         out["conversation_id"] = result.conversation_id
+    if result.conversation_error is not None:
+        out["conversation_error"] = result.conversation_error
     if result.search_status != "off":
         out["sources"] = to_wire(result.sources)
         out["search_status"] = result.search_status

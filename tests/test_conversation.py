@@ -11,10 +11,11 @@ from typing import Any
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from storefaults import limited
 
 from toolkit.conversation import Conversation
 from toolkit.conversation_store import ConversationStore, title_of
-from toolkit.errors import InvalidRequest, UnknownConversation
+from toolkit.errors import InvalidRequest, StoreUnavailable, UnknownConversation
 from toolkit.params import InferRequest
 from toolkit.results import Done, Token
 from toolkit.service import InferenceService
@@ -276,6 +277,68 @@ def test_a_store_that_cannot_be_written_still_returns_the_answer(
     try:
         result = service.infer("What is the capital of France?", conversation=True, **GREEDY)
         assert "Paris" in result.text and result.conversation_id is None
-        assert "not kept" in caplog.text
+        assert result.conversation_error is not None and "cannot be opened" in result.conversation_error
+        assert str(tmp_path) not in result.conversation_error and "not kept" in caplog.text
+        assert service.health().store == "unopenable"
     finally:
         service.close()
+
+
+def test_a_full_disk_keeps_the_answer_and_leaves_no_empty_conversation(
+    settings: Settings, loaded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conversation and its first turn are written together: a store that fails between them left an empty
+    conversation; and the caller is told why its answer was not kept."""
+    path = tmp_path / "toolkit.db"
+    store = Store(path)
+    pages = store.query("PRAGMA page_count")[0][0]
+    store.close()
+    monkeypatch.setattr("toolkit.store.sqlite3.connect", limited(pages=pages + 2))  # a table's worth, no more
+    service = InferenceService(Settings(**{**settings.__dict__, "store": path}), loaded=loaded)
+    long_history = [("user", "Remember the word harbour. " * 200), ("assistant", "Noted.")]
+    result = service.infer("What is the capital of France?", history=long_history, conversation=True, **GREEDY)
+    assert result.finish_reason in ("stop", "length") and result.conversation_id is None  # answered, not kept
+    assert result.conversation_error is not None and "disk is full" in result.conversation_error
+    assert service.health().store == "full"
+    monkeypatch.undo()
+    assert Store(path).query("SELECT COUNT(*) FROM conversations")[0][0] == 0  # no orphan
+
+
+def test_a_corrupt_store_answers_store_unavailable_and_health_says_so(
+    settings: Settings, loaded: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "toolkit.db"
+    service = InferenceService(Settings(**{**settings.__dict__, "store": path}), loaded=loaded)
+    kept = service.infer("Hello", conversation=True, **GREEDY)
+    for i in range(30):  # pages of turns to damage
+        service.infer(f"Tell me about the number {i}.", conversation=kept.conversation_id, **GREEDY)
+    service.kept.store.query("PRAGMA wal_checkpoint(TRUNCATE)")
+    service.kept.store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for start in range(2 * page, len(data), page):  # every page after the schema's
+        data[start : start + page] = b"\xff" * page
+    path.write_bytes(bytes(data))
+    cid = kept.conversation_id
+    for call in (
+        lambda: service.conversation_info(cid),
+        lambda: service.rename_conversation(cid, "new"),
+        lambda: service.delete_conversation(cid),
+        lambda: service.infer("Again", conversation=cid, **GREEDY),
+    ):
+        with pytest.raises(StoreUnavailable) as caught:
+            call()
+        assert (
+            caught.value.reason == "corrupt" and caught.value.status == 503 and str(tmp_path) not in str(caught.value)
+        )
+    assert service.health().store == "corrupt"
+
+
+def test_titles_keep_no_control_or_bidi_characters(service: Any) -> None:
+    conv = service.conversation(**GREEDY)
+    conv.ask("Hello\u202e there\x00")
+    info = service.rename_conversation(conv.id, "Report\u202e fdp.exe\x00 ok")
+    assert info.title == "Report fdp.exe ok"
+    assert service.conversation_info(conv.id).title == "Report fdp.exe ok"
+    with pytest.raises(InvalidRequest, match="title"):
+        service.rename_conversation(conv.id, "\u202e\x00")

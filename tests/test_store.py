@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
+from storefaults import limited
 
-from toolkit.errors import ConfigError
+from toolkit.errors import StoreUnavailable
 from toolkit.settings import Settings, default_store
 from toolkit.store import MIGRATIONS, Store
 
@@ -51,19 +53,85 @@ def test_several_processes_write_at_once(tmp_path: Path) -> None:
     assert Store(path).query("SELECT COUNT(*) FROM answers")[0][0] == 800
 
 
-def test_a_store_that_cannot_be_opened_names_the_setting(tmp_path: Path) -> None:
+def test_a_store_that_cannot_be_opened_says_why_without_its_path(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(ConfigError, match="TOOLKIT_STORE") as caught:
+    with pytest.raises(StoreUnavailable, match="TOOLKIT_STORE") as caught:
         Store(tmp_path / "file" / "toolkit.db").cached("k")
-    assert "cannot open the store" in caught.value.message
+    assert caught.value.reason == "unopenable" and str(tmp_path) not in caught.value.message
     (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(ConfigError, match="not a toolkit store"):
+    with pytest.raises(StoreUnavailable, match="damaged") as caught:
         Store(tmp_path / "junk.db").cached("k")
+    assert caught.value.reason == "corrupt" and caught.value.status == 503 and caught.value.retry_after_s is None
     newer = sqlite3.connect(tmp_path / "newer.db")
     newer.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     newer.close()
-    with pytest.raises(ConfigError, match="from a newer toolkit"):
+    with pytest.raises(StoreUnavailable, match="newer toolkit"):
         Store(tmp_path / "newer.db").cached("k")
+
+
+def test_a_full_disk_is_reported_as_full_and_rolled_back_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "toolkit.db")
+    store.cache("small", {"text": "fits"})
+    pages = store.query("PRAGMA page_count")[0][0]
+    store.close()
+    monkeypatch.setattr("toolkit.store.sqlite3.connect", limited(pages=pages))
+    full = Store(tmp_path / "toolkit.db")
+    with pytest.raises(StoreUnavailable) as caught:
+        full.cache("big", {"text": "x" * 200_000})
+    error = caught.value
+    assert error.reason == "full" and error.retry_after_s == 30 and error.status == 503
+    assert str(tmp_path) not in error.message and "disk is full" in error.message
+    assert full.state == "full" and full.cached("small") == {"text": "fits"}  # reads still work
+    assert "cannot rollback" not in caplog.text and str(tmp_path) in caplog.text  # the cause, in the log
+    assert full.cached("big") is None
+    monkeypatch.undo()  # space again
+    again = Store(tmp_path / "toolkit.db")
+    again.cache("big", {"text": "x" * 200_000})
+    assert again.state == "ok" and again.cached("big") is not None
+
+
+def test_a_read_only_store_says_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Store(tmp_path / "toolkit.db").cache("k", {"text": "kept"})
+    monkeypatch.setattr("toolkit.store.sqlite3.connect", limited(read_only=True))
+    with pytest.raises(StoreUnavailable) as caught:
+        Store(tmp_path / "toolkit.db").cache("k2", {})
+    assert caught.value.reason == "read-only" and "not a toolkit store" not in caught.value.message
+
+
+def test_a_new_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "new" / "toolkit.db")
+    store.cache("k", {"prompt": "private"})
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+    for name in ("toolkit.db", "toolkit.db-wal"):
+        assert (tmp_path / "new" / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_readers_in_threads_do_not_wait_on_each_other(tmp_path: Path) -> None:
+    """A connection per thread: a reader inside a long read does not hold up another thread's reads or a write."""
+    store = Store(tmp_path / "toolkit.db")
+    store.cache("k", {"text": "v"})
+    inside, done = threading.Event(), threading.Event()
+
+    def long_read() -> None:
+        db = store._connect()
+        db.execute("BEGIN")  # a read transaction held open, as a slow reader's is
+        db.execute("SELECT COUNT(*) FROM answers").fetchall()
+        inside.set()
+        done.wait(30)
+        db.execute("COMMIT")
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    try:
+        assert inside.wait(30)
+        assert store.cached("k") == {"text": "v"}  # with one shared connection this read joined the open one
+        store.cache("k2", {"text": "w"})  # and this write would have failed inside it
+        assert store.cached("k2") == {"text": "w"}
+    finally:
+        done.set()
+        reader.join(30)
 
 
 def test_toolkit_store_names_the_file_or_turns_it_off(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ its turns in memory and sends them as history itself.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,7 +30,7 @@ from toolkit.conversation_store import (
     title_of,
     turn_status,
 )
-from toolkit.errors import ConfigError, InvalidRequest, UnknownConversation
+from toolkit.errors import InvalidRequest, StoreUnavailable, UnknownConversation
 from toolkit.params import InferRequest, Turn
 from toolkit.results import Done, InferResult, Replay, RunRecord, StreamEvent, Token
 from toolkit.store import Store, now
@@ -53,6 +52,7 @@ class Thread:
     saved: bool = False
     prior: tuple[Turn, ...] = ()  # a new conversation's history, as the client sent it: its first turns
     continues: bool = False  # the history is the store's: the service fits it to the input limit
+    error: str | None = None  # why the turn could not be kept (the store failed)
 
     def apply(self, request: InferRequest) -> InferRequest:
         """``request`` with the conversation's history (and its model, adapter and system prompt where the
@@ -77,7 +77,7 @@ class Thread:
     def save(self, request: InferRequest, result: InferResult) -> InferResult:
         """Save the finished turn; the result, carrying the conversation's id."""
         self._save(request, result.text, result.finish_reason, result)
-        return replace(result, conversation_id=self.conversation_id)
+        return replace(result, conversation_id=self.conversation_id, conversation_error=self.error)
 
     def save_unfinished(self, request: InferRequest, text: str) -> None:
         """The caller went away before the answer was done: what was said so far, as cancelled."""
@@ -99,15 +99,15 @@ class Thread:
         self.saved = True
         try:
             if self.conversation_id is None:
-                first = self.prior[0].content if self.prior else None
-                self.conversation_id = self.conversations.create(self.owner, request, first)
-            if not self.conversations.add_turn(self.conversation_id, request, text, finish_reason, result, self.prior):
+                self.conversation_id = self.conversations.start(
+                    self.owner, request, text, finish_reason, result, self.prior
+                )
+            elif not self.conversations.add_turn(self.conversation_id, request, text, finish_reason, result):
                 self.conversation_id = None  # deleted meanwhile: the answer is not a turn of anything
-        except (sqlite3.Error, ConfigError) as exc:
-            log.warning(
-                "TOOLKIT_STORE %s: turn %s not kept: %s", self.conversations.store.path, request.request_id, exc
-            )
+        except StoreUnavailable as exc:  # the store logged its cause and file
+            log.warning("turn %s not kept: %s", request.request_id, exc.message)
             self.conversation_id = None
+            self.error = exc.message
         self.prior = ()
 
 

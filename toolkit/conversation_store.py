@@ -16,6 +16,7 @@ from typing import Any
 from toolkit.errors import InvalidRequest, UnknownConversation
 from toolkit.params import InferRequest, Turn
 from toolkit.results import InferResult, Source
+from toolkit.search import clean_text
 from toolkit.store import Store, now
 from toolkit.wire import ENUM, JSON
 
@@ -76,7 +77,7 @@ class ConversationInfo:
 
 
 def title_of(prompt: str) -> str:
-    line = " ".join(prompt.split())
+    line = " ".join(clean_text(prompt).split())
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rsplit(" ", 1)[0] + "…"
 
 
@@ -99,27 +100,50 @@ class ConversationStore:
     # ----- writing ---------------------------------------------------------------------
 
     def create(self, owner: str, request: InferRequest, first_prompt: str | None = None) -> str:
+        """A new conversation, with no turns yet; its id."""
+        with self.store.transaction() as db:
+            conversation_id = self._create(db, owner, request, first_prompt)
+        self.prune()
+        return conversation_id
+
+    def start(
+        self,
+        owner: str,
+        request: InferRequest,
+        answer: str,
+        finish_reason: str,
+        result: InferResult | None = None,
+        prior: tuple[Turn, ...] = (),
+    ) -> str:
+        """A new conversation and its first turn (after the ``prior`` turns a client sent as history), written
+        together: a store that fails leaves neither, never an empty conversation."""
+        with self.store.transaction() as db:
+            conversation_id = self._create(db, owner, request, prior[0].content if prior else None)
+            self._add(db, conversation_id, request, answer, finish_reason, result, prior)
+        self.prune()
+        return conversation_id
+
+    @staticmethod
+    def _create(db: Any, owner: str, request: InferRequest, first_prompt: str | None) -> str:
         conversation_id = secrets.token_hex(16)
         stamp = now()
-        with self.store.transaction() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM conversations").fetchone()[0]
-            db.execute(
-                "INSERT INTO conversations (id, owner, title, model, adapter, system_prompt, web_search, created_at, "
-                "updated_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    conversation_id,
-                    owner,
-                    title_of(first_prompt or request.prompt),
-                    request.model,
-                    request.adapter,
-                    request.system_prompt,
-                    int(request.web_search),
-                    stamp,
-                    stamp,
-                    seq,
-                ),
-            )
-        self.prune()
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM conversations").fetchone()[0]
+        db.execute(
+            "INSERT INTO conversations (id, owner, title, model, adapter, system_prompt, web_search, created_at, "
+            "updated_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                conversation_id,
+                owner,
+                title_of(first_prompt or request.prompt),
+                request.model,
+                request.adapter,
+                request.system_prompt,
+                int(request.web_search),
+                stamp,
+                stamp,
+                seq,
+            ),
+        )
         return conversation_id
 
     def add_turn(
@@ -133,7 +157,24 @@ class ConversationStore:
     ) -> bool:
         """Save a turn (its position is the next one, even with two processes adding at once), after the
         ``prior`` turns a client sent as history when it started the conversation; the conversation becomes
-        the newest, with the turn's model, adapter, system prompt and search as its own."""
+        the newest, with the turn's model, adapter, system prompt and search as its own. False: the
+        conversation was deleted meanwhile (nothing is kept)."""
+        with self.store.transaction() as db:
+            if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
+                return False  # deleted while the turn ran: the answer stands, nothing is kept
+            self._add(db, conversation_id, request, answer, finish_reason, result, prior)
+        return True
+
+    @staticmethod
+    def _add(
+        db: Any,
+        conversation_id: str,
+        request: InferRequest,
+        answer: str,
+        finish_reason: str,
+        result: InferResult | None,
+        prior: tuple[Turn, ...],
+    ) -> None:
         stamp = now()
         model = result.model if result is not None else request.model
         adapter = result.adapter if result is not None else request.adapter
@@ -145,51 +186,50 @@ class ConversationStore:
             for i, (user, bot) in enumerate(zip(prior[::2], prior[1::2], strict=True))
         ]
         rows.append((request.request_id, request.prompt, answer, finish_reason, model, adapter, sources, record))
-        with self.store.transaction() as db:
-            if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
-                return False  # deleted while the turn ran: the answer stands, nothing is kept
-            position = db.execute(
-                "SELECT COALESCE(MAX(position), -1) + 1 FROM conversation_turns WHERE conversation_id = ?",
-                (conversation_id,),
-            ).fetchone()[0]
-            for offset, (request_id, prompt, text, finish, model_, adapter_, sources_, record_) in enumerate(rows):
-                cursor = db.execute(
-                    "INSERT INTO conversation_turns (conversation_id, position, request_id, prompt, answer, status, "
-                    "finish_reason, model, adapter, sources, run_record, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        conversation_id,
-                        position + offset,
-                        request_id,
-                        prompt,
-                        text,
-                        turn_status(finish),
-                        finish,
-                        model_,
-                        adapter_,
-                        json.dumps(sources_),
-                        json.dumps(record_) if record_ is not None else None,
-                        stamp,
-                    ),
-                )
-                db.execute(
-                    "INSERT INTO conversation_text (rowid, text) VALUES (?, ?)", (cursor.lastrowid, f"{prompt}\n{text}")
-                )
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM conversations").fetchone()[0]
-            db.execute(
-                "UPDATE conversations SET updated_at = ?, seq = ?, model = ?, adapter = ?, system_prompt = ?, "
-                "web_search = ? WHERE id = ?",
-                (stamp, seq, model, adapter, request.system_prompt, int(request.web_search), conversation_id),
+        position = db.execute(
+            "SELECT COALESCE(MAX(position), -1) + 1 FROM conversation_turns WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()[0]
+        for offset, (request_id, prompt, text, finish, model_, adapter_, sources_, record_) in enumerate(rows):
+            cursor = db.execute(
+                "INSERT INTO conversation_turns (conversation_id, position, request_id, prompt, answer, status, "
+                "finish_reason, model, adapter, sources, run_record, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    position + offset,
+                    request_id,
+                    prompt,
+                    text,
+                    turn_status(finish),
+                    finish,
+                    model_,
+                    adapter_,
+                    json.dumps(sources_),
+                    json.dumps(record_) if record_ is not None else None,
+                    stamp,
+                ),
             )
-        return True
+            db.execute(
+                "INSERT INTO conversation_text (rowid, text) VALUES (?, ?)", (cursor.lastrowid, f"{prompt}\n{text}")
+            )
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM conversations").fetchone()[0]
+        db.execute(
+            "UPDATE conversations SET updated_at = ?, seq = ?, model = ?, adapter = ?, system_prompt = ?, "
+            "web_search = ? WHERE id = ?",
+            (stamp, seq, model, adapter, request.system_prompt, int(request.web_search), conversation_id),
+        )
 
     def rename(self, conversation_id: str, title: str, owner: str = "") -> ConversationInfo:
-        if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE:
+        if not isinstance(title, str) or len(title) > MAX_TITLE:
             raise InvalidRequest("title", f"must be 1 to {MAX_TITLE} characters")
+        title = " ".join(clean_text(title).split())  # no control, zero-width or bidi characters (U+202E, NUL)
+        if not title:
+            raise InvalidRequest("title", f"must be 1 to {MAX_TITLE} characters, not only spaces or control characters")
         with self.store.transaction() as db:
             cursor = db.execute(
                 "UPDATE conversations SET title = ? WHERE id = ? AND owner = ?",
-                (" ".join(title.split()), conversation_id, owner),
+                (title, conversation_id, owner),
             )
             if cursor.rowcount == 0:
                 raise UnknownConversation(conversation_id, "id")

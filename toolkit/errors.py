@@ -198,6 +198,33 @@ class Overloaded(ToolkitError):
         self.limit = limit
 
 
+# a StoreUnavailable reason: (what is wrong, what to do, seconds after which a retry may help)
+STORE_REASONS: dict[str, tuple[str, str, int | None]] = {
+    "full": ("the disk is full", "retry once space is freed", 30),
+    "busy": ("another writer holds it", "retry in a moment", 1),
+    "read-only": ("its file is read-only", "make the file and its folder writable", None),
+    "corrupt": ("its file is damaged", "restore it from a backup or move it aside", None),
+    "newer": ("it was written by a newer toolkit", "upgrade the toolkit", None),
+    "unopenable": ("its file cannot be opened", "check TOOLKIT_STORE's folder", None),
+    "error": ("it failed", "see the server's log", None),
+}
+
+
+class StoreUnavailable(ToolkitError):
+    """The toolkit's store (``TOOLKIT_STORE``) cannot be read or written now: a full disk, a read-only or corrupt
+    file, a lock held too long. The message never names the server's files (the log does)."""
+
+    code = "STORE_UNAVAILABLE"
+    status = 503
+    wire_fields: tuple[str, ...] = ("reason",)
+
+    def __init__(self, reason: str, doing: str = "used") -> None:
+        what, fix, retry = STORE_REASONS.get(reason, STORE_REASONS["error"])
+        super().__init__(f"the store (TOOLKIT_STORE) cannot be {doing}: {what}; {fix}")
+        self.reason = reason
+        self.retry_after_s = retry
+
+
 class EngineUnavailable(ToolkitError):
     """The engine of a model cannot answer now: its remote server is down, refuses, times out or sent
     a broken stream. The message names the model, never the server's URL or key; retry later."""

@@ -127,6 +127,7 @@ class InferResult:
     search_message: str | None = None  # why the search failed, for the user
     grounding: Grounding | None = None  # with sources: is each sentence supported by them (toolkit.grounding)
     conversation_id: str | None = None  # the kept conversation this answer is a turn of (toolkit.conversation)
+    conversation_error: str | None = None  # asked to be kept and not kept: why (the answer itself stands)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -208,6 +209,7 @@ class Health:
     error: str | None = None
     models: tuple[ModelHealth, ...] = ()
     preparing: int = 0  # accepted, being searched for or prepared: not yet in an engine's queue
+    store: str = "off"  # the conversation store: off | ok | full | busy | read-only | corrupt | ... (its last failure)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -240,6 +240,7 @@ class InferenceService:
             queue_depth=queued,
             active=active,
             preparing=preparing,
+            store=self.kept.store.state if self.kept is not None else "off",
             uptime_s=time.monotonic() - self._started_at,
             version=TOOLKIT_VERSION,
             error=default.error,

@@ -9,7 +9,10 @@ the CLI): readers never wait for a writer, and a writer waits for another instea
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import ConfigError
+from toolkit.errors import StoreUnavailable
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: evaluations
@@ -59,41 +62,110 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 BUSY_TIMEOUT_MS = 30_000
+log = logging.getLogger("toolkit.store")
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def failure(exc: sqlite3.Error) -> str:
+    """What a SQLite error says about the store: a ``StoreUnavailable`` reason."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc).lower()
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return "full"
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return "read-only"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return "busy"
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
+        return "corrupt"
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return "unopenable"
+    return "error"
+
+
+class NewerStore(Exception):
+    """A store whose schema is newer than this toolkit knows."""
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is still open. SQLite has already rolled back after some errors (a full disk): a second
+    ROLLBACK would fail and hide the real error."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
 class Store:
-    """The database at ``path``, opened (and migrated) on first use; one connection, shared by threads."""
+    """The database at ``path``, opened (and migrated) on first use: a connection per thread, so readers never
+    wait on each other (WAL) and a writer waits for another in SQLite (``BEGIN IMMEDIATE``, busy timeout).
+
+    A failure is a ``StoreUnavailable`` naming what is wrong (full, read-only, corrupt, busy): its cause and the
+    file go to the log, never to the caller. ``state`` is the last failure's reason, until a write succeeds
+    ("ok"), for ``health``.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
-        self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._generation = 0  # close() makes every thread's connection stale
+        self._migrated = False
+        self.state = "ok"
+
+    def _fail(self, exc: sqlite3.Error | OSError, doing: str) -> StoreUnavailable:
+        reason = failure(exc) if isinstance(exc, sqlite3.Error) else "unopenable"
+        self.state = reason
+        log.error("TOOLKIT_STORE %s cannot be %s: %s (%s)", self.path, doing, reason, exc)
+        return StoreUnavailable(reason, doing)
 
     def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(
-                    self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
-                )
-            except (OSError, sqlite3.Error) as exc:
-                raise ConfigError("TOOLKIT_STORE", f"{self.path}: cannot open the store ({exc})") from None
-            try:
-                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = NORMAL")
-                db.execute("PRAGMA foreign_keys = ON")
-                db.execute("PRAGMA secure_delete = ON")  # what is deleted (a conversation) is overwritten
-                self._migrate(db)
-            except sqlite3.DatabaseError as exc:
-                db.close()
-                raise ConfigError("TOOLKIT_STORE", f"{self.path}: not a toolkit store ({exc})") from None
-            self._db = db
-        return self._db
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None and self._local.generation == self._generation:
+            return db
+        try:
+            self._create()
+            db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise self._fail(exc, "opened") from None
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA secure_delete = ON")  # what is deleted (a conversation) is overwritten
+            with self._lock:
+                if not self._migrated:
+                    db.execute("PRAGMA journal_mode = WAL")  # kept in the file: once is enough
+                    self._migrate(db)
+                    self._migrated = True
+            db.execute("PRAGMA synchronous = NORMAL")
+        except NewerStore as exc:
+            db.close()
+            self.state = "newer"
+            log.error("TOOLKIT_STORE %s: %s", self.path, exc)
+            raise StoreUnavailable("newer", "opened") from None
+        except sqlite3.Error as exc:
+            db.close()
+            raise self._fail(exc, "opened") from None
+        with self._lock:
+            self._connections.append(db)
+            self._local.db, self._local.generation = db, self._generation
+        return db
+
+    def _create(self) -> None:
+        """A new store is made readable by its owner only: it holds every caller's prompts (0600 in a 0700
+        folder that it creates)."""
+        if self.path.exists():
+            return
+        folder = self.path.parent
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # SQLite takes an empty file
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -101,7 +173,7 @@ class Store:
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
-                raise sqlite3.DatabaseError(
+                raise NewerStore(
                     f"schema version {version}, from a newer toolkit; this one knows up to {len(MIGRATIONS)}"
                 )
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -110,7 +182,7 @@ class Store:
                 db.execute(f"PRAGMA user_version = {number}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     @property
@@ -120,19 +192,28 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Statements that land together (``BEGIN IMMEDIATE``: a writer waits its turn, never fails)."""
-        with self._lock:
-            db = self._connect()
+        db = self._connect()
+        try:
             db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "written") from None
+        try:
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(db)
+            raise self._fail(exc, "written") from None
+        except BaseException:
+            _rollback(db)
+            raise
+        self.state = "ok"
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return list(self._connect().execute(sql, args).fetchall())
+        db = self._connect()
+        try:
+            return list(db.execute(sql, args).fetchall())
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "read") from None
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
         with self.transaction() as db:
@@ -140,9 +221,11 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            for db in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            self._connections.clear()
+            self._generation += 1
 
     # ----- the answer cache -------------------------------------------------------------------
 
