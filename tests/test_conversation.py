@@ -105,6 +105,8 @@ def test_bad_conversation_input_is_refused_by_name(service: Any) -> None:
         service.infer(InferRequest("Hi", history=[("user", "a"), ("assistant", "b")]), conversation=conv.id)
     with pytest.raises(InvalidRequest, match="first"):
         service.conversations(first=0)
+    with pytest.raises(InvalidRequest, match="at most 16 words"):
+        service.conversations(query=" ".join(["word"] * 17))
     with pytest.raises(UnknownConversation):
         service.conversations(before="nope")
 

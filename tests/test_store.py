@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from storefaults import limited
 
-from toolkit.errors import StoreUnavailable
+from toolkit.errors import RequestTimeout, StoreUnavailable
 from toolkit.settings import Settings, default_store
 from toolkit.store import MIGRATIONS, Store
 
@@ -159,3 +159,11 @@ def test_a_store_from_before_conversations_is_migrated_and_keeps_its_data(tmp_pa
     cid = kept.create("", InferRequest("Hello"))
     assert kept.add_turn(cid, InferRequest("Hello"), "Hi!", "stop")
     assert [c.id for c in kept.list(query="hello")] == [cid]
+
+
+def test_a_read_with_a_budget_stops_past_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "toolkit.db")
+    endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n"
+    with pytest.raises(RequestTimeout, match="took longer than 0.05 s"):
+        store.query(endless, budget_s=0.05)
+    assert store.query("SELECT 1") == [(1,)]  # the connection serves on, without the budget

@@ -26,6 +26,8 @@ MAX_TITLE = 200
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
 MAX_QUERY = 500
+MAX_QUERY_WORDS = 16  # each word is a lookup in the search index
+SEARCH_BUDGET_S = 2.0  # a search stops past this (RequestTimeout): one caller's searches cannot hold the store
 PRUNE_EVERY_S = 3600.0
 
 
@@ -353,6 +355,8 @@ class ConversationStore:
             if not isinstance(query, str) or len(query) > MAX_QUERY:
                 raise InvalidRequest("query", f"must be at most {MAX_QUERY} characters")
             words = re.findall(r"\w+", query)
+            if len(words) > MAX_QUERY_WORDS:
+                raise InvalidRequest("query", f"must have at most {MAX_QUERY_WORDS} words, got {len(words)}")
             if words:  # every word somewhere in the conversation (each turn is a row of the index)
                 found = " AND ".join(
                     "c.id IN (SELECT t.conversation_id FROM conversation_turns t WHERE t.rowid IN "
@@ -363,4 +367,5 @@ class ConversationStore:
                 like = "%" + re.sub(r"([%_\\])", r"\\\1", query.strip()) + "%"
                 args += [*(f'"{w}"*' for w in words), like]
         sql = f"SELECT {self._COLUMNS} FROM conversations c WHERE ({') AND ('.join(where)}) ORDER BY c.seq DESC LIMIT ?"
-        return [self._info(row) for row in self.store.query(sql, (*args, first))]
+        budget = SEARCH_BUDGET_S if query is not None else None
+        return [self._info(row) for row in self.store.query(sql, (*args, first), budget_s=budget)]

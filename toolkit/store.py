@@ -15,13 +15,14 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import StoreUnavailable
+from toolkit.errors import RequestTimeout, StoreUnavailable
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: evaluations
@@ -208,12 +209,23 @@ class Store:
             raise
         self.state = "ok"
 
-    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, args: tuple[Any, ...] = (), *, budget_s: float | None = None) -> list[tuple[Any, ...]]:
+        """The rows of a read. ``budget_s``: SQLite stops it past that many seconds (``RequestTimeout``)."""
         db = self._connect()
+        if budget_s is not None:
+            deadline = time.monotonic() + budget_s
+            db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # a true value interrupts
         try:
             return list(db.execute(sql, args).fetchall())
+        except sqlite3.OperationalError as exc:
+            if budget_s is not None and "interrupted" in str(exc):
+                raise RequestTimeout(f"the search took longer than {budget_s:g} s; use fewer or rarer words") from None
+            raise self._fail(exc, "read") from None
         except sqlite3.Error as exc:
             raise self._fail(exc, "read") from None
+        finally:
+            if budget_s is not None:
+                db.set_progress_handler(None, 0)
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
         with self.transaction() as db:
