@@ -91,4 +91,8 @@ def test_a_record_is_held_to_this_deployments_limits(service: InferenceService) 
     with pytest.raises(PromptTooLong) as info:
         service.replay(too_long)
     assert info.value.field == "run_record.messages"
+    for dropped in (-1, 10**30):  # a count that is not one is refused, not written into the new record
+        with pytest.raises(InvalidRequest) as info:
+            service.replay({**record, "dropped_history_turns": dropped})
+        assert info.value.field == "run_record.dropped_history_turns"
     assert service.replay(record).identical  # the service keeps serving

@@ -105,10 +105,18 @@ class RunRecord:
                 GenerationParams.check(name, value, where="run_record.params")
         if fields.get("search") is not None:
             SearchOutcome.from_dict(fields["search"])  # checked here: a replay uses it instead of a new search
+        dropped = fields.get("dropped_history_turns", 0)
+        if not 0 <= dropped <= MAX_HISTORY_TURNS:  # a count of turns, written into the new record
+            raise InvalidRequest(
+                "run_record.dropped_history_turns", f"must be between 0 and {MAX_HISTORY_TURNS}, got {dropped}"
+            )
         return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+MAX_HISTORY_TURNS = 1_000_000  # far more than any input limit holds: a record's count beyond it is not one
 
 
 @dataclass(frozen=True)
