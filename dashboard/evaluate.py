@@ -25,6 +25,7 @@ from dashboard.compare import Column, Columns
 from dashboard.config import DashboardSettings
 from toolkit.errors import ToolkitError
 from toolkit.evals import EvalRow, EvalRun, load_dataset
+from toolkit.evals.dataset import check_size
 from toolkit.evals.runs import RunStore
 from toolkit.protocol import Service
 from toolkit.results import Source
@@ -147,12 +148,16 @@ class EvaluateView:
     # ----- running ----------------------------------------------------------------------
 
     def dataset_path(self) -> Path | None:
-        """The uploaded file (kept under its own name, so errors name it), else the chosen one."""
+        """The uploaded file (kept under its own name, so errors name it), else the chosen one. An upload over
+        ``MAX_DATASET_BYTES`` is refused (``DatasetError``) before it is written; ``load_dataset`` reads either."""
         uploaded = self.upload.value
         if uploaded:
             item = uploaded[0]
-            path = Path(self._uploads.name) / Path(item["name"]).name
-            path.write_bytes(bytes(item["content"]))
+            name = Path(item["name"]).name
+            content = memoryview(item["content"])
+            check_size(content.nbytes, name)
+            path = Path(self._uploads.name) / name
+            path.write_bytes(content)
             return path
         return Path(self.file.value) if self.file.value else None
 
@@ -172,11 +177,12 @@ class EvaluateView:
     def start(self) -> None:
         if self.busy:
             return
-        path = self.dataset_path()
-        if path is None:
-            self.status.value = bubbles.banner("Choose a dataset file or upload one.")
-            return
         try:
+            path = self.dataset_path()
+            if path is None:
+                self.status.value = bubbles.banner("Choose a dataset file or upload one.")
+                return
+            # the toolkit's loader, as a notebook's and the CLI's: the same bounds (size, samples, YAML aliases)
             data = load_dataset(path, models=[m.id for m in self.backend.models()])
         except ToolkitError as exc:
             self.status.value = bubbles.banner(exc.message)

@@ -164,6 +164,6 @@ def test_a_store_from_before_conversations_is_migrated_and_keeps_its_data(tmp_pa
 def test_a_read_with_a_budget_stops_past_it(tmp_path: Path) -> None:
     store = Store(tmp_path / "toolkit.db")
     endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n"
-    with pytest.raises(RequestTimeout, match="took longer than 0.05 s"):
+    with pytest.raises(RequestTimeout, match=r"took longer than 0\.05 s"):
         store.query(endless, budget_s=0.05)
     assert store.query("SELECT 1") == [(1,)]  # the connection serves on, without the budget

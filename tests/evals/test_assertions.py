@@ -8,8 +8,9 @@ import pytest
 
 from toolkit import grounding
 from toolkit.errors import InvalidRequest
+from toolkit.evals import assertions
 from toolkit.evals.answers import Answer
-from toolkit.evals.assertions import TYPES, parse_check, score
+from toolkit.evals.assertions import TYPES, CheckError, parse_check, score
 
 SOURCES = ["Quillborough is the capital of Zorvath. It was founded in 2231.", "Zorvath exports glowmoss."]
 
@@ -118,3 +119,51 @@ def test_a_bad_check_names_its_field(spec: dict[str, Any], field: str, words: st
     with pytest.raises(InvalidRequest) as caught:
         parse_check(spec, models=["smollm2"])
     assert caught.value.field == field and words in caught.value.message
+
+
+# ----- no check hangs a run: a regex runs out of time, the slow checks are bounded -----------------
+
+SEVENTY = "The capital of France is Paris and it is a large and rather old city!!"  # no match for the first
+
+
+def test_the_issues_regex_against_a_70_character_answer_gives_a_verdict() -> None:
+    """``^(\\w+\\s?)*$`` backtracks 2**n ways in Python's ``re`` (the run hung); the engine that runs checks
+    now finds no match at once."""
+    assert len(SEVENTY) == 70
+    check = parse_check({"type": "regex", "value": r"^(\w+\s?)*$"})
+    failed = score(check, answer(SEVENTY), "q")
+    assert not failed.passed and failed.reason == "no match"
+    assert score(check, answer(SEVENTY.rstrip("!")), "q").passed
+
+
+def test_a_regex_that_backtracks_without_end_runs_out_of_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert assertions.REGEX_TIMEOUT_S == 1.0
+    monkeypatch.setattr(assertions, "REGEX_TIMEOUT_S", 0.2)
+    check = parse_check({"type": "regex", "value": r"^(?:[\w ]|[\w ](?=[\w ]))*$"})  # beyond the engine's guard
+    for spec in (check, parse_check({"type": "not-regex", "value": check.value})):  # no verdict either way
+        with pytest.raises(CheckError) as caught:
+            score(spec, answer(SEVENTY), "q")
+        assert caught.value.code == "CHECK_TIMEOUT"
+        assert caught.value.message.startswith(
+            "regex check timed out after 0.2 s on a 70-character answer: simplify the pattern"
+        )
+
+
+def test_a_regex_is_checked_at_load_by_the_engine_that_runs_it() -> None:
+    check = parse_check({"type": "regex", "value": r"^\p{Lu}\p{Ll}+"})  # Unicode classes: ``re`` refused them
+    assert score(check, answer("Zürich"), "q").passed and not score(check, answer("zürich"), "q").passed
+    with pytest.raises(InvalidRequest, match="not a valid regular expression"):
+        parse_check({"type": "regex", "value": r"\p{NoSuchProperty}"})
+
+
+def test_levenshtein_on_huge_strings_and_is_json_on_deep_nesting_end_at_once() -> None:
+    long_answer = answer("word " * 200_000)  # a million characters against a short value: fails, whatever else
+    far = score(parse_check({"type": "levenshtein", "value": "Quillborough", "threshold": 2}), long_answer, "q")
+    assert not far.passed and far.score == 0 and far.reason.startswith("at least 999987 edits")
+    near = parse_check({"type": "levenshtein", "value": "word " * 100_000})  # as long as the answer: cannot tell
+    with pytest.raises(CheckError, match=r"levenshtein: a 501000-character answer .* \(MAX_LEVENSHTEIN_CELLS\)"):
+        score(near, answer("word " * 100_000 + "x" * 1000), "q")
+    deep = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot read
+    with pytest.raises(CheckError, match="is-json: the 200000-character answer nests deeper") as caught:
+        score(parse_check({"type": "is-json"}), answer(deep), "q")
+    assert caught.value.code == "CHECK_ERROR"

@@ -3,12 +3,18 @@ caught at load, naming the file, the line (or row) and the field."""
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from toolkit.evals import DatasetError, dataset, load_dataset
+from toolkit.evals.assertions import parse_check
+
+module = importlib.import_module("toolkit.evals.dataset")  # (toolkit.evals.dataset is the function)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -213,3 +219,145 @@ def test_a_csv_with_promptfoos_columns(tmp_path: Path) -> None:
     )
     sample = data.samples[0]
     assert (sample.input, sample.metric, sample.weight, sample.web_search) == ("Capital of France?", "geo", 2.0, False)
+
+
+# ----- bounds: no file can hang or exhaust what loads it ------------------------------------------
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A "billion laughs" mapping: nine strings, then each level nine aliases of the one before (9**9 values
+    when expanded, from a few hundred bytes)."""
+    names = "abcdefghijklmnopqrstuvwxyz"[:levels]
+    lines = ['    a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"    {b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in itertools.pairwise(names)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_as_it_is_read_naming_the_limit(tmp_path: Path) -> None:
+    bomb = alias_bomb()
+    text = "- input: Hi\n  target: hello\n  metadata:\n" + bomb
+    assert len(text.encode()) < 1000
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(write(tmp_path, "laughs.yaml", text))
+    error = caught.value
+    # refused at the first alias over the bound (the first *f, on the line of g: 1.27 million values in all)
+    assert (error.source, error.line, error.where) == ("laughs.yaml", 10, "file")
+    assert "aliases expand to more than 1,000,000 values (MAX_ALIASED_VALUES)" in error.message
+    # the same mapping at the top of the file (the issue's shape) too: it is refused before its shape is
+    top = "".join(line.removeprefix("    ") + "\n" for line in bomb.splitlines())
+    with pytest.raises(DatasetError, match=r"laughs.yaml, line 7, file: its aliases expand to more than"):
+        load_dataset(write(tmp_path, "laughs.yaml", top))
+
+
+def test_a_recursive_alias_and_deep_nesting_are_refused_naming_the_line(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"a.yaml, line 3, file: the alias \*m is inside what it names"):
+        load_dataset(write(tmp_path, "a.yaml", "- input: Hi\n  target: k\n  metadata: &m {again: [*m]}\n"))
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(DatasetError, match=r"a.yaml, line 3, file: nests more than 64 levels deep \(MAX_DEPTH\)"):
+        load_dataset(write(tmp_path, "a.yaml", f"- input: Hi\n  target: k\n  metadata: {{m: {deep}}}\n"))
+    line = json.dumps({"input": "Hi", "target": "k"})
+    for depth, where in ((100, "sample"), (5000, "line")):  # JSON's own parser, or the sample's check
+        text = line + "\n" + line[:-1] + f', "metadata": {{"m": {"[" * depth + "]" * depth}}}}}\n'
+        with pytest.raises(DatasetError, match=rf"a.jsonl, line 2, {where}: nests more than 64 levels deep"):
+            load_dataset(write(tmp_path, "a.jsonl", text))
+    with pytest.raises(DatasetError, match="nests more than 64 levels"):
+        nested: dict[str, object] = {}
+        nested["self"] = nested  # a cycle, in a notebook's dicts
+        dataset([{"input": "Hi", "target": "k", "metadata": nested}])
+
+
+def test_anchors_that_share_assert_lists_still_load(tmp_path: Path) -> None:
+    data = load_dataset(
+        write(
+            tmp_path,
+            "shared.yaml",
+            "checks: &polite\n"
+            "  - &sorry {type: not-icontains, value: sorry}\n"
+            "  - {type: no-loop}\n"
+            "tests:\n"
+            "  - input: Capital of France?\n"
+            "    metadata: &geo {topic: geography}\n"
+            "    assert: [{type: icontains, value: Paris}, *sorry]\n"
+            "  - input: Capital of Italy?\n"
+            "    metadata: *geo\n"
+            "    assert: *polite\n"
+            "  - input: Capital of Spain?\n"
+            "    metadata: {<<: *geo, region: south}\n"
+            "    assert: *polite\n",
+        )
+    )
+    polite = (parse_check({"type": "not-icontains", "value": "sorry"}), parse_check({"type": "no-loop"}))
+    assert [s.checks for s in data.samples] == [
+        (parse_check({"type": "icontains", "value": "Paris"}), polite[0]),
+        polite,
+        polite,
+    ]
+    assert [s.metadata for s in data.samples] == [{"topic": "geography"}] * 2 + [
+        {"topic": "geography", "region": "south"}
+    ]
+    assert len(data.hash) == 16
+
+
+def test_a_file_over_the_size_bound_is_refused_before_it_is_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert module.MAX_DATASET_BYTES == 32 * 2**20
+    monkeypatch.setattr(module, "MAX_DATASET_BYTES", 1000)
+    line = '{"input": "Hi", "target": "hello"}\n'  # 35 bytes
+    fits = write(tmp_path, "fits.jsonl", line * 28)  # 980 bytes
+    assert len(load_dataset(fits)) == 28
+    big = write(tmp_path, "big.jsonl", line * 28 + "{not JSON at all, and past the bound\n")
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(big)
+    assert caught.value.message == (
+        "big.jsonl, file: is larger than 1,000 bytes (MAX_DATASET_BYTES), the most a dataset file may have: "
+        "split it into smaller files"
+    )  # the size, not the broken last line: it was never parsed
+
+
+def test_more_samples_than_the_bound_are_refused_in_every_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert module.MAX_SAMPLES == 100_000
+    monkeypatch.setattr(module, "MAX_SAMPLES", 3)
+    rows = [{"input": f"Question {i}?", "target": str(i)} for i in range(4)]
+    files = {
+        "four.jsonl": ("".join(json.dumps(r) + "\n" for r in rows), 4),
+        "four.csv": ("input,target\n" + "".join(f"{r['input']},{r['target']}\n" for r in rows), 5),
+        "four.yaml": ("".join(f"- input: {r['input']}\n  target: '{r['target']}'\n" for r in rows), 7),
+    }
+    for name, (text, line) in files.items():
+        with pytest.raises(DatasetError) as caught:
+            load_dataset(write(tmp_path, name, text))
+        assert (caught.value.line, caught.value.where) == (line, "sample"), caught.value.message
+        assert "more than 3 samples (MAX_SAMPLES)" in caught.value.message
+        three = text.rsplit("\n", 3 if name.endswith("yaml") else 2)[0] + "\n"  # the last sample left out
+        assert len(load_dataset(write(tmp_path, name, three))) == 3
+    with pytest.raises(DatasetError, match=r"inline, line 4, sample: more than 3 samples \(MAX_SAMPLES\)"):
+        dataset(iter(rows))
+    assert len(dataset(rows[:3])) == 3
+
+
+def test_the_dashboards_upload_is_bounded_by_the_same_loader(
+    service: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload over the size bound is refused before it is written or parsed; an alias bomb uploaded is
+    refused by the loader a notebook and the CLI use."""
+    from datetime import UTC, datetime
+
+    from dashboard.evaluate import EvaluateView
+
+    monkeypatch.setattr(module, "MAX_DATASET_BYTES", 1000)
+    view = EvaluateView(service, folder=tmp_path)
+
+    def upload(name: str, content: bytes) -> None:
+        item = {"name": name, "type": "", "size": 1, "content": memoryview(content), "last_modified": datetime.now(UTC)}
+        view.upload.value = (item,)
+        view.start()
+
+    upload("big.jsonl", b'{"input": "Hi", "target": "hello"}\n' * 30)
+    assert "big.jsonl, file: is larger than 1,000 bytes (MAX_DATASET_BYTES)" in view.status.value
+    assert not view.busy and not any(Path(view._uploads.name).iterdir())  # never written
+    upload("laughs.yaml", ("- input: Hi\n  target: hello\n  metadata:\n" + alias_bomb()).encode())
+    assert "laughs.yaml, line 10, file: its aliases expand to more than 1,000,000 values" in view.status.value
+    assert not view.busy and view.run is None

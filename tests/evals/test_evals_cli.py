@@ -295,3 +295,51 @@ def test_sigterm_marks_the_run_interrupted_as_ctrl_c_does(url: str, questions: P
     assert child.returncode == 130 and "interrupted" in err and "--resume" in err, out + err
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT status FROM eval_runs").fetchone()[0] == "interrupted"
+
+
+def test_ctrl_c_while_a_check_runs_exits_130_and_marks_the_run_interrupted(
+    capsys: pytest.CaptureFixture[str], url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT reaches the main thread while a cell's regex check runs in a worker (one that backtracks without
+    end: Python's ``re`` held the GIL through it, and the run could not be stopped): the run stops, keeps the
+    cell before, and is interrupted in the store."""
+    import signal
+    import sqlite3
+    import threading
+
+    from toolkit.evals import assertions, runner
+
+    monkeypatch.setattr(assertions, "REGEX_TIMEOUT_S", 1.0)  # the most that check runs
+    runaway = r"(?s)^(?:.|.(?=.))*$(?<!.)"  # no match, tried 2**n ways
+    path = tmp_path / "slow.jsonl"
+    path.write_text(
+        json.dumps({"id": "first", "input": "What is the capital of France?", "target": "Paris"})
+        + "\n"
+        + "".join(
+            json.dumps({"id": i, "input": "Describe Paris.", "assert": [{"type": "regex", "value": runaway}]}) + "\n"
+            for i in ("second", "third")
+        )
+    )
+    real, checking = runner.score, threading.Event()
+
+    def score(check: Any, answer: Any, question: str, judge: Any = None, metric: Any = None) -> Any:
+        if check.type == "regex":
+            checking.set()
+        return real(check, answer, question, judge, metric)
+
+    monkeypatch.setattr(runner, "score", score)
+
+    def press_ctrl_c() -> None:
+        if checking.wait(timeout=300):
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    store = tmp_path / "runs.db"
+    variant = "v:temperature=0,max_new_tokens=40"
+    code, _, err = cli(capsys, "--store", store, "run", path, "--url", url, "--variant", variant, "-j", "1", "--quiet")
+    presser.join(timeout=60)
+    assert code == 130 and "interrupted: 1 cells kept; resume with --resume" in err, err
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT status FROM eval_runs").fetchone()[0] == "interrupted"
+        assert [r[0] for r in db.execute("SELECT sample_id FROM eval_cells")] == ["first"]

@@ -4,6 +4,7 @@ resumed run does only the rest; bad variants refused before anything runs; any c
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,83 @@ def test_the_async_twin_and_cancelling_it(service: InferenceService, tmp_path: P
         time.sleep(0.05)
     stopped = open_run(cancelled, store)
     assert stopped.status == "interrupted" and 1 <= len(stopped.rows) < 6
+
+
+# ----- no check hangs a run, and Ctrl-C always ends one ---------------------------------------------
+
+SEVENTY = "The capital of France is Paris and it is a large and rather old city!!"
+
+
+def test_a_regex_check_out_of_time_is_an_error_cell_and_the_run_finishes(
+    service: InferenceService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is fixed (70 characters), the checks real: the issue's pattern gives a verdict at once, one
+    that backtracks without end runs out of time and leaves its cell without a verdict, not failed."""
+    from toolkit.evals import assertions, runner
+    from toolkit.evals.answers import Answer
+
+    def answered(service: Any, request: Any, search: Any, stop: Any) -> Answer:
+        return Answer(SEVENTY, "stop", 12, 18, 0.1, 0.4, 45.0, None, (), {"request_id": request.request_id})
+
+    monkeypatch.setattr(runner, "ask", answered)
+    monkeypatch.setattr(assertions, "REGEX_TIMEOUT_S", 0.2)
+    store = tmp_path / "runs.db"
+    samples = [
+        {"id": "issue", "input": "Tell me about Paris.", "assert": [{"type": "regex", "value": r"^(\w+\s?)*$"}]},
+        {
+            "id": "runaway",
+            "input": "Tell me about Paris, again.",
+            "assert": [
+                {"type": "icontains", "value": "Paris"},
+                {"type": "regex", "value": r"^(?:[\w ]|[\w ](?=[\w ]))*$"},
+            ],
+        },
+        {"id": "plain", "input": "And once more?", "target": "Paris"},
+    ]
+    run = evaluate(service, samples, [{"label": "v"}], store=store, progress=False)
+    assert run.status == "done" and [r.sample_id for r in run.rows] == ["issue", "runaway", "plain"]
+    issue, runaway, plain = run.rows
+    assert issue.scored and not issue.passed and issue.scores[0].reason == "no match"
+    assert not runaway.scored and runaway.error_code == "CHECK_TIMEOUT" and runaway.text == SEVENTY
+    assert runaway.error is not None and runaway.error.startswith(
+        "assert[1] regex check timed out after 0.2 s on a 70-character answer: simplify the pattern"
+    )
+    assert plain.scored and plain.passed
+    summary = run.variant_summary("v")
+    assert (summary["n"], summary["errors"], summary["pass_rate"]) == (2, 1, 0.5)
+    stored = open_run(run.id, store)
+    assert stored.status == "done" and stored.row("runaway", "v").error_code == "CHECK_TIMEOUT"  # type: ignore[union-attr]
+
+
+def test_an_interrupt_inside_checks_keeps_the_finished_cells_even_while_others_end(
+    service: InferenceService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt raised in the checks of two cells in flight at once (one reaches the run at once,
+    the other while the run waits for the cells in flight to end, as a second Ctrl-C would): the run returns,
+    interrupted in the store, with the cells that finished before; resuming does the rest."""
+    from toolkit.evals import runner
+
+    real = runner.score
+    together = threading.Barrier(2)
+
+    def interrupted(check: Any, answer: Any, question: str, judge: Any = None, metric: Any = None) -> Any:
+        if question in ("Question 3?", "Question 4?"):
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait(timeout=120)  # both in flight: the third ends only once the fourth runs
+            raise KeyboardInterrupt
+        return real(check, answer, question, judge, metric)
+
+    monkeypatch.setattr(runner, "score", interrupted)
+    store = tmp_path / "runs.db"
+    samples = [{"id": str(i), "input": f"Question {i}?", "target": "x"} for i in range(1, 6)]
+    variant = [{"label": "v", "temperature": 0, "max_new_tokens": 4}]
+    try:
+        run = evaluate(service, samples, variant, store=store, progress=False, concurrency=2)
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped evaluate: the run was left 'running' in the store")
+    assert run.status == "interrupted" and [r.sample_id for r in run.rows] == ["1", "2"]
+    stored = open_run(run.id, store)
+    assert stored.status == "interrupted" and [r.sample_id for r in stored.rows] == ["1", "2"]
+    monkeypatch.setattr(runner, "score", real)
+    resumed = evaluate(service, samples, variant, store=store, progress=False, resume=run.id)
+    assert resumed.status == "done" and [r.sample_id for r in resumed.rows] == ["1", "2", "3", "4", "5"]

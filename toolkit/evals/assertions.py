@@ -8,15 +8,22 @@ of claim sentences the grounding check supports is at least ``value``), ``cites`
 carries a correct ``[n]``, and none cites a wrong one), ``no-loop`` (the loop guard did not end it, and no 6
 words come three times) and ``finish-reason`` (``value``: stop, length, ...). ``not-`` before any type
 negates it (``not-contains``, ``not-icontains``).
+
+A check never hangs a run: ``regex`` runs in the ``regex`` package's engine (the one that validated the
+pattern at load), for ``REGEX_TIMEOUT_S`` at most and without holding the GIL; ``levenshtein`` compares
+``MAX_LEVENSHTEIN_CELLS`` character pairs at most. A check that cannot give an answer a verdict (out of time,
+an answer too long or nested too deeply for it) raises ``CheckError``: its cell is an error cell, not a failure
+of the model.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import regex
 
 from toolkit.errors import InvalidRequest
 
@@ -44,10 +51,21 @@ TAKES: dict[str, tuple[str, ...]] = {
     "levenshtein": ("value", "threshold"),
     "grounded": ("value", "threshold"),
 }
+REGEX_TIMEOUT_S = 1.0  # a regex check's time on one answer at most (catastrophic backtracking ends there)
+MAX_LEVENSHTEIN_CELLS = 5_000_000  # character pairs a levenshtein check compares at most (about a second)
 RUBRIC_PROMPT = (
     "Here is an answer to a question.\n\nQuestion: {question}\n\nAnswer: {answer}\n\n"
     "Does the answer meet this requirement: {rubric}\nAnswer yes or no."
 )
+
+
+class CheckError(Exception):
+    """A check that cannot give this answer a verdict: it ran out of time, or the answer is beyond what it can
+    read. Not the model's failure: the cell is an error cell with ``code`` (``CHECK_TIMEOUT``, ``CHECK_ERROR``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 @dataclass(frozen=True)
@@ -134,8 +152,8 @@ def parse_check(spec: Any, models: Collection[str] | None = None) -> Check:
         value = str(value)
     if base == "regex":
         try:
-            re.compile(str(value))
-        except re.error as exc:
+            regex.compile(str(value))  # the engine that runs it (``regex``), so that what loads runs
+        except regex.error as exc:
             raise InvalidRequest("value", f"not a valid regular expression: {exc}") from None
     elif base in LIST_TYPES:
         if not isinstance(value, list) or not value or not all(isinstance(v, (str, int, float)) for v in value):
@@ -179,7 +197,7 @@ Judge = Callable[[str, str], tuple[bool | None, str | None]]  # (judge's name, q
 
 def score(check: Check, result: Any, question: str, judge: Judge | None = None, metric: str | None = None) -> Score:
     """``check`` applied to ``result`` (an ``InferResult``), negated where it says so; ``metric``: the sample's
-    named metric, where the check names none."""
+    named metric, where the check names none. ``CheckError`` where it cannot give a verdict."""
     passed, value, reason, record = _apply(check, result, question, judge)
     if check.negate:
         passed, value = not passed, 1.0 - value
@@ -204,7 +222,14 @@ def _apply(check: Check, result: Any, question: str, judge: Judge | None) -> tup
         ok = len(hits) == len(value) if need_all else bool(hits)
         return ok, len(hits) / len(value), f"has {len(hits)} of {len(value)}", None
     if kind == "regex":
-        ok = re.search(value, text) is not None
+        try:  # concurrent: the GIL is let go, so that Ctrl-C, the engine and the other cells go on meanwhile
+            ok = regex.search(value, text, timeout=REGEX_TIMEOUT_S, concurrent=True) is not None
+        except TimeoutError:
+            raise CheckError(
+                "CHECK_TIMEOUT",
+                f"regex check timed out after {REGEX_TIMEOUT_S:g} s on a {len(text)}-character answer: "
+                "simplify the pattern (nested or overlapping repeats backtrack without end)",
+            ) from None
         return ok, float(ok), "matches" if ok else "no match", None
     if kind == "starts-with":
         ok = text.lstrip().startswith(value)
@@ -215,9 +240,23 @@ def _apply(check: Check, result: Any, question: str, judge: Judge | None) -> tup
             return True, 1.0, "valid JSON", None
         except ValueError as exc:
             return False, 0.0, f"not JSON ({exc})", None
+        except RecursionError:
+            raise CheckError(
+                "CHECK_ERROR", f"is-json: the {len(text)}-character answer nests deeper than the JSON parser goes"
+            ) from None
     if kind == "levenshtein":
-        distance = levenshtein(text.strip(), value.strip())
+        answer, expected = text.strip(), value.strip()
         limit = check.threshold or 0
+        if len(answer) * len(expected) > MAX_LEVENSHTEIN_CELLS:
+            gap = abs(len(answer) - len(expected))  # edits at least: when that many fail it anyway, say so
+            if gap > limit and gap >= max(1, len(value)):
+                return False, 0.0, f"at least {gap} edits (at most {limit:g})", None
+            raise CheckError(
+                "CHECK_ERROR",
+                f"levenshtein: a {len(answer)}-character answer against a {len(expected)}-character value is "
+                f"more than {MAX_LEVENSHTEIN_CELLS:,} character pairs (MAX_LEVENSHTEIN_CELLS) to compare",
+            )
+        distance = levenshtein(answer, expected)
         return (
             distance <= limit,
             max(0.0, 1 - distance / max(1, len(value))),

@@ -14,13 +14,15 @@ system_prompt, temperature, ...; each value read by its field's declaration: web
 in any case or 1/0, numbers are numbers within their bounds), or a table of a TOML file (``--variants``):
 ``[variants.NAME]`` with its fields. With two variants, ``run`` prints their paired diff.
 
-A cell that timed out, was refused or whose engine failed is an error cell: it counts in no pass rate and
-is shown apart (``errors``); ``--resume RUN`` asks the error cells again.
+A cell that timed out, was refused or whose engine failed is an error cell, as is one whose check could not
+judge its answer (a regex check out of time: CHECK_TIMEOUT): it counts in no pass rate and is shown apart
+(``errors``); ``--resume RUN`` asks the error cells again.
 
 Exit codes: 0 passed; 1 a variant's pass rate is under ``--fail-under``, or (``--baseline``) questions
 that passed in the baseline fail now and McNemar's p < 0.05; 2 bad input (the dataset, a variant, a
 run id) or nothing could run (every cell an error); 3 some cells are errors (more than ``--max-errors``,
-default 0); 130 interrupted, by Ctrl-C or SIGTERM (the finished cells are kept: ``--resume RUN``).
+default 0); 130 interrupted, by Ctrl-C or SIGTERM, also while a check runs (the finished cells are kept, the
+run is marked interrupted: ``--resume RUN``).
 """
 
 from __future__ import annotations
@@ -311,7 +313,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for i, label in enumerate(run.labels):
         print(f"[{i + 1}] {label}")
     if run.errors():
-        print("⚠: an error cell (timed out, refused, failed): no verdict, in no rate")
+        print("⚠: an error cell (timed out, refused, failed, a check that could not judge): no verdict, in no rate")
     if args.json:
         Path(args.json).write_text(json.dumps(run.to_json(), indent=2, default=str))
     return EXIT_OK

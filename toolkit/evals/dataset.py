@@ -14,6 +14,11 @@ promptfoo's ``__expected`` columns (``icontains: Paris``; plain text: ``equals``
 Every problem is a ``DatasetError`` naming the file, the line (a YAML file's own line, not the item's number)
 and the field: malformed lines, unknown keys and assertion types, invalid regexes, a judge model that is not
 configured.
+
+A dataset is bounded, so that no file can hang or exhaust what loads it: ``MAX_DATASET_BYTES`` (refused before
+it is parsed), ``MAX_SAMPLES``, values nested ``MAX_DEPTH`` deep at most, and a YAML file's aliases may repeat
+``MAX_ALIASED_VALUES`` values in all (a "billion laughs" file of a few hundred bytes is refused as it is read,
+naming the line of the alias that crosses the bound; anchors that share a few assert lists load as before).
 """
 
 from __future__ import annotations
@@ -59,6 +64,12 @@ HARMLESS_OPTIONS = ("runSerially", "disableVarExpansion", "disableConversationVa
 CSV_ALIASES = {"__description": "description", "__metric": "metric", "__threshold": "threshold"}
 # what people write for an expected answer: the error points them at target
 TARGET_WORDS = ("answer", "expected", "expected_output", "expected_answer", "ideal", "output", "label", "gold")
+MAX_DATASET_BYTES = 32 * 2**20  # a dataset file's size at most; a bigger one is refused before it is parsed
+MAX_SAMPLES = 100_000  # samples in one dataset at most
+MAX_DEPTH = 64  # how deep a sample's values may nest (metadata, vars, assert lists ...)
+# values a YAML file's aliases may repeat in all (an alias counts every value of what it names): sharing a few
+# assert lists repeats hundreds; a "billion laughs" file of 543 bytes repeats hundreds of millions
+MAX_ALIASED_VALUES = 1_000_000
 
 
 class DatasetError(InvalidRequest):
@@ -153,25 +164,49 @@ class Dataset:
 Row = tuple[int, dict[str, Any], dict[str, int]]
 
 
+def check_size(size: int, name: str) -> None:
+    """``DatasetError`` when a file of ``size`` bytes is over ``MAX_DATASET_BYTES`` (before it is read or parsed:
+    ``load_dataset`` and the dashboard's upload)."""
+    if size > MAX_DATASET_BYTES:
+        raise DatasetError(
+            name,
+            None,
+            "file",
+            f"is larger than {_size(MAX_DATASET_BYTES)} (MAX_DATASET_BYTES), the most a dataset file may have: "
+            "split it into smaller files",
+        )
+
+
 def load_dataset(path: str | Path, *, models: Collection[str] | None = None) -> Dataset:
     """The samples of a JSONL, CSV or YAML file. ``models``: the names a judge may have (unchecked when None)."""
     path = Path(path)
+    name = path.name
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.is_file():
+            check_size(path.stat().st_size, name)  # refused unread
+        with path.open("rb") as file:
+            raw = file.read(MAX_DATASET_BYTES + 1)  # no further than the bound (a file that grows, a pipe)
     except OSError as exc:
         raise DatasetError(str(path), None, "file", f"cannot read it ({exc.strerror or exc})") from None
+    check_size(len(raw), name)
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise DatasetError(str(path), None, "file", "not UTF-8 text") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as a text-mode read gives
     suffix = path.suffix.lower()
-    name = path.name
     if suffix in (".jsonl", ".ndjson"):
-        rows = list(_jsonl(text, name))
+        parse = _jsonl
     elif suffix == ".csv":
-        rows = list(_csv(text, name))
+        parse = _csv
     elif suffix in (".yaml", ".yml", ".json"):
-        rows = list(_yaml(text, name))
+        parse = _yaml
     else:
         raise DatasetError(name, None, "file", "give a .jsonl, .csv or .yaml file")
+    try:
+        rows = _bounded(parse(text, name), name)
+    except RecursionError:  # the parser's own recursion (JSON); YAML's is bounded as it is read
+        raise DatasetError(name, None, "file", f"nests more than {MAX_DEPTH} levels deep (MAX_DEPTH)") from None
     return Dataset(path.stem, _samples(rows, name, models), str(path))
 
 
@@ -184,7 +219,38 @@ def dataset(
         if not isinstance(item, Mapping):
             raise DatasetError(name, i, "sample", "must be a mapping with an 'input'")
         rows.append((i, dict(item), {}))
+        if len(rows) > MAX_SAMPLES:  # an endless generator stops here too
+            raise DatasetError(name, i, "sample", _too_many())
     return Dataset(name, _samples(rows, name, models))
+
+
+def _bounded(rows: Iterable[Row], name: str) -> list[Row]:
+    """The rows of a file, ``MAX_SAMPLES`` at most (refused at the first one over, naming its line)."""
+    out: list[Row] = []
+    for row in rows:
+        if len(out) == MAX_SAMPLES:
+            raise DatasetError(name, row[0], "sample", _too_many())
+        out.append(row)
+    return out
+
+
+def _too_many() -> str:
+    return f"more than {MAX_SAMPLES:,} samples (MAX_SAMPLES), the most a dataset may have: split it"
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n:,} bytes"
+
+
+def _depth(value: Any, most: int) -> int:
+    """How deep ``value`` nests (a scalar: 0), counted no further than ``most + 1`` (a cycle is too deep)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list, tuple)) and level <= most:
+            deepest = max(deepest, level + 1)
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _jsonl(text: str, name: str) -> Iterable[Row]:
@@ -195,6 +261,8 @@ def _jsonl(text: str, name: str) -> Iterable[Row]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DatasetError(name, number, "line", f"not a JSON object ({exc.msg})") from None
+        except RecursionError:
+            raise DatasetError(name, number, "line", f"nests more than {MAX_DEPTH} levels deep (MAX_DEPTH)") from None
         if not isinstance(item, dict):
             raise DatasetError(name, number, "line", "must be a JSON object with an 'input'")
         yield number, item, {}
@@ -239,10 +307,71 @@ def _csv(text: str, name: str) -> Iterable[Row]:
         yield number, item, {}
 
 
+def _loader(text: str, name: str) -> Any:
+    """PyYAML's safe loader, bounded as it composes: nesting (``MAX_DEPTH``), and what the aliases repeat in all
+    (``MAX_ALIASED_VALUES``; an alias counts every value of the node it names, so a "billion laughs" file is
+    refused at its first alias over the bound, before anything is expanded); an alias inside the node it names
+    (a cycle) is refused too. Each refusal is a ``DatasetError`` naming the line."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def __init__(self) -> None:
+            super().__init__(text)
+            self.aliased = 0  # values the aliases so far repeat
+            self.depth = 0
+            self.open: set[str] = set()  # the anchors of the nodes being composed
+            self.sizes: dict[int, int] = {}  # id(node) -> its values, counted once
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent):
+                if event.anchor in self.open:
+                    raise DatasetError(name, line, "file", f"the alias *{event.anchor} is inside what it names")
+                target = self.anchors.get(event.anchor)
+                if target is not None:
+                    self.aliased += self.values(target)
+                    if self.aliased > MAX_ALIASED_VALUES:
+                        raise DatasetError(
+                            name,
+                            line,
+                            "file",
+                            f"its aliases expand to more than {MAX_ALIASED_VALUES:,} values (MAX_ALIASED_VALUES): "
+                            "write the repeated parts out, or share fewer",
+                        )
+                return super().compose_node(parent, index)
+            self.depth += 1
+            if self.depth > MAX_DEPTH + 2:  # the file's list of samples, and its 'tests:' mapping
+                raise DatasetError(name, line, "file", f"nests more than {MAX_DEPTH} levels deep (MAX_DEPTH)")
+            anchor = event.anchor
+            if anchor is not None:
+                self.open.add(anchor)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+                if anchor is not None:
+                    self.open.discard(anchor)
+
+        def values(self, node: Any) -> int:
+            known = self.sizes.get(id(node))
+            if known is None:
+                if isinstance(node, yaml.SequenceNode):
+                    known = 1 + sum(self.values(v) for v in node.value)
+                elif isinstance(node, yaml.MappingNode):
+                    known = 1 + sum(self.values(k) + self.values(v) for k, v in node.value)
+                else:
+                    known = 1
+                self.sizes[id(node)] = known
+            return known
+
+    return Loader()
+
+
 def _yaml(text: str, name: str) -> Iterable[Row]:
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    loader = _loader(text, name)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -293,6 +422,8 @@ def _samples(rows: list[Row], name: str, models: Collection[str] | None) -> tupl
     samples: list[Sample] = []
     seen: set[str] = set()
     for number, item, lines in rows:
+        if _depth(item, MAX_DEPTH) > MAX_DEPTH:
+            raise DatasetError(name, number, "sample", f"nests more than {MAX_DEPTH} levels deep (MAX_DEPTH)")
         sample = _sample(number, item, lines, name, models)
         if sample.id in seen:
             raise DatasetError(name, lines.get("id", number), "id", f"{sample.id!r} is used twice; ids must differ")

@@ -8,6 +8,7 @@ checks applied to each answer.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import threading
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from toolkit.errors import InvalidRequest, ToolkitError
 from toolkit.evals.answers import SEARCHED, Answers, Keys, Searches, ask
-from toolkit.evals.assertions import Score, score, verdict
+from toolkit.evals.assertions import CheckError, Score, score, verdict
 from toolkit.evals.dataset import Dataset, Sample, dataset, load_dataset
 from toolkit.evals.results import EvalRow, EvalRun
 from toolkit.evals.runs import RunStore
@@ -97,14 +98,16 @@ def evaluate(
     the same model, adapter, parameters, messages and search results gave it before.
 
     ``store``: where the run is kept (a path or a ``Store``; default: the settings' ``TOOLKIT_STORE``; False:
-    nowhere, and nothing is cached). Ctrl-C (a kernel interrupt), or setting ``stop``, keeps the finished
-    cells: ``evaluate(..., resume=run.id)`` does the rest. ``on_row`` is called with each cell as it finishes
-    (the dashboard's progress).
+    nowhere, and nothing is cached). Ctrl-C (a kernel interrupt, also while a cell's checks run, and a second
+    one while the cells in flight end), or setting ``stop``, keeps the finished cells and marks the run
+    interrupted: ``evaluate(..., resume=run.id)`` does the rest. ``on_row`` is called with each cell as it
+    finishes (the dashboard's progress).
 
     ``concurrency``: cells in flight (default: what the variants' models generate together, their engine's
     batch size), so that no cell waits behind this run's own in the engine's queue and its timeout counts
     from when its answer starts. A cell that times out, is refused or whose engine fails is an error cell:
-    it has no verdict and counts in no pass rate (``EvalRun.errors()``); resuming a run asks them again.
+    it has no verdict and counts in no pass rate (``EvalRun.errors()``); resuming a run asks them again. So
+    is a cell whose check could not judge its answer (a regex check out of time: ``CHECK_TIMEOUT``).
     """
     if repeats < 1:
         raise InvalidRequest("repeats", f"must be >= 1, got {repeats}")
@@ -131,16 +134,16 @@ def evaluate(
         concurrency = _batch(models, {c.request.model for c in first.values()})
     elif isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise InvalidRequest("concurrency", f"must be an integer >= 1, got {concurrency!r}")
-    runs = _run_store(service, store)
-    run, done = _open(runs, resume, name or data.name, data, chosen, repeats)
     if any(c.request.web_search for c in cells) and hasattr(service, "searcher") and service.searcher is None:
         raise InvalidRequest("web_search", "a variant searches, but web search is off on this service")
-    searches = Searches(service, run, runs, research, stop)
-    todo = [c for c in cells if (c.sample.id, c.variant.label, c.repeat) not in done]
+    runs = _run_store(service, store)
     keys = Keys(service, models)
     answers = Answers(runs)
     judge = _judge(service)
+    run, done = _open(runs, resume, name or data.name, data, chosen, repeats)
+    # from here on the run is in the store: however this ends, it is marked done or interrupted (below)
     started = time.perf_counter()
+    searches: Searches
 
     def one(cell: _Cell) -> EvalRow:
         searching = cell.request.web_search
@@ -183,13 +186,19 @@ def evaluate(
                 f"SEARCH_{searched.upper()}",
                 f"the web search failed ({searched}); it answered without sources",
             )
+        error: str | None = None
+        error_code: str | None = None
+        scores: tuple[Score, ...] = ()
+        passed, weighted = False, None
         if unfinished is not None:  # no whole answer to check: an error cell, not a failure of the model
-            code, why = unfinished
-            scores: tuple[Score, ...] = ()
-            passed, weighted = False, None
+            error_code, why = unfinished
+            error = why.format(tokens=answer.completion_tokens)
         else:
-            scores = tuple(score(c, answer, cell.sample.input, judge, cell.sample.metric) for c in cell.sample.checks)
-            passed, weighted = verdict(scores, cell.sample.threshold)
+            try:
+                scores = _scores(cell.sample, answer, judge)
+                passed, weighted = verdict(scores, cell.sample.threshold)
+            except CheckError as exc:  # a check could not judge the answer: no verdict either
+                error_code, error, scores = exc.code, exc.message, ()
         return EvalRow(
             sample_id=cell.sample.id,
             variant=cell.variant.label,
@@ -209,16 +218,15 @@ def evaluate(
             record=answer.record,
             search=search_hash,
             cached=cached,
-            error=why.format(tokens=answer.completion_tokens) if unfinished is not None else None,
-            error_code=code if unfinished is not None else None,
+            error=error,
+            error_code=error_code,
             score=weighted,
             weight=cell.sample.weight,
         )
 
-    bar = _bar(len(todo), run.name, progress)
-    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="eval")
+    bar: Any = _NoBar()
+    pool: ThreadPoolExecutor | None = None
     running: dict[Future[EvalRow], _Cell] = {}
-    queue = iter(todo)
 
     def keep(row: EvalRow) -> None:
         run.rows.append(row)
@@ -228,39 +236,68 @@ def evaluate(
         if on_row is not None:
             on_row(row)
 
+    status = "interrupted"  # unless every cell is kept
     try:
+        searches = Searches(service, run, runs, research, stop)
+        todo = [c for c in cells if (c.sample.id, c.variant.label, c.repeat) not in done]
+        bar = _bar(len(todo), run.name, progress)
+        pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="eval")
+        queue = iter(todo)
         for cell in itertools.islice(queue, concurrency):
             running[pool.submit(one, cell)] = cell
         while running and not (stop is not None and stop.is_set()):
             finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in finished:
                 running.pop(future)
-                keep(future.result())
+                keep(future.result())  # an interrupt raised in the cell (its checks) is raised here
                 following = next(queue, None)
                 if following is not None and not (stop is not None and stop.is_set()):
                     running[pool.submit(one, following)] = following
-        run.status = "done" if len(run.rows) == len(cells) else "interrupted"
-    except KeyboardInterrupt:
-        run.status = "interrupted"
-    finally:
-        if running:  # interrupted: cancel what runs; keep what finished whole
-            for cell in running.values():
-                service.cancel(cell.request.request_id)
-            for future in list(running):
-                try:
-                    row = future.result(timeout=60)
-                except Exception:
-                    continue
-                if row.error is None and row.finish_reason != "cancelled":
-                    keep(row)
-        pool.shutdown(wait=False, cancel_futures=True)
+        if len(run.rows) == len(cells):
+            status = "done"
+    except KeyboardInterrupt:  # Ctrl-C (SIGTERM in the CLI): the finished cells are kept, the run interrupted
+        pass
+    finally:  # also when something else went wrong: the run is never left 'running' in the store
+        run.status = status
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C again while the cells in flight end: no more waiting
+            _drain(service, running, keep)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
-    run.seconds = round((run.seconds or 0) + time.perf_counter() - started, 3)
-    order = {(c.sample.id, c.variant.label, c.repeat): i for i, c in enumerate(cells)}
-    run.rows.sort(key=lambda r: order.get((r.sample_id, r.variant, r.repeat), len(order)))
-    if runs is not None:
-        runs.finish(run)
+        run.seconds = round((run.seconds or 0) + time.perf_counter() - started, 3)
+        order = {(c.sample.id, c.variant.label, c.repeat): i for i, c in enumerate(cells)}
+        run.rows.sort(key=lambda r: order.get((r.sample_id, r.variant, r.repeat), len(order)))
+        if runs is not None:
+            runs.finish(run)
     return run
+
+
+def _scores(sample: Sample, answer: Any, judge: Any) -> tuple[Score, ...]:
+    """The sample's checks applied to ``answer``; ``CheckError`` (naming the check) where one cannot judge it,
+    and where one fails unexpectedly (the cell's error, not the run's)."""
+    out = []
+    for i, check in enumerate(sample.checks):
+        try:
+            out.append(score(check, answer, sample.input, judge, sample.metric))
+        except CheckError as exc:
+            raise CheckError(exc.code, f"assert[{i}] {exc.message}") from None
+        except Exception as exc:
+            raise CheckError("CHECK_ERROR", f"assert[{i}] {check.label} failed: {type(exc).__name__}: {exc}") from None
+    return tuple(out)
+
+
+def _drain(service: Any, running: Mapping[Future[EvalRow], _Cell], keep: Callable[[EvalRow], None]) -> None:
+    """An interrupted run's cells in flight: cancelled; those that finished whole anyway are kept (not one that
+    was cancelled, failed or raised, an interrupt included)."""
+    for cell in running.values():
+        service.cancel(cell.request.request_id)
+    for future in list(running):
+        finished, _ = wait([future], timeout=60)
+        if not finished or future.cancelled() or future.exception() is not None:
+            continue
+        row = future.result()
+        if row.error is None and row.finish_reason != "cancelled":
+            keep(row)
 
 
 async def aevaluate(
