@@ -41,9 +41,13 @@ def backend_from_env(settings: DashboardSettings | None = None) -> Service:
         from toolkit.service import InferenceService
 
         return InferenceService().start(wait=False, progress=False)
+    import secrets
+
     from toolkit.client import RemoteService
 
-    return RemoteService.from_env()
+    service = RemoteService.from_env()
+    service.session = secrets.token_urlsafe(12)  # this page's kernel: its own rate limit with FRONTEND_API_KEYS
+    return service
 
 
 def explorer_url(backend: Any, settings: DashboardSettings | None = None) -> str | None:

@@ -16,6 +16,8 @@ class ServerSettings:
     port: int = 8080
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: no authentication
     admin_keys: tuple[str, ...] = field(default=(), repr=False)  # may also load/unload adapters
+    # keys of front ends that serve many people (the dashboard's): rate limited per browser session
+    frontend_keys: tuple[str, ...] = field(default=(), repr=False)
     rate_per_minute: float = 120.0  # token bucket refill, per API key (or client address)
     rate_burst: int = 30
     cors_origins: tuple[str, ...] = ()
@@ -33,6 +35,7 @@ class ServerSettings:
         "port": "SERVER_PORT",
         "api_keys": "API_KEYS",
         "admin_keys": "ADMIN_API_KEYS",
+        "frontend_keys": "FRONTEND_API_KEYS",
         "rate_per_minute": "RATE_LIMIT_PER_MINUTE",
         "rate_burst": "RATE_LIMIT_BURST",
         "cors_origins": "CORS_ORIGINS",
@@ -60,7 +63,7 @@ class ServerSettings:
                 raise ConfigError(self.ENV[name], f"must be >= {low}, got {getattr(self, name)}")
         if self.rate_per_minute <= 0:
             raise ConfigError("RATE_LIMIT_PER_MINUTE", f"must be > 0, got {self.rate_per_minute}")
-        for name in ("api_keys", "admin_keys"):
+        for name in ("api_keys", "admin_keys", "frontend_keys"):
             if any(len(k) < 8 for k in getattr(self, name)):
                 raise ConfigError(self.ENV[name], "each key must be at least 8 characters")
 
@@ -73,7 +76,7 @@ class ServerSettings:
 def _parse(name: str, var: str, raw: str) -> Any:
     if name == "host":
         return raw
-    if name in ("api_keys", "admin_keys", "cors_origins"):
+    if name in ("api_keys", "admin_keys", "frontend_keys", "cors_origins"):
         return tuple(p.strip() for p in raw.split(",") if p.strip())
     if name == "introspection":
         if raw.lower() in ("1", "true", "yes", "on"):

@@ -66,6 +66,7 @@ class Caller:
     identity: str  # a hash prefix of the API key, or the client address without keys
     authenticated: bool
     admin: bool
+    bucket: str = ""  # the rate-limit bucket: the identity, or a front end's browser session (ApiKeys.bucket)
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Gateway:
         self.service = service
         self.settings = settings
         self.schema = make_schema()
-        self.keys = ApiKeys(settings.api_keys, settings.admin_keys)
+        self.keys = ApiKeys(settings.api_keys, settings.admin_keys, settings.frontend_keys)
         self.limiter = TokenBucket(settings.rate_per_minute, settings.rate_burst)
         rules = list(specified_rules)
         if not settings.introspection:
@@ -119,8 +120,14 @@ class Gateway:
 
     # ----- before execution -----------------------------------------------------
 
-    def caller(self, presented: str | None, address: str) -> Caller:
-        return Caller(self.keys.identity(presented, address), self.keys.check(presented), self.keys.is_admin(presented))
+    def caller(self, presented: str | None, address: str, session: str | None = None) -> Caller:
+        keys = self.keys
+        return Caller(
+            keys.identity(presented, address),
+            keys.check(presented),
+            keys.is_admin(presented),
+            keys.bucket(presented, address, session),
+        )
 
     def unauthenticated(self, presented: str | None) -> RequestError:
         return refused(Unauthenticated(presented is not None))
@@ -147,7 +154,7 @@ class Gateway:
         if not caller.authenticated:
             raise self.unauthenticated(presented)
         try:
-            self.check_rate(caller.identity)
+            self.check_rate(caller.bucket or caller.identity)
         except RateLimited as exc:
             raise refused(exc) from None
         if document is None:

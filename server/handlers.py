@@ -19,6 +19,7 @@ from graphql import GraphQLError, OperationType
 from server.gateway import Caller, Gateway, RequestError, error, refused
 from server.resolvers import Context
 from server.security import ApiKeys, FailedKeys
+from toolkit.client_wire import SESSION_HEADER
 from toolkit.errors import RateLimited, ToolkitError
 
 log = logging.getLogger("server")
@@ -259,7 +260,8 @@ class GraphQLHandler(BoundedBody):
         address = self.request.remote_ip or ""
         wait = self.failed_keys.wait(address)  # None unless this address sent too many wrong keys
         # such an address is taken for one without a key (its key is not looked at): health still answers
-        caller = gateway.caller(presented if wait is None else None, address)
+        session = self.request.headers.get(SESSION_HEADER)
+        caller = gateway.caller(presented if wait is None else None, address, session)
         try:
             prepared = await gateway.admit(query, variables, operation_name, caller, presented)
             if method == "GET" and prepared.kind != OperationType.QUERY:
@@ -416,7 +418,7 @@ class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
                 self.failed_keys.failed(address)
             self.close(4403, "Forbidden")
             return
-        self.caller = self.gateway.caller(presented, address)
+        self.caller = self.gateway.caller(presented, address, self.request.headers.get(SESSION_HEADER))
         self.acknowledged = True
         if self._init_timer:
             self._init_timer.cancel()

@@ -35,6 +35,7 @@ from tornado.iostream import StreamClosedError
 from server.gateway import Caller
 from server.handlers import BoundedBody, too_many_wrong_keys
 from server.security import ApiKeys
+from toolkit.client_wire import SESSION_HEADER
 from toolkit.errors import ClientGone, InvalidRequest, ToolkitError, Unauthenticated
 from toolkit.params import PARAMS as GENERATION
 from toolkit.params import GenerationParams, InferRequest, Turn, openai_name, openai_names
@@ -249,7 +250,7 @@ class OpenAIHandler(BoundedBody):
         per client address (an address over it is refused whatever key it sends)."""
         presented = ApiKeys.from_authorization(self.request.headers.get("Authorization"))
         address = self.request.remote_ip or ""
-        caller = self.gateway.caller(presented, address)
+        caller = self.gateway.caller(presented, address, self.request.headers.get(SESSION_HEADER))
         try:
             wait = self.failed_keys.wait(address)
             if wait is not None:
@@ -258,7 +259,7 @@ class OpenAIHandler(BoundedBody):
                 if presented is not None:
                     self.failed_keys.failed(address)
                 raise Unauthenticated(presented is not None)
-            self.gateway.check_rate(caller.identity)
+            self.gateway.check_rate(caller.bucket or caller.identity)
         except ToolkitError as exc:
             raise from_toolkit(exc) from None
         return caller

@@ -30,6 +30,7 @@ INTROSPECTION_DEPTH_LIMIT = 25  # GraphiQL's introspection query is about 15 dee
 FREE_FIELDS = frozenset({"health", "__typename"})
 WILDCARD_ADDRESSES = frozenset({"", "*", "0.0.0.0", "::"})  # bound to every interface: no name of its own
 _SINGLE_LABEL = re.compile(r"[a-z0-9_-]+")  # a name without a dot: "server" (a compose service), "myhost"
+_SESSION = re.compile(r"[A-Za-z0-9_-]{8,64}")  # a front end's browser-session id (X-Toolkit-Session)
 KEY_FAILURES = 10  # wrong API keys one client address may send within KEY_FAILURE_WINDOW_S ...
 KEY_FAILURE_WINDOW_S = 60.0  # ... before it is refused (a right key too) until the oldest one is that old
 
@@ -156,12 +157,16 @@ class FailedKeys:
 class ApiKeys:
     """Optional bearer keys, compared in constant time. No keys configured: everything is allowed.
 
-    Admin keys are API keys that may also load and unload adapters.
+    Admin keys are API keys that may also load and unload adapters. Front-end keys (FRONTEND_API_KEYS) are API
+    keys of a front end that serves many people, the dashboard: a request with one is rate limited by the
+    browser session it names (``X-Toolkit-Session``), so a dozen people on one dashboard are not refused as
+    one. Another caller's session header is ignored: naming sessions would let it escape its limit.
     """
 
-    def __init__(self, keys: Iterable[str], admin_keys: Iterable[str] = ()) -> None:
+    def __init__(self, keys: Iterable[str], admin_keys: Iterable[str] = (), frontend_keys: Iterable[str] = ()) -> None:
         self._admin = tuple(k.encode() for k in admin_keys)
-        self._keys = tuple(k.encode() for k in keys) + self._admin
+        self._frontend = tuple(k.encode() for k in frontend_keys)
+        self._keys = tuple(k.encode() for k in keys) + self._admin + self._frontend
 
     @property
     def enabled(self) -> bool:
@@ -180,6 +185,13 @@ class ApiKeys:
             return None
         scheme, _, token = header.strip().partition(" ")
         return token.strip() or None if scheme.lower() == "bearer" else None
+
+    def bucket(self, presented: str | None, address: str, session: str | None) -> str:
+        """The rate-limit bucket: the caller's identity, and for a front end's key the browser session it names."""
+        identity = self.identity(presented, address)
+        if session and _SESSION.fullmatch(session) and self._frontend and _matches(presented, self._frontend):
+            return f"{identity}/session:{session}"
+        return identity
 
     def identity(self, presented: str | None, address: str) -> str:
         """Who to rate limit: a hash prefix of the key, or the client address without keys."""

@@ -39,6 +39,7 @@ from toolkit.client_wire import (
     RENAME,
     REPLAY,
     SEARCH,
+    SESSION_HEADER,
     STREAM,
     UNLOAD_ADAPTER,
     ServiceUnavailable,
@@ -113,9 +114,12 @@ class RemoteService:
         api_key: str | None = None,
         timeout_s: float = 600.0,
         max_retries: int = MAX_RETRIES,
+        session: str | None = None,
     ) -> None:
         """``max_retries``: how many times a call the server's rate limit refused is sent again, after the wait
-        the server names (as OpenAI's client does; a refused call did not run); 0: never."""
+        the server names (as OpenAI's client does; a refused call did not run); 0: never. ``session``: the
+        browser session a front end (the dashboard) serves, sent as ``X-Toolkit-Session``: with a key in the
+        server's FRONTEND_API_KEYS, each session has its own rate limit."""
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
         if max_retries < 0:
@@ -125,6 +129,7 @@ class RemoteService:
         self.api_key = api_key
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self.session = session
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RemoteService:
@@ -138,7 +143,12 @@ class RemoteService:
         headers = {"Content-Type": "application/json", "Accept": "application/graphql-response+json, application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        if self.session:
+            headers[SESSION_HEADER] = self.session
         return headers
+
+    def _ws_headers(self) -> dict[str, str]:
+        return {SESSION_HEADER: self.session} if self.session else {}
 
     def execute(
         self, query: str, variables: dict[str, Any] | None = None, *, timeout_s: float | None = None
@@ -357,7 +367,13 @@ class RemoteService:
 
         sub = Subscription(STREAM, body, self.api_key)
         try:
-            ws = connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
+            ws = connect(
+                self.ws_url,
+                subprotocols=[PROTOCOL],  # type: ignore[list-item]
+                proxy=None,
+                open_timeout=10,
+                additional_headers=self._ws_headers(),
+            )
         except (OSError, WebSocketException) as exc:
             raise sub.unreachable(self.ws_url, exc) from None
         with ws:
@@ -402,7 +418,13 @@ class RemoteService:
 
         sub = Subscription(STREAM, body, self.api_key)
         try:
-            ws = await connect(self.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10)  # type: ignore[list-item]
+            ws = await connect(
+                self.ws_url,
+                subprotocols=[PROTOCOL],  # type: ignore[list-item]
+                proxy=None,
+                open_timeout=10,
+                additional_headers=self._ws_headers(),
+            )
         except (OSError, WebSocketException) as exc:
             raise sub.unreachable(self.ws_url, exc) from None
         async with ws:

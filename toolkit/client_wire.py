@@ -116,6 +116,7 @@ def result_from(data: dict[str, Any]) -> InferResult:
     return from_wire(InferResult, data)
 
 
+SESSION_HEADER = "X-Toolkit-Session"  # the browser session a front end serves (its own rate limit on the server)
 PROTOCOL = "graphql-transport-ws"
 
 

@@ -23,6 +23,7 @@ from server.security import (
     select_operation,
     shape,
 )
+from toolkit.errors import RateLimited
 from toolkit.service import InferenceService
 
 KEY = "test-key-0123456789"
@@ -77,6 +78,31 @@ def test_rate_limit_per_key(make_server: Any, server_service: InferenceService) 
     assert status == 429 and code_of(body) == "RATE_LIMITED"
     assert int(headers["Retry-After"]) == body["errors"][0]["extensions"]["retryAfter"] > 0
     assert post(running.url, {"query": "{ health { status } }"})[0] == 200  # health is never limited
+
+
+def test_a_front_ends_browser_sessions_are_limited_one_by_one(
+    make_server: Any, server_service: InferenceService
+) -> None:
+    """A dashboard serves many people through one key: with that key in FRONTEND_API_KEYS each browser session
+    (X-Toolkit-Session) has its own bucket; the header from any other caller changes nothing."""
+    from toolkit.client import RemoteService
+
+    front, other = "front-end-key-1", "plain-key-0001"
+    running = make_server(server_service, api_keys=(other,), frontend_keys=(front,), rate_per_minute=1, rate_burst=1)
+    infer = {"query": 'mutation { infer(prompt: "Hi", params: {maxNewTokens: 1}) { text } }'}
+
+    def ask(key: str, session: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}", **({"X-Toolkit-Session": session} if session else {})}
+        return post(running.url, infer, headers=headers)[0]
+
+    assert [ask(front, f"browser-{i:04d}") for i in range(4)] == [200] * 4  # four people, one request each
+    assert ask(front, "browser-0000") == 429  # the first one's second request: its own limit
+    assert ask(other, "session-aaaa") == 200 and ask(other, "session-bbbb") == 429  # not a front end: one bucket
+    # the dashboard's client sends its session on HTTP and on the WebSocket alike
+    client = RemoteService(running.url, api_key=front, session="browser-9999", max_retries=0)
+    assert list(client.stream("Hi", max_new_tokens=1))[-1].result.usage.completion_tokens == 1
+    with pytest.raises(RateLimited):
+        client.infer("Hi", max_new_tokens=1)
 
 
 def test_introspection_can_be_switched_off(make_server: Any, server_service: InferenceService, server: Any) -> None:
