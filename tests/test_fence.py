@@ -25,6 +25,25 @@ def test_the_key_is_made_once_kept_private_and_configurable(tmp_path: Path) -> N
     assert installation_key(tmp_path / "other") != key
 
 
+def test_a_key_another_process_is_still_writing_is_waited_for(tmp_path: Path, monkeypatch: Any) -> None:
+    """Two workers sharing a cache: one has created the key file and not yet written it when the other reads."""
+    (tmp_path / KEY_FILE).touch()
+    written = "ab" * 32
+    real = Path.read_text
+    reads = 0
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        nonlocal reads
+        text = real(self, *args, **kwargs)
+        reads += 1
+        if reads == 1:  # the other process writes right after this first read saw nothing
+            self.write_text(written)
+        return text
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    assert installation_key(tmp_path) == bytes.fromhex(written)
+
+
 def test_the_fence_is_the_same_for_the_same_request_and_no_other() -> None:
     parts = ["q", None, [], [["t", "u", "s"]], "2026-12-07"]
     fence = boundary(b"k" * 32, parts)

@@ -139,6 +139,7 @@ def test_toolkit_store_names_the_file_or_turns_it_off(tmp_path: Path) -> None:
     assert default_store().name == "toolkit.db"
     assert Settings.from_env({"TOOLKIT_STORE": str(tmp_path / "x.db")}).store == tmp_path / "x.db"
     assert Settings.from_env({"TOOLKIT_STORE": "off"}).store is None
+    assert Settings.from_env({"RUN_LOG": "off"}).run_log is None  # as for the store: not a file named "off"
 
 
 def test_a_store_from_before_conversations_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:

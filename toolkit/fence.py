@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,34 @@ def installation_key(cache_dir: Path, configured: str | None = None) -> bytes:
         return configured.strip().encode()
     path = Path(cache_dir) / KEY_FILE
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        return _written(path)
+    except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return bytes.fromhex(path.read_text().strip())
+        return _written(path)
     with os.fdopen(fd, "w") as out:
         out.write(key.hex())
     return key
+
+
+def _written(path: Path, wait_s: float = 5.0) -> bytes:
+    """The key another process has just made: it may not have written it yet (created, still empty)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = path.read_text().strip()
+        if len(text) == 64:
+            try:
+                return bytes.fromhex(text)
+            except ValueError:
+                break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    raise OSError(f"{path} does not hold a key (64 hex characters): delete it to make a new one")
 
 
 def boundary(key: bytes, parts: Sequence[Any]) -> str:

@@ -259,9 +259,9 @@ def _parse(name: str, var: str, raw: str) -> Any:
         return raw.lower() or "auto"
     if name == "cache_dir":
         return Path(raw) if raw else default_cache_dir()
-    if name in ("adapters_dir", "models_file", "run_log"):
+    if name in ("adapters_dir", "models_file"):
         return Path(raw)
-    if name == "store":
+    if name in ("store", "run_log"):  # "off" is no file, as for TOOLKIT_STORE (not a file named "off")
         return None if raw.lower() in ("off", "none") else Path(raw)
     if name == "generation_defaults":
         return _defaults(var, raw)
