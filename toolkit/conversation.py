@@ -18,7 +18,7 @@ its turns in memory and sends them as history itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -132,25 +132,28 @@ def kept(thread: Thread | None, request: InferRequest, events: Iterator[StreamEv
 
 
 async def akept(
-    thread: Thread | None, request: InferRequest, events: AsyncIterator[StreamEvent]
-) -> AsyncIterator[StreamEvent]:
+    thread: Thread | None, request: InferRequest, events: AsyncGenerator[StreamEvent, None]
+) -> AsyncGenerator[StreamEvent, None]:
     """``kept`` for an event loop: the finished turn is saved off the loop (another process may hold the
     store's write lock for a moment)."""
     import asyncio
+    from contextlib import aclosing
 
     if thread is None:
-        async for event in events:
-            yield event
+        async with aclosing(events):  # closed with this one: the request's steps end at once, not at collection
+            async for event in events:
+                yield event
         return
     text = ""
     try:
-        async for event in events:
-            if isinstance(event, Token):
-                text = event.text
-            elif isinstance(event, Done):
-                thread.saved = True  # the save runs on even if this task is cancelled while it waits
-                event = Done(await asyncio.to_thread(thread.save, request, event.result))
-            yield event
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, Token):
+                    text = event.text
+                elif isinstance(event, Done):
+                    thread.saved = True  # the save runs on even if this task is cancelled while it waits
+                    event = Done(await asyncio.to_thread(thread.save, request, event.result))
+                yield event
     except Exception:
         if not thread.saved:  # as refused(), off the loop and unawaited (the store's lock may wait on another process)
             thread.saved = True

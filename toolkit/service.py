@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from datetime import date
@@ -510,8 +511,11 @@ class InferenceService:
             request, thread = await asyncio.to_thread(self._threaded, request, kwargs, conversation)
         request, params, entry = self._validated(request, {})
         fit = thread is not None and thread.continues
-        async for event in akept(thread, request, self._adrive(self._steps(request, params, entry, search, fit))):
-            yield event
+        async with aclosing(
+            akept(thread, request, self._adrive(self._steps(request, params, entry, search, fit)))
+        ) as events:
+            async for event in events:  # closing this stream closes the steps at once (the request's place frees)
+                yield event
 
     def _threaded(
         self, request: InferRequest | str, kwargs: dict[str, Any], conversation: ConversationArg
@@ -598,7 +602,7 @@ class InferenceService:
         finally:
             steps.close()
 
-    async def _adrive(self, steps: Steps) -> AsyncIterator[StreamEvent]:
+    async def _adrive(self, steps: Steps) -> AsyncGenerator[StreamEvent, None]:
         loop = asyncio.get_running_loop()
         value: Any = None
         try:
