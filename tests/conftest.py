@@ -1,7 +1,9 @@
-"""Shared fixtures: the real bundled model, converted once per test session.
+"""Shared fixtures: the real bundled model, converted once per test run.
 
-The conversion cache lives in a fresh temporary directory, so every session
-exercises the GGUF -> safetensors conversion for real, then loads from it.
+The conversion cache lives in a fresh temporary directory of this run, shared by the run's workers
+(pytest-xdist) behind a file lock: every run exercises the GGUF -> safetensors conversion for real, once,
+and every worker then loads from it. Under xdist each worker sets its torch threads to its share of the
+cores, so that two workers do not oversubscribe two.
 """
 
 from __future__ import annotations
@@ -18,11 +20,50 @@ import pytest
 from toolkit.settings import Settings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under pytest-xdist; None without it
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+if WORKER is not None:  # this worker's share of the cores, for it and for what it starts (kernels, servers)
+    THREADS = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # read by torch when it is imported
+        os.environ[_name] = THREADS
+
+
+ADAPTER_FIXTURES = frozenset({"trained", "adapter_service", "served"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that must share a worker say so with an xdist group (``--dist loadgroup``), not by chance: those
+    on the trained adapters (trained once per worker: about 40 s), and each module's tests that share a
+    module-scoped fixture (a server, a model, a service: started once per module). The rest go one by one."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        names = set(info.names_closure)
+        if names & ADAPTER_FIXTURES:
+            item.add_marker(pytest.mark.xdist_group("adapters"))
+        elif any(d.scope == "module" for name in names for d in info.name2fixturedefs.get(name, ())):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this run that every worker sees (without xdist: this session's own)."""
+    if WORKER is None:
+        return tmp_path_factory.mktemp(name)
+    folder = tmp_path_factory.getbasetemp().parent / name
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("toolkit-cache")
+    """TOOLKIT_CACHE_DIR of this run: the converted model, file hashes, the fence key (shared by the workers)."""
+    return shared_dir(tmp_path_factory, "toolkit-cache")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,10 +92,14 @@ def settings(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory, store_pa
 
 @pytest.fixture(scope="session")
 def first_load(settings: Settings) -> Any:
-    """The bundled model loaded from its GGUF file: the conversion happens here."""
+    """The bundled model loaded from its GGUF file: the conversion happens here, in the first worker to get
+    the lock; the others wait for it and load the converted copy."""
+    from filelock import FileLock
+
     from toolkit.models import load_model
 
-    return load_model(settings, progress=False)
+    with FileLock(str(settings.cache_dir / "convert.lock")):
+        return load_model(settings, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -155,11 +200,13 @@ class Trained:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Trained:
+def trained(tmp_path_factory: pytest.TempPathFactory, loaded: Any) -> Trained:
     """``quenby`` learns the taught fact (notebooks/data); ``quenby-draft`` is a short, hot run of the same data,
-    so that base, A and B answer differently. Each trains a copy of its own: peft changes the model it is given."""
+    so that base, A and B answer differently. Each trains a copy of its own of the loaded model: peft changes
+    the model it is given. (Its tests share one worker: the ``adapters`` xdist group.)"""
+    import copy
+
     from toolkit.lora import LoraSettings, load_examples, save_adapter, train_lora
-    from toolkit.models import load_model
 
     adapters_dir = tmp_path_factory.mktemp("adapters")
     examples = load_examples(QUENBY_TRAIN)
@@ -168,10 +215,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Tra
         ("quenby", LoraSettings(steps=24, batch_size=2, learning_rate=2e-3)),
         ("quenby-draft", LoraSettings(steps=3, batch_size=2, learning_rate=5e-3, warmup_steps=1, seed=1)),
     ):
-        base = load_model(settings, progress=False)
-        runs[name] = train_lora(base.model, base.tokenizer, examples, lora, progress=False)
-        save_adapter(runs[name], adapters_dir / name, base_name=base.name, base_hash=base.content_hash)
-    return Trained(adapters_dir, runs["quenby"], base.content_hash)
+        model = copy.deepcopy(loaded.model)
+        assert not any("lora_" in n for n, _ in model.named_parameters()), "the loaded model carries an adapter"
+        runs[name] = train_lora(model, loaded.tokenizer, examples, lora, progress=False)
+        save_adapter(runs[name], adapters_dir / name, base_name=loaded.name, base_hash=loaded.content_hash)
+    return Trained(adapters_dir, runs["quenby"], loaded.content_hash)
 
 
 ADAPTERS = ("quenby", "quenby-draft")

@@ -311,9 +311,10 @@ def test_a_corrupt_store_answers_store_unavailable_and_health_says_so(
 ) -> None:
     path = tmp_path / "toolkit.db"
     service = InferenceService(Settings(**{**settings.__dict__, "store": path}), loaded=loaded)
-    kept = service.infer("Hello", conversation=True, **GREEDY)
-    for i in range(30):  # pages of turns to damage
-        service.infer(f"Tell me about the number {i}.", conversation=kept.conversation_id, **GREEDY)
+    short = {"temperature": 0.0, "max_new_tokens": 2}
+    kept = service.infer("Hello", conversation=True, **short)
+    for i in range(3):  # turns on pages to damage (every page after the schema's)
+        service.infer(f"Tell me about the number {i}.", conversation=kept.conversation_id, **short)
     service.kept.store.query("PRAGMA wal_checkpoint(TRUNCATE)")
     service.kept.store.close()
     data = bytearray(path.read_bytes())
@@ -326,7 +327,7 @@ def test_a_corrupt_store_answers_store_unavailable_and_health_says_so(
         lambda: service.conversation_info(cid),
         lambda: service.rename_conversation(cid, "new"),
         lambda: service.delete_conversation(cid),
-        lambda: service.infer("Again", conversation=cid, **GREEDY),
+        lambda: service.infer("Again", conversation=cid, **short),
     ):
         with pytest.raises(StoreUnavailable) as caught:
             call()

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from toolkit.errors import ConfigError, ModelLoadError
-from toolkit.models import BUNDLED_NAME, bundled_gguf_path, cpu_computes_bfloat16, load_model, pick_dtype, resolve_model
+from toolkit.models import (
+    BUNDLED_NAME,
+    CONVERSION_MARKER,
+    bundled_gguf_path,
+    cpu_computes_bfloat16,
+    load_model,
+    pick_dtype,
+    resolve_model,
+)
 from toolkit.settings import Settings
 
 
@@ -28,8 +36,15 @@ def test_bundled_default_resolves_to_the_packaged_gguf() -> None:
 
 
 def test_loads_from_gguf_then_from_the_cache(first_load: Any, settings: Settings) -> None:
-    assert first_load.from_cache is False
-    assert first_load.content_hash.startswith("sha256:")
+    """The run's cache starts empty (conftest): the bundled GGUF was converted for real in this run, by the
+    first worker to need it, and every load since reads the converted copy."""
+    import json
+
+    import transformers
+
+    marker = json.loads((Path(first_load.path) / CONVERSION_MARKER).read_text())
+    assert marker["source"] == str(bundled_gguf_path()) and marker["transformers"] == transformers.__version__
+    assert first_load.content_hash == f"sha256:{marker['sha256']}" and marker["seconds"] > 0
     assert (first_load.device, first_load.dtype, first_load.quantization) == ("cpu", pick_dtype("auto", "cpu"), None)
     assert first_load.context_length == 8192
     started = time.perf_counter()
@@ -98,16 +113,13 @@ def test_offline_hub_id_fails_with_one_clear_message(tmp_path: Path, monkeypatch
     """No network here: the real Hub client is asked, and the answer names MODEL_ID and the network."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    started = time.perf_counter()
     with pytest.raises(ModelLoadError) as info:
         load_model(Settings(model_id="meta-llama/Llama-3.2-3B-Instruct", cache_dir=tmp_path), progress=False)
-    elapsed = time.perf_counter() - started
     message = str(info.value)
     assert "MODEL_ID='meta-llama/Llama-3.2-3B-Instruct'" in message
     assert "network" in message
     assert "\n" not in message and "Traceback" not in message
     assert info.value.__cause__ is None or isinstance(info.value.__cause__, ModelLoadError)
-    assert elapsed < 10, f"the offline failure took {elapsed:.1f} s"
 
 
 def test_hub_offline_mode_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import ddgs
 import pytest
 from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
+from network import online
 
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.search import (
+    FAILURE_KINDS,
     DDGSBackend,
     LocalDocsBackend,
     Searcher,
@@ -65,14 +66,17 @@ class Clock:
 # ----- ddgs ---------------------------------------------------------------------
 
 
-def test_ddgs_for_real_fails_fast_here_as_a_network_failure() -> None:
-    """This machine has no internet: the real library, the real failure."""
-    started = time.perf_counter()
-    with pytest.raises(SearchFailure) as info:
-        DDGSBackend(timeout_s=5).search("python programming language", 4)
-    assert time.perf_counter() - started < 5
-    assert info.value.kind == "network"
-    assert "no network" in info.value.message
+def test_ddgs_for_real_fails_here_as_a_network_failure() -> None:
+    """The real library: without internet (this machine) the real failure, typed as such; with it, results in
+    our shape or a typed failure (a provider may refuse)."""
+    try:
+        results = DDGSBackend(timeout_s=5).search("python programming language", 4)
+    except SearchFailure as exc:
+        if not online():
+            assert exc.kind == "network" and "no network" in exc.message
+        assert exc.kind in FAILURE_KINDS
+    else:
+        assert online() and results and all(r.url.startswith("http") and r.title for r in results)
 
 
 @pytest.mark.parametrize(
@@ -148,13 +152,10 @@ def test_ddgs_empty_list_is_no_results(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_hanging_backend_cannot_hold_the_answer_past_the_timeout() -> None:
     backend = HangingBackend()
     searcher = Searcher(backend, timeout_s=0.3)
-    started = time.perf_counter()
-    outcome = searcher.search("anything")
-    elapsed = time.perf_counter() - started
+    outcome = searcher.search("anything")  # the backend hangs until released: only the timeout returns here
     backend.release.set()
     assert outcome.status == "timeout" and not outcome.ok
     assert "SEARCH_TIMEOUT" in (outcome.failure.message if outcome.failure else "")
-    assert 0.3 <= elapsed < 0.8
 
 
 def test_a_cache_hit_does_not_call_the_backend() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from network import online
 
 from toolkit.errors import ConfigError, InvalidRequest, ModelNotReady, PromptTooLong
 from toolkit.models import pick_dtype
@@ -264,14 +266,18 @@ def test_search_events_come_before_the_tokens_and_the_record_keeps_the_snapshot(
 
 
 def test_real_ddgs_fails_here_and_the_answer_still_comes(service: InferenceService) -> None:
-    """SEARCH_PROVIDER defaults to ddgs; this machine has no internet."""
+    """SEARCH_PROVIDER defaults to ddgs. Without internet (this machine) the search fails as a network failure and
+    the answer comes without sources; with it, the answer comes with the sources found (or a typed failure)."""
     events = list(service.stream("What is the capital of France?", web_search=True, temperature=0, max_new_tokens=16))
     finished = events[1]
-    assert isinstance(finished, SearchFinished) and finished.status == "network" and finished.sources == ()
-    assert finished.seconds < 5
     result = events[-1].result  # type: ignore[union-attr]
-    assert result.search_status == "network" and "no network" in (result.search_message or "")
-    assert result.text and result.sources == ()
+    assert isinstance(finished, SearchFinished) and result.text
+    if finished.status == "ok":
+        assert online() and finished.sources and result.sources
+        return
+    if not online():
+        assert finished.status == "network" and "no network" in (result.search_message or "")
+    assert finished.sources == () and result.sources == () and result.search_status == finished.status
     assert "web search for the user's question failed" in result.run_record.prompt_text
     assert result.run_record.search["status"] == "network"
 
@@ -304,10 +310,8 @@ def test_a_hanging_search_is_cut_at_the_timeout(settings: Settings, loaded: Any)
 
     svc = InferenceService(settings, loaded=loaded, searcher=Searcher(Hanging(), timeout_s=0.5))
     try:
-        started = time.perf_counter()
-        result = svc.infer("Hi", web_search=True, temperature=0, max_new_tokens=4)
-        assert result.search_status == "timeout"
-        assert result.timings.total_s < 5 and time.perf_counter() - started < 5
+        result = svc.infer("Hi", web_search=True, temperature=0, max_new_tokens=4)  # only the timeout returns
+        assert result.search_status == "timeout" and "SEARCH_TIMEOUT" in (result.search_message or "")
     finally:
         release.set()
         svc.close(grace_s=0)
@@ -450,14 +454,18 @@ def test_a_caller_that_leaves_while_its_request_is_prepared_frees_its_place(sett
     async def leave() -> None:
         stream = svc.astream(InferRequest.build("Hi", web_search=True, max_new_tokens=2))
         assert isinstance(await anext(stream), SearchStarted)
-        await asyncio.to_thread(searching.wait, 30)
+        waiting = asyncio.ensure_future(anext(stream))  # the caller waits for the search's result
+        assert await asyncio.to_thread(searching.wait, 30)
         assert svc.health().preparing == 1
-        await stream.aclose()  # the caller leaves mid-search
+        waiting.cancel()  # and leaves mid-search, as a server cancels the request of a closed connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await stream.aclose()
+        assert svc.health().preparing == 0
+        release.set()  # the search ends; nothing is prepared for a caller who left
 
     try:
         asyncio.run(leave())
-        assert svc.health().preparing == 0
-        release.set()
     finally:
         release.set()
         svc.close(grace_s=0)

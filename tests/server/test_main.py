@@ -47,7 +47,9 @@ def test_serves_health_while_loading_and_shuts_down_cleanly(cache_dir: Path, fir
             target=lambda: result.update(zip(("status", "headers", "body"), post(url, {"query": query}), strict=True))
         )
         worker.start()
-        time.sleep(1.0)  # it is generating
+        while post(url, {"query": "{ health { active } }"})[2]["data"]["health"]["active"] == 0:  # until it runs
+            assert time.monotonic() < deadline + 60 and worker.is_alive(), "the request never started"
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         worker.join(60)
         assert result["status"] == 200

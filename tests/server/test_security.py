@@ -225,7 +225,6 @@ def test_document_shape_through_fragments() -> None:
 
 def test_a_fragment_bomb_is_measured_in_linear_time() -> None:
     """Each fragment spreads the next twice: 2^40 paths if expanded, one visit each when memoized."""
-    import time
 
     n = 40
     doc = "query { ...F0 } " + " ".join(f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(n))
@@ -233,9 +232,7 @@ def test_a_fragment_bomb_is_measured_in_linear_time() -> None:
     parsed = parse(doc)
     op = select_operation(parsed, None)
     assert op is not None
-    started = time.perf_counter()
-    s = shape(parsed, op)
-    assert time.perf_counter() - started < 0.5
+    s = shape(parsed, op)  # expanded, 2^40 visits would never end (the suite's timeout): memoized, one each
     assert s.root_fields == {"health"} and s.depth == 2
 
 

@@ -72,6 +72,14 @@ def run_together(engine: Scheduler, jobs: list[tuple[list[int], GenerationParams
     return results
 
 
+def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    """Poll until ``condition`` holds (a slow host only takes longer; a deadline that passes is a failure)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.005)
+
+
 def test_answers_paris(make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]) -> None:
     result = make_engine().generate(ids(QUESTIONS[0]), GREEDY)
     assert "Paris" in result.text
@@ -198,37 +206,45 @@ def test_closing_a_stream_cancels_its_request(
 def test_a_full_queue_answers_overloaded_at_once(
     make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]
 ) -> None:
+    """Held between steps (``hold``), the engine keeps one request running and two queued, however fast the
+    host: a fourth is refused, queued ones cancel at once, and the running one finishes once let go."""
     engine = make_engine(max_batch_size=1, max_queue=2)
-    long = filled(temperature=0, max_new_tokens=500)
+    short = filled(temperature=0, max_new_tokens=8)
     prompt = ids("Count from one to one thousand.")
     events: list[Any] = []
-    engine.submit(prompt, long, events.append, request_id="running")
-    deadline = time.monotonic() + 10
-    while not events and time.monotonic() < deadline:  # the first one is generating
-        time.sleep(0.01)
-    engine.submit(prompt, long, events.append, request_id="queued-1")
-    engine.submit(prompt, long, events.append, request_id="queued-2")
-    started = time.perf_counter()
+    engine.submit(prompt, filled(temperature=0, max_new_tokens=64), events.append, request_id="running")
+    wait_for(lambda: any(e.request_id == "running" for e in events))  # its first token: it is running
+    gate = engine.hold()
+    engine.submit(prompt, short, events.append, request_id="queued-1")
+    engine.submit(prompt, short, events.append, request_id="queued-2")
     with pytest.raises(Overloaded) as info:
-        engine.submit(prompt, long, events.append, request_id="one-too-many")
-    assert time.perf_counter() - started < 0.1
+        engine.submit(prompt, short, events.append, request_id="one-too-many")
     assert info.value.code == "OVERLOADED" and "retry" in info.value.message
-    assert engine.queue_depth == 2
+    assert engine.queue_depth == 2 and engine.active == 1
     # cancelling queued requests answers them at once, each with its own Finished
     assert engine.cancel("queued-1") and engine.cancel("queued-2")
     finished = {e.request_id: e.finish_reason for e in events if isinstance(e, Finished)}
     assert finished == {"queued-1": "cancelled", "queued-2": "cancelled"}
-    engine.cancel("running")
+    gate.set()  # let go: it runs on, and a cancel ends it
+    assert engine.cancel("running")
+    wait_for(lambda: any(isinstance(e, Finished) and e.request_id == "running" for e in events))
+    assert engine.active == 0 and engine.queue_depth == 0
 
 
 def test_a_request_timeout_ends_it(make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]) -> None:
+    """A request past its timeout ends with what it had said, whatever the host's speed: the engine is held
+    between two steps until the deadline has passed."""
     engine = make_engine()
-    result = engine.generate(
-        ids("Count from one to one thousand."), filled(temperature=0, max_new_tokens=500), timeout_s=0.5
-    )
-    assert result.finish_reason == "timeout"
-    assert 0 < result.completion_tokens < 500
-    assert result.total_s < 3
+    events: list[Any] = []
+    started = time.monotonic()
+    engine.submit(ids("Count to ten."), filled(temperature=0, max_new_tokens=50), events.append, timeout_s=0.5)
+    wait_for(lambda: len(events) > 0)
+    gate = engine.hold()
+    wait_for(lambda: time.monotonic() - started > 0.6)  # the deadline passes while nothing runs
+    gate.set()
+    wait_for(lambda: isinstance(events[-1], Finished))
+    result = events[-1]
+    assert result.finish_reason == "timeout" and 0 < result.completion_tokens < 50
 
 
 def test_seeded_sampling_is_reproducible_alone_and_batched(

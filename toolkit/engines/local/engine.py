@@ -128,6 +128,7 @@ class Scheduler(Prefilling, Streams):
         self._filling: deque[Fill] = deque()  # prompts being prefilled on their own, first come first
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # the most rows ever decoded together
+        self._gate: threading.Event | None = None  # hold(): the scheduler waits between steps until it is set
         self._thread = threading.Thread(target=self._run, name="toolkit-engine", daemon=True)
         self._thread.start()
         _LIVE_ENGINES.add(self)
@@ -285,10 +286,22 @@ class Scheduler(Prefilling, Streams):
         if op.error is not None:
             raise op.error
 
+    def hold(self) -> threading.Event:
+        """Stop between steps until the returned gate is set: admitted requests stay running, queued ones stay
+        queued, and nothing decodes meanwhile. For tests of a busy engine (a full queue, a cancel, a client that
+        leaves mid-answer) without long answers whose length is a guess about the host's speed."""
+        gate = threading.Event()
+        with self._cond:
+            self._gate = gate
+            self._cond.notify_all()
+        return gate
+
     def close(self, grace_s: float = 10.0) -> None:
         """Take no new requests; let running ones finish for ``grace_s``, then cancel the rest."""
         with self._cond:
             self._closing = True
+            if self._gate is not None:
+                self._gate.set()  # a held scheduler lets go: closing must not wait on a test's gate
             self._cond.notify_all()
         deadline = time.monotonic() + grace_s
         while self._thread.is_alive() and time.monotonic() < deadline:
@@ -311,8 +324,16 @@ class Scheduler(Prefilling, Streams):
                     if self._closing:
                         return
                     self._cond.wait()
-                changes, self._between_steps = self._between_steps, []
-                self._admitting = self._take_admissible()
+                gate = self._gate
+                if gate is None:
+                    changes, self._between_steps = self._between_steps, []
+                    self._admitting = self._take_admissible()
+            if gate is not None:  # hold(): between two steps, until the gate opens
+                gate.wait()
+                with self._cond:
+                    if self._gate is gate:
+                        self._gate = None
+                continue
             for change in changes:  # e.g. load an adapter: between steps, not in inference mode
                 change.run()
             try:
