@@ -225,10 +225,10 @@ def test_a_query_over_the_depth_limit(make_server: Any, server_service: Any) -> 
 
 def test_a_document_over_the_token_limit_names_the_limit(make_server: Any, server_service: Any) -> None:
     running = make_server(server_service, max_query_tokens=60)
-    fits = "{ " + " ".join(f"a{i}: health {{ status }}" for i in range(9)) + " }"  # 9 x 6 tokens and the braces
+    fits = "{ " + " ".join(f"a{i}: models {{ id }}" for i in range(9)) + " }"  # 9 x 6 tokens and the braces
     status, _, body = post(running.url, {"query": "# a comment is not a token\n" + fits})
     assert status == 200 and "errors" not in body
-    over = "{ " + " ".join(f"a{i}: health {{ status }}" for i in range(10)) + " }"  # 62 tokens
+    over = "{ " + " ".join(f"a{i}: models {{ id }}" for i in range(10)) + " }"  # 62 tokens (not a free health query)
     status, _, body = post(running.url, {"query": over})
     assert status == 400 and code_of(body) == "BAD_USER_INPUT"  # was GRAPHQL_PARSE_FAILED, the limit unnamed
     assert body["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "field": "query", "limit": 60}
