@@ -119,3 +119,20 @@ def test_resolved_params_fill_the_default_and_check_the_limit() -> None:
 
 def test_request_ids_are_unique() -> None:
     assert InferRequest("a").request_id != InferRequest("a").request_id
+
+
+def test_one_reading_of_a_model_name_everywhere() -> None:
+    """``<model>:<adapter>`` splits at the last colon, and a served model's own name (a remote ``llama3:8b``)
+    is itself: routing, the client and the evaluation runner read it the same way."""
+    from toolkit.evals.runner import _batch
+    from toolkit.params import split_model
+    from toolkit.results import ModelInfo
+
+    served = ["llama3", "llama3:8b"]
+    assert split_model("llama3:8b", served) == ("llama3:8b", None)
+    assert split_model("llama3:8b:quenby", served) == ("llama3:8b", "quenby")
+    assert split_model("llama3:quenby", served) == ("llama3", "quenby")
+    assert split_model("gpt-9", served) is None and split_model("llama3:", served) is None
+    models = {m.id: m for m in (ModelInfo("llama3", "hub", True, None, None, batch_size=4),
+                                ModelInfo("llama3:8b", "openai", True, None, None, batch_size=2))}  # fmt: skip
+    assert _batch(models, {"llama3:8b:quenby"}) == 2  # it took "llama3" and adapter "8b:quenby" before

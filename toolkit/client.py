@@ -52,7 +52,7 @@ from toolkit.client_wire import (
 from toolkit.compare import Comparison, collect, compare_stream, plan
 from toolkit.conversation import Conversation, ConversationArg, ConversationInfo
 from toolkit.errors import ConfigError, InvalidRequest, RateLimited, UnknownModel
-from toolkit.params import GenerationParams, InferRequest
+from toolkit.params import GenerationParams, InferRequest, split_model
 from toolkit.results import (
     AdapterInfo,
     Done,
@@ -241,14 +241,14 @@ class RemoteService:
             return request, request.params
         ids = [m.id for m in self.models()]
         model, adapter = request.model, request.adapter
-        if model is not None and model not in ids:
-            base, sep, named = model.rpartition(":")
-            if not (sep and base in ids and named):
+        if model is not None:
+            found = split_model(model, ids)
+            if found is None:
                 served = ", ".join(repr(i) for i in ids)
                 raise UnknownModel(
                     f"unknown model {model!r}; this service serves {served} (an adapter as '<model>:<adapter>')"
                 )
-            model, adapter = base, adapter or named
+            model, adapter = found[0], adapter or found[1]
         if adapter is not None:
             names = [a.name for a in self.adapters(model)]
             if adapter not in names:

@@ -28,6 +28,19 @@ ROLES = ("user", "assistant")
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # a caller's own request id: no paths, no control characters
 
 
+def split_model(name: str, served: Iterable[str]) -> tuple[str, str | None] | None:
+    """``name`` as (model, adapter), the one reading of a model name everywhere (routing, the client, the
+    evaluation runner): a served model's own name is itself (a remote ``llama3:8b`` routes as itself), else
+    ``<model>:<adapter>`` split at the last colon (``llama3:8b:quenby``); None when it names no served model."""
+    names = set(served)
+    if name in names:
+        return name, None
+    base, sep, adapter = name.rpartition(":")
+    if sep and adapter and base in names:
+        return base, adapter
+    return None
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-deployment bounds, built from ``Settings``."""
@@ -391,6 +404,23 @@ def _int(name: str, value: Any, *, low: int | None, high: float | None = None) -
     if (low is not None and value < low) or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise InvalidRequest(name, f"must be {bound}, got {value}")
+
+
+def param_options() -> list[tuple[str, dict[str, Any]]]:
+    """One command-line option per generation parameter, from its declaration: ``("--top-p", {type, dest,
+    help, ...})``, for argparse's ``add_argument`` and IPython's magic arguments alike (the CLI, ``%%ask``)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name, spec in PARAMS.items():
+        flag = "--" + name.replace("_", "-")
+        if spec.kind == "strings":
+            out.append(
+                (flag, {"action": "append", "default": None, "dest": name, "help": "may be given several times"})
+            )
+        else:
+            words = ", ".join(w for w in (spec.bound(), spec.hint) if w)
+            kind = int if spec.kind == "int" else float
+            out.append((flag, {"type": kind, "default": None, "dest": name, "help": words or None}))
+    return out
 
 
 def _strings(name: str, value: Any) -> tuple[str, ...]:

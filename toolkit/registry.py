@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from toolkit.errors import ConfigError
+from toolkit.params import split_model
 from toolkit.settings import DEVICES, DTYPES, Settings
 
 ENGINES = ("local", "openai")
@@ -407,13 +408,9 @@ class ModelRegistry:
 
         if name is None:
             return self.default, None
-        for entry in self.entries.values():
-            if name in entry.names:
-                return entry, None
-        base, sep, adapter = name.rpartition(":")
-        if sep and base and adapter:
-            for entry in self.entries.values():
-                if base in entry.names:
-                    return entry, adapter
+        by_name = {n: entry for entry in self.entries.values() for n in entry.names}
+        found = split_model(name, by_name)
+        if found is not None:
+            return by_name[found[0]], found[1]
         served = ", ".join(repr(n) for n in self.entries)
         raise UnknownModel(f"unknown model {name!r}; this service serves {served} (an adapter as '<model>:<adapter>')")

@@ -20,7 +20,7 @@ from toolkit.evals.dataset import Sample
 from toolkit.evals.results import EvalRun
 from toolkit.evals.runs import RunStore
 from toolkit.grounding import Grounding
-from toolkit.params import InferRequest
+from toolkit.params import InferRequest, split_model
 from toolkit.results import Done
 from toolkit.search import SearchOutcome, search_query
 
@@ -172,12 +172,14 @@ class Keys:
 
     def of(self, request: InferRequest, search: SearchOutcome | None) -> str | None:
         model_name, adapter = request.model, request.adapter
-        info = self.models.get(model_name) if model_name else next((m for m in self.models.values() if m.default), None)
-        if info is None:  # "<model>:<adapter>", or an alias: routing decides, not the key
-            info = next((m for m in self.models.values() if model_name and model_name.startswith(m.id + ":")), None)
-            if info is None:
-                return None
-            adapter = adapter or (model_name or "").split(":", 1)[1]
+        if model_name is None:
+            info = next((m for m in self.models.values() if m.default), None)
+        else:  # a model's id, or "<model>:<adapter>"; an alias: routing decides, not the key
+            found = split_model(model_name, self.models)
+            info = self.models[found[0]] if found is not None else None
+            adapter = adapter or (found[1] if found is not None else None)
+        if info is None:
+            return None
         params = {**info.defaults, **request.params.given()}
         content = {
             "model": [info.id, info.content_hash, info.served_model],

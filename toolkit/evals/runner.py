@@ -26,7 +26,7 @@ from toolkit.evals.dataset import Dataset, Sample, dataset, load_dataset
 from toolkit.evals.results import EvalRow, EvalRun
 from toolkit.evals.runs import RunStore
 from toolkit.judge import ModelJudge, yes_or_no
-from toolkit.params import InferRequest
+from toolkit.params import InferRequest, split_model
 from toolkit.store import Store, now
 from toolkit.variants import Variant, label_of
 from toolkit.variants import variants as typed_variants
@@ -323,9 +323,11 @@ def _batch(models: Mapping[str, Any], names: set[str | None]) -> int:
     none says)."""
     sizes = []
     for name in names:
-        info = models.get(name) if name else next((m for m in models.values() if m.default), None)
-        if info is None and name:  # "<model>:<adapter>"
-            info = next((m for m in models.values() if name.startswith(m.id + ":")), None)
+        if name is None:
+            info = next((m for m in models.values() if m.default), None)
+        else:  # a model's id, or "<model>:<adapter>"
+            found = split_model(name, models)
+            info = models[found[0]] if found is not None else None
         size = getattr(info, "batch_size", None)
         if size:
             sizes.append(int(size))
