@@ -33,3 +33,14 @@ def test_a_bad_setting_is_one_line_not_a_traceback(cache_dir: Path) -> None:
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "error: DTYPE: must be one of" in out.stderr
+
+
+def test_every_generation_parameter_is_an_option() -> None:
+    """The options come from the declarations (as the magic's do): --min-p and the rest, not two by hand."""
+    from toolkit.__main__ import make_parser
+    from toolkit.params import PARAMS
+
+    parser = make_parser()
+    args = parser.parse_args(["hi", "--min-p", "0.05", "--top-k", "40", "--stop", "a", "--stop", "b"])
+    assert (args.min_p, args.top_k, args.stop) == (0.05, 40, ["a", "b"])
+    assert {a.dest for a in parser._actions} >= set(PARAMS)

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from toolkit.errors import ToolkitError
+from toolkit.params import PARAMS, param_options
 from toolkit.results import Done, Token
 from toolkit.service import InferenceService
 from toolkit.settings import Settings
@@ -16,25 +17,25 @@ from toolkit.settings import Settings
 DEFAULT_QUESTION = "What is the capital of France?"
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m toolkit", description=__doc__)
     parser.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
-    parser.add_argument("--temperature", type=float, default=None, help="default: the model's")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's")
     parser.add_argument("--system", default=None, help="system prompt")
-    args = parser.parse_args(argv)
+    for flag, options in param_options():  # --temperature, --top-p, ...: each default is the model's
+        parser.add_argument(flag, **options)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
         with InferenceService(settings) as service:
             health = service.health()
             print(f"model: {health.model} on {health.device} ({health.dtype})", file=sys.stderr)
             print(f"> {args.question}", file=sys.stderr)
-            for event in service.stream(
-                args.question,
-                system_prompt=args.system,
-                temperature=args.temperature,
-                max_new_tokens=args.max_new_tokens,
-            ):
+            params = {name: getattr(args, name) for name in PARAMS if getattr(args, name) is not None}
+            for event in service.stream(args.question, system_prompt=args.system, **params):
                 if isinstance(event, Token):
                     print(event.delta, end="", flush=True)
                 elif isinstance(event, Done):

@@ -22,7 +22,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import Markdown, display
 
 from toolkit.errors import ToolkitError
-from toolkit.params import PARAMS, GenerationParams
+from toolkit.params import PARAMS, GenerationParams, param_options
 from toolkit.results import Done, SearchFinished, SearchStarted, Token
 
 
@@ -39,14 +39,8 @@ def sources_markdown(result: Any) -> str:
 
 def generation_arguments(func: Any) -> Any:
     """``--temperature``, ``--top-p``, ... : one option per generation parameter, from its declaration."""
-    for name, spec in reversed(PARAMS.items()):
-        flag = "--" + name.replace("_", "-")
-        words = ", ".join(w for w in (spec.bound(), spec.hint) if w)
-        if spec.kind == "strings":
-            func = argument(flag, action="append", default=None, dest=name, help="may be given several times")(func)
-        else:
-            kind = int if spec.kind == "int" else float
-            func = argument(flag, type=kind, default=None, dest=name, help=words or None)(func)
+    for flag, options in reversed(param_options()):
+        func = argument(flag, **options)(func)
     return func
 
 
