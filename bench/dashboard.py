@@ -95,8 +95,8 @@ def main() -> int:
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector(".tk-prompt input", timeout=120_000)
             page.click(".jupyter-widget-Collapse-header, .p-Collapse-header, .lm-AccordionPanel-title")
-            page.locator(".noUi-handle").first.focus()
-            page.locator(".noUi-handle").first.press("Home")  # temperature 0: the same answer each time
+            page.locator(".tk-temperature .noUi-handle").first.focus()
+            page.locator(".tk-temperature .noUi-handle").first.press("Home")  # temperature 0: the same answer each time
             page.evaluate(
                 """() => new MutationObserver(() => {
                     const all = document.querySelectorAll('.tk-answer');

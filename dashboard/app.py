@@ -15,7 +15,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from dashboard import bubbles
+from dashboard import bubbles, controls
 from dashboard.compare import CompareView
 from dashboard.config import DashboardSettings
 from dashboard.conversations import ConversationsView, stored_bubbles
@@ -116,23 +116,9 @@ class ChatApp:
         self.adapter.add_class("tk-adapter")
         # the sliders show the chosen model's defaults once its list is known (_apply_defaults); a request
         # carries only the ones the user moved: the service fills the rest from the model's own
-        self.temperature = widgets.FloatSlider(description="Temperature", min=0.0, max=2.0, step=0.05, disabled=True)
-        self.max_new_tokens = widgets.IntSlider(description="Max tokens", min=1, max=1024, step=1, disabled=True)
-        self.presence_penalty = widgets.FloatSlider(description="Presence", min=-2.0, max=2.0, step=0.1, disabled=True)
-        self.frequency_penalty = widgets.FloatSlider(
-            description="Frequency", min=-2.0, max=2.0, step=0.1, disabled=True
-        )
-        self.tracked = {
-            name: Tracked(widget, name)
-            for name, widget in (
-                ("temperature", self.temperature),
-                ("max_new_tokens", self.max_new_tokens),
-                ("presence_penalty", self.presence_penalty),
-                ("frequency_penalty", self.frequency_penalty),
-            )
-        }
-        self.presence_penalty.add_class("tk-presence")
-        self.frequency_penalty.add_class("tk-frequency")
+        # one slider per parameter whose declaration says how to show it (dashboard/controls.py)
+        self.controls = {name: controls.slider(name) for name in controls.shown()}
+        self.tracked = {name: Tracked(widget, name) for name, widget in self.controls.items()}
         self._models: dict[str, ModelInfo] = {}
         self._defaults_for: str | None = None  # the model whose defaults the sliders were set from
         self.system_prompt = widgets.Textarea(
@@ -142,10 +128,7 @@ class ChatApp:
             [
                 self.model,
                 self.adapter,
-                self.temperature,
-                self.max_new_tokens,
-                self.presence_penalty,
-                self.frequency_penalty,
+                *self.controls.values(),
                 self.system_prompt,
             ]
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from dashboard import bubbles
+from dashboard import bubbles, controls
 from dashboard.tracked import Tracked
 from toolkit.errors import ToolkitError
 from toolkit.protocol import Service
@@ -53,7 +53,7 @@ class Column:
         self.model = widgets.Dropdown(description="Model", options=[("(server default)", "")], value="")
         self.adapter = widgets.Dropdown(description="Adapter", options=[("(base model)", "")], value="")
         self.web = widgets.ToggleButton(value=False, description=WEB_OFF, layout=widgets.Layout(width="90px"))
-        self.temperature = widgets.FloatSlider(description="Temp.", value=0.0, min=0.0, max=2.0, step=0.05)
+        self.temperature = controls.slider("temperature", description="Temp.", value=0.0, disabled=False)
         self.tracked = Tracked(self.temperature, "temperature")  # sent once moved: else the model's default
         self.output = widgets.HTML(bubbles.assistant_bubble("", notice="(no answer yet)"))
         if answers:

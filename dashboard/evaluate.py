@@ -20,7 +20,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from dashboard import bubbles
+from dashboard import bubbles, controls
 from dashboard.compare import Column, Columns
 from dashboard.config import DashboardSettings
 from toolkit.errors import ToolkitError
@@ -70,9 +70,7 @@ class EvaluateView:
             backend, shown=columns, options=[1, 2, 3, 4], label="Variants", css="tk-eval-variant", answers=False
         )
         self.all, self.count = self.set.all, self.set.count
-        self.max_new_tokens = widgets.BoundedIntText(
-            value=64, min=1, max=1024, description="Max tokens", layout=widgets.Layout(width="180px")
-        )
+        self.max_new_tokens = controls.box("max_new_tokens", 64, layout=widgets.Layout(width="180px"))
         self.repeats = widgets.BoundedIntText(
             value=1, min=1, max=20, description="Repeats", layout=widgets.Layout(width="160px")
         )

@@ -136,3 +136,10 @@ def test_one_reading_of_a_model_name_everywhere() -> None:
     models = {m.id: m for m in (ModelInfo("llama3", "hub", True, None, None, batch_size=4),
                                 ModelInfo("llama3:8b", "openai", True, None, None, batch_size=2))}  # fmt: skip
     assert _batch(models, {"llama3:8b:quenby"}) == 2  # it took "llama3" and adapter "8b:quenby" before
+
+
+def test_a_control_outside_its_parameters_bounds_is_refused() -> None:
+    from toolkit.params import Control, Param
+
+    with pytest.raises(ValueError, match="control"):
+        Param("float", low=0, high=1, control=Control("Min p", 0, 2, 0.01))

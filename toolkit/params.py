@@ -50,6 +50,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Control:
+    """How the dashboard shows a parameter: a slider named ``label`` from ``low`` to ``high`` by ``step`` (within
+    the declaration's bounds: where it has none above, the slider's end is a practical one)."""
+
+    label: str
+    low: float
+    high: float
+    step: float
+
+
+@dataclass(frozen=True)
 class Param:
     """How one generation parameter is declared; every front end, client and engine derives from this.
 
@@ -72,14 +83,33 @@ class Param:
     openai_aliases: tuple[str, ...] = ()
     extra: bool = False
     remote: bool = True
+    control: Control | None = None  # shown in the dashboard's settings (None: not there)
+
+    def __post_init__(self) -> None:
+        c = self.control
+        if c is not None and (
+            (self.low is not None and c.low < self.low) or (self.high is not None and c.high > self.high)
+        ):
+            raise ValueError(f"control: {c.low}..{c.high} is outside the parameter's bounds {self.bound()}")
+
+    def describe(self) -> str | None:
+        """What a front end says about the parameter: its doc, bound and hint ("... (between -2 and 2; 0 means
+        none)."), for GraphQL's descriptions."""
+        words = "; ".join(w for w in (self.bound(), self.hint) if w)
+        local = "" if self.remote else "Local models only."
+        text = " ".join(p for p in (self.doc, f"({words})." if words else "", local) if p)
+        return text or None
 
     def bound(self) -> str:
+        def number(x: float) -> str:
+            return str(int(x)) if self.kind == "int" else f"{x:g}"
+
         if self.low is not None and self.high is not None:
             if self.low_open:
-                return f"in ({self.low:g}, {self.high:g}]"
-            return f"between {self.low:g} and {self.high:g}"
+                return f"in ({number(self.low)}, {number(self.high)}]"
+            return f"between {number(self.low)} and {number(self.high)}"
         if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {number(self.low)}"
         return ""
 
 
@@ -102,14 +132,16 @@ class GenerationParams:
 
     max_new_tokens: int | None = param(
         "int", low=1, fallback=256, openai="max_tokens", openai_aliases=("max_completion_tokens",),
-        doc="The most tokens to generate.",
+        doc="The most tokens to generate.", control=Control("Max tokens", 1, 1024, 1),
     )  # fmt: skip
-    temperature: float | None = param("float", low=0, hint="0 means greedy", fallback=0.7, neutral=None)
+    temperature: float | None = param(
+        "float", low=0, hint="0 means greedy", fallback=0.7, neutral=None, control=Control("Temperature", 0, 2, 0.05)
+    )
     top_p: float | None = param("float", low=0, high=1, low_open=True, fallback=1.0, neutral=1.0)
     top_k: int | None = param("int", low=0, hint="0 means all", fallback=0, neutral=0, extra=True)
     min_p: float | None = param(
         "float", low=0, high=1, hint="0 means none", fallback=0.0, neutral=0.0, extra=True,
-        doc="Drop tokens less likely than min_p times the most likely one.",
+        doc="Drop tokens less likely than min_p times the most likely one.", control=Control("Min p", 0, 1, 0.01),
     )  # fmt: skip
     repetition_penalty: float | None = param(
         "float", low=0, low_open=True, hint="1 means none", fallback=1.0, neutral=1.0, extra=True,
@@ -119,7 +151,7 @@ class GenerationParams:
     # engine's (extra fields on this server's /v1); a remote model refuses them (llama.cpp has DRY, vLLM not)
     dry_multiplier: float | None = param(
         "float", low=0, hint="0 means off", fallback=0.0, neutral=0.0, extra=True, remote=False,
-        doc="DRY: penalise a token that would extend a sequence the answer already has; 0 means off.",
+        doc="DRY: penalise a token that would extend a sequence the answer already has.",
     )  # fmt: skip
     dry_base: float | None = param(
         "float", low=1, low_open=True, fallback=1.75, extra=True, remote=False,
@@ -131,7 +163,7 @@ class GenerationParams:
     )  # fmt: skip
     no_repeat_ngram_size: int | None = param(
         "int", low=0, hint="0 means off", fallback=0, neutral=0, extra=True, remote=False,
-        doc="Never generate an n-gram of this many tokens twice; 0 means off.",
+        doc="Never generate an n-gram of this many tokens twice.",
     )  # fmt: skip
     seed: int | None = param("int", low=0, high=MAX_SEED)
     stop: tuple[str, ...] = param(
@@ -141,10 +173,12 @@ class GenerationParams:
     presence_penalty: float | None = param(
         "float", low=-2, high=2, hint="0 means none", fallback=0.0, neutral=0.0,
         doc="Subtracted once from every token already generated (OpenAI's meaning, generated tokens only).",
+        control=Control("Presence", -2, 2, 0.1),
     )  # fmt: skip
     frequency_penalty: float | None = param(
         "float", low=-2, high=2, hint="0 means none", fallback=0.0, neutral=0.0,
         doc="Subtracted per time a token was generated (OpenAI's meaning, generated tokens only).",
+        control=Control("Frequency", -2, 2, 0.1),
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -22,8 +22,8 @@ XSS = "<img src=x onerror=alert(1)>"
 def app(service: InferenceService) -> Any:
     # resume=False: a new chat, not the newest kept conversation (tests/dashboard/test_conversations_view.py)
     chat = ChatApp(service, graphiql_url="http://127.0.0.1:8080/graphiql", poll_s=0, resume=False)
-    chat.temperature.value = 0.0
-    chat.max_new_tokens.value = 32
+    chat.controls["temperature"].value = 0.0
+    chat.controls["max_new_tokens"].value = 32
     yield chat
     chat.close()
 
@@ -57,21 +57,35 @@ def test_history_is_sent_with_each_request(app: ChatApp) -> None:
 
 def test_settings_reach_the_request(app: ChatApp) -> None:
     app.system_prompt.value = "Answer in French."
-    app.temperature.value = 0.0
-    app.max_new_tokens.value = 5
+    app.controls["temperature"].value = 0.0
+    app.controls["max_new_tokens"].value = 5
+    app.controls["min_p"].value = 0.1  # missing before: the sliders were written by hand
     app.send("Hello")
     app.wait()
     record = app.last_result.run_record
     assert record.messages[0] == {"role": "system", "content": "Answer in French."}
     assert record.params["max_new_tokens"] == 5 and record.params["temperature"] == 0.0
+    assert record.params["min_p"] == 0.1
     assert app.model.options == (("SmolLM2-135M-Instruct · local", "SmolLM2-135M-Instruct"),)
     assert record.model == app.model.value == "SmolLM2-135M-Instruct"
+
+
+def test_the_settings_are_made_from_the_declarations(app: ChatApp) -> None:
+    """Every parameter declared with a control, and only those, with the declared label, range and step."""
+    from toolkit.params import PARAMS
+
+    declared = {name: spec.control for name, spec in PARAMS.items() if spec.control is not None}
+    assert list(app.controls) == list(declared) and "min_p" in declared
+    for name, widget in app.controls.items():
+        c = declared[name]
+        assert (widget.description, widget.min, widget.max, widget.step) == (c.label, c.low, c.high, c.step)
+        assert f"tk-{name.replace('_', '-')}" in widget._dom_classes
 
 
 def test_web_toggle_labels_indicator_and_sources(settings: Any, loaded: Any) -> None:
     grounded = InferenceService(settings, loaded=loaded, searcher=Searcher(LocalDocsBackend(DOCS)))
     app = ChatApp(grounded, poll_s=0, resume=False)
-    app.temperature.value = 0.0
+    app.controls["temperature"].value = 0.0
     seen: list[str] = []
     app.indicator.observe(lambda change: seen.append(change["new"]), names="value")
     assert app.web.description == WEB_OFF
@@ -97,7 +111,7 @@ def test_a_failed_search_shows_a_notice_and_the_answer_still_comes(app: ChatApp)
 
 
 def test_stop_ends_a_long_answer(app: ChatApp) -> None:
-    app.max_new_tokens.value = 400
+    app.controls["max_new_tokens"].value = 400
     app.send("Count from one to five hundred.")
     deadline = time.monotonic() + 20
     while "…" in bubbles(app)[1] and time.monotonic() < deadline:
@@ -145,7 +159,7 @@ def test_tabs(app: ChatApp) -> None:
 
 
 def test_clear_during_an_answer_leaves_no_history(app: ChatApp) -> None:
-    app.max_new_tokens.value = 300
+    app.controls["max_new_tokens"].value = 300
     app.send("Count from one to five hundred.")
     deadline = time.monotonic() + 20
     while "…" in bubbles(app)[1] and time.monotonic() < deadline:
@@ -157,7 +171,7 @@ def test_clear_during_an_answer_leaves_no_history(app: ChatApp) -> None:
 
 def test_the_adapter_selector_lists_the_loaded_adapters_and_picks_one(adapter_service: InferenceService) -> None:
     app = ChatApp(adapter_service, poll_s=0, resume=False)
-    app.temperature.value = 0.0
+    app.controls["temperature"].value = 0.0
     assert app.adapter.options == (("(base model)", ""), ("quenby", "quenby"), ("quenby-draft", "quenby-draft"))
     assert not app.adapter.disabled and app.adapter.value == ""
     app.adapter.value = "quenby"
@@ -202,7 +216,7 @@ def test_the_model_selector_lists_every_model_and_the_adapters_follow_it(setting
         assert app.model.value == loaded.name and app.adapter.options == (("(base model)", ""),)
         app.model.value = "remote"
         assert app.adapter.options == (("(base model)", ""), ("ok-lora", "ok-lora"))  # the remote model's own
-        app.temperature.value = 0.0
+        app.controls["temperature"].value = 0.0
         app.send("What is the capital of France?")
         app.wait()
         assert app.last_result.model == "remote" and app.last_result.text == ANSWER
@@ -223,12 +237,14 @@ def test_the_settings_start_from_the_models_defaults_and_follow_the_model(settin
     svc.registry.attach(svc.registry.entries["warm"], loaded)  # the same weights, other defaults
     try:
         app = ChatApp(svc, poll_s=0, resume=False)
-        assert app.temperature.value == 0.0 and app.frequency_penalty.value == 0.0  # the bundled model's recipe
+        assert (
+            app.controls["temperature"].value == 0.0 and app.controls["frequency_penalty"].value == 0.0
+        )  # the bundled model's recipe
         app.send("What is the capital of France?")  # the first answer uses them
         app.wait()
         assert app.last_result.run_record.params["temperature"] == 0.0 and "Paris" in app.last_result.text
         app.model.value = "warm"
-        assert app.temperature.value == 0.6 and app.frequency_penalty.value == 0.4
+        assert app.controls["temperature"].value == 0.6 and app.controls["frequency_penalty"].value == 0.4
         app.close()
     finally:
         svc.close(grace_s=0)
@@ -238,7 +254,7 @@ def test_an_answer_replays_from_the_dashboard(app: ChatApp) -> None:
     import ipywidgets as widgets
 
     app.clear()
-    app.temperature.value = 0.9  # sampled, and still the same text: the record keeps the seed
+    app.controls["temperature"].value = 0.9  # sampled, and still the same text: the record keeps the seed
     app.send("Name a colour.")
     app.wait()
     buttons = [w for w in app.messages.children if isinstance(w, widgets.Button)]

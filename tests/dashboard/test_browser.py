@@ -122,7 +122,7 @@ def page(stack: dict[str, Any]) -> Iterator[Any]:
         page.click(
             ".p-Accordion .lm-AccordionPanel-title, .jupyter-widget-Collapse-header, .widget-accordion .p-Collapse-header"
         )
-        handle = page.locator(".noUi-handle").first
+        handle = page.locator(".tk-temperature .noUi-handle").first  # the Chat tab's (before Compare's columns)
         handle.focus()
         handle.press("Home")
         yield page

@@ -22,8 +22,8 @@ def bubbles(app: ChatApp) -> list[str]:
 
 def fresh(service: InferenceService, *, resume: bool = True) -> ChatApp:
     app = ChatApp(service, poll_s=0, resume=resume)
-    app.temperature.value = 0.0
-    app.max_new_tokens.value = 24
+    app.controls["temperature"].value = 0.0
+    app.controls["max_new_tokens"].value = 24
     return app
 
 
