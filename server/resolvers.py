@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from graphql import GraphQLResolveInfo, GraphQLSchema, build_schema
+from graphql import GraphQLInputObjectType, GraphQLResolveInfo, GraphQLSchema, build_schema
 
 from toolkit.conversation import ConversationArg
 from toolkit.errors import ClientGone, Forbidden, InvalidRequest, RequestTimeout, UnknownConversation
@@ -273,4 +273,8 @@ def make_schema() -> GraphQLSchema:
     stream = schema.subscription_type.fields["inferStream"]
     stream.subscribe = subscribe_infer
     stream.resolve = lambda event, info, **args: event
+    generation = schema.type_map["GenerationInput"]
+    assert isinstance(generation, GraphQLInputObjectType)
+    for name, spec in PARAMS.items():  # described by the declarations, not by hand in schema.graphql
+        generation.fields[camel(name)].description = spec.describe()
     return schema

@@ -65,6 +65,18 @@ def test_the_schemas_generation_input_is_the_declaration() -> None:
     assert served == declared
 
 
+def test_the_served_descriptions_state_each_parameters_bounds() -> None:
+    """The descriptions GraphiQL shows come from the declarations (they repeated bounds by hand, unchecked)."""
+    from server.resolvers import make_schema
+
+    fields = make_schema().type_map["GenerationInput"].fields  # type: ignore[union-attr]
+    for name, spec in PARAMS.items():
+        description = fields[camel(name)].description or ""
+        assert spec.bound() in description and spec.hint in description and spec.doc in description, name
+    assert "between -2 and 2" in fields["presencePenalty"].description
+    assert "Local models only" in fields["dryMultiplier"].description
+
+
 # ----- every error, on every wire ---------------------------------------------------------------
 
 SAMPLES: dict[type[ToolkitError], ToolkitError] = {
