@@ -105,7 +105,14 @@ def test_another_key_can_neither_cancel_nor_collide_with_a_request(
     send_and_drop(two_keys.base, {"query": LONG, "variables": {"id": "victim-1", "n": 2}}, bearer(KEY_A))
     _, _, body = post(two_keys.url, {"query": LONG, "variables": {"id": "victim-1", "n": 2}}, headers=bearer(KEY_A))
     assert body["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "field": "requestId"}
-    time.sleep(0.5)  # the dropped connections have been seen as closed
+    # B's dropped request has ended (its id free again: a running one's is refused) before A's victim does
+    deadline = time.monotonic() + 60
+    while True:
+        _, _, body = post(two_keys.url, {"query": LONG, "variables": {"id": "victim-1", "n": 1}}, headers=bearer(KEY_B))
+        if "errors" not in body:
+            break
+        assert body["errors"][0]["extensions"]["field"] == "requestId" and time.monotonic() < deadline, body
+        time.sleep(0.02)
     status, _, body = victim.join()
     assert status == 200 and body["data"]["infer"] == {"finishReason": "LENGTH", "usage": {"completionTokens": 60}}
 
