@@ -4,7 +4,6 @@ what one GraphQL document may ask for."""
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import math
 import re
 import threading
@@ -25,6 +24,8 @@ from graphql import (
     SelectionSetNode,
 )
 
+from toolkit.settings import is_ip
+
 MODEL_FIELDS = frozenset({"infer", "inferStream", "replay", "search"})  # each runs the model or the web search
 INTROSPECTION_DEPTH_LIMIT = 25  # GraphiQL's introspection query is about 15 deep
 FREE_FIELDS = frozenset({"health", "__typename"})
@@ -44,7 +45,7 @@ def host_of(header: str) -> str | None:
         if not bracket or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
             return None
         return name
-    if _is_ip(value):
+    if is_ip(value):
         return value  # an IPv6 address without brackets: no port
     name, colon, port = value.rpartition(":")
     if colon:
@@ -53,14 +54,6 @@ def host_of(header: str) -> str | None:
         value = name
     value = value.rstrip(".")
     return value or None
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 class AllowedHosts:
@@ -93,7 +86,7 @@ class AllowedHosts:
         if name is None:
             return False
         return (
-            _is_ip(name)
+            is_ip(name)
             or name == "localhost"
             or name.endswith(".localhost")
             or _SINGLE_LABEL.fullmatch(name) is not None

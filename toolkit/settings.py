@@ -205,13 +205,14 @@ def _host_names(names: Any, var: str) -> tuple[str, ...]:
     for name in names:
         value = str(name).strip().lower()
         value = value[1:-1] if value.startswith("[") and value.endswith("]") else value.rstrip(".")
-        if not (value == "*" or _HOST_NAME.fullmatch(value) or _is_ip(value)):
+        if not (value == "*" or _HOST_NAME.fullmatch(value) or is_ip(value)):
             raise ConfigError(var, f"expected comma-separated host names without scheme or port (or *), got {name!r}")
         out.append(value)
     return tuple(dict.fromkeys(out))
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
+    """Whether ``value`` is an IPv4 or IPv6 address (not a name)."""
     try:
         ipaddress.ip_address(value)
     except ValueError:

@@ -72,18 +72,22 @@ def test_make_run_starts_both_prints_both_urls_and_stops_both(cache_dir: Path, f
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_sigterm_stops_voila_too() -> None:
-    """``kill`` (or a test's ``terminate()``) on the launcher must not leave Voila and its kernel running."""
-    port = free_port()
-    env = {**os.environ, "GRAPHQL_URL": "http://127.0.0.1:9/graphql"}
-    proc = subprocess.Popen(
+def launch(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``python -m dashboard`` alone (no server there: GRAPHQL_URL points nowhere), in its own session."""
+    return subprocess.Popen(
         [sys.executable, "-m", "dashboard", "--port", str(port)],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "GRAPHQL_URL": "http://127.0.0.1:9/graphql", **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def test_sigterm_stops_voila_too() -> None:
+    """``kill`` (or a test's ``terminate()``) on the launcher must not leave Voila and its kernel running."""
+    port = free_port()
+    proc = launch(port, {})
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -145,15 +149,7 @@ def test_a_launched_dashboard_refuses_a_rebinding_name() -> None:
     """Voila turns jupyter_server's Host check off: the dashboard's page hook refuses a page asked for by a
     name it does not answer to (before any kernel starts), and serves one named in ALLOWED_HOSTS."""
     port = free_port()
-    env = {**os.environ, "GRAPHQL_URL": "http://127.0.0.1:9/graphql", "ALLOWED_HOSTS": "toolkit.example"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = launch(port, {"ALLOWED_HOSTS": "toolkit.example"})
     try:
         deadline = time.monotonic() + 60
         while True:  # a static file: starts no kernel
