@@ -403,48 +403,37 @@ class InferenceService:
         fit: bool = False,
         live: Live | None = None,
     ) -> Prepared:
+        """``fit``: trim the history to the limit even without search (a kept conversation's, which the caller
+        cannot trim); ``live``: the request, whose cancellation stops the fitting."""
         try:
-            return self._build(entry, request, params, search, fit, live)
+            engine = entry.engine
+            limit = self._input_limit(engine)
+            failure = None if search is None or search.ok else search.failure.message  # type: ignore[union-attr]
+            sources = list(search.results) if search is not None and search.ok else None
+            today = date.today()
+            built = build_messages(
+                request.prompt,
+                history=request.history,
+                system_prompt=request.system_prompt,
+                sources=sources,
+                search_failure=failure,
+                today=today,
+                boundary=self._fence(request, sources, today),
+                count_tokens=engine.count_tokens,
+                count_messages=lambda messages: engine.count_messages(messages, limit=limit),
+                # without search, a history the caller sent is not trimmed: an over-long one is refused below
+                budget=limit if search is not None or fit else None,
+                control=engine.info.control,
+                cancelled=(lambda: live.cancelled) if live is not None else None,
+            )
+            encoded = engine.encode(built.messages, limit=limit)
+            adapter_hash = engine.adapter_hash(request.adapter) if request.adapter else None
+            prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash)
+            self._check_fits(prepared, "history" if request.history and search is None and not fit else "prompt")
+            return prepared
         except EngineUnavailable as exc:  # counting tokens on a remote server that stopped answering
             self.registry.observe(entry, exc)
             raise
-
-    def _build(
-        self,
-        entry: ServedModel,
-        request: InferRequest,
-        params: GenerationParams,
-        search: SearchOutcome | None,
-        fit: bool = False,
-        live: Live | None = None,
-    ) -> Prepared:
-        """``fit``: trim the history to the limit even without search (a kept conversation's, which the caller
-        cannot trim); ``live``: the request, whose cancellation stops the fitting."""
-        engine = entry.engine
-        limit = self._input_limit(engine)
-        failure = None if search is None or search.ok else search.failure.message  # type: ignore[union-attr]
-        sources = list(search.results) if search is not None and search.ok else None
-        today = date.today()
-        built = build_messages(
-            request.prompt,
-            history=request.history,
-            system_prompt=request.system_prompt,
-            sources=sources,
-            search_failure=failure,
-            today=today,
-            boundary=self._fence(request, sources, today),
-            count_tokens=engine.count_tokens,
-            count_messages=lambda messages: engine.count_messages(messages, limit=limit),
-            # without search, a history the caller sent is not trimmed: an over-long one is refused below
-            budget=limit if search is not None or fit else None,
-            control=engine.info.control,
-            cancelled=(lambda: live.cancelled) if live is not None else None,
-        )
-        encoded = engine.encode(built.messages, limit=limit)
-        adapter_hash = engine.adapter_hash(request.adapter) if request.adapter else None
-        prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash)
-        self._check_fits(prepared, "history" if request.history and search is None and not fit else "prompt")
-        return prepared
 
     def _fence(self, request: InferRequest, sources: list[Any] | None, today: date) -> str:
         """The boundary around the search block: keyed by this installation's secret over what the prompt holds
