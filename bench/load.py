@@ -38,8 +38,12 @@ import psutil  # noqa: E402  (ipykernel's dependency)
 from common import save_report  # noqa: E402  (bench/, the script's own folder)
 
 from server.spawn import spawn_server  # noqa: E402
-from toolkit.client import RemoteService, ServiceUnavailable  # noqa: E402
-from toolkit.errors import Overloaded, ToolkitError  # noqa: E402
+from toolkit.client import RemoteService  # noqa: E402
+from toolkit.errors import (  # noqa: E402
+    Overloaded,
+    ServiceUnavailable,
+    ToolkitError,
+)
 from toolkit.results import Done  # noqa: E402
 
 MAX_BATCH, MAX_QUEUE = 4, 8

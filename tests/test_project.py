@@ -129,3 +129,16 @@ def test_the_fallback_defaults_are_referenced_in_one_module() -> None:
         if re.search(r"\b(FALLBACK_DEFAULTS|DEFAULT_MAX_NEW_TOKENS)\b", path.read_text())
     }
     assert users == {"toolkit/params.py"}
+
+
+def test_every_error_class_is_declared_in_toolkit_errors() -> None:
+    """One vocabulary: a ``ToolkitError`` subclass declared anywhere else would join the wire table only once
+    its module is imported (and ``from_wire`` would depend on import order)."""
+    declared = {
+        path.relative_to(ROOT).as_posix()
+        for folder in ("toolkit", "server", "dashboard")
+        for path in (ROOT / folder).rglob("*.py")
+        if re.search(r"^class \w+\((?:[\w.]*Error|ToolkitError|InvalidRequest|ConfigError)\b", path.read_text(), re.M)
+        and path.name != "errors.py"
+    }
+    assert declared == set(), f"error classes outside toolkit/errors.py: {sorted(declared)}"

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from toolkit.errors import InvalidRequest, PromptTooLong
+from toolkit.errors import InvalidRequest, PromptTooLong, SearchFailure
 from toolkit.params import InferRequest
-from toolkit.search import LocalDocsBackend, Searcher, SearchFailure
+from toolkit.search import LocalDocsBackend, Searcher
 from toolkit.service import InferenceService
 
 DOCS = Path(__file__).parent / "data" / "docs"

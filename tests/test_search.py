@@ -11,13 +11,11 @@ import pytest
 from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
 from network import online
 
-from toolkit.errors import ConfigError, ToolkitError
+from toolkit.errors import FAILURE_KINDS, ConfigError, SearchFailure, ToolkitError
 from toolkit.search import (
-    FAILURE_KINDS,
     DDGSBackend,
     LocalDocsBackend,
     Searcher,
-    SearchFailure,
     SearchResult,
     chunk_document,
     classify_ddgs_error,

@@ -42,7 +42,6 @@ from toolkit.client_wire import (
     SESSION_HEADER,
     STREAM,
     UNLOAD_ADAPTER,
-    ServiceUnavailable,
     Subscription,
     as_request,
     error_from,
@@ -51,7 +50,7 @@ from toolkit.client_wire import (
 )
 from toolkit.compare import Comparison, collect, compare_stream, plan
 from toolkit.conversation import Conversation, ConversationArg, ConversationInfo
-from toolkit.errors import ConfigError, InvalidRequest, RateLimited, UnknownModel
+from toolkit.errors import ConfigError, InvalidRequest, RateLimited, ServiceUnavailable, UnknownModel
 from toolkit.params import GenerationParams, InferRequest, split_model
 from toolkit.results import (
     AdapterInfo,

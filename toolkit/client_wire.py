@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from toolkit.conversation import ConversationArg, ConversationInfo
-from toolkit.errors import InvalidRequest, ToolkitError
+from toolkit.errors import InvalidRequest, ServiceUnavailable, ToolkitError
 from toolkit.params import PARAMS, InferRequest
 from toolkit.results import (
     AdapterInfo,
@@ -27,21 +27,6 @@ from toolkit.results import (
 )
 from toolkit.search import SearchOutcome
 from toolkit.wire import camel, from_wire, selection
-
-if TYPE_CHECKING:
-    pass
-
-
-class ServiceUnavailable(ToolkitError):
-    """The server cannot be reached (down, wrong URL) or answered with something that is not GraphQL."""
-
-    code = "SERVER_UNREACHABLE"
-    status = 503
-
-    def __init__(self, message: str, *, failed: bool = False) -> None:
-        super().__init__(message)
-        self.failed = failed  # the server's model failed to load: waiting will not help
-
 
 RESULT_FIELDS = selection(InferResult) + " timings { tokensPerSecond }"
 ARGS = """$prompt: String!, $webSearch: Boolean, $history: [TurnInput!], $systemPrompt: String,

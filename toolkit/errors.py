@@ -300,6 +300,48 @@ class MissingDependency(ToolkitError, ImportError):
         self.package = package
 
 
+# why a search gave no results (``SearchFailure.kind``; a search snapshot's ``status`` when not ok)
+FAILURE_KINDS = ("timeout", "rate_limited", "no_results", "network", "error")
+
+
+class SearchFailure(ToolkitError):
+    """A search that gave no results; ``kind`` says why."""
+
+    code = "SEARCH_FAILED"
+    wire_fields: tuple[str, ...] = ("kind",)
+
+    def __init__(self, kind: str, message: str) -> None:
+        if kind not in FAILURE_KINDS:
+            raise ValueError(f"kind must be one of {FAILURE_KINDS}, got {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "kind": self.kind}
+
+
+class ServiceUnavailable(ToolkitError):
+    """The server cannot be reached (down, wrong URL) or answered with something that is not GraphQL."""
+
+    code = "SERVER_UNREACHABLE"
+    status = 503
+
+    def __init__(self, message: str, *, failed: bool = False) -> None:
+        super().__init__(message)
+        self.failed = failed  # the server's model failed to load: waiting will not help
+
+
+class DatasetError(InvalidRequest):
+    """A dataset that cannot run: ``where`` names the file, the line or row, and the field."""
+
+    def __init__(self, source: str, line: int | None, where: str, message: str) -> None:
+        place = f"{source}, line {line}" if line is not None else source
+        super().__init__(where, message)
+        self.message = f"{place}, {where}: {message}"  # "quality.yaml, line 12, assert[0].type: unknown ..."
+        self.args = (self.message,)
+        self.source, self.line, self.where = source, line, where
+
+
 def error_classes() -> list[type[ToolkitError]]:
-    """Every ``ToolkitError`` class declared so far (here and in other modules), parents before children."""
+    """Every ``ToolkitError`` class (all are declared in this module), parents before children."""
     return [ToolkitError, *_ALL]

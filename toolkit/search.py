@@ -29,12 +29,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from toolkit.errors import ConfigError, MissingDependency, ToolkitError
+from toolkit.errors import FAILURE_KINDS, ConfigError, MissingDependency, SearchFailure, ToolkitError
 from toolkit.settings import Settings
 
 log = logging.getLogger(__name__)
-
-FAILURE_KINDS = ("timeout", "rate_limited", "no_results", "network", "error")
 
 
 @dataclass(frozen=True)
@@ -42,22 +40,6 @@ class SearchResult:
     title: str
     url: str
     snippet: str
-
-
-class SearchFailure(ToolkitError):
-    """A search that gave no results; ``kind`` says why."""
-
-    code = "SEARCH_FAILED"
-    wire_fields: tuple[str, ...] = ("kind",)
-
-    def __init__(self, kind: str, message: str) -> None:
-        if kind not in FAILURE_KINDS:
-            raise ValueError(f"kind must be one of {FAILURE_KINDS}, got {kind!r}")
-        super().__init__(message)
-        self.kind = kind
-
-    def to_dict(self) -> dict[str, object]:
-        return {**super().to_dict(), "kind": self.kind}
 
 
 class SearchBackend(Protocol):

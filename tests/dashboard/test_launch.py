@@ -21,8 +21,8 @@ from dashboard.app import backend_from_env
 from dashboard.config import DashboardSettings
 from dashboard.healthcheck import PROBE
 from dashboard.voila_hooks import prelaunch
-from toolkit.client import RemoteService, ServiceUnavailable
-from toolkit.errors import ConfigError
+from toolkit.client import RemoteService
+from toolkit.errors import ConfigError, ServiceUnavailable
 from toolkit.service import InferenceService
 
 ROOT = Path(__file__).resolve().parents[2]

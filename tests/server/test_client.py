@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from toolkit.client import RemoteService, ServiceUnavailable
-from toolkit.errors import InvalidRequest, RateLimited
+from toolkit.client import RemoteService
+from toolkit.errors import InvalidRequest, RateLimited, ServiceUnavailable
 from toolkit.params import InferRequest
 from toolkit.results import Done, SearchFinished, SearchStarted, Token
 from toolkit.search import LocalDocsBackend, Searcher

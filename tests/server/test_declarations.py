@@ -15,10 +15,11 @@ from loopback import serve_in_thread
 from server.app import make_app, make_http_server
 from server.config import ServerSettings
 from server.resolvers import SCHEMA_FILE
-from toolkit.client import RemoteService, ServiceUnavailable
+from toolkit.client import RemoteService
 from toolkit.errors import (
     ClientGone,
     ConfigError,
+    DatasetError,
     EngineClosed,
     EngineUnavailable,
     Forbidden,
@@ -32,6 +33,8 @@ from toolkit.errors import (
     RateLimited,
     RemoteError,
     RequestTimeout,
+    SearchFailure,
+    ServiceUnavailable,
     StoreUnavailable,
     ToolkitError,
     Unauthenticated,
@@ -39,11 +42,9 @@ from toolkit.errors import (
     UnknownModel,
     error_classes,
 )
-from toolkit.evals.dataset import DatasetError
 from toolkit.params import PARAMS
 from toolkit.registry import ModelConfig
 from toolkit.results import Health, ModelInfo
-from toolkit.search import SearchFailure
 from toolkit.service import InferenceService
 from toolkit.wire import camel
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from toolkit.evals.dataset import Dataset, DatasetError, Sample, dataset, load_dataset
+from toolkit.errors import DatasetError
+from toolkit.evals.dataset import Dataset, Sample, dataset, load_dataset
 from toolkit.evals.results import Diff, EvalRow, EvalRun
 from toolkit.evals.runner import evaluate, grid, variants
 

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import InvalidRequest
+from toolkit.errors import DatasetError, InvalidRequest
 from toolkit.evals.assertions import Check, parse_check
 from toolkit.params import Turn
 from toolkit.variants import boolean
@@ -70,17 +70,6 @@ MAX_DEPTH = 64  # how deep a sample's values may nest (metadata, vars, assert li
 # values a YAML file's aliases may repeat in all (an alias counts every value of what it names): sharing a few
 # assert lists repeats hundreds; a "billion laughs" file of 543 bytes repeats hundreds of millions
 MAX_ALIASED_VALUES = 1_000_000
-
-
-class DatasetError(InvalidRequest):
-    """A dataset that cannot run: ``where`` names the file, the line or row, and the field."""
-
-    def __init__(self, source: str, line: int | None, where: str, message: str) -> None:
-        place = f"{source}, line {line}" if line is not None else source
-        super().__init__(where, message)
-        self.message = f"{place}, {where}: {message}"  # "quality.yaml, line 12, assert[0].type: unknown ..."
-        self.args = (self.message,)
-        self.source, self.line, self.where = source, line, where
 
 
 @dataclass(frozen=True)
