@@ -43,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from common import cpu_model, save_report  # noqa: E402  (bench/, the script's own folder)
 
-from toolkit.conversation import Thread  # noqa: E402
-from toolkit.conversation_store import ConversationStore, title_of  # noqa: E402
+from toolkit.conversation.records import title_of  # noqa: E402
+from toolkit.conversation.store import ConversationStore  # noqa: E402
+from toolkit.conversation.thread import Thread  # noqa: E402
 from toolkit.grounding import GroundedSentence, Grounding  # noqa: E402
 from toolkit.params import InferRequest  # noqa: E402
 from toolkit.results import InferResult, RunRecord, Source, Timings, Usage  # noqa: E402

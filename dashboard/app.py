@@ -21,7 +21,7 @@ from dashboard.config import DashboardSettings
 from dashboard.conversations import ConversationsView, stored_bubbles
 from dashboard.evaluate import EvaluateView
 from dashboard.tracked import Tracked
-from toolkit.conversation import ConversationArg, ConversationInfo
+from toolkit.conversation.records import ConversationArg, ConversationInfo
 from toolkit.errors import ToolkitError
 from toolkit.params import GenerationParams, InferRequest, Turn
 from toolkit.protocol import Service

@@ -17,7 +17,8 @@ from typing import Any
 import ipywidgets as widgets
 
 from dashboard import bubbles
-from toolkit.conversation import Conversation, ConversationInfo
+from toolkit.conversation.handle import Conversation
+from toolkit.conversation.records import ConversationInfo
 from toolkit.errors import ToolkitError
 from toolkit.grounding import Grounding
 from toolkit.protocol import Service

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from graphql import GraphQLInputObjectType, GraphQLResolveInfo, GraphQLSchema, build_schema
 
-from toolkit.conversation import ConversationArg
+from toolkit.conversation.records import ConversationArg
 from toolkit.errors import ClientGone, Forbidden, InvalidRequest, RequestTimeout, UnknownConversation
 from toolkit.params import PARAMS, GenerationParams, InferRequest, Turn
 from toolkit.protocol import Service

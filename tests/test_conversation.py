@@ -13,8 +13,9 @@ import pytest
 from nbclient import NotebookClient
 from storefaults import limited
 
-from toolkit.conversation import Conversation
-from toolkit.conversation_store import ConversationStore, title_of
+from toolkit.conversation.handle import Conversation
+from toolkit.conversation.records import title_of
+from toolkit.conversation.store import ConversationStore
 from toolkit.errors import InvalidRequest, StoreUnavailable, UnknownConversation
 from toolkit.params import InferRequest
 from toolkit.results import Done, Token

@@ -153,7 +153,7 @@ def test_a_store_from_before_conversations_is_migrated_and_keeps_its_data(tmp_pa
     old.close()
     store = Store(path)
     assert store.version == len(MIGRATIONS) >= 2 and store.cached("k") == {"text": "Paris"}
-    from toolkit.conversation_store import ConversationStore
+    from toolkit.conversation.store import ConversationStore
     from toolkit.params import InferRequest
 
     kept = ConversationStore(store)

@@ -37,8 +37,8 @@ _EXPORTS = {
     "Forbidden": "toolkit.errors",
     "Engine": "toolkit.engines.base",
     "load_model": "toolkit.models",
-    "Conversation": "toolkit.conversation",
-    "conversations": "toolkit.conversation",
+    "Conversation": "toolkit.conversation.handle",
+    "conversations": "toolkit.conversation.handle",
 }
 
 __all__ = [
@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from toolkit.conversation import Conversation, conversations
+    from toolkit.conversation.handle import Conversation, conversations
     from toolkit.engines.base import Engine
     from toolkit.errors import (
         ConfigError,

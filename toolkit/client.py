@@ -49,7 +49,8 @@ from toolkit.client_wire import (
     variables,
 )
 from toolkit.compare import Comparison, collect, compare_stream, plan
-from toolkit.conversation import Conversation, ConversationArg, ConversationInfo
+from toolkit.conversation.handle import Conversation
+from toolkit.conversation.records import ConversationArg, ConversationInfo
 from toolkit.errors import ConfigError, InvalidRequest, RateLimited, ServiceUnavailable, UnknownModel
 from toolkit.params import GenerationParams, InferRequest, split_model
 from toolkit.results import (
@@ -456,3 +457,10 @@ class RemoteService:
             if isinstance(event, Done):
                 return event.result
         raise ServiceUnavailable("the stream ended without a result")
+
+
+if TYPE_CHECKING:
+    from toolkit.protocol import Service
+
+    def _conforms(service: RemoteService) -> Service:  # mypy checks that the client is a ``Service``
+        return service

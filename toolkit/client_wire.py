@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from toolkit.conversation import ConversationArg, ConversationInfo
+from toolkit.conversation.records import ConversationArg, ConversationInfo
 from toolkit.errors import InvalidRequest, ServiceUnavailable, ToolkitError
 from toolkit.params import PARAMS, InferRequest
 from toolkit.results import (

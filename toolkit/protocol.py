@@ -1,25 +1,27 @@
 """``Service``: the one typed interface that ``InferenceService`` (in process) and ``RemoteService``
 (over GraphQL) both satisfy, and that the server, the dashboard and the magic call.
 
-mypy checks that both implementations conform (``_conforms`` below).
+mypy checks that both implementations conform (``_conforms`` in each implementation's module). The part a
+``Conversation`` needs (``Conversing``) is declared beside it and extended here.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from toolkit.compare import Comparison
-from toolkit.conversation import Conversation, ConversationArg, ConversationInfo
+from toolkit.conversation.handle import Conversation, Conversing
+from toolkit.conversation.records import ConversationArg
 from toolkit.params import GenerationParams, InferRequest
-from toolkit.results import AdapterInfo, Health, InferResult, ModelInfo, Replay, RunRecord, StreamEvent
+from toolkit.results import AdapterInfo, Health, InferResult, ModelInfo, Replay, RunRecord
 from toolkit.search import SearchOutcome
 
 if TYPE_CHECKING:
     from toolkit.evals.results import EvalRun
 
 
-class Service(Protocol):
+class Service(Conversing, Protocol):
     def health(self) -> Health: ...
 
     def models(self) -> list[ModelInfo]: ...
@@ -35,7 +37,7 @@ class Service(Protocol):
     def search(self, query: str) -> SearchOutcome: ...
 
     # search: a snapshot (search()'s, or a run record's) to ground in instead of a new search;
-    # conversation: a kept conversation's id to continue, or True to start one (toolkit.conversation)
+    # conversation: a kept conversation's id to continue, or True to start one (toolkit.conversation.thread)
     def infer(
         self,
         request: InferRequest | str,
@@ -54,24 +56,6 @@ class Service(Protocol):
         **kwargs: Any,
     ) -> InferResult: ...
 
-    def stream(
-        self,
-        request: InferRequest | str,
-        *,
-        search: SearchOutcome | None = None,
-        conversation: ConversationArg = None,
-        **kwargs: Any,
-    ) -> Iterator[StreamEvent]: ...
-
-    def astream(
-        self,
-        request: InferRequest | str,
-        *,
-        search: SearchOutcome | None = None,
-        conversation: ConversationArg = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[StreamEvent]: ...
-
     def conversation(
         self,
         *,
@@ -81,16 +65,6 @@ class Service(Protocol):
         web_search: bool = False,
         **params: Any,
     ) -> Conversation: ...
-
-    def conversations(
-        self, query: str | None = None, first: int = 50, before: str | None = None, owner: str = ""
-    ) -> list[ConversationInfo]: ...
-
-    def conversation_info(self, conversation_id: str, owner: str = "") -> ConversationInfo | None: ...
-
-    def rename_conversation(self, conversation_id: str, title: str, owner: str = "") -> ConversationInfo: ...
-
-    def delete_conversation(self, conversation_id: str, owner: str = "") -> bool: ...
 
     def cancel(self, request_id: str, owner: str = "") -> bool: ...
 
@@ -102,14 +76,4 @@ class Service(Protocol):
 
     async def aevaluate(self, data: Any, variants: Any, *, repeats: int = 1, **options: Any) -> EvalRun: ...
 
-    def replay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay: ...
-
     async def areplay(self, record: RunRecord | dict[str, Any], *, force: bool = False, owner: str = "") -> Replay: ...
-
-
-if TYPE_CHECKING:
-    from toolkit.client import RemoteService
-    from toolkit.service import InferenceService
-
-    def _conforms(local: InferenceService, remote: RemoteService) -> list[Service]:
-        return [local, remote]

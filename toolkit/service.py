@@ -35,16 +35,10 @@ from typing import TYPE_CHECKING, Any, cast
 from toolkit.compare import Comparison, collect, compare_stream
 from toolkit.compare import Plan as ComparePlan
 from toolkit.compare import plan as compare_plan
-from toolkit.conversation import (
-    Conversation,
-    ConversationArg,
-    ConversationInfo,
-    ConversationStore,
-    Thread,
-    akept,
-    keeper,
-    kept,
-)
+from toolkit.conversation.handle import Conversation
+from toolkit.conversation.records import ConversationArg, ConversationInfo
+from toolkit.conversation.store import ConversationStore
+from toolkit.conversation.thread import Thread, akept, keeper, kept
 from toolkit.engines.base import Engine
 from toolkit.errors import (
     ConfigError,
@@ -825,3 +819,10 @@ class InferenceService:
             except OSError as exc:  # a full disk must not lose the answer: it is logged as a warning
                 log.warning("RUN_LOG %s: could not append %s: %s", self.run_log.path, result.id, exc)
         return result
+
+
+if TYPE_CHECKING:
+    from toolkit.protocol import Service
+
+    def _conforms(service: InferenceService) -> Service:  # mypy checks that the facade is a ``Service``
+        return service

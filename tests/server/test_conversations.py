@@ -21,7 +21,7 @@ from gqlhttp import code_of, post
 from websockets.asyncio.client import connect
 
 from toolkit.client import RemoteService
-from toolkit.conversation import Conversation
+from toolkit.conversation.handle import Conversation
 from toolkit.service import InferenceService
 
 ROOT = Path(__file__).resolve().parents[2]

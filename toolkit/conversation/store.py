@@ -1,6 +1,5 @@
 """Kept conversations in the toolkit's SQLite store (``toolkit.store``): the ``ConversationStore`` (turns,
-full-text search, owners, retention) and the ``ConversationInfo``/``ConversationTurn`` it answers with.
-``toolkit.conversation`` builds the ``Conversation`` object and the service's part on top of it."""
+full-text search, owners, retention), answering with ``records``' ``ConversationInfo``/``ConversationTurn``."""
 
 from __future__ import annotations
 
@@ -9,84 +8,23 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from toolkit.conversation.records import DEFAULT_PAGE, ConversationInfo, ConversationTurn, title_of, turn_status
 from toolkit.errors import InvalidRequest, UnknownConversation
 from toolkit.params import InferRequest, Turn
 from toolkit.results import InferResult, Source
 from toolkit.search import clean_text
 from toolkit.store import Store, now
-from toolkit.wire import ENUM, JSON
 
 log = logging.getLogger("toolkit.conversation")
-TITLE_CHARS = 80  # a title made from the first prompt
 MAX_TITLE = 200
 MAX_PAGE = 500
-DEFAULT_PAGE = 50
 MAX_QUERY = 500
 MAX_QUERY_WORDS = 16  # each word is a lookup in the search index
 SEARCH_BUDGET_S = 2.0  # a search stops past this (RequestTimeout): one caller's searches cannot hold the store
 PRUNE_EVERY_S = 3600.0
-
-
-@dataclass(frozen=True)
-class ConversationTurn:
-    """A prompt and its answer. ``status``: done, cancelled (the caller went away or cancelled: ``answer`` is
-    what was said by then) or error."""
-
-    position: int
-    prompt: str
-    answer: str
-    status: str = field(metadata=ENUM)
-    finish_reason: str | None
-    request_id: str
-    created_at: str
-    model: str | None = None
-    adapter: str | None = None
-    sources: tuple[Source, ...] = ()
-    run_record: dict[str, Any] | None = field(default=None, metadata=JSON)
-
-    @property
-    def whole(self) -> bool:
-        """Sent to the model as history: a finished answer."""
-        return self.status == "done" and bool(self.answer.strip())
-
-
-@dataclass(frozen=True)
-class ConversationInfo:
-    """A kept conversation: what its list shows, and (when opened) its turns, oldest first."""
-
-    id: str
-    title: str
-    model: str | None
-    adapter: str | None
-    system_prompt: str | None
-    web_search: bool
-    created_at: str
-    updated_at: str
-    turn_count: int
-    turns: tuple[ConversationTurn, ...] = ()
-
-    def history(self) -> tuple[Turn, ...]:
-        """The whole turns, as the model is sent them."""
-        out: list[Turn] = []
-        for turn in self.turns:
-            if turn.whole:
-                out += [Turn("user", turn.prompt), Turn("assistant", turn.answer)]
-        return tuple(out)
-
-
-def title_of(prompt: str) -> str:
-    line = " ".join(clean_text(prompt).split())
-    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rsplit(" ", 1)[0] + "…"
-
-
-def turn_status(finish_reason: str) -> str:
-    """A turn's status from its finish reason: a timed-out answer is cut off, so it counts as failed (kept,
-    not sent as history)."""
-    return {"cancelled": "cancelled", "error": "error", "timeout": "error"}.get(finish_reason, "done")
 
 
 class ConversationStore:

@@ -11,12 +11,21 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from toolkit.conversation.records import ConversationTurn
 from toolkit.params import GenerationParams
 
-if TYPE_CHECKING:
-    from toolkit.conversation import Conversation, ConversationTurn
+
+class Exported(Protocol):
+    """What an export reads of a conversation (``toolkit.conversation.handle.Conversation`` has it all)."""
+
+    id: str | None
+    title: str | None
+    model: str | None
+    adapter: str | None
+    system_prompt: str | None
+    turns: list[ConversationTurn]
 
 
 def _quote(text: str) -> str:
@@ -32,7 +41,7 @@ def _url(url: str) -> str:
     return url.replace("<", "%3C").replace(">", "%3E").replace(" ", "%20")
 
 
-def to_markdown(conv: Conversation) -> str:
+def to_markdown(conv: Exported) -> str:
     lines = [f"# {conv.title or 'Conversation'}", ""]
     facts = [f"model: {conv.model or 'default'}"]
     if conv.adapter:
@@ -67,7 +76,7 @@ def _cell(kind: str, source: str) -> dict[str, Any]:
     return cell
 
 
-def to_notebook(conv: Conversation, path: str | Path | None = None) -> dict[str, Any]:
+def to_notebook(conv: Exported, path: str | Path | None = None) -> dict[str, Any]:
     cells = [
         _cell("markdown", f"# {conv.title or 'Conversation'}\n\nRebuilt with the toolkit, one cell a turn."),
         _cell(
@@ -106,7 +115,7 @@ def to_notebook(conv: Conversation, path: str | Path | None = None) -> dict[str,
         seed = ", ".join(
             f"ConversationTurn({i}, {t.prompt!r}, {t.answer!r}, 'done', 'stop', '', '')" for i, t in enumerate(given)
         )
-        cells[1]["source"] += f"\nfrom toolkit.conversation import ConversationTurn\nconv.turns += [{seed}]"
+        cells[1]["source"] += f"\nfrom toolkit.conversation.records import ConversationTurn\nconv.turns += [{seed}]"
     if left_out:
         cells.append(
             _cell("markdown", f"Left out (cancelled or failed): turns {', '.join(str(p + 1) for p in left_out)}.")
