@@ -39,7 +39,7 @@ from common import machine, save_report  # noqa: E402  (bench/, the script's own
 from vllm_server import start_vllm  # noqa: E402  (tests/engines: one way to start vLLM)
 
 from toolkit.models import bundled_gguf_path, load_model  # noqa: E402
-from toolkit.registry import ModelConfig  # noqa: E402
+from toolkit.modelsfile import ModelConfig  # noqa: E402
 from toolkit.results import Done, Token  # noqa: E402
 from toolkit.service import InferenceService  # noqa: E402
 from toolkit.settings import Settings  # noqa: E402

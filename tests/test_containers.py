@@ -186,7 +186,7 @@ def test_nvidia_setup_dry_run_lists_its_steps(tmp_path: Path, distro: str) -> No
 
 @NEEDS_COMPOSE
 def test_the_vllm_profile_puts_the_official_image_beside_the_bundled_model(tmp_path: Path) -> None:
-    from toolkit.registry import read_models_file
+    from toolkit.modelsfile import read_models_file
 
     vllm = compose()["services"]["vllm"]  # started only with --profile vllm
     assert vllm["profiles"] == ["vllm"] and vllm["image"].startswith("vllm/vllm-openai:")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from toolkit.errors import ConfigError, InvalidRequest, ModelNotReady
-from toolkit.registry import ModelConfig, configured_models, read_models_file
+from toolkit.modelsfile import ModelConfig, configured_models, read_models_file
 from toolkit.service import InferenceService
 from toolkit.settings import Settings
 

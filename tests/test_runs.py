@@ -13,7 +13,7 @@ import pytest
 
 from toolkit import runs
 from toolkit.errors import ConfigError
-from toolkit.registry import ModelConfig
+from toolkit.modelsfile import ModelConfig
 from toolkit.service import InferenceService
 from toolkit.settings import Settings
 

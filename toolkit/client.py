@@ -43,7 +43,6 @@ from toolkit.client_wire import (
     STREAM,
     UNLOAD_ADAPTER,
     Subscription,
-    as_request,
     error_from,
     result_from,
     variables,
@@ -52,7 +51,7 @@ from toolkit.compare import Comparison, collect, compare_stream, plan
 from toolkit.conversation.handle import Conversation
 from toolkit.conversation.records import ConversationArg, ConversationInfo
 from toolkit.errors import ConfigError, InvalidRequest, RateLimited, ServiceUnavailable, UnknownModel
-from toolkit.params import GenerationParams, InferRequest, split_model
+from toolkit.params import GenerationParams, InferRequest, as_request, split_model
 from toolkit.results import (
     AdapterInfo,
     Done,

@@ -67,14 +67,6 @@ PARAM_NAMES = {name: camel(name) for name in PARAMS}  # GraphQL's GenerationInpu
 # ----- mapping -------------------------------------------------------------------------
 
 
-def as_request(request: InferRequest | str, kwargs: dict[str, Any]) -> InferRequest:
-    if isinstance(request, str):
-        return InferRequest.build(request, **kwargs)
-    if kwargs:
-        raise TypeError("pass keyword arguments only with a prompt string, not with an InferRequest")
-    return request
-
-
 def variables(
     request: InferRequest, search: SearchOutcome | None = None, conversation: ConversationArg = None
 ) -> dict[str, Any]:

@@ -13,14 +13,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 KEY_FILE = "fence.key"
+log = logging.getLogger("toolkit.fence")
 
 
 def installation_key(cache_dir: Path, configured: str | None = None) -> bytes:
@@ -65,3 +68,29 @@ def boundary(key: bytes, parts: Sequence[Any]) -> str:
     sources, as JSON): the same request, the same fence; another request or another key, another one."""
     text = json.dumps(list(parts), ensure_ascii=False, sort_keys=True, default=str)
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+class Fence:
+    """The boundaries of one service: its installation's key read (or made) on the first search, once."""
+
+    def __init__(self, cache_dir: Path, configured: str | None = None) -> None:
+        self.cache_dir, self.configured = Path(cache_dir), configured
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+
+    def key(self) -> bytes:
+        if self._key is None:
+            with self._lock:
+                if self._key is None:
+                    try:
+                        self._key = installation_key(self.cache_dir, self.configured)
+                    except OSError as exc:  # a read-only cache: still secret, the same within this process
+                        log.warning(
+                            "the fence key cannot be kept in %s (%s): one for this process", self.cache_dir, exc
+                        )
+                        self._key = secrets.token_bytes(32)
+        return self._key
+
+    def around(self, parts: Sequence[Any]) -> str:
+        """``boundary`` under this installation's key."""
+        return boundary(self.key(), parts)

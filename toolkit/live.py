@@ -1,5 +1,6 @@
 """Accepted requests, from acceptance to their last event: what ``cancel`` needs to stop one (``Live``),
-among every caller's (``LiveRequests``). Request ids belong to their owner."""
+among every caller's (``LiveRequests``), and how many are still being prepared, counted against their model's
+queue (``admit``). Request ids belong to their owner."""
 
 from __future__ import annotations
 
@@ -35,6 +36,26 @@ class LiveRequests:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._live: dict[tuple[str, str], Live] = {}
+        self._preparing: dict[str, int] = {}  # accepted, not yet in the engine: by model name
+
+    def admit(self, model: str, engine: Any) -> None:
+        """Count a request against ``model``'s queue from its acceptance (``Overloaded`` when full): one being
+        searched for or prepared holds a place as one waiting in the engine does. ``release`` when it has
+        reached the engine or ended."""
+        with self._lock:
+            waiting = self._preparing.get(model, 0)
+            engine.check_room(waiting)
+            self._preparing[model] = waiting + 1
+
+    def release(self, model: str) -> None:
+        with self._lock:
+            self._preparing[model] -= 1
+
+    @property
+    def preparing(self) -> int:
+        """Requests accepted and not yet in an engine (being searched for or prepared)."""
+        with self._lock:
+            return sum(self._preparing.values())
 
     def begin(self, request: InferRequest) -> Live:
         """Accept a request: its id must be new for its owner."""

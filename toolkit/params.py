@@ -473,3 +473,12 @@ def _strings(name: str, value: Any) -> tuple[str, ...]:
         if len(s) > MAX_STOP_CHARS:
             raise InvalidRequest(name, f"each stop string is at most {MAX_STOP_CHARS} characters, got {len(s)}")
     return out
+
+
+def as_request(request: InferRequest | str, kwargs: dict[str, Any]) -> InferRequest:
+    """A request given as a prompt and keywords, or whole (then without keywords)."""
+    if isinstance(request, str):
+        return InferRequest.build(request, **kwargs)
+    if kwargs:
+        raise TypeError("pass keyword arguments only with a prompt string, not with an InferRequest")
+    return request

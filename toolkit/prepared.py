@@ -3,15 +3,18 @@ its model (``Prepared``) and, at the end, its result and run record."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from toolkit.engines.base import Encoded, EngineRequest
+from toolkit.errors import PromptTooLong
 from toolkit.events import Finished
+from toolkit.fence import Fence
 from toolkit.grounding import Judge
 from toolkit.grounding import check as check_grounding
 from toolkit.params import GenerationParams, InferRequest
-from toolkit.rag import BuiltMessages
+from toolkit.rag import BuiltMessages, build_messages
 from toolkit.registry import ServedModel
 from toolkit.results import InferResult, RunRecord, SearchFinished, Source, Timings, Usage
 from toolkit.search import SearchOutcome
@@ -119,3 +122,55 @@ def search_finished(request_id: str, outcome: SearchOutcome) -> SearchFinished:
     sources = tuple(Source(i, r.title, r.url, r.snippet) for i, r in enumerate(outcome.results, start=1))
     message = outcome.failure.message if outcome.failure else None
     return SearchFinished(request_id, outcome.status, sources, message, outcome.from_cache, outcome.seconds)
+
+
+def prepare(
+    entry: ServedModel,
+    request: InferRequest,
+    params: GenerationParams,
+    search: SearchOutcome | None,
+    limit: int,
+    fences: Fence,
+    fit: bool = False,
+    cancelled: Callable[[], bool] | None = None,
+) -> Prepared:
+    """A validated request's chat messages built (with ``search``'s results, fenced) and encoded for its model,
+    within ``limit`` input tokens. With search, or with ``fit`` (a kept conversation's history, which the caller
+    cannot trim), older history turns are dropped to fit; without, an over-long history is refused
+    (``PromptTooLong``). ``cancelled``: the caller has left, and the fitting stops."""
+    engine = entry.engine
+    failure = None if search is None or search.ok else search.failure.message  # type: ignore[union-attr]
+    sources = list(search.results) if search is not None and search.ok else None
+    today = date.today()
+    fence = [
+        request.prompt,
+        request.system_prompt,
+        [[t.role, t.content] for t in request.history],
+        [[s.title, s.url, s.snippet] for s in sources or ()],
+        today.isoformat(),
+    ]  # the same request renders the same prompt, and no document can guess its fence (toolkit.fence)
+    built = build_messages(
+        request.prompt,
+        history=request.history,
+        system_prompt=request.system_prompt,
+        sources=sources,
+        search_failure=failure,
+        today=today,
+        boundary=fences.around(fence),
+        count_tokens=engine.count_tokens,
+        count_messages=lambda messages: engine.count_messages(messages, limit=limit),
+        budget=limit if search is not None or fit else None,
+        control=engine.info.control,
+        cancelled=cancelled,
+    )
+    encoded = engine.encode(built.messages, limit=limit)
+    adapter_hash = engine.adapter_hash(request.adapter) if request.adapter else None
+    prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash)
+    check_fits(prepared, "history" if request.history and search is None and not fit else "prompt", limit)
+    return prepared
+
+
+def check_fits(prepared: Prepared, field_name: str, limit: int) -> None:
+    """``PromptTooLong`` on ``field_name`` when the encoded messages are over ``limit`` input tokens."""
+    if prepared.encoded.tokens > limit:
+        raise PromptTooLong(field_name, prepared.encoded.tokens, limit)

@@ -9,11 +9,13 @@ and seed, and its search snapshot instead of a new search.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from toolkit.errors import InvalidRequest
-from toolkit.params import GenerationParams, InferRequest
-from toolkit.prepared import Prepared
+from toolkit.params import GenerationParams, InferRequest, Limits
+from toolkit.prepared import Prepared, check_fits
 from toolkit.rag import BuiltMessages
 from toolkit.registry import ServedModel
 from toolkit.results import Difference, InferResult, Replay, RunRecord
@@ -40,8 +42,31 @@ def plan_params(record: RunRecord) -> GenerationParams:
 
 
 def plan_replay(
-    record: RunRecord, entry: ServedModel, params: GenerationParams, owner: str, *, limit: int | None = None
-) -> ReplayPlan:
+    record: RunRecord,
+    route: Callable[[str | None], ServedModel],
+    limits: Limits,
+    input_limit: Callable[[Any], int],
+    force: bool,
+    owner: str,
+) -> ReplayPlan | Replay:
+    """What a replay of ``record`` will run, or the ``Replay`` that says why it cannot (without ``force``).
+    ``route``: a model's name to the model on this service, ready; ``input_limit``: an engine's input limit.
+    A record is input like any other: this deployment's limits and queue hold for it too."""
+    try:
+        entry = route(record.model)
+    except InvalidRequest:  # no such model here
+        return Replay(None, False, (Difference("model", record.model, None),))
+    params = entry.resolve(limits, plan_params(record))
+    limit = input_limit(entry.engine)
+    plan = _plan(record, entry, params, owner, limit)
+    if plan.prepared is None or (plan.differences and not force):
+        return Replay(None, False, plan.differences)
+    check_fits(plan.prepared, "run_record.messages", limit)
+    entry.engine.check_room()
+    return plan
+
+
+def _plan(record: RunRecord, entry: ServedModel, params: GenerationParams, owner: str, limit: int) -> ReplayPlan:
     """``entry``: the record's model on this service, ready; ``params``: the record's, resolved for it."""
     engine, info = entry.engine, entry.engine.info
     differences: list[Difference] = []

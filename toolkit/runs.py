@@ -43,6 +43,13 @@ class RunLog:
             finally:
                 os.close(fd)
 
+    def keep(self, result: InferResult) -> None:
+        """``append``, where a full disk must not lose the answer: a failure is logged as a warning."""
+        try:
+            self.append(result)
+        except OSError as exc:
+            log.warning("RUN_LOG %s: could not append %s: %s", self.path, result.id, exc)
+
 
 def entry(result: InferResult) -> dict[str, Any]:
     """One log line: the result's measurements, and its run record (which holds the answer)."""

@@ -17,19 +17,13 @@ that engine), hands them to the engine (``toolkit.engines``) and turns its event
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import platform
-import secrets
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
-from datetime import date
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, cast
 
 from toolkit.compare import Comparison, collect, compare_stream
@@ -38,79 +32,46 @@ from toolkit.compare import plan as compare_plan
 from toolkit.conversation.handle import Conversation
 from toolkit.conversation.records import ConversationArg, ConversationInfo
 from toolkit.conversation.store import ConversationStore
-from toolkit.conversation.thread import Thread, akept, keeper, kept
+from toolkit.conversation.thread import akept, keeper, kept, thread_for
+from toolkit.driver import Call, Driver, Run, Steps
 from toolkit.engines.base import Engine
 from toolkit.errors import (
-    ConfigError,
-    EngineClosed,
     EngineUnavailable,
     InvalidRequest,
-    ModelNotReady,
-    PromptTooLong,
 )
 from toolkit.events import Finished
-from toolkit.fence import boundary, installation_key
+from toolkit.fence import Fence
 from toolkit.judge import ModelJudge
 from toolkit.live import Live, LiveRequests
-from toolkit.params import PARAMS, GenerationParams, InferRequest, Limits, resolve
-from toolkit.prepared import Prepared, search_finished
-from toolkit.rag import build_messages
-from toolkit.registry import ModelConfig, ModelRegistry, ServedModel, configured_models
-from toolkit.replay import ReplayPlan, plan_params, plan_replay
+from toolkit.modelsfile import ModelConfig
+from toolkit.params import GenerationParams, InferRequest, Limits, as_request
+from toolkit.prepared import Prepared, prepare, search_finished
+from toolkit.registry import ModelRegistry, ServedModel
+from toolkit.replay import ReplayPlan, plan_replay
 from toolkit.results import (
     AdapterInfo,
-    Difference,
     Done,
     Health,
     InferResult,
-    ModelHealth,
     ModelInfo,
     Replay,
     RunRecord,
     SearchStarted,
     StreamEvent,
-    Token,
 )
 from toolkit.runs import RunLog
 from toolkit.search import Searcher, SearchOutcome, make_searcher, search_query
 from toolkit.settings import Settings
 from toolkit.store import Store
-from toolkit.version import __version__ as TOOLKIT_VERSION
+from toolkit.version import versions
 
 if TYPE_CHECKING:
     from toolkit.evals.results import EvalRun
 
 
-def _versions() -> dict[str, str]:
-    out = {"toolkit": TOOLKIT_VERSION, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "bitsandbytes", "openai"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[pkg] = metadata.version(pkg)
-    return out
-
-
 _UNSET: Any = object()
 log = logging.getLogger("toolkit.service")
 PREPARE_WORKERS = 4
-
-
-class _Call:
-    """A step's blocking work: run in the caller's thread by ``_drive``, on a worker thread by ``_adrive``
-    (of ``pool``; None: the loop's default)."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor | None = None) -> None:
-        self.fn, self.args, self.pool = fn, args, pool
-
-
-@dataclass(frozen=True)
-class _Run:
-    """A step's engine part: the request's ``Token``s and ``Done``, from ``engine.stream`` or ``engine.astream``."""
-
-    live: Live
-    prepared: Prepared
-
-
-Steps = Generator[StreamEvent | _Call | _Run, Any, None]
 
 
 class InferenceService:
@@ -132,40 +93,22 @@ class InferenceService:
         self._lock = threading.Lock()
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
         self._live = LiveRequests()
+        self._driver = Driver(self._live, self._result, lambda: bool(self.settings.grounding_judge))
         # Building a request's messages (templating, counting, tokenizing: milliseconds, up to a second for a
         # long history) runs here, not on the loop's shared pool: a few long requests cannot hold up the
         # threads that everything else (a store read, a search) waits on. A request queued here that its
         # caller leaves never runs.
         self._prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="toolkit-prepare")
-        self._preparing: dict[str, int] = {}  # accepted, not yet in the engine: by model name
         self._started = False
         self._stopped = False
-        self._versions = _versions()
-        self._fence_key: bytes | None = None  # toolkit.fence: read (or made) on the first search
+        self._versions = versions()
+        self._fences = Fence(self.settings.cache_dir, self.settings.fence_key)  # its key: on the first search
         self.run_log = RunLog(self.settings.run_log) if self.settings.run_log is not None else None
         store = self.settings.store  # opened on first use
         self.kept = (
             ConversationStore(Store(store), self.settings.conversation_retention_days) if store is not None else None
         )
-        if models is not None:
-            configs = models
-        elif loaded is not None:
-            aliases = tuple({loaded.source.location, self.settings.model_id or loaded.name} - {loaded.name})
-            configs = [ModelConfig(name=loaded.name, source=self.settings.model_id or "bundled", aliases=aliases)]
-        else:
-            configs = configured_models(self.settings)
-        self.registry = ModelRegistry(configs, self.settings)
-        if self.settings.grounding_judge is not None:
-            try:
-                self.registry.route(self.settings.grounding_judge)
-            except InvalidRequest:
-                served = ", ".join(repr(e.name) for e in self.registry)
-                raise ConfigError(
-                    "GROUNDING_JUDGE",
-                    f"{self.settings.grounding_judge!r} is not a model this service serves ({served})",
-                ) from None
-        if loaded is not None:
-            self.registry.attach(self.registry.default, loaded)
+        self.registry = ModelRegistry.serving(self.settings, models, loaded)
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -214,64 +157,14 @@ class InferenceService:
 
     def engine(self, model: str | None = None) -> Engine:
         """The engine serving ``model`` (default: the default model), once it is ready."""
-        return cast(Engine, self._ready(self.registry.route(model)).engine)
+        return cast(Engine, self._routed(model).engine)
 
     def health(self) -> Health:
-        default = self.registry.default
-        info = default.engine.info if default.serving else None
-        queued = active = 0
-        for entry in self.registry:
-            if entry.serving:
-                stats = entry.engine.stats()
-                queued, active = queued + stats.queue_depth, active + stats.active
-        with self._lock:
-            preparing = sum(self._preparing.values())
-        return Health(
-            status=default.status,
-            model=default.name,
-            device=info.device if info else None,
-            dtype=info.dtype if info else None,
-            quantization=info.quantization if info else None,
-            queue_depth=queued,
-            active=active,
-            preparing=preparing,
-            store=self.kept.store.state if self.kept is not None else "off",
-            uptime_s=time.monotonic() - self._started_at,
-            version=TOOLKIT_VERSION,
-            error=default.error,
-            models=tuple(ModelHealth(e.name, e.config.engine, e.status, e.error, e.since) for e in self.registry),
-        )
+        store = self.kept.store.state if self.kept is not None else "off"
+        return self.registry.health(self._live.preparing, store, time.monotonic() - self._started_at)
 
     def models(self) -> list[ModelInfo]:
-        return [self._model_info(entry) for entry in self.registry]
-
-    @staticmethod
-    def _model_info(entry: ServedModel) -> ModelInfo:
-        info = entry.engine.info if entry.serving else None
-        if entry.config.engine == "openai":
-            source = "openai"
-        else:
-            source = entry.loaded.source.kind if entry.loaded is not None else "pending"
-        return ModelInfo(
-            id=entry.name,
-            source=source,
-            loaded=entry.status == "ready",
-            context_length=info.context_length if info else None,
-            content_hash=info.content_hash if info else None,
-            engine=entry.config.engine,
-            status=entry.status,
-            error=entry.error,
-            default=entry.default,
-            served_model=info.served_model if info else entry.config.served_model,
-            device=info.device if info else None,
-            dtype=info.dtype if info else None,
-            quantization=info.quantization if info else None,
-            defaults=entry.defaults,
-            server_defaults=entry.server_defaults,
-            since=entry.since,
-            batch_size=info.batch_size if info else None,
-            linear=info.linear if info else None,
-        )
+        return [entry.model_info() for entry in self.registry]
 
     # ----- LoRA adapters ------------------------------------------------------------
 
@@ -304,10 +197,7 @@ class InferenceService:
     def _validated(
         self, request: InferRequest | str, kwargs: dict[str, Any]
     ) -> tuple[InferRequest, GenerationParams, ServedModel]:
-        if isinstance(request, str):
-            request = InferRequest.build(request, **kwargs)
-        elif kwargs:
-            raise TypeError("pass keyword arguments only with a prompt string, not with an InferRequest")
+        request = as_request(request, kwargs)
         routed, adapter = self.registry.resolve(request.model)
         if adapter is not None:  # "<model>:<adapter>": routing names the adapter
             if request.adapter is not None and request.adapter != adapter:
@@ -323,44 +213,18 @@ class InferenceService:
             raise InvalidRequest("web_search", "web search is off on this service (SEARCH_PROVIDER=none)")
         if request.timeout_s is not None and request.timeout_s > self.settings.request_timeout_s:
             request = dataclass_replace(request, timeout_s=self.settings.request_timeout_s)  # at most REQUEST_TIMEOUT
-        return request, self._resolve(entry, request.params), entry
-
-    def _resolve(self, entry: ServedModel, params: GenerationParams, where: str = "params") -> GenerationParams:
-        """The parameters the engine runs with, filled once (``toolkit.params.resolve``); a parameter that the
-        model's engine cannot take is refused, naming it."""
-        resolved = resolve(params, entry.defaults, self.limits, where=where)
-        if entry.config.engine != "local":
-            for name, spec in PARAMS.items():
-                value = getattr(resolved, name)
-                if not spec.remote and value is not None and value != spec.neutral:
-                    why = f"model {entry.name!r} is served by an OpenAI-compatible server, which cannot take it"
-                    raise InvalidRequest(f"{where}.{name}", why + "; leave it out")
-        return resolved
+        return request, entry.resolve(self.limits, request.params), entry
 
     def _input_limit(self, engine: Engine) -> int:
         """The most input tokens a request may have on ``engine``: MAX_INPUT_TOKENS, within its context."""
         return min(self.limits.max_input_tokens, engine.info.context_length - 1)
 
     def _ready(self, entry: ServedModel) -> ServedModel:
-        """The model, ready (or a remote one whose server stopped answering: a request may find it back);
-        or ``ModelNotReady`` saying why not."""
-        if entry.serving:
-            return entry
-        which = "the model" if entry.default and len(self.registry.entries) == 1 else f"model {entry.name!r}"
-        if entry.status == "error":
-            raise ModelNotReady(f"{which} failed to load: {entry.error}", loading=False)
-        if entry.status == "stopped" or self._stopped:  # going away: another replica, or a restart, will answer
-            raise EngineClosed(f"{which} is stopped: the service is shutting down; retry against a running one")
-        if not self._started:
-            return self._not_started()
-        reason = f" ({entry.error})" if entry.error else ""
-        raise ModelNotReady(f"{which} is still loading{reason}; wait and retry (its health says when it is ready)")
+        return self.registry.ready(entry, started=self._started, stopping=self._stopped)
 
-    @staticmethod
-    def _not_started() -> Any:
-        raise ModelNotReady(
-            "the service was not started: call service.start() first (start(wait=False) loads in the background)"
-        )
+    def _routed(self, model: str | None) -> ServedModel:
+        """``model`` (None: the default), ready; ``ModelNotReady`` (or ``UnknownModel``) saying why not."""
+        return self._ready(self.registry.route(model))
 
     @property
     def searcher(self) -> Searcher | None:
@@ -397,67 +261,16 @@ class InferenceService:
         fit: bool = False,
         live: Live | None = None,
     ) -> Prepared:
-        """``fit``: trim the history to the limit even without search (a kept conversation's, which the caller
-        cannot trim); ``live``: the request, whose cancellation stops the fitting."""
+        """``toolkit.prepared.prepare`` within this model's input limit and this installation's fence; ``live``:
+        the request, whose cancellation stops the fitting."""
         try:
-            engine = entry.engine
-            limit = self._input_limit(engine)
-            failure = None if search is None or search.ok else search.failure.message  # type: ignore[union-attr]
-            sources = list(search.results) if search is not None and search.ok else None
-            today = date.today()
-            built = build_messages(
-                request.prompt,
-                history=request.history,
-                system_prompt=request.system_prompt,
-                sources=sources,
-                search_failure=failure,
-                today=today,
-                boundary=self._fence(request, sources, today),
-                count_tokens=engine.count_tokens,
-                count_messages=lambda messages: engine.count_messages(messages, limit=limit),
-                # without search, a history the caller sent is not trimmed: an over-long one is refused below
-                budget=limit if search is not None or fit else None,
-                control=engine.info.control,
-                cancelled=(lambda: live.cancelled) if live is not None else None,
+            cancelled = (lambda: live.cancelled) if live is not None else None
+            return prepare(
+                entry, request, params, search, self._input_limit(entry.engine), self._fences, fit, cancelled
             )
-            encoded = engine.encode(built.messages, limit=limit)
-            adapter_hash = engine.adapter_hash(request.adapter) if request.adapter else None
-            prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash)
-            self._check_fits(prepared, "history" if request.history and search is None and not fit else "prompt")
-            return prepared
         except EngineUnavailable as exc:  # counting tokens on a remote server that stopped answering
             self.registry.observe(entry, exc)
             raise
-
-    def _fence(self, request: InferRequest, sources: list[Any] | None, today: date) -> str:
-        """The boundary around the search block: keyed by this installation's secret over what the prompt holds
-        (``toolkit.fence``), so the same request renders the same prompt and no document can guess it."""
-        if self._fence_key is None:
-            with self._lock:
-                if self._fence_key is None:
-                    try:
-                        self._fence_key = installation_key(self.settings.cache_dir, self.settings.fence_key)
-                    except OSError as exc:  # a read-only cache: still secret, the same within this process
-                        log.warning(
-                            "the fence key cannot be kept in %s (%s): one for this process",
-                            self.settings.cache_dir,
-                            exc,
-                        )
-                        self._fence_key = secrets.token_bytes(32)
-        content = [
-            request.prompt,
-            request.system_prompt,
-            [[t.role, t.content] for t in request.history],
-            [[s.title, s.url, s.snippet] for s in sources or ()],
-            today.isoformat(),
-        ]
-        return boundary(self._fence_key, content)
-
-    def _check_fits(self, prepared: Prepared, field_name: str) -> None:
-        """``PromptTooLong`` on ``field_name`` when the encoded messages are over the model's input limit."""
-        limit = self._input_limit(prepared.model.engine)
-        if prepared.encoded.tokens > limit:
-            raise PromptTooLong(field_name, prepared.encoded.tokens, limit)
 
     def stream(
         self,
@@ -474,10 +287,10 @@ class InferenceService:
         True to start one (``toolkit.conversation``); the turn is saved before ``Done``. Closing the
         iterator early cancels the request (and keeps a conversation's turn as cancelled).
         """
-        request, thread = self._threaded(request, kwargs, conversation)
+        request, thread = thread_for(self.kept, as_request(request, kwargs), conversation)
         request, params, entry = self._validated(request, {})
         fit = thread is not None and thread.continues
-        yield from kept(thread, request, self._drive(self._steps(request, params, entry, search, fit)))
+        yield from kept(thread, request, self._driver.drive(self._steps(request, params, entry, search, fit)))
 
     async def astream(
         self,
@@ -489,36 +302,16 @@ class InferenceService:
     ) -> AsyncIterator[StreamEvent]:
         """``stream`` for an event loop: searching, templating and tokenizing run on a worker thread."""
         if conversation is None or conversation is False:
-            request, thread = self._threaded(request, kwargs, conversation)
+            request, thread = thread_for(self.kept, as_request(request, kwargs), conversation)
         else:  # reads the store (and opens it on first use): off the loop
-            request, thread = await asyncio.to_thread(self._threaded, request, kwargs, conversation)
+            request, thread = await asyncio.to_thread(thread_for, self.kept, as_request(request, kwargs), conversation)
         request, params, entry = self._validated(request, {})
         fit = thread is not None and thread.continues
         async with aclosing(
-            akept(thread, request, self._adrive(self._steps(request, params, entry, search, fit)))
+            akept(thread, request, self._driver.adrive(self._steps(request, params, entry, search, fit)))
         ) as events:
             async for event in events:  # closing this stream closes the steps at once (the request's place frees)
                 yield event
-
-    def _threaded(
-        self, request: InferRequest | str, kwargs: dict[str, Any], conversation: ConversationArg
-    ) -> tuple[InferRequest, Thread | None]:
-        """The request, with its conversation's history when it continues one, and the ``Thread`` that will save
-        its turn (None: not kept)."""
-        if isinstance(request, str):
-            request = InferRequest.build(request, **kwargs)
-        elif kwargs:
-            raise TypeError("pass keyword arguments only with a prompt string, not with an InferRequest")
-        if conversation is None or conversation is False:
-            return request, None
-        if conversation is not True and not isinstance(conversation, str):
-            raise InvalidRequest("conversation_id", f"must be a conversation's id, got {conversation!r}")
-        if self.kept is None:
-            if conversation is True:  # nowhere to keep it: answered, not kept
-                return request, None
-            raise InvalidRequest("conversation_id", "this service keeps no conversations (TOOLKIT_STORE=off)")
-        thread = Thread(self.kept, keeper(request.owner), None if conversation is True else conversation)
-        return thread.apply(request), thread
 
     def _steps(
         self,
@@ -531,119 +324,29 @@ class InferenceService:
         """One request, as steps that ``_drive`` (in the caller's thread) and ``_adrive`` (on an event loop)
         both run: the events to pass on, ``_Call`` for blocking work, ``_Run`` for the engine's part.
         ``fit``: the history is the store's (a kept conversation), so it is fitted to the input limit."""
-        self._accept(entry)  # a full queue answers at once, before search and tokenizing
+        self._live.admit(entry.name, entry.engine)  # a full queue answers at once, before search and tokenizing
         accepted = True
         try:
             live = self._live.begin(request)
         except BaseException:
-            self._release(entry)
+            self._live.release(entry.name)
             raise
         try:
             outcome = None
             if request.web_search:
                 query = search.query if search is not None else search_query(request.prompt)
                 yield SearchStarted(request.request_id, query, self._provider())
-                outcome = search if search is not None else (yield _Call(self.search, query))
+                outcome = search if search is not None else (yield Call(self.search, query))
                 yield search_finished(request.request_id, outcome)
-            prepared = yield _Call(self._prepare, entry, request, params, outcome, fit, live, pool=self._prepare_pool)
-            self._release(entry)
+            prepared = yield Call(self._prepare, entry, request, params, outcome, fit, live, pool=self._prepare_pool)
+            self._live.release(entry.name)
             accepted = False
-            yield _Run(live, prepared)
+            yield Run(live, prepared)
         finally:
             if accepted:
-                self._release(entry)
+                self._live.release(entry.name)
                 live.cancelled = True  # left before the engine: a preparation still running stops
             self._live.end(request)
-
-    def _accept(self, entry: ServedModel) -> None:
-        """Count a request against its model's queue from its acceptance (``Overloaded`` when full): one
-        being searched for or prepared holds a place as one waiting in the engine does."""
-        with self._lock:
-            waiting = self._preparing.get(entry.name, 0)
-            entry.engine.check_room(waiting)
-            self._preparing[entry.name] = waiting + 1
-
-    def _release(self, entry: ServedModel) -> None:
-        with self._lock:
-            self._preparing[entry.name] -= 1
-
-    def _drive(self, steps: Steps) -> Iterator[StreamEvent]:
-        value: Any = None
-        try:
-            while True:
-                try:
-                    step = steps.send(value)
-                except StopIteration:
-                    return
-                value = None
-                if isinstance(step, _Call):
-                    value = step.fn(*step.args)
-                elif isinstance(step, _Run):
-                    yield from self._run(step.live, step.prepared)
-                else:
-                    yield step
-        finally:
-            steps.close()
-
-    async def _adrive(self, steps: Steps) -> AsyncGenerator[StreamEvent, None]:
-        loop = asyncio.get_running_loop()
-        value: Any = None
-        try:
-            while True:
-                try:
-                    step = steps.send(value)
-                except StopIteration:
-                    return
-                value = None
-                if isinstance(step, _Call):  # milliseconds to seconds: off the event loop, which must stay responsive
-                    work = loop.run_in_executor(step.pool, step.fn, *step.args)
-                    try:
-                        value = await work
-                    except BaseException:
-                        work.cancel()  # the caller left: work not yet started never runs
-                        raise
-                elif isinstance(step, _Run):
-                    run = self._arun(step.live, step.prepared)
-                    try:
-                        async for event in run:
-                            yield event
-                    finally:
-                        await run.aclose()  # cancels the request if it still runs
-                else:
-                    yield step
-        finally:
-            steps.close()
-
-    def _run(self, live: Live, prepared: Prepared) -> Iterator[StreamEvent]:
-        """The engine's events for an accepted, prepared request, as ``Token``s and the last ``Done``.
-        Closing it early cancels the request in the engine."""
-        translate = self._translator(prepared)
-        engine = prepared.model.engine
-        events = self._live.submit(live, engine, lambda: engine.stream(prepared.engine_request(live.engine_id)))
-        if events is None:  # cancelled before it reached the engine
-            yield translate(prepared.cancelled_before_engine())
-            return
-        try:
-            for event in events:
-                yield translate(event)
-        finally:
-            events.close()  # a generator: cancels the request if it still runs
-
-    async def _arun(self, live: Live, prepared: Prepared) -> AsyncGenerator[StreamEvent, None]:
-        translate = self._translator(prepared)
-        engine = prepared.model.engine
-        events = self._live.submit(live, engine, lambda: engine.astream(prepared.engine_request(live.engine_id)))
-        if events is None:
-            yield translate(prepared.cancelled_before_engine())
-            return
-        try:
-            async for event in events:
-                if isinstance(event, Finished) and self.settings.grounding_judge:  # the judge generates: off the loop
-                    yield await asyncio.get_running_loop().run_in_executor(None, translate, event)
-                else:
-                    yield translate(event)
-        finally:
-            await events.aclose()
 
     # ----- compare -----------------------------------------------------------------
 
@@ -672,7 +375,7 @@ class InferenceService:
         plan = self._replay_plan(record, force, owner)
         if isinstance(plan, Replay):
             return plan
-        for event in self._drive(self._replay_steps(plan)):
+        for event in self._driver.drive(self._replay_steps(plan)):
             if isinstance(event, Done):
                 return plan.finish(event.result)
         raise AssertionError("a stream always ends with Done")  # pragma: no cover
@@ -682,32 +385,20 @@ class InferenceService:
         plan = await asyncio.get_running_loop().run_in_executor(None, self._replay_plan, record, force, owner)
         if isinstance(plan, Replay):
             return plan
-        async for event in self._adrive(self._replay_steps(plan)):
+        async for event in self._driver.adrive(self._replay_steps(plan)):
             if isinstance(event, Done):
                 return plan.finish(event.result)
         raise AssertionError("a stream always ends with Done")  # pragma: no cover
 
     def _replay_plan(self, data: RunRecord | dict[str, Any], force: bool, owner: str) -> ReplayPlan | Replay:
         """What a replay will run, or the ``Replay`` that says why it cannot (without ``force``)."""
-        record = RunRecord.from_dict(data)
-        try:
-            entry = self._ready(self.registry.route(record.model))
-        except InvalidRequest:  # no such model here
-            return Replay(None, False, (Difference("model", record.model, None),))
-        # a record is input like any other: this deployment's limits and queue hold for it too
-        params = self._resolve(entry, plan_params(record))
-        plan = plan_replay(record, entry, params, owner, limit=self._input_limit(entry.engine))
-        if plan.prepared is None or (plan.differences and not force):
-            return Replay(None, False, plan.differences)
-        self._check_fits(plan.prepared, "run_record.messages")
-        entry.engine.check_room()
-        return plan
+        return plan_replay(RunRecord.from_dict(data), self._routed, self.limits, self._input_limit, force, owner)
 
     def _replay_steps(self, plan: ReplayPlan) -> Steps:
         assert plan.prepared is not None
         live = self._live.begin(plan.prepared.request)
         try:
-            yield _Run(live, plan.prepared)
+            yield Run(live, plan.prepared)
         finally:
             self._live.end(plan.prepared.request)
 
@@ -753,11 +444,6 @@ class InferenceService:
             self, model=model, adapter=adapter, system_prompt=system_prompt, web_search=web_search, **params
         )
 
-    def _kept(self, field: str = "conversation_id") -> ConversationStore:
-        if self.kept is None:
-            raise InvalidRequest(field, "this service keeps no conversations (TOOLKIT_STORE=off)")
-        return self.kept
-
     def conversations(
         self, query: str | None = None, first: int = 50, before: str | None = None, owner: str = ""
     ) -> list[ConversationInfo]:
@@ -770,7 +456,9 @@ class InferenceService:
         return self.kept.get(conversation_id, keeper(owner)) if self.kept else None
 
     def rename_conversation(self, conversation_id: str, title: str, owner: str = "") -> ConversationInfo:
-        return self._kept("id").rename(conversation_id, title, keeper(owner))
+        if self.kept is None:
+            raise InvalidRequest("id", "this service keeps no conversations (TOOLKIT_STORE=off)")
+        return self.kept.rename(conversation_id, title, keeper(owner))
 
     def delete_conversation(self, conversation_id: str, owner: str = "") -> bool:
         """Delete a kept conversation, its turns and their run records; False for an unknown id."""
@@ -786,22 +474,6 @@ class InferenceService:
 
     # ----- helpers -----------------------------------------------------------------
 
-    def _translator(self, prepared: Prepared) -> Any:
-        """Engine events -> stream events: ``Token`` with the text so far, the last one ``Done``.
-
-        (The engine's stream ends after its ``Finished``, so ``Done`` is the last event.)
-        """
-        text = ""
-
-        def translate(event: Any) -> StreamEvent:
-            nonlocal text
-            if isinstance(event, Finished):
-                return Done(self._result(prepared, event))
-            text += event.text
-            return Token(prepared.request.request_id, event.text, text)
-
-        return translate
-
     def _judge(self) -> ModelJudge | None:
         """GROUNDING_JUDGE's model, asked about the grounding claims the rules are unsure of."""
         name = self.settings.grounding_judge
@@ -814,10 +486,7 @@ class InferenceService:
         self.registry.observe(prepared.model, finished.error)  # a remote server down, or answering again
         result = prepared.result(finished, self._versions, self._judge())
         if self.run_log is not None:
-            try:
-                self.run_log.append(result)
-            except OSError as exc:  # a full disk must not lose the answer: it is logged as a warning
-                log.warning("RUN_LOG %s: could not append %s: %s", self.run_log.path, result.id, exc)
+            self.run_log.keep(result)
         return result
 
 

@@ -173,7 +173,7 @@ def beside_the_bundled(settings: Any, loaded: Any, fake: FakeServer) -> Any:
     """A service with the bundled model (the default) and ``remote``, the fake's ``ok`` model, READY."""
     from dataclasses import replace
 
-    from toolkit.registry import ModelConfig
+    from toolkit.modelsfile import ModelConfig
     from toolkit.service import InferenceService
 
     configs = [

@@ -16,7 +16,7 @@ import pytest
 from fake_openai import ANSWER, FINGERPRINT, FakeServer, start_fake
 
 from toolkit.errors import EngineUnavailable, InvalidRequest, ModelNotReady, Overloaded, PromptTooLong
-from toolkit.registry import ModelConfig
+from toolkit.modelsfile import ModelConfig
 from toolkit.results import Done, Token
 from toolkit.service import InferenceService
 from toolkit.settings import Settings

@@ -15,8 +15,8 @@ import pytest
 from vllm_server import VLLM, VLLM_PYTHON, start_vllm
 
 from toolkit.engines.base import EngineRequest
+from toolkit.modelsfile import ModelConfig
 from toolkit.params import GenerationParams
-from toolkit.registry import ModelConfig
 from toolkit.results import Done, Token
 from toolkit.search import LocalDocsBackend, Searcher
 from toolkit.service import InferenceService

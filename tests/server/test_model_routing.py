@@ -17,7 +17,7 @@ from fake_openai import ANSWER, FakeServer, start_fake
 
 from toolkit.client import RemoteService
 from toolkit.errors import EngineUnavailable, InvalidRequest
-from toolkit.registry import ModelConfig
+from toolkit.modelsfile import ModelConfig
 from toolkit.service import InferenceService
 from toolkit.settings import Settings
 

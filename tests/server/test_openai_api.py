@@ -16,8 +16,8 @@ import pytest
 from gqlhttp import post
 
 from toolkit.errors import InvalidRequest
+from toolkit.modelsfile import ModelConfig
 from toolkit.params import InferRequest
-from toolkit.registry import ModelConfig
 from toolkit.search import LocalDocsBackend, Searcher
 from toolkit.service import InferenceService
 from toolkit.settings import Settings

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, replace
 
+from toolkit.conversation.records import ConversationArg
 from toolkit.conversation.store import ConversationStore
 from toolkit.errors import InvalidRequest, StoreUnavailable, UnknownConversation
 from toolkit.params import InferRequest, Turn
@@ -145,3 +146,20 @@ def keeper(owner: str) -> str:
     caller with a key); without keys, everyone's are one list (the identity is then an address, which a
     restart or another network would change)."""
     return owner if owner.startswith("key:") else ""
+
+
+def thread_for(
+    conversations: ConversationStore | None, request: InferRequest, conversation: ConversationArg
+) -> tuple[InferRequest, Thread | None]:
+    """The request, with its conversation's history when it continues one, and the ``Thread`` that will save
+    its turn (None: not kept). ``conversations``: the service's store of them (None: TOOLKIT_STORE=off)."""
+    if conversation is None or conversation is False:
+        return request, None
+    if conversation is not True and not isinstance(conversation, str):
+        raise InvalidRequest("conversation_id", f"must be a conversation's id, got {conversation!r}")
+    if conversations is None:
+        if conversation is True:  # nowhere to keep it: answered, not kept
+            return request, None
+        raise InvalidRequest("conversation_id", "this service keeps no conversations (TOOLKIT_STORE=off)")
+    thread = Thread(conversations, keeper(request.owner), None if conversation is True else conversation)
+    return thread.apply(request), thread
