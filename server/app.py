@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,12 @@ from tornado.routing import PathMatches, Rule
 
 from server.config import ServerSettings
 from server.gateway import Gateway
-from server.handlers import GraphiQLHandler, GraphQLHandler, GraphQLWebSocket
-from server.openai_api import ChatCompletionsHandler, ModelHandler, ModelsHandler, OpenAIError, UnknownPath
+from server.handlers import GraphiQLHandler, GraphQLHandler
+from server.openai_api import ChatCompletionsHandler, ModelHandler, ModelsHandler, UnknownPath
+from server.openai_protocol import error_body
 from server.security import AllowedHosts, FailedKeys
+from server.ws import GraphQLWebSocket
+from toolkit.errors import Forbidden
 from toolkit.settings import Settings
 
 STATIC = Path(__file__).with_name("static")
@@ -48,12 +52,12 @@ class AssetHandler(tornado.web.StaticFileHandler):
     def get_absolute_path(cls, root: str, path: str) -> str:
         target = ASSETS.get(path)
         if target is None:
-            raise tornado.web.HTTPError(404)
+            raise tornado.web.HTTPError(HTTPStatus.NOT_FOUND)
         return str(target)
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
         if not Path(absolute_path).is_file():
-            raise tornado.web.HTTPError(404)
+            raise tornado.web.HTTPError(HTTPStatus.NOT_FOUND)
         return absolute_path
 
 
@@ -71,7 +75,7 @@ class Refusal(tornado.web.RequestHandler):
     """A request refused before routing, in the shape of the endpoint the URL names: OpenAI's under /v1/,
     GraphQL's elsewhere (a WebSocket handshake included)."""
 
-    STATUS = 400
+    STATUS: int = HTTPStatus.BAD_REQUEST
     CODE = "BAD_REQUEST"
 
     def message(self) -> str:
@@ -83,7 +87,7 @@ class Refusal(tornado.web.RequestHandler):
         message = self.message()
         path = self.request.path or ""
         if path == "/v1" or path.startswith("/v1/"):
-            self.finish(json.dumps(OpenAIError(self.STATUS, message, code=self.CODE.lower()).body()))
+            self.finish(json.dumps(error_body(self.STATUS, message, self.CODE.lower())))
         else:
             self.finish(json.dumps({"errors": [{"message": message, "extensions": {"code": self.CODE}}]}))
 
@@ -94,7 +98,7 @@ class Refusal(tornado.web.RequestHandler):
 class URITooLong(Refusal):
     """414: the URL is over MAX_URL_BYTES."""
 
-    STATUS = 414
+    STATUS = HTTPStatus.REQUEST_URI_TOO_LONG
     CODE = "URI_TOO_LONG"
 
     def message(self) -> str:
@@ -104,7 +108,7 @@ class URITooLong(Refusal):
 class ForbiddenHost(Refusal):
     """403: the request's ``Host`` is not a name this server answers to (``AllowedHosts``)."""
 
-    STATUS = 403
+    STATUS = Forbidden.status
     CODE = "FORBIDDEN_HOST"
 
     def message(self) -> str:

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from graphql import (
@@ -92,17 +93,47 @@ class Prepared:
 
 
 class RequestError(Exception):
-    """The request was refused before execution; ``status`` is for HTTP, ``errors`` for the body."""
+    """The request was refused before execution; ``status`` is for HTTP, ``errors`` for the body.
 
-    def __init__(self, status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> None:
+    ``in_document``: the request itself is well-formed GraphQL over HTTP, its document is in error (it does not
+    parse or validate, or asks too much): answered 200 under application/json, as the draft says.
+    ``cause``: the toolkit error it stands for (a key, the rate limit), if one does."""
+
+    def __init__(
+        self,
+        status: int,
+        errors: list[dict[str, Any]],
+        headers: dict[str, str] | None = None,
+        *,
+        in_document: bool = False,
+        cause: ToolkitError | None = None,
+    ) -> None:
         super().__init__(errors[0]["message"] if errors else "bad request")
         self.status = status
         self.errors = errors
         self.headers = headers or {}
+        self.in_document = in_document
+        self.cause = cause
 
 
 def error(message: str, code: str, **extensions: Any) -> dict[str, Any]:
     return {"message": message, "extensions": {"code": code, **extensions}}
+
+
+def bad_request(message: str, **extensions: Any) -> RequestError:
+    """A request that is not well-formed GraphQL over HTTP (no query, variables not an object, a batch, ...):
+    HTTP's 400 BAD_REQUEST whatever the media type (no toolkit error stands for it)."""
+    return RequestError(HTTPStatus.BAD_REQUEST, [error(message, "BAD_REQUEST", **extensions)])
+
+
+def document_error(errors: list[dict[str, Any]]) -> RequestError:
+    """A document that does not parse or validate, or asks too much: ``InvalidRequest``'s status."""
+    return RequestError(InvalidRequest.status, errors, in_document=True)
+
+
+def over_limit(message: str, limit: int) -> RequestError:
+    """A document over one of the limits on what it may ask (``InvalidRequest`` of the field ``query``)."""
+    return document_error([error(message, InvalidRequest.code, field="query", limit=limit)])
 
 
 def over_token_limit(query: str, limit: int) -> bool:
@@ -204,25 +235,22 @@ class Gateway:
         """Parse (with a token limit), count fields, validate. Runs on the parser thread."""
         limit = self.settings.max_query_tokens
         if over_token_limit(query, limit):  # counted here: not read back from the parser's message
-            message = f"the document has more than {limit} tokens, over the limit (MAX_QUERY_TOKENS)"
-            raise RequestError(400, [error(message, "BAD_USER_INPUT", field="query", limit=limit)])
+            raise over_limit(f"the document has more than {limit} tokens, over the limit (MAX_QUERY_TOKENS)", limit)
         try:
             document = parse(query, max_tokens=limit)
         except GraphQLError as exc:
-            raise RequestError(400, [{**exc.formatted, "extensions": {"code": "GRAPHQL_PARSE_FAILED"}}]) from None
+            raise document_error([{**exc.formatted, "extensions": {"code": "GRAPHQL_PARSE_FAILED"}}]) from None
         fields = count_fields(document)
         limit = self.settings.max_query_fields
         if fields > limit:
-            message = f"the document selects {fields} fields, over the limit of {limit}"
-            raise RequestError(400, [error(message, "BAD_USER_INPUT", field="query", limit=limit)])
+            raise over_limit(f"the document selects {fields} fields, over the limit of {limit}", limit)
         self._validate(document)
         return document
 
     def _validate(self, document: DocumentNode) -> None:
         errors = validate(self.schema, document, self.rules, hide_suggestions=self.hide_suggestions)
         if errors:
-            formatted = [{**e.formatted, "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}} for e in errors]
-            raise RequestError(400, formatted)
+            raise document_error([{**e.formatted, "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}} for e in errors])
 
     def _cache(self, query: str, document: DocumentNode) -> None:
         """Valid documents are kept: a client that sends the same operation again skips parsing and validation."""
@@ -237,11 +265,11 @@ class Gateway:
             message = "operationName names no operation in the document"
             if operation_name is None:
                 message = "the document has several operations: say which one with operationName"
-            raise RequestError(400, [error(message, "BAD_REQUEST")])
+            raise bad_request(message)
         doc_shape = shape(document, operation)
         limits = limit_errors(doc_shape, self.settings.max_query_depth)
         if limits:
-            raise RequestError(400, [dict(e.formatted) for e in limits])
+            raise document_error([dict(e.formatted) for e in limits])
         return Prepared(document, doc_shape, operation_name, variables)
 
     def check_rate(self, identity: str) -> None:
@@ -256,6 +284,10 @@ class Gateway:
     # ----- execution ------------------------------------------------------------
 
     async def execute(self, prepared: Prepared, context: Context) -> dict[str, Any]:
+        return self.format(await self.run(prepared, context))
+
+    async def run(self, prepared: Prepared, context: Context) -> ExecutionResult:
+        """Execute, unformatted: its errors keep their original errors (HTTP answers by their class)."""
         result = execute(
             self.schema,
             prepared.document,
@@ -266,7 +298,7 @@ class Gateway:
         )
         if not isinstance(result, ExecutionResult):
             result = await result
-        return self.format(result)
+        return result
 
     async def subscribe(self, prepared: Prepared, context: Context) -> AsyncIterator[dict[str, Any]] | dict[str, Any]:
         """An async iterator of formatted results, or one formatted result when it failed at once."""
@@ -308,9 +340,9 @@ class Gateway:
             request_id = secrets.token_hex(8)
             log.error("internal error %s in %s", request_id, err.path, exc_info=original)
             formatted["message"] = f"internal error (request id {request_id}); it has been logged"
-            formatted["extensions"] = {"code": "INTERNAL", "requestId": request_id}
+            formatted["extensions"] = {"code": ToolkitError.code, "requestId": request_id}
         elif "extensions" not in formatted or not formatted.get("extensions"):
-            formatted["extensions"] = {"code": "BAD_USER_INPUT"}
+            formatted["extensions"] = {"code": InvalidRequest.code}  # graphql-core's own (variables that do not coerce)
         return formatted
 
 
@@ -322,7 +354,7 @@ def toolkit_error(exc: ToolkitError) -> tuple[str, dict[str, Any]]:
     if isinstance(exc, InvalidRequest):
         name = graphql_field(exc.field)
         extensions["field"] = name
-        message = f"{name}: " + exc.message.split(": ", 1)[-1]
+        message = f"{name}: {exc.detail}"
     return message, extensions
 
 
@@ -334,17 +366,17 @@ def refused(exc: ToolkitError) -> RequestError:
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
     message, extensions = toolkit_error(exc)
-    return RequestError(exc.status, [{"message": message, "extensions": extensions}], headers)
+    return RequestError(exc.status, [{"message": message, "extensions": extensions}], headers, cause=exc)
 
 
 def check_envelope(query: Any, variables: Any, operation_name: Any) -> None:
     """The request's JSON fields have the right types (and the variables a bounded nesting)."""
     if not isinstance(query, str) or not query.strip():
-        raise RequestError(400, [error("the request needs a 'query' string", "BAD_REQUEST")])
+        raise bad_request("the request needs a 'query' string")
     if variables is not None and not isinstance(variables, dict):
-        raise RequestError(400, [error("'variables' must be a JSON object", "BAD_REQUEST")])
+        raise bad_request("'variables' must be a JSON object")
     if variables is not None and json_depth(variables) > MAX_VARIABLES_DEPTH:
         message = f"'variables' are nested more than {MAX_VARIABLES_DEPTH} levels deep"
-        raise RequestError(400, [error(message, "BAD_REQUEST", limit=MAX_VARIABLES_DEPTH)])
+        raise bad_request(message, limit=MAX_VARIABLES_DEPTH)
     if operation_name is not None and not isinstance(operation_name, str):
-        raise RequestError(400, [error("'operationName' must be a string", "BAD_REQUEST")])
+        raise bad_request("'operationName' must be a string")

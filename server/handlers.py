@@ -1,32 +1,30 @@
-"""Tornado handlers: GraphQL over HTTP, graphql-transport-ws, and the offline GraphiQL page.
+"""Tornado handlers: GraphQL over HTTP (and the bounded body, CORS and key checks the OpenAI endpoint shares),
+and the offline GraphiQL page. graphql-transport-ws is ``server.ws``.
 
-Handlers get their collaborators through ``initialize()``; nothing is global.
+Handlers get their collaborators through ``initialize()``; nothing is global. Statuses and codes come from
+the toolkit's error classes (``toolkit.errors``); HTTP's own (a method, a media type, a body too large) from
+``http.HTTPStatus``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import tornado.web
-import tornado.websocket
-from graphql import GraphQLError, OperationType
+from graphql import ExecutionResult, OperationType
 
-from server.gateway import Caller, Gateway, RequestError, error, refused
+from server.gateway import Gateway, RequestError, bad_request, error, refused
 from server.resolvers import Context
 from server.security import ApiKeys, FailedKeys
 from toolkit.client_wire import SESSION_HEADER
-from toolkit.errors import RateLimited, ToolkitError
-
-log = logging.getLogger("server")
+from toolkit.errors import Forbidden, InvalidRequest, RateLimited, ToolkitError, Unauthenticated
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
-PROTOCOL = "graphql-transport-ws"
 
 
 def negotiate(accept: str | None) -> str | None:
@@ -78,7 +76,7 @@ class BoundedBody(tornado.web.RequestHandler):
         if self.request.method == "POST" and not self._origin_allowed():
             origin = self.request.headers.get("Origin")
             message = f"requests from the web page at {origin} are not allowed (add it to CORS_ORIGINS)"
-            self._refuse(403, message, "FORBIDDEN_ORIGIN")
+            self._refuse(Forbidden.status, message, "FORBIDDEN_ORIGIN")
             return
         limit = self.gateway.settings.max_body_bytes
         discard = max(DISCARD_BODY_BYTES, limit + 1)
@@ -121,10 +119,12 @@ class BoundedBody(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Tornado's own errors (a method not served, a malformed request) in this endpoint's error shape."""
         reason = self._reason or "request refused"
-        if status_code == 405:
+        code = "BAD_REQUEST"
+        if status_code == HTTPStatus.METHOD_NOT_ALLOWED:
             self.set_header("Allow", ", ".join(self.ALLOW))
             reason = f"{self.request.method} is not served here; use {' or '.join(self.ALLOW)}"
-        self._refuse(status_code, reason, "METHOD_NOT_ALLOWED" if status_code == 405 else "BAD_REQUEST")
+            code = "METHOD_NOT_ALLOWED"
+        self._refuse(status_code, reason, code)
 
     def _cors(self) -> None:
         origin = self.request.headers.get("Origin")
@@ -135,7 +135,7 @@ class BoundedBody(tornado.web.RequestHandler):
             self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
 
     def options(self, *args: Any) -> None:
-        self.set_status(204)
+        self.set_status(HTTPStatus.NO_CONTENT)
         self.finish()
 
     def _refuse(self, status: int, message: str, code: str, **extensions: Any) -> None:
@@ -144,7 +144,7 @@ class BoundedBody(tornado.web.RequestHandler):
     def _refuse_too_large(self) -> None:
         limit = self.gateway.settings.max_body_bytes
         message = f"the body is over the limit of {limit} bytes (MAX_BODY_BYTES)"
-        self._refuse(413, message, "PAYLOAD_TOO_LARGE", limit=limit)
+        self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message, "PAYLOAD_TOO_LARGE", limit=limit)
 
     def _refused_body(self) -> bool:
         """Answer 413 for a body that was over the limit (and has been read); True if answered."""
@@ -185,6 +185,9 @@ class GraphQLHandler(BoundedBody):
     def _refuse(self, status: int, message: str, code: str, **extensions: Any) -> None:
         self._fail(status, [error(message, code, **extensions)])
 
+    def _refuse_request(self, exc: RequestError) -> None:
+        self._fail(exc.status, exc.errors, exc.headers)
+
     def _fail(self, status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> None:
         media = negotiate(self.request.headers.get("Accept")) or JSON
         self.set_status(status)
@@ -204,10 +207,10 @@ class GraphQLHandler(BoundedBody):
         try:
             variables = json.loads(args["variables"]) if "variables" in args else None
         except RecursionError:
-            self._fail(400, [error("'variables' nest too deeply", "BAD_REQUEST")])
+            self._refuse_request(bad_request("'variables' nest too deeply"))
             return
         except ValueError:
-            self._fail(400, [error("'variables' is not valid JSON", "BAD_REQUEST")])
+            self._refuse_request(bad_request("'variables' is not valid JSON"))
             return
         await self._handle(args.get("query"), variables, args.get("operationName"), method="GET")
 
@@ -216,29 +219,23 @@ class GraphQLHandler(BoundedBody):
             return
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != JSON:
-            self._fail(415, [error("send the request as Content-Type: application/json", "UNSUPPORTED_MEDIA_TYPE")])
+            message = "send the request as Content-Type: application/json"
+            self._refuse(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, message, "UNSUPPORTED_MEDIA_TYPE")
             return
         try:
             body = json.loads(self.body_bytes or b"null")
         except RecursionError:
-            self._fail(400, [error("the body nests too deeply", "BAD_REQUEST")])
+            self._refuse_request(bad_request("the body nests too deeply"))
             return
         except ValueError:
-            self._fail(400, [error("the body is not valid JSON", "BAD_REQUEST")])
+            self._refuse_request(bad_request("the body is not valid JSON"))
             return
         if isinstance(body, list):
-            self._fail(
-                400,
-                [
-                    error(
-                        "batched requests (a JSON array) are not supported: send one operation per request",
-                        "BAD_REQUEST",
-                    )
-                ],
-            )
+            message = "batched requests (a JSON array) are not supported: send one operation per request"
+            self._refuse_request(bad_request(message))
             return
         if not isinstance(body, dict):
-            self._fail(400, [error("the body must be a JSON object with a 'query'", "BAD_REQUEST")])
+            self._refuse_request(bad_request("the body must be a JSON object with a 'query'"))
             return
         await self._handle(body.get("query"), body.get("variables"), body.get("operationName"), method="POST")
 
@@ -246,15 +243,8 @@ class GraphQLHandler(BoundedBody):
         gateway = self.gateway
         media = negotiate(self.request.headers.get("Accept"))
         if media is None:
-            self._fail(
-                406,
-                [
-                    error(
-                        f"cannot answer in the accepted media types; accept {GRAPHQL_RESPONSE} or {JSON}",
-                        "NOT_ACCEPTABLE",
-                    )
-                ],
-            )
+            message = f"cannot answer in the accepted media types; accept {GRAPHQL_RESPONSE} or {JSON}"
+            self._refuse(HTTPStatus.NOT_ACCEPTABLE, message, "NOT_ACCEPTABLE")
             return
         presented = ApiKeys.from_authorization(self.request.headers.get("Authorization"))
         address = self.request.remote_ip or ""
@@ -265,25 +255,21 @@ class GraphQLHandler(BoundedBody):
         try:
             prepared = await gateway.admit(query, variables, operation_name, caller, presented)
             if method == "GET" and prepared.kind != OperationType.QUERY:
-                self.set_header("Allow", "POST")
+                message = f"a {prepared.kind.value} needs POST; GET runs queries only"
                 raise RequestError(
-                    405, [error(f"a {prepared.kind.value} needs POST; GET runs queries only", "METHOD_NOT_ALLOWED")]
+                    HTTPStatus.METHOD_NOT_ALLOWED, [error(message, "METHOD_NOT_ALLOWED")], {"Allow": "POST"}
                 )
             if prepared.kind == OperationType.SUBSCRIPTION:
-                raise RequestError(
-                    400,
-                    [error("subscriptions run over the WebSocket at /graphql (graphql-transport-ws)", "BAD_REQUEST")],
-                )
+                raise bad_request("subscriptions run over the WebSocket at /graphql (graphql-transport-ws)")
         except RequestError as exc:
             if self._finished:
                 return
-            if exc.status == 401 and wait is not None:
+            if isinstance(exc.cause, Unauthenticated) and wait is not None:
                 exc = refused(too_many_wrong_keys(wait))  # the key was not even looked at
-            elif exc.status == 401 and presented is not None:
+            elif isinstance(exc.cause, Unauthenticated) and presented is not None:
                 self.failed_keys.failed(address)
-            status = exc.status
-            if status == 400 and media == JSON and _is_graphql_error(exc):
-                status = 200  # application/json: a well-formed request gets 200 even with GraphQL errors
+            # application/json: a well-formed request gets 200 even when its document is in error
+            status = HTTPStatus.OK if exc.in_document and media == JSON else exc.status
             self._fail(status, exc.errors, exc.headers)
             return
         if self._finished:
@@ -291,19 +277,14 @@ class GraphQLHandler(BoundedBody):
         self.context = Context(
             service=gateway.service, client=self.request.remote_ip or "", admin=caller.admin, owner=caller.identity
         )
-        body = await gateway.execute(prepared, self.context)
+        result = await gateway.run(prepared, self.context)
         self.context.on_close.clear()
-        status = 200
-        errors = body.get("errors", [])
-        retry = [e.get("extensions", {}).get("retryAfter") for e in errors]
-        if body.get("data") is None and retry and None not in retry:  # nothing ran, and all of it may later
-            status = 503
-            self.set_header("Retry-After", str(max(retry)))
-        elif body.get("data") is None and errors and media == GRAPHQL_RESPONSE and all("path" not in e for e in errors):
-            status = 400  # a request error (variables that do not coerce): nothing was executed
+        status, headers = executed_status(result, media)
         self.set_status(status)
+        for name, value in headers.items():
+            self.set_header(name, value)
         self.set_header("Content-Type", f"{media}; charset=utf-8")
-        self.finish(json.dumps(body))
+        self.finish(json.dumps(gateway.format(result)))
 
     def on_connection_close(self) -> None:
         """The client went away: cancel the generation it was waiting for."""
@@ -313,203 +294,24 @@ class GraphQLHandler(BoundedBody):
             self.context.on_close.clear()
 
 
-def _is_graphql_error(exc: RequestError) -> bool:
-    codes = {e.get("extensions", {}).get("code") for e in exc.errors}
-    return bool(codes & {"GRAPHQL_PARSE_FAILED", "GRAPHQL_VALIDATION_FAILED", "BAD_USER_INPUT"})
-
-
-class GraphQLWebSocket(tornado.websocket.WebSocketHandler):
-    """``/graphql`` over WebSocket: the graphql-transport-ws protocol (graphql-ws PROTOCOL.md)."""
-
-    def initialize(self, gateway: Gateway, failed_keys: FailedKeys) -> None:
-        self.gateway = gateway
-        self.failed_keys = failed_keys
-        self.acknowledged = False
-        self.init_received = False
-        self.caller: Caller | None = None  # set by connection_init
-        self.subscriptions: dict[str, asyncio.Task[None]] = {}
-        self.contexts: dict[str, Context] = {}
-        self._init_timer: asyncio.TimerHandle | None = None
-
-    def check_origin(self, origin: str) -> bool:
-        return origin_allowed(self.request, self.gateway.settings.cors_origins)
-
-    async def get(self, *args: Any, **kwargs: Any) -> None:
-        """The handshake; refused with 429 for an address that sent too many wrong keys (every operation over
-        the socket needs one when keys are on)."""
-        wait = self.failed_keys.wait(self.request.remote_ip or "")
-        if wait is not None:
-            refusal = refused(too_many_wrong_keys(wait))
-            self.set_status(refusal.status)
-            for name, value in refusal.headers.items():
-                self.set_header(name, value)
-            self.set_header("Content-Type", f"{JSON}; charset=utf-8")
-            self.finish(json.dumps({"errors": refusal.errors}))
-            return
-        await super().get(*args, **kwargs)
-
-    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        return PROTOCOL if PROTOCOL in subprotocols else None
-
-    def open(self, *args: Any, **kwargs: Any) -> None:
-        if self.selected_subprotocol != PROTOCOL:
-            self.close(4406, "Subprotocol not acceptable: use graphql-transport-ws")
-            return
-        loop = asyncio.get_running_loop()
-        self._init_timer = loop.call_later(self.gateway.settings.ws_init_timeout_s, self._init_timeout)
-
-    def _init_timeout(self) -> None:
-        if not self.acknowledged:
-            self.close(4408, "Connection initialisation timeout")
-
-    def _send(self, message: dict[str, Any]) -> Any:
-        try:
-            return self.write_message(json.dumps(message))
-        except tornado.websocket.WebSocketClosedError:
-            return None
-
-    def on_message(self, message: str | bytes) -> None:
-        # Returns at once: each subscription runs in its own task, so the next frame can be read.
-        try:
-            msg = json.loads(message)
-        except RecursionError:
-            self.close(4400, "Invalid message: nested too deeply")
-            return
-        except ValueError:
-            self.close(4400, "Invalid message: not JSON")
-            return
-        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-            self.close(4400, "Invalid message: no type")
-            return
-        kind = msg["type"]
-        if kind == "connection_init":
-            self._connection_init(msg.get("payload"))
-        elif kind == "ping":
-            self._send({"type": "pong"})
-        elif kind == "pong":
-            pass
-        elif kind == "subscribe":
-            self._subscribe(msg)
-        elif kind == "complete":
-            task = self.subscriptions.pop(str(msg.get("id")), None)
-            if task is not None:
-                task.cancel()
-        else:
-            self.close(4400, f"Invalid message type {kind!r}")
-
-    def _connection_init(self, payload: Any) -> None:
-        if self.init_received:
-            self.close(4429, "Too many initialisation requests")
-            return
-        self.init_received = True
-        if payload is not None and not isinstance(payload, dict):
-            self.close(4400, "Invalid message: the connection_init payload must be an object")
-            return
-        presented = _key_from_payload(payload or {}) or self.gateway.keys.from_authorization(
-            self.request.headers.get("Authorization")
-        )
-        address = self.request.remote_ip or ""
-        wait = self.failed_keys.wait(address)
-        if wait is not None:  # sockets opened before the address was refused: the key is not looked at
-            self.close(4429, f"Too many wrong API keys from this address: retry in {wait} s")
-            return
-        if not self.gateway.keys.check(presented):
-            if presented is not None:
-                self.failed_keys.failed(address)
-            self.close(4403, "Forbidden")
-            return
-        self.caller = self.gateway.caller(presented, address, self.request.headers.get(SESSION_HEADER))
-        self.acknowledged = True
-        if self._init_timer:
-            self._init_timer.cancel()
-        self._send({"type": "connection_ack"})
-
-    def _subscribe(self, msg: dict[str, Any]) -> None:
-        if not self.acknowledged:
-            self.close(4401, "Unauthorized")
-            return
-        sub_id, payload = msg.get("id"), msg.get("payload")
-        if not isinstance(sub_id, str) or not sub_id or not isinstance(payload, dict):
-            self.close(4400, "Invalid message: subscribe needs an id and a payload")
-            return
-        if sub_id in self.subscriptions:
-            self.close(4409, f"Subscriber for {sub_id} already exists")
-            return
-        self.subscriptions[sub_id] = asyncio.create_task(self._run(sub_id, payload))
-
-    async def _run(self, sub_id: str, payload: dict[str, Any]) -> None:
-        gateway = self.gateway
-        caller = self.caller
-        assert caller is not None  # subscribe is refused before connection_ack
-        context = Context(
-            service=gateway.service, client=self.request.remote_ip or "", admin=caller.admin, owner=caller.identity
-        )
-        stream = None
-        try:
-            try:
-                query, variables = payload.get("query"), payload.get("variables")
-                prepared = await gateway.admit(query, variables, payload.get("operationName"), caller)
-            except RequestError as exc:
-                self._send({"id": sub_id, "type": "error", "payload": exc.errors})
-                return
-            if prepared.kind == OperationType.SUBSCRIPTION:
-                outcome = await gateway.subscribe(prepared, context)
-                if isinstance(outcome, dict):
-                    await self._next(sub_id, outcome)
-                else:
-                    stream = outcome
-                    async for item in stream:
-                        await self._next(sub_id, item)
-            else:
-                await self._next(sub_id, await gateway.execute(prepared, context))
-            context.on_close.clear()  # finished: nothing left to cancel (the id may be reused)
-            self._send({"id": sub_id, "type": "complete"})
-        except asyncio.CancelledError:
-            pass  # the client completed it, or went away: the generation is cancelled below
-        except ToolkitError as exc:  # raised while streaming (overloaded, prompt too long, model error)
-            body = {"data": None, "errors": [gateway.format_error(GraphQLError(exc.message, original_error=exc))]}
-            await self._next(sub_id, body)
-            self._send({"id": sub_id, "type": "complete"})
-        except Exception:
-            log.exception("subscription %s failed", sub_id)
-            self._send(
-                {"id": sub_id, "type": "error", "payload": [error("internal error; it has been logged", "INTERNAL")]}
-            )
-        finally:
-            if stream is not None:
-                await stream.aclose()  # type: ignore[attr-defined]
-            for cleanup in context.on_close:
-                cleanup()
-            if self.subscriptions.get(sub_id) is asyncio.current_task():
-                del self.subscriptions[sub_id]
-
-    async def _next(self, sub_id: str, body: dict[str, Any]) -> None:
-        future = self._send({"id": sub_id, "type": "next", "payload": body})
-        if future is not None:
-            await future  # backpressure: a slow client slows its own stream, not the server
-
-    def on_close(self) -> None:
-        if self._init_timer:
-            self._init_timer.cancel()
-        for task in self.subscriptions.values():
-            task.cancel()
-        self.subscriptions.clear()
-
-
-def _key_from_payload(payload: dict[str, Any]) -> str | None:
-    """The key in a connection_init payload: GraphiQL sends its headers editor's content as the payload."""
-    for name in ("Authorization", "authorization"):
-        if isinstance(payload.get(name), str):
-            return ApiKeys.from_authorization(payload[name])
-    headers = payload.get("headers")
-    if isinstance(headers, dict):
-        for name in ("Authorization", "authorization"):
-            if isinstance(headers.get(name), str):
-                return ApiKeys.from_authorization(headers[name])
-    for name in ("apiKey", "api_key"):
-        if isinstance(payload.get(name), str):
-            return str(payload[name])
-    return None
+def executed_status(result: ExecutionResult, media: str) -> tuple[int, dict[str, str]]:
+    """The HTTP status (and headers) of an operation handed to execution: 200, its errors in the body, unless
+    nothing ran (``data`` is null) and
+    - every error is a toolkit error a retry may cure (loading, busy, over the rate limit): the status its class
+      declares, the same as on ``/v1``, with Retry-After the longest wait;
+    - the variables did not coerce, so execution never began (no error has a path): a request error, 400
+      (``InvalidRequest``'s status) with graphql-response+json, 200 with application/json."""
+    errors = result.errors or []
+    if result.data is not None or not errors:
+        return HTTPStatus.OK, {}
+    causes = [e.original_error for e in errors]
+    retryable = [c for c in causes if isinstance(c, ToolkitError) and c.retry_after_s is not None]
+    if len(retryable) == len(causes):
+        longest = max(retryable, key=lambda c: c.retry_after_s or 0)
+        return max(c.status for c in retryable), {"Retry-After": str(longest.retry_after_s)}
+    if media == GRAPHQL_RESPONSE and all(e.path is None for e in errors):
+        return InvalidRequest.status, {}
+    return HTTPStatus.OK, {}
 
 
 class GraphiQLHandler(tornado.web.RequestHandler):
@@ -521,7 +323,7 @@ class GraphiQLHandler(tornado.web.RequestHandler):
 
     def get(self) -> None:
         if not self.assets_ready:
-            self.set_status(503)
+            self.set_status(HTTPStatus.SERVICE_UNAVAILABLE)
             self.finish("GraphiQL's files are not installed: run make install (it runs npm ci in server/)")
             return
         self.set_header("Content-Type", "text/html; charset=utf-8")

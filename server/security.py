@@ -24,6 +24,7 @@ from graphql import (
     SelectionSetNode,
 )
 
+from toolkit.errors import InvalidRequest
 from toolkit.settings import is_ip
 
 MODEL_FIELDS = frozenset({"infer", "inferStream", "replay", "search"})  # each runs the model or the web search
@@ -311,7 +312,7 @@ def limit_errors(doc_shape: DocumentShape, max_depth: int) -> list[GraphQLError]
         errors.append(
             GraphQLError(
                 f"the query is {doc_shape.depth} levels deep, over the limit of {max_depth}",
-                extensions={"code": "BAD_USER_INPUT", "field": "query", "limit": max_depth},
+                extensions={"code": InvalidRequest.code, "field": "query", "limit": max_depth},
             )
         )
     if doc_shape.full_depth > max(max_depth, INTROSPECTION_DEPTH_LIMIT):
@@ -319,7 +320,7 @@ def limit_errors(doc_shape: DocumentShape, max_depth: int) -> list[GraphQLError]
         errors.append(
             GraphQLError(
                 f"the query is {doc_shape.full_depth} levels deep with introspection, over the limit of {limit}",
-                extensions={"code": "BAD_USER_INPUT", "field": "query", "limit": limit},
+                extensions={"code": InvalidRequest.code, "field": "query", "limit": limit},
             )
         )
     model_calls = doc_shape.model_calls
@@ -329,7 +330,7 @@ def limit_errors(doc_shape: DocumentShape, max_depth: int) -> list[GraphQLError]
                 "one operation may run the model or the search once; this one asks for "
                 f"infer/inferStream/replay/search {model_calls} times "
                 "(through aliases or fragments): send separate requests",
-                extensions={"code": "BAD_USER_INPUT", "field": "query", "limit": 1},
+                extensions={"code": InvalidRequest.code, "field": "query", "limit": 1},
             )
         )
     return errors

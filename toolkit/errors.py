@@ -80,6 +80,8 @@ class ToolkitError(Exception):
             setattr(error, name, ext.get(name))
         if "retryAfter" in ext:
             error.retry_after_s = ext["retryAfter"]
+        if isinstance(error, (InvalidRequest, ConfigError)):  # its wire message is "<field>: <detail>"
+            error.detail = message.removeprefix(f"{error.field}: ")
         return error
 
 
@@ -100,6 +102,7 @@ class ConfigError(ToolkitError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message  # the message without its "field: " prefix (a front end names the field its way)
 
 
 class InvalidRequest(ToolkitError, ValueError):
@@ -112,6 +115,7 @@ class InvalidRequest(ToolkitError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message  # the message without its "field: " prefix (a front end names the field its way)
 
 
 class UnknownModel(InvalidRequest):

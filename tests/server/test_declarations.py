@@ -42,8 +42,8 @@ from toolkit.errors import (
     UnknownModel,
     error_classes,
 )
+from toolkit.modelsfile import ModelConfig
 from toolkit.params import PARAMS
-from toolkit.registry import ModelConfig
 from toolkit.results import Health, ModelInfo
 from toolkit.service import InferenceService
 from toolkit.wire import camel
@@ -172,11 +172,12 @@ def same(error: ToolkitError, sample: ToolkitError) -> None:
 def test_each_error_on_both_endpoints_and_back(cls: type[ToolkitError], raising: tuple[Raising, Any]) -> None:
     service, running = raising
     sample = service.error = SAMPLES[cls]
-    # GraphQL: the code and fields; an error a retry may cure is a 503 with Retry-After when nothing ran
+    # GraphQL: the code and fields; an error a retry may cure has its class's status (as on /v1) with Retry-After
+    # when nothing ran
     status, headers, body = post(running.url, {"query": 'mutation { infer(prompt: "Hi") { text } }'})
     extensions = body["errors"][0]["extensions"]
     assert extensions["code"] == cls.code
-    assert status == (503 if sample.retry_after_s is not None else 200)
+    assert status == (cls.status if sample.retry_after_s is not None else 200)
     assert (headers.get("Retry-After") is not None) == (sample.retry_after_s is not None)
     # the OpenAI endpoint: the class's status and code
     chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
@@ -206,6 +207,63 @@ def test_each_error_back_through_the_remote_engine(
         assert "127.0.0.1" not in info.value.message
     finally:
         other.close(grace_s=0)
+
+
+def test_rate_limited_during_execution_is_429_on_both_endpoints(raising: tuple[Raising, Any]) -> None:
+    """One status per class: a ``RateLimited`` raised while executing (a remote server's limit, say) is 429 with
+    Retry-After on GraphQL as on /v1 (GraphQL answered 503)."""
+    service, running = raising
+    service.error = RateLimited(7)
+    status, headers, body = post(running.url, {"query": 'mutation { infer(prompt: "Hi") { text } }'})
+    assert (status, headers["Retry-After"], body["errors"][0]["extensions"]["code"]) == (429, "7", "RATE_LIMITED")
+    chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    status, headers, body = post(running.base + "/v1/chat/completions", chat, accept=None)
+    assert (status, headers["Retry-After"], body["error"]["code"]) == (429, "7", "rate_limit_exceeded")
+
+
+def test_an_invalid_v1_request_names_its_parameter_once(raising: tuple[Raising, Any]) -> None:
+    """``param`` is OpenAI's name of the error's field; the message names it once, in OpenAI's terms (not the
+    toolkit's ``params.max_new_tokens: ...``)."""
+    service, running = raising
+    url = running.base + "/v1/chat/completions"
+    hi = [{"role": "user", "content": "Hi"}]
+    cases = [  # (the request's fields, param, the field as the message names it, what the message says of it)
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages", "messages[0]", "role 'tool' is not served"),
+        (
+            {"messages": hi, "max_completion_tokens": 0},
+            "max_completion_tokens",
+            "max_completion_tokens",
+            "must be >= 1",
+        ),
+        ({"messages": hi, "max_tokens": 0}, "max_tokens", "max_tokens", "must be >= 1"),
+    ]
+    for fields, param, field, detail in cases:
+        status, _, body = post(url, {"model": "m", **fields}, accept=None)
+        error = body["error"]
+        assert (status, error["param"], error["code"], error["type"]) == (
+            400,
+            param,
+            "bad_user_input",
+            "invalid_request_error",
+        ), body
+        assert error["message"].startswith(f"{field}: {detail}") and error["message"].count(field) == 1, body
+        assert "params." not in error["message"], body
+    service.error = SAMPLES[InvalidRequest]  # raised by the service: params.temperature
+    status, _, body = post(url, {"model": "m", "messages": hi}, accept=None)
+    assert (status, body["error"]["param"]) == (400, "temperature")
+    assert body["error"]["message"] == "temperature: must be >= 0 (0 means greedy), got -1"
+
+
+def test_a_fields_error_keeps_its_message_without_the_field() -> None:
+    """``detail``: the message without its "field: " prefix, for a front end that names the field its own way
+    (nobody splits a message apart again), also on an error rebuilt from the wire."""
+    assert InvalidRequest("params.top_p", "must be <= 1").detail == "must be <= 1"
+    assert ConfigError("MODELS_FILE", "not valid TOML: x: y").detail == "not valid TOML: x: y"
+    dataset = DatasetError("quality.yaml", 12, "assert[0].type", "unknown type 'x'")
+    assert dataset.message == "quality.yaml, line 12, assert[0].type: unknown type 'x'"
+    assert dataset.detail == "unknown type 'x'" and dataset.field == "assert[0].type"
+    wire = ToolkitError.from_wire("BAD_USER_INPUT", "params.topP: must be <= 1: got 2", {"field": "params.topP"})
+    assert isinstance(wire, InvalidRequest) and wire.detail == "must be <= 1: got 2"
 
 
 # ----- every declared field, through GraphQL: a good value served, a bad one refused naming it ---------------
