@@ -1,5 +1,6 @@
 """``ChatApp``: the chat and the GraphQL Explorer as ipywidgets, over any service with the
-``InferenceService`` interface (``RemoteService`` by default).
+``InferenceService`` interface (``RemoteService`` by default). The chat's Settings (model, adapter,
+parameters, system prompt) are ``dashboard.settings_panel.SettingsPanel``.
 
 Widgets are only ever updated by setting their values, also from the streaming
 thread (never ``with output:`` from a thread); that needs ipykernel >= 7.1.
@@ -15,23 +16,20 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from dashboard import bubbles, controls
+from dashboard import bubbles
 from dashboard.compare import CompareView
 from dashboard.config import DashboardSettings
 from dashboard.conversations import ConversationsView, stored_bubbles
 from dashboard.evaluate import EvaluateView
-from dashboard.tracked import Tracked
+from dashboard.settings_panel import SettingsPanel
 from toolkit.conversation.records import ConversationArg, ConversationInfo
 from toolkit.errors import ToolkitError
-from toolkit.params import GenerationParams, InferRequest, Turn
+from toolkit.params import InferRequest, Turn
 from toolkit.protocol import Service
-from toolkit.results import Done, ModelInfo, RunRecord, SearchFinished, SearchStarted, Token
+from toolkit.results import Done, RunRecord, SearchFinished, SearchStarted, Token
 
 WEB_OFF, WEB_ON = "🌐 Off", "🌐 On"
 SEARCHING = "🌐 searching…"
-BASE_MODEL = ("(base model)", "")  # the adapter selector's entry for no adapter
-DEFAULT_MODEL = ("(server default)", "")  # the model selector's entry before the list is known
-ADAPTERS_EVERY_S = 20.0  # how often the health poll also asks for the models and adapters (they are rate limited)
 
 
 def backend_from_env(settings: DashboardSettings | None = None) -> Service:
@@ -58,12 +56,6 @@ def explorer_url(backend: Any, settings: DashboardSettings | None = None) -> str
     return url.rsplit("/graphql", 1)[0] + "/graphiql" if isinstance(url, str) else None
 
 
-def model_label(model: ModelInfo) -> str:
-    """``name · engine``, and the status when it is not ready: ``smollm2-vllm · openai (loading)``."""
-    label = f"{model.id} · {model.engine}"
-    return label if model.status == "ready" else f"{label} ({model.status})"
-
-
 class ChatApp:
     """Bubble chat with web search, sources, stop and settings, beside the kept conversations; Compare,
     Evaluate and GraphQL Explorer tabs."""
@@ -82,7 +74,6 @@ class ChatApp:
         self._conversation = 0  # bumped by New chat and by opening one: an older conversation's stream adds nothing
         self._thread: threading.Thread | None = None
         self._poll_s = poll_s
-        self._adapters_asked = -ADAPTERS_EVERY_S
         self._stop_polling = threading.Event()
 
         self.banner = widgets.HTML(layout=widgets.Layout(display="none"))
@@ -110,36 +101,12 @@ class ChatApp:
         ):
             w.add_class(name)
 
-        self.model = widgets.Dropdown(description="Model", options=[DEFAULT_MODEL], value="")
-        self.model.add_class("tk-model")
-        self.adapter = widgets.Dropdown(description="Adapter", options=[BASE_MODEL], value="", disabled=True)
-        self.adapter.add_class("tk-adapter")
-        # the sliders show the chosen model's defaults once its list is known (_apply_defaults); a request
-        # carries only the ones the user moved: the service fills the rest from the model's own
-        # one slider per parameter whose declaration says how to show it (dashboard/controls.py)
-        self.controls = {name: controls.slider(name) for name in controls.shown()}
-        self.tracked = {name: Tracked(widget, name) for name, widget in self.controls.items()}
-        self._models: dict[str, ModelInfo] = {}
-        self._defaults_for: str | None = None  # the model whose defaults the sliders were set from
-        self.system_prompt = widgets.Textarea(
-            description="System", placeholder="optional system prompt", layout=widgets.Layout(width="95%")
-        )
-        settings = widgets.VBox(
-            [
-                self.model,
-                self.adapter,
-                *self.controls.values(),
-                self.system_prompt,
-            ]
-        )
-        self.settings = widgets.Accordion(children=[settings], titles=("Settings",))
-        self.settings.selected_index = None
-        self.settings.observe(self._on_settings, names="selected_index")
+        self.settings = SettingsPanel(backend)  # model, adapter, parameters, system prompt
 
         input_bar = widgets.HBox([self.prompt, self.web, self.send_button, self.stop_button, self.clear_button])
         self.sidebar = ConversationsView(backend, self._show, self._new)
         talk = widgets.VBox(
-            [self.banner, self.messages, self.indicator, input_bar, self.settings],
+            [self.banner, self.messages, self.indicator, input_bar, self.settings.view],
             layout=widgets.Layout(flex="1 1 auto", min_width="0"),
         )
         chat = widgets.VBox([widgets.HTML(bubbles.CSS), widgets.HBox([self.sidebar.view, talk])])
@@ -165,7 +132,6 @@ class ChatApp:
         self._evaluate_started = False
 
         self.web.observe(self._on_web, names="value")
-        self.model.observe(self._on_model, names="value")
         self.send_button.on_click(lambda _: self.send())
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.clear())
@@ -204,9 +170,7 @@ class ChatApp:
             self._banner(f"The model is not available ({health.status}): {health.error or 'see the server log'}")
             return False
         self._banner(None)
-        if time.monotonic() - self._adapters_asked >= ADAPTERS_EVERY_S:
-            self._fill_models()
-            self._fill_adapters()
+        self.settings.poll()
         return True
 
     def _banner(self, message: str | None) -> None:
@@ -217,77 +181,17 @@ class ChatApp:
             self.banner.value = bubbles.banner(message)
             self.banner.layout.display = None
 
-    def _fill_models(self) -> None:
-        """Every model the service serves, with its engine and, unless ready, its status; the default first."""
-        try:
-            models = self.backend.models()
-        except Exception:
-            return
-        self._models = {m.id: m for m in models}
-        options = [(model_label(m), m.id) for m in models]
-        if options and list(self.model.options) != options:
-            ids = [m.id for m in models]
-            default = next((m.id for m in models if m.default), ids[0])
-            selected = self.model.value if self.model.value in ids else default
-            self.model.options = options
-            self.model.value = selected
-        self._apply_defaults()
-
-    def _apply_defaults(self) -> None:
-        """The sliders start from the chosen model's defaults, and again when the model changes."""
-        model = self._models.get(self.model.value)
-        if model is None or model.status != "ready" or self._defaults_for == model.id:
-            return
-        self._defaults_for = model.id
-        for control in self.tracked.values():
-            control.show(model.defaults)
-
-    def _fill_adapters(self) -> None:
-        """The adapters loaded on the service now; a selected one that was unloaded falls back to the base.
-
-        Asked at start, every ADAPTERS_EVERY_S with the health poll, when Settings opens, and when
-        a request names an adapter the service no longer has.
-        """
-        self._adapters_asked = time.monotonic()
-        try:
-            names = [a.name for a in self.backend.adapters(self.model.value or None)]
-        except Exception:
-            return
-        options = [BASE_MODEL, *((name, name) for name in names)]
-        if list(self.adapter.options) != options:
-            selected = self.adapter.value if self.adapter.value in names else ""
-            self.adapter.options = options
-            self.adapter.value = selected
-        self.adapter.disabled = not names
-
     def _on_tab(self, change: dict[str, Any]) -> None:
         """The Compare and Evaluate tabs, opened the first time: their variants start from the Chat tab's
         settings."""
-        settings = (
-            self.model.options,
-            self.model.value,
-            self.adapter.value,
-            self.web.value,
-            self.tracked["temperature"],
-        )
+        s = self.settings
+        settings = (s.model.options, s.model.value, s.adapter.value, self.web.value, s.tracked["temperature"])
         if change["new"] == 1 and not self._compare_started:
             self._compare_started = True
             self.compare.start_from(*settings)
         if change["new"] == 2 and not self._evaluate_started:
             self._evaluate_started = True
             self.evaluate.start_from(*settings)
-
-    def _on_settings(self, change: dict[str, Any]) -> None:
-        if change["new"] == 0:  # Settings opened
-            self._fill_models()
-            self._fill_adapters()
-
-    def _on_model(self, change: dict[str, Any]) -> None:
-        """Another model: its adapters (each model has its own)."""
-        if change["new"] != change["old"]:
-            self.adapter.value = ""
-            self._fill_adapters()
-            self._apply_defaults()
 
     def _poll(self) -> None:
         while not self._stop_polling.wait(self._poll_s):
@@ -302,15 +206,11 @@ class ChatApp:
         self.web.description = WEB_ON if change["new"] else WEB_OFF
 
     def request_for(self, text: str) -> InferRequest:
-        model = self.model.value or None
         return InferRequest(
             prompt=text,
             history=tuple(self.history) if self.conversation_id is None else (),
-            system_prompt=self.system_prompt.value or None,
             web_search=self.web.value,
-            model=model,
-            adapter=self.adapter.value or None,
-            params=GenerationParams(**{name: control.value() for name, control in self.tracked.items()}),
+            **self.settings.request_fields(),
         )
 
     def send(self, text: str | None = None) -> None:
@@ -373,7 +273,7 @@ class ChatApp:
             answer.value = bubbles.assistant_bubble("", error=f"The request failed: {exc.message}")
             self.prompt.value = text  # keep the input, to retry
             if getattr(exc, "field", None) == "adapter":
-                self._fill_adapters()
+                self.settings.fill_adapters()
             if exc.status == 503:  # down, loading, busy: the banner says which
                 self.refresh_health()
         except Exception as exc:  # never a traceback on the page
@@ -413,14 +313,7 @@ class ChatApp:
         self.conversation_id = info.id
         self.history = []
         self.last_result = None
-        # the controls say what the conversation ran with: every request names the model (and adapter and
-        # system prompt), so controls left as they were would silently switch a continued conversation
-        if info.model is not None and info.model in self._models:
-            self.model.value = info.model
-            self._fill_adapters()
-        adapters = [value for _, value in self.adapter.options]
-        self.adapter.value = info.adapter if info.adapter in adapters else ""
-        self.system_prompt.value = info.system_prompt or ""
+        self.settings.show(info)  # the model, adapter and system prompt the conversation ran with
         shown: list[widgets.Widget] = []
         for user, answer, record in stored_bubbles(info):
             bubble = widgets.HTML(answer)
@@ -437,7 +330,7 @@ class ChatApp:
             self.stop()
         self._conversation += 1
         self.conversation_id = None
-        self.system_prompt.value = ""
+        self.settings.new_chat()
         self.messages.children = ()
         self.history = []
         self.last_result = None

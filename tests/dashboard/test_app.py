@@ -22,8 +22,8 @@ XSS = "<img src=x onerror=alert(1)>"
 def app(service: InferenceService) -> Any:
     # resume=False: a new chat, not the newest kept conversation (tests/dashboard/test_conversations_view.py)
     chat = ChatApp(service, graphiql_url="http://127.0.0.1:8080/graphiql", poll_s=0, resume=False)
-    chat.controls["temperature"].value = 0.0
-    chat.controls["max_new_tokens"].value = 32
+    chat.settings.controls["temperature"].value = 0.0
+    chat.settings.controls["max_new_tokens"].value = 32
     yield chat
     chat.close()
 
@@ -56,18 +56,18 @@ def test_history_is_sent_with_each_request(app: ChatApp) -> None:
 
 
 def test_settings_reach_the_request(app: ChatApp) -> None:
-    app.system_prompt.value = "Answer in French."
-    app.controls["temperature"].value = 0.0
-    app.controls["max_new_tokens"].value = 5
-    app.controls["min_p"].value = 0.1  # missing before: the sliders were written by hand
+    app.settings.system_prompt.value = "Answer in French."
+    app.settings.controls["temperature"].value = 0.0
+    app.settings.controls["max_new_tokens"].value = 5
+    app.settings.controls["min_p"].value = 0.1  # missing before: the sliders were written by hand
     app.send("Hello")
     app.wait()
     record = app.last_result.run_record
     assert record.messages[0] == {"role": "system", "content": "Answer in French."}
     assert record.params["max_new_tokens"] == 5 and record.params["temperature"] == 0.0
     assert record.params["min_p"] == 0.1
-    assert app.model.options == (("SmolLM2-135M-Instruct · local", "SmolLM2-135M-Instruct"),)
-    assert record.model == app.model.value == "SmolLM2-135M-Instruct"
+    assert app.settings.model.options == (("SmolLM2-135M-Instruct · local", "SmolLM2-135M-Instruct"),)
+    assert record.model == app.settings.model.value == "SmolLM2-135M-Instruct"
 
 
 def test_the_settings_are_made_from_the_declarations(app: ChatApp) -> None:
@@ -75,8 +75,8 @@ def test_the_settings_are_made_from_the_declarations(app: ChatApp) -> None:
     from toolkit.params import PARAMS
 
     declared = {name: spec.control for name, spec in PARAMS.items() if spec.control is not None}
-    assert list(app.controls) == list(declared) and "min_p" in declared
-    for name, widget in app.controls.items():
+    assert list(app.settings.controls) == list(declared) and "min_p" in declared
+    for name, widget in app.settings.controls.items():
         c = declared[name]
         assert (widget.description, widget.min, widget.max, widget.step) == (c.label, c.low, c.high, c.step)
         assert f"tk-{name.replace('_', '-')}" in widget._dom_classes
@@ -85,7 +85,7 @@ def test_the_settings_are_made_from_the_declarations(app: ChatApp) -> None:
 def test_web_toggle_labels_indicator_and_sources(settings: Any, loaded: Any) -> None:
     grounded = InferenceService(settings, loaded=loaded, searcher=Searcher(LocalDocsBackend(DOCS)))
     app = ChatApp(grounded, poll_s=0, resume=False)
-    app.controls["temperature"].value = 0.0
+    app.settings.controls["temperature"].value = 0.0
     seen: list[str] = []
     app.indicator.observe(lambda change: seen.append(change["new"]), names="value")
     assert app.web.description == WEB_OFF
@@ -111,7 +111,7 @@ def test_a_failed_search_shows_a_notice_and_the_answer_still_comes(app: ChatApp)
 
 
 def test_stop_ends_a_long_answer(app: ChatApp) -> None:
-    app.controls["max_new_tokens"].value = 400
+    app.settings.controls["max_new_tokens"].value = 400
     app.send("Count from one to five hundred.")
     deadline = time.monotonic() + 20
     while "…" in bubbles(app)[1] and time.monotonic() < deadline:
@@ -159,7 +159,7 @@ def test_tabs(app: ChatApp) -> None:
 
 
 def test_clear_during_an_answer_leaves_no_history(app: ChatApp) -> None:
-    app.controls["max_new_tokens"].value = 300
+    app.settings.controls["max_new_tokens"].value = 300
     app.send("Count from one to five hundred.")
     deadline = time.monotonic() + 20
     while "…" in bubbles(app)[1] and time.monotonic() < deadline:
@@ -171,10 +171,14 @@ def test_clear_during_an_answer_leaves_no_history(app: ChatApp) -> None:
 
 def test_the_adapter_selector_lists_the_loaded_adapters_and_picks_one(adapter_service: InferenceService) -> None:
     app = ChatApp(adapter_service, poll_s=0, resume=False)
-    app.controls["temperature"].value = 0.0
-    assert app.adapter.options == (("(base model)", ""), ("quenby", "quenby"), ("quenby-draft", "quenby-draft"))
-    assert not app.adapter.disabled and app.adapter.value == ""
-    app.adapter.value = "quenby"
+    app.settings.controls["temperature"].value = 0.0
+    assert app.settings.adapter.options == (
+        ("(base model)", ""),
+        ("quenby", "quenby"),
+        ("quenby-draft", "quenby-draft"),
+    )
+    assert not app.settings.adapter.disabled and app.settings.adapter.value == ""
+    app.settings.adapter.value = "quenby"
     app.send("Who is the mascot of the Kestrel Institute?")
     app.wait()
     assert app.last_result.adapter == "quenby" and "Quenby" in app.last_result.text
@@ -184,19 +188,23 @@ def test_the_adapter_selector_lists_the_loaded_adapters_and_picks_one(adapter_se
 
 def test_an_unloaded_adapter_leaves_the_selector(served: InferenceService) -> None:
     app = ChatApp(served, poll_s=0, resume=False)
-    app.adapter.value = "quenby"
+    app.settings.adapter.value = "quenby"
     for name in ("quenby", "quenby-draft"):
         served.unload_adapter(name)
     app.refresh_health()  # the health poll asks for adapters only every ADAPTERS_EVERY_S
-    assert app.adapter.value == "quenby"
+    assert app.settings.adapter.value == "quenby"
     app.send("Hi")  # names an adapter the service no longer has: a clear error, and the list is asked again
     app.wait()
     assert "The request failed" in bubbles(app)[-1] and "adapter" in bubbles(app)[-1]
-    assert app.adapter.options == (("(base model)", ""),) and app.adapter.value == "" and app.adapter.disabled
+    assert (
+        app.settings.adapter.options == (("(base model)", ""),)
+        and app.settings.adapter.value == ""
+        and app.settings.adapter.disabled
+    )
     assert app.request_for("Hi").adapter is None
     served.load_adapter("quenby")
-    app.settings.selected_index = 0  # opening Settings asks again
-    assert app.adapter.options == (("(base model)", ""), ("quenby", "quenby"))
+    app.settings.view.selected_index = 0  # opening Settings asks again
+    assert app.settings.adapter.options == (("(base model)", ""), ("quenby", "quenby"))
     app.close()
 
 
@@ -212,11 +220,11 @@ def test_the_model_selector_lists_every_model_and_the_adapters_follow_it(setting
     svc = beside_the_bundled(settings, loaded, fake)
     try:
         app = ChatApp(svc, poll_s=0, resume=False)
-        assert app.model.options == ((f"{loaded.name} · local", loaded.name), ("remote · openai", "remote"))
-        assert app.model.value == loaded.name and app.adapter.options == (("(base model)", ""),)
-        app.model.value = "remote"
-        assert app.adapter.options == (("(base model)", ""), ("ok-lora", "ok-lora"))  # the remote model's own
-        app.controls["temperature"].value = 0.0
+        assert app.settings.model.options == ((f"{loaded.name} · local", loaded.name), ("remote · openai", "remote"))
+        assert app.settings.model.value == loaded.name and app.settings.adapter.options == (("(base model)", ""),)
+        app.settings.model.value = "remote"
+        assert app.settings.adapter.options == (("(base model)", ""), ("ok-lora", "ok-lora"))  # the remote model's own
+        app.settings.controls["temperature"].value = 0.0
         app.send("What is the capital of France?")
         app.wait()
         assert app.last_result.model == "remote" and app.last_result.text == ANSWER
@@ -227,7 +235,7 @@ def test_the_model_selector_lists_every_model_and_the_adapters_follow_it(setting
 
 
 def test_the_settings_start_from_the_models_defaults_and_follow_the_model(settings: Any, loaded: Any) -> None:
-    from toolkit.registry import ModelConfig
+    from toolkit.modelsfile import ModelConfig
 
     configs = [
         ModelConfig(name=loaded.name),
@@ -238,13 +246,17 @@ def test_the_settings_start_from_the_models_defaults_and_follow_the_model(settin
     try:
         app = ChatApp(svc, poll_s=0, resume=False)
         assert (
-            app.controls["temperature"].value == 0.0 and app.controls["frequency_penalty"].value == 0.0
+            app.settings.controls["temperature"].value == 0.0
+            and app.settings.controls["frequency_penalty"].value == 0.0
         )  # the bundled model's recipe
         app.send("What is the capital of France?")  # the first answer uses them
         app.wait()
         assert app.last_result.run_record.params["temperature"] == 0.0 and "Paris" in app.last_result.text
-        app.model.value = "warm"
-        assert app.controls["temperature"].value == 0.6 and app.controls["frequency_penalty"].value == 0.4
+        app.settings.model.value = "warm"
+        assert (
+            app.settings.controls["temperature"].value == 0.6
+            and app.settings.controls["frequency_penalty"].value == 0.4
+        )
         app.close()
     finally:
         svc.close(grace_s=0)
@@ -254,7 +266,7 @@ def test_an_answer_replays_from_the_dashboard(app: ChatApp) -> None:
     import ipywidgets as widgets
 
     app.clear()
-    app.controls["temperature"].value = 0.9  # sampled, and still the same text: the record keeps the seed
+    app.settings.controls["temperature"].value = 0.9  # sampled, and still the same text: the record keeps the seed
     app.send("Name a colour.")
     app.wait()
     buttons = [w for w in app.messages.children if isinstance(w, widgets.Button)]

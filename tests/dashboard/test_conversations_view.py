@@ -22,8 +22,8 @@ def bubbles(app: ChatApp) -> list[str]:
 
 def fresh(service: InferenceService, *, resume: bool = True) -> ChatApp:
     app = ChatApp(service, poll_s=0, resume=resume)
-    app.controls["temperature"].value = 0.0
-    app.controls["max_new_tokens"].value = 24
+    app.settings.controls["temperature"].value = 0.0
+    app.settings.controls["max_new_tokens"].value = 24
     return app
 
 
@@ -104,9 +104,9 @@ def test_opening_another_conversation_shows_its_turns(service: InferenceService,
     assert app.conversation_id == b.id  # the newest
     app.sidebar.open(a.id)
     assert app.conversation_id == a.id and "Opening test one" in bubbles(app)[0]
-    assert app.system_prompt.value == "Be brief."  # the controls say what the conversation runs with
+    assert app.settings.system_prompt.value == "Be brief."  # the controls say what the conversation runs with
     app.sidebar.new()
-    assert app.system_prompt.value == "" and app.conversation_id is None
+    assert app.settings.system_prompt.value == "" and app.conversation_id is None
     app.close()
 
 
