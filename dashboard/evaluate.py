@@ -26,6 +26,7 @@ from dashboard.config import DashboardSettings
 from toolkit.errors import ToolkitError
 from toolkit.evals import EvalRow, EvalRun, load_dataset
 from toolkit.evals.dataset import check_size
+from toolkit.evals.report import render
 from toolkit.evals.runs import RunStore
 from toolkit.protocol import Service
 from toolkit.results import Source
@@ -281,7 +282,7 @@ class EvaluateView:
         run = self.run
         if run is None:
             return
-        page = run.report(diffs=self._diffs())
+        page = render(run, diffs=self._diffs())
         data = base64.b64encode(page.encode()).decode()
         name = f"evaluation-{run.id}.html"
         self.report.value = (

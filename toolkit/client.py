@@ -50,7 +50,7 @@ from toolkit.client_wire import (
 from toolkit.compare import Comparison, collect, compare_stream, plan
 from toolkit.conversation.handle import Conversation
 from toolkit.conversation.records import ConversationArg, ConversationInfo
-from toolkit.errors import ConfigError, InvalidRequest, RateLimited, ServiceUnavailable, UnknownModel
+from toolkit.errors import ConfigError, InvalidRequest, ServiceUnavailable, ToolkitError, UnknownModel
 from toolkit.params import GenerationParams, InferRequest, as_request, split_model
 from toolkit.results import (
     AdapterInfo,
@@ -62,6 +62,7 @@ from toolkit.results import (
     RunRecord,
     StreamEvent,
 )
+from toolkit.retry import RetryPolicy
 from toolkit.search import SearchOutcome
 from toolkit.settings import read_env
 from toolkit.wire import from_wire
@@ -81,7 +82,7 @@ def _close_open_streams() -> None:
 
 
 DEFAULT_URL = "http://127.0.0.1:8080/graphql"
-MAX_RETRIES = 2  # a call refused by the rate limit is sent again twice, after the wait the server names
+MAX_RETRIES = 2  # a refused call that a retry may cure is sent again twice, after the wait the server names
 MAX_RETRY_WAIT_S = 20  # ... unless that wait is longer: then the caller hears of it at once
 
 
@@ -115,8 +116,9 @@ class RemoteService:
         max_retries: int = MAX_RETRIES,
         session: str | None = None,
     ) -> None:
-        """``max_retries``: how many times a call the server's rate limit refused is sent again, after the wait
-        the server names (as OpenAI's client does; a refused call did not run); 0: never. ``session``: the
+        """``max_retries``: how many times a call the server refused with an error a retry may cure (its rate
+        limit, a full queue, a model still loading: ``toolkit.retry``) is sent again, after the wait the server
+        names (as OpenAI's client does; a refused call did not run); 0: never. ``session``: the
         browser session a front end (the dashboard) serves, sent as ``X-Toolkit-Session``: with a key in the
         server's FRONTEND_API_KEYS, each session has its own rate limit."""
         if not url.startswith(("http://", "https://")):
@@ -152,21 +154,23 @@ class RemoteService:
     def execute(
         self, query: str, variables: dict[str, Any] | None = None, *, timeout_s: float | None = None
     ) -> dict[str, Any]:
-        """POST one operation; return ``data`` or raise the error it carries. A rate-limited call is sent again
-        after the wait the server names, ``max_retries`` times at most."""
+        """POST one operation; return ``data`` or raise the error it carries. A refused call a retry may cure
+        is sent again after the wait the server names, ``max_retries`` times at most."""
         for attempt in itertools.count():
             try:
                 return self._execute(query, variables, timeout_s)
-            except RateLimited as exc:
+            except ToolkitError as exc:
                 time.sleep(self._retry_wait(exc, attempt))
         raise AssertionError("unreachable")
 
-    def _retry_wait(self, exc: RateLimited, attempt: int, began: bool = False) -> float:
-        """How long to wait before sending a refused call again; raises ``exc`` when it is not sent again."""
-        wait = exc.retry_after_s or 1
-        if began or attempt >= self.max_retries or wait > MAX_RETRY_WAIT_S:
+    def _retry_wait(self, exc: ToolkitError, attempt: int, began: bool = False) -> float:
+        """How long to wait before sending a refused call again (``toolkit.retry``: the error says whether a
+        retry may help, and when); raises ``exc`` when it is not sent again: a retry will not help, ``max_retries``
+        are spent, the wait is over ``MAX_RETRY_WAIT_S``, or the stream had begun (its events were seen)."""
+        wait = None if began else RetryPolicy(self.max_retries, max_wait_s=MAX_RETRY_WAIT_S).wait(exc, attempt)
+        if wait is None:
             raise exc
-        return float(wait)
+        return wait
 
     def _execute(self, query: str, variables: dict[str, Any] | None, timeout_s: float | None) -> dict[str, Any]:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
@@ -345,8 +349,8 @@ class RemoteService:
     ) -> Iterator[StreamEvent]:
         """Events as they come; closing the iterator early cancels the generation on the server.
         ``search``: a snapshot (``search()``'s) to ground in instead of a new search; ``conversation``: a kept
-        conversation's id to continue, or True to start one (the server keeps it). A stream the rate limit
-        refused before it began is asked again, as ``execute`` does."""
+        conversation's id to continue, or True to start one (the server keeps it). A stream refused before it
+        began is asked again, as ``execute`` does."""
         body = variables(as_request(request, kwargs), search, conversation)
         for attempt in itertools.count():
             events = self._stream(body)
@@ -357,7 +361,7 @@ class RemoteService:
                         began = True
                         yield event
                 return
-            except RateLimited as exc:
+            except ToolkitError as exc:
                 time.sleep(self._retry_wait(exc, attempt, began))
 
     def _stream(self, body: dict[str, Any]) -> Generator[StreamEvent, None, None]:
@@ -408,7 +412,7 @@ class RemoteService:
                         began = True
                         yield event
                 return
-            except RateLimited as exc:
+            except ToolkitError as exc:
                 await asyncio.sleep(self._retry_wait(exc, attempt, began))
 
     async def _astream(self, body: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:

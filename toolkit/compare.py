@@ -58,7 +58,7 @@ def request_for(prompt: str, variant: Variant, common: Mapping[str, Any]) -> Inf
     try:
         return InferRequest.build(prompt, **merged)
     except InvalidRequest as exc:
-        raise InvalidRequest(f"variants[{variant.label}].{exc.field}", exc.message.split(": ", 1)[-1]) from None
+        raise InvalidRequest(f"variants[{variant.label}].{exc.field}", exc.detail) from None
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def plan(
             try:
                 check(requests[variant.label])
             except InvalidRequest as exc:
-                raise InvalidRequest(f"variants[{variant.label}].{exc.field}", exc.message.split(": ", 1)[-1]) from None
+                raise InvalidRequest(f"variants[{variant.label}].{exc.field}", exc.detail) from None
     return Plan(prompt, tuple(chosen), requests)
 
 

@@ -3,7 +3,6 @@ caught at load, naming the file, the line (or row) and the field."""
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 from pathlib import Path
@@ -11,10 +10,8 @@ from typing import Any
 
 import pytest
 
-from toolkit.evals import DatasetError, dataset, load_dataset
+from toolkit.evals import DatasetError, dataset, load_dataset, loading
 from toolkit.evals.assertions import parse_check
-
-module = importlib.import_module("toolkit.evals.dataset")  # (toolkit.evals.dataset is the function)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -301,8 +298,8 @@ def test_anchors_that_share_assert_lists_still_load(tmp_path: Path) -> None:
 def test_a_file_over_the_size_bound_is_refused_before_it_is_parsed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert module.MAX_DATASET_BYTES == 32 * 2**20
-    monkeypatch.setattr(module, "MAX_DATASET_BYTES", 1000)
+    assert loading.MAX_DATASET_BYTES == 32 * 2**20
+    monkeypatch.setattr(loading, "MAX_DATASET_BYTES", 1000)
     line = '{"input": "Hi", "target": "hello"}\n'  # 35 bytes
     fits = write(tmp_path, "fits.jsonl", line * 28)  # 980 bytes
     assert len(load_dataset(fits)) == 28
@@ -318,8 +315,8 @@ def test_a_file_over_the_size_bound_is_refused_before_it_is_parsed(
 def test_more_samples_than_the_bound_are_refused_in_every_format(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert module.MAX_SAMPLES == 100_000
-    monkeypatch.setattr(module, "MAX_SAMPLES", 3)
+    assert loading.MAX_SAMPLES == 100_000
+    monkeypatch.setattr(loading, "MAX_SAMPLES", 3)
     rows = [{"input": f"Question {i}?", "target": str(i)} for i in range(4)]
     files = {
         "four.jsonl": ("".join(json.dumps(r) + "\n" for r in rows), 4),
@@ -347,7 +344,7 @@ def test_the_dashboards_upload_is_bounded_by_the_same_loader(
 
     from dashboard.evaluate import EvaluateView
 
-    monkeypatch.setattr(module, "MAX_DATASET_BYTES", 1000)
+    monkeypatch.setattr(loading, "MAX_DATASET_BYTES", 1000)
     view = EvaluateView(service, folder=tmp_path)
 
     def upload(name: str, content: bytes) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from toolkit.evals.assertions import Score
+from toolkit.evals.report import write
 from toolkit.evals.results import EvalRow, EvalRun
 
 CHROMIUM = shutil.which("chromium")
@@ -69,7 +70,7 @@ def a_run() -> EvalRun:
 
 
 def test_the_report_holds_everything_and_fetches_nothing(tmp_path: Path) -> None:
-    page = a_run().report(str(tmp_path / "run.html"))
+    page = write(a_run(), tmp_path / "run.html")
     assert (tmp_path / "run.html").read_text() == page
     # nothing to fetch: no script, no stylesheet or image from anywhere, no font
     assert not re.search(r"<script|<link|<img|<iframe|@import|url\((?!#)|src=", page, re.I), "an outside reference"
@@ -98,7 +99,7 @@ def test_the_report_in_chromium_makes_no_request(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     path = tmp_path / "run.html"
-    a_run().report(str(path))
+    write(a_run(), path)
     requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(

@@ -70,4 +70,4 @@ def open_run(run_id: str, store: Any = None) -> EvalRun:
     try:
         return _store(store).load(run_id)
     except InvalidRequest as exc:
-        raise InvalidRequest(exc.field, exc.message.split(": ", 1)[-1] + "; list them with runs()") from None
+        raise InvalidRequest(exc.field, exc.detail + "; list them with runs()") from None

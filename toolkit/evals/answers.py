@@ -2,7 +2,8 @@
 
 ``Answers`` gives a cell its answer from the store, from this run's cell with the same ``Keys`` key, or
 generated (``ask``); ``Searches`` makes one search per sample for every cell of it (frozen retrieval), waiting
-out a rate limit; ``patiently`` waits out a full queue or a rate limit as the error says.
+out a rate limit; ``patiently`` waits out an error a retry may cure (a full queue, a rate limit, a model still
+loading: ``toolkit.retry``) as the error says.
 """
 
 from __future__ import annotations
@@ -10,24 +11,27 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from toolkit.errors import Overloaded, RateLimited, ToolkitError
+from toolkit.errors import SearchFailure, ToolkitError
 from toolkit.evals.dataset import Sample
 from toolkit.evals.results import EvalRun
 from toolkit.evals.runs import RunStore
 from toolkit.grounding import Grounding
-from toolkit.params import InferRequest, split_model
+from toolkit.params import PARAMS, InferRequest, Limits, resolve, split_model
 from toolkit.results import Done
+from toolkit.retry import RetryPolicy
 from toolkit.search import SearchOutcome, search_query
 
 T = TypeVar("T")
 ANSWERED = ("stop", "length", "repetition")  # finished answers, kept in the cache (not cancelled or timed out)
 SEARCHED = ("ok", "no_results")  # searches that ran: what their cells see is the search's answer
-PATIENCE_S = 600  # how long a cell refused for a full queue or a rate limit keeps trying
+PATIENCE_S = 600  # how long a cell refused with an error a retry may cure keeps trying
+# a cell waits what the error names, however long, within its patience (an error naming a longer wait is final)
+PATIENCE = RetryPolicy(patience_s=PATIENCE_S, max_wait_s=PATIENCE_S)
+SEARCH_RETRY_S = 5  # the wait for a rate-limited search that names none (a provider's; one that came over the wire)
 
 
 @dataclass(frozen=True)
@@ -94,16 +98,27 @@ class Searches:
                 run.searches[sample_id] = outcome.content_hash()
 
     def _search(self, query: str) -> SearchOutcome:
-        """The search; a rate limit (this service's own, or its server's) is waited out as the error says, for
-        ``PATIENCE_S`` at most and not once ``stop`` is set: a refused search is not what the run asked."""
-        deadline = time.monotonic() + PATIENCE_S
-        while True:
-            outcome = patiently(lambda: self.service.search(query), self.stop)
-            waiting = outcome.status == "rate_limited" and time.monotonic() < deadline
-            if not waiting or (self.stop is not None and self.stop.is_set()):
+        """The search; a rate limit (this service's own, or its server's) is waited out as the error says
+        (``SEARCH_RETRY_S`` when it names no wait), and so is a call refused with an error a retry may cure, by
+        ``patiently``'s policy: a refused search is not what the run asked. The last outcome when it gives up."""
+        last: dict[str, Any] = {}  # the last refusal, and its outcome
+
+        def once() -> SearchOutcome:
+            outcome = self.service.search(query)
+            if outcome.status != "rate_limited" or outcome.failure is None:
                 return outcome
-            retry = getattr(outcome.failure, "retry_after_s", None) or 5
-            (self.stop or threading.Event()).wait(min(30, retry))
+            refused = SearchFailure(outcome.failure.kind, outcome.failure.message)
+            refused.retry_after_s = outcome.failure.retry_after_s or SEARCH_RETRY_S
+            last.update(refused=refused, outcome=outcome)
+            raise refused
+
+        try:
+            return patiently(once, self.stop)
+        except SearchFailure as exc:
+            if exc is not last.get("refused"):
+                raise
+            outcome: SearchOutcome = last["outcome"]
+            return outcome
 
     def get(self, sample: Sample) -> SearchOutcome | None:
         if self.research:
@@ -180,11 +195,10 @@ class Keys:
             adapter = adapter or (found[1] if found is not None else None)
         if info is None:
             return None
-        params = {**info.defaults, **request.params.given()}
         content = {
             "model": [info.id, info.content_hash, info.served_model],
             "adapter": [adapter, self._adapter_hash(info.id, adapter) if adapter else None],
-            "params": params,
+            "params": self._params(request, info),
             "messages": [request.system_prompt, [[t.role, t.content] for t in request.history], request.prompt],
             "web_search": request.web_search,
             "search": search.content_hash() if search is not None else None,
@@ -192,18 +206,23 @@ class Keys:
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
+    def _params(self, request: InferRequest, info: Any) -> dict[str, Any]:
+        """The parameters the service runs the request with (``toolkit.params.resolve``, against the model's
+        defaults and this service's limits): a parameter given at its default and one left out are one key. A
+        service that does not say its limits (a remote one) leaves ``max_new_tokens`` unclamped here."""
+        limits = getattr(self.service, "limits", None)
+        if not isinstance(limits, Limits):
+            limits = Limits(max_new_tokens=2**63 - 1)
+        resolved = resolve(request.params, info.defaults, limits).to_dict()
+        # as the engine reads them: a float parameter given as 1 is 1.0
+        return {k: float(v) if PARAMS[k].kind == "float" and v is not None else v for k, v in resolved.items()}
+
 
 def patiently(call: Callable[[], T], stop: threading.Event | None) -> T:
-    """``call()``; a full queue or a rate limit (someone else's load, or this run's own) is waited out, as
-    the error says, not failed: for ``PATIENCE_S`` at most, and not once ``stop`` is set."""
-    deadline = time.monotonic() + PATIENCE_S
-    while True:
-        try:
-            return call()
-        except (Overloaded, RateLimited) as exc:
-            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
-                raise
-            (stop or threading.Event()).wait(min(30, exc.retry_after_s or 1))
+    """``call()``; an error a retry may cure (a full queue or a rate limit: someone else's load, or this run's
+    own; a model still loading) is waited out as the error says, not failed (``toolkit.retry``): for
+    ``PATIENCE_S`` at most, and not once ``stop`` is set."""
+    return PATIENCE.call(call, stop=stop)
 
 
 def ask(service: Any, request: InferRequest, search: SearchOutcome | None, stop: threading.Event | None) -> Answer:

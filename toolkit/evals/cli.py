@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import InvalidRequest, ToolkitError
+from toolkit.evals.report import write
 from toolkit.evals.results import Diff, EvalRun
 from toolkit.evals.runs import RunStore
 from toolkit.variants import typed
@@ -285,7 +286,7 @@ def _terminated(signum: int, frame: Any) -> None:
 
 
 def _said(exc: InvalidRequest) -> str:
-    return exc.message.split(": ", 1)[-1]
+    return exc.detail
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -345,7 +346,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if unknown:
             raise BadInput(f"--diff: run {run.id} has no variant {unknown[0]!r} ({', '.join(run.labels)})")
         diffs = [run.diff(a, b)]
-    run.report(args.output, diffs=diffs)
+    write(run, args.output, diffs=diffs)
     print(f"wrote {args.output}")
     return EXIT_OK
 

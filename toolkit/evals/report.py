@@ -1,7 +1,8 @@
 """An evaluation as one self-contained HTML file, to look at and to attach: no script, no outside request.
 
     python -m toolkit.evals report RUN -o run.html [--diff A B] [--baseline RUN]
-    run.report("run.html")                       # in a notebook; the Evaluate tab has a button
+    from toolkit.evals.report import render, write
+    write(run, "run.html")                       # in a notebook (render: the page); the Evaluate tab has a button
 
 It holds the summary with the intervals (and what the set is too small to tell), the chart (an inline SVG),
 the matrix (error cells marked apart), the diff of two variants or of a baseline run, and each cell: its
@@ -60,10 +61,11 @@ def render(run: EvalRun, *, diffs: list[Diff] | None = None, title: str | None =
     return "\n".join(parts)
 
 
-def write(run: EvalRun, path: str | Path, **options: Any) -> Path:
-    out = Path(path)
-    out.write_text(render(run, **options), encoding="utf-8")
-    return out
+def write(run: EvalRun, path: str | Path, *, diffs: list[Diff] | None = None, title: str | None = None) -> str:
+    """The run's page (``render``), written to ``path``; returns the page."""
+    page = render(run, diffs=diffs, title=title)
+    Path(path).write_text(page, encoding="utf-8")
+    return page
 
 
 def _e(text: Any) -> str:

@@ -383,18 +383,6 @@ class EvalRun:
         ax.figure.tight_layout()
         return ax.figure
 
-    def report(self, path: str | None = None, *, diffs: list[Diff] | None = None) -> str:
-        """The run as one self-contained HTML page (``toolkit.evals.report``), written to ``path`` when given;
-        ``diffs``: the comparisons to show (default: the first two variants')."""
-        from toolkit.evals.report import render
-
-        page = render(self, diffs=diffs)
-        if path is not None:
-            from pathlib import Path
-
-            Path(path).write_text(page, encoding="utf-8")
-        return page
-
     def to_json(self, diff: Diff | None = None) -> dict[str, Any]:
         """The CLI's ``--json``: the run id, each variant's summary, every row, and a diff if one was made."""
         return {

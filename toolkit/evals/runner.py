@@ -127,9 +127,7 @@ def evaluate(
         try:
             service.validate(cell.request)
         except InvalidRequest as exc:
-            raise InvalidRequest(
-                f"variants[{cell.variant.label}].{exc.field}", exc.message.split(": ", 1)[-1]
-            ) from None
+            raise InvalidRequest(f"variants[{cell.variant.label}].{exc.field}", exc.detail) from None
     if concurrency is None:
         concurrency = _batch(models, {c.request.model for c in first.values()})
     elif isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -370,7 +368,7 @@ def _request(sample: Sample, variant: Variant, repeat: int) -> InferRequest:
             **fields,
         )
     except InvalidRequest as exc:
-        raise InvalidRequest(f"variants[{variant.label}].{exc.field}", exc.message.split(": ", 1)[-1]) from None
+        raise InvalidRequest(f"variants[{variant.label}].{exc.field}", exc.detail) from None
 
 
 def _open(
