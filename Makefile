@@ -19,7 +19,7 @@ help:
 	@echo "make dashboard the Voila chat dashboard on 127.0.0.1:3000 (talks to GRAPHQL_URL)"
 	@echo "make lab      JupyterLab on 127.0.0.1:8888 in the project's environment"
 	@echo "make test     install if needed, then run the whole test suite (a worker per core; TEST_WORKERS=1 for one)"
-	@echo "make lint     ruff and mypy"
+	@echo "make lint     ruff, mypy and the import contracts (import-linter: no circle, nothing importing back up)"
 	@echo "make bench    engine, search, server, dashboard, LoRA, load, conversations and long-history benchmarks: tables, and JSON in bench/results/"
 	@echo "make clean    remove .venv and caches"
 	@echo "make up       build and start server, dashboard and lab with docker compose (GPU=1|0, PROFILE=vllm); down, restart, logs"
@@ -60,8 +60,9 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check toolkit server dashboard tests bench
+	$(VENV)/bin/ruff format --check toolkit server dashboard tests bench lint
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports  # the import contracts: no circle, no import back up (pyproject.toml)
 
 bench: install
 	$(PY) bench/engine.py

@@ -6,6 +6,7 @@ import re
 import tomllib
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -142,3 +143,23 @@ def test_every_error_class_is_declared_in_toolkit_errors() -> None:
         and path.name != "errors.py"
     }
     assert declared == set(), f"error classes outside toolkit/errors.py: {sorted(declared)}"
+
+
+def test_the_circle_contract_sees_lazy_and_type_checking_imports(tmp_path: Path, monkeypatch: Any) -> None:
+    """``make lint``'s own contract (lint/contracts.py) finds a circle closed by an import inside a function
+    and one made only for type checking, and none in the project."""
+    import grimp
+
+    monkeypatch.syspath_prepend(str(ROOT))  # lint-imports runs from the project's root
+    from lint.contracts import circles
+
+    pkg = tmp_path / "house"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from house import b\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from house import a\n")
+    (pkg / "c.py").write_text("from house import a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert circles(grimp.build_graph("house", cache_dir=None), {"house"}) == [["house.a", "house.b", "house.a"]]
+    project = grimp.build_graph("toolkit", "server", "dashboard", cache_dir=None)
+    assert circles(project, {"toolkit", "server", "dashboard"}) == []
