@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import pytest
 
 from toolkit.errors import InvalidRequest
-from toolkit.params import DEFAULT_MAX_NEW_TOKENS, GenerationParams, InferRequest, Limits, Turn
+from toolkit.params import (
+    DEFAULT_MAX_NEW_TOKENS,
+    PARAMS,
+    GenerationParams,
+    InferRequest,
+    Limits,
+    Sampling,
+    Turn,
+    filled,
+)
 
 
 def test_defaults_are_valid() -> None:
@@ -143,3 +153,18 @@ def test_a_control_outside_its_parameters_bounds_is_refused() -> None:
 
     with pytest.raises(ValueError, match="control"):
         Param("float", low=0, high=1, control=Control("Min p", 0, 2, 0.01))
+
+
+def test_the_engines_type_has_every_declared_parameter_set() -> None:
+    """``Sampling`` (what the local engine samples with) is the declaration with nothing Optional: the same
+    names, each typed by its kind, so the engine reads them without checks or casts."""
+    kinds = {"int": "int", "float": "float", "strings": "tuple[str, ...]"}
+    assert {f.name: f.type for f in fields(Sampling)} == {name: kinds[spec.kind] for name, spec in PARAMS.items()}
+
+
+def test_sampling_names_what_is_not_resolved_and_chooses_a_missing_seed() -> None:
+    with pytest.raises(InvalidRequest, match=r"params\.max_new_tokens"):
+        Sampling.of(GenerationParams(temperature=0))
+    chosen = Sampling.of(filled(temperature=0))
+    assert 0 <= chosen.seed < 2**31 and Sampling.of(filled(temperature=0, seed=7)).seed == 7
+    assert Sampling.of(filled(top_p=1)).top_p == 1.0 and isinstance(Sampling.of(filled(top_p=1)).top_p, float)

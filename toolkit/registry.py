@@ -5,13 +5,13 @@ information."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from toolkit.errors import ConfigError, EngineClosed, InvalidRequest, ModelNotReady
 from toolkit.modelsfile import ModelConfig, configured_models
-from toolkit.params import PARAMS, GenerationParams, Limits, resolve, split_model
+from toolkit.params import PARAMS, GenerationParams, Limits, new_seed, resolve, split_model
 from toolkit.results import Health, ModelHealth, ModelInfo
 from toolkit.settings import Settings
 from toolkit.version import __version__ as TOOLKIT_VERSION
@@ -76,8 +76,8 @@ class ServedModel:
         return tuple(n for n in DEFAULTABLE if n not in defaults)
 
     def resolve(self, limits: Limits, params: GenerationParams, where: str = "params") -> GenerationParams:
-        """The parameters its engine runs with, filled once (``toolkit.params.resolve``); a parameter that this
-        model's engine cannot take is refused, naming it."""
+        """The parameters its engine runs with, filled once (``toolkit.params.resolve``), the seed included; a
+        parameter that this model's engine cannot take is refused, naming it."""
         resolved = resolve(params, self.defaults, limits, where=where)
         if self.config.engine != "local":
             for name, spec in PARAMS.items():
@@ -85,7 +85,8 @@ class ServedModel:
                 if not spec.remote and value is not None and value != spec.neutral:
                     why = f"model {self.name!r} is served by an OpenAI-compatible server, which cannot take it"
                     raise InvalidRequest(f"{where}.{name}", why + "; leave it out")
-        return resolved
+        # the seed too: one chosen here is the one the engine uses, the run record keeps and a replay reuses
+        return resolved if resolved.seed is not None else replace(resolved, seed=new_seed())
 
     def model_info(self) -> ModelInfo:
         """What ``models()`` says of it."""

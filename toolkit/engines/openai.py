@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import threading
 import time
 import urllib.error
@@ -49,7 +48,7 @@ from toolkit.errors import (
 )
 from toolkit.events import Delta, Event, Finished, Sink, Streams
 from toolkit.loopguard import MAX_PERIOD_CHARS, MIN_SPAN_CHARS, TAIL_CHARS, LoopGuard, looping
-from toolkit.params import PARAMS, openai_name
+from toolkit.params import PARAMS, new_seed, openai_name
 from toolkit.results import AdapterInfo
 
 log = logging.getLogger("toolkit.engines.openai")
@@ -312,7 +311,7 @@ class OpenAIEngine(Streams):
 
     async def _run(self, job: _Job, request: EngineRequest, sink: Sink) -> None:
         submitted = time.perf_counter()
-        seed = request.params.seed if request.params.seed is not None else secrets.randbits(31)
+        seed = request.params.seed if request.params.seed is not None else new_seed()
         body = self._body(request, seed)
         timeout = request.timeout_s if request.timeout_s is not None else self.default_timeout_s
         state: dict[str, Any] = {

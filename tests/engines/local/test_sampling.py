@@ -4,11 +4,15 @@ import pytest
 import torch
 
 from toolkit.engines.local.sampling import RowSampler, _top_k_top_p, next_tokens
-from toolkit.params import filled
+from toolkit.params import Sampling, filled
+
+
+def sampling(seed: int, **kwargs: object) -> Sampling:
+    return Sampling.of(filled(seed=seed, **kwargs))
 
 
 def row(**kwargs: object) -> RowSampler:
-    return RowSampler.create(filled(**kwargs), seed=1234, prompt_ids=[1, 2, 3], device="cpu")  # type: ignore[arg-type]
+    return RowSampler.create(sampling(1234, **kwargs), prompt_ids=[1, 2, 3], device="cpu")
 
 
 def test_greedy_rows_take_the_argmax() -> None:
@@ -38,7 +42,7 @@ def test_rows_keep_their_own_parameters() -> None:
 
 def test_repetition_penalty_pushes_seen_tokens_down() -> None:
     logits = torch.tensor([[2.0, 2.1, -1.0, 0.5]])
-    sampler = RowSampler.create(filled(temperature=0, repetition_penalty=2.0), 0, [1], "cpu")
+    sampler = RowSampler.create(sampling(0, temperature=0, repetition_penalty=2.0), [1], "cpu")
     assert next_tokens(logits.clone(), [sampler]).tolist() == [0]  # 2.1 / 2 < 2.0
 
 
@@ -47,7 +51,7 @@ def test_seeded_sampling_is_reproducible_and_seeds_differ() -> None:
     logits = torch.randn(1, 1000)
 
     def draw(seed: int) -> list[int]:
-        sampler = RowSampler.create(filled(temperature=1.0), seed, [], "cpu")
+        sampler = RowSampler.create(sampling(seed, temperature=1.0), [], "cpu")
         return [int(next_tokens(logits, [sampler])[0]) for _ in range(20)]
 
     assert draw(7) == draw(7)
@@ -57,7 +61,7 @@ def test_seeded_sampling_is_reproducible_and_seeds_differ() -> None:
 @pytest.mark.parametrize("temperature", [0.01, 0.5, 2.0])
 def test_sampling_never_picks_a_masked_token(temperature: float) -> None:
     logits = torch.tensor([[0.0, 10.0, 9.0, -5.0, 8.0]])
-    sampler = RowSampler.create(filled(temperature=temperature, top_k=2), 3, [], "cpu")
+    sampler = RowSampler.create(sampling(3, temperature=temperature, top_k=2), [], "cpu")
     picks = {int(next_tokens(logits, [sampler])[0]) for _ in range(50)}
     assert picks <= {1, 2}
 
@@ -65,11 +69,11 @@ def test_sampling_never_picks_a_masked_token(temperature: float) -> None:
 def test_presence_and_frequency_penalties_count_generated_tokens_only() -> None:
     """Token 1 is in the prompt and leads by 1.0: a penalty of 1.5 must not touch it until it is generated."""
     logits = torch.tensor([[2.0, 3.0, 2.5, 0.0]])
-    sampler = RowSampler.create(filled(temperature=0, presence_penalty=1.5), 0, [1, 1, 1], "cpu")
+    sampler = RowSampler.create(sampling(0, temperature=0, presence_penalty=1.5), [1, 1, 1], "cpu")
     assert next_tokens(logits.clone(), [sampler]).tolist() == [1]  # copying a prompt word stays possible
     sampler.observe(torch.tensor(1))
     assert next_tokens(logits.clone(), [sampler]).tolist() == [2]  # 3.0 - 1.5 < 2.5: generated once, pushed down
-    frequent = RowSampler.create(filled(temperature=0, frequency_penalty=0.3), 0, [], "cpu")
+    frequent = RowSampler.create(sampling(0, temperature=0, frequency_penalty=0.3), [], "cpu")
     next_tokens(logits.clone(), [frequent])
     frequent.observe(torch.tensor(1))
     assert next_tokens(logits.clone(), [frequent]).tolist() == [1]  # once: 3.0 - 0.3 = 2.7 still leads
@@ -106,7 +110,7 @@ def test_dry_does_not_match_across_a_sequence_breaker() -> None:
 
 def test_the_prompt_is_not_counted_so_copying_a_source_stays_free() -> None:
     sampler = RowSampler.create(
-        filled(temperature=0, dry_multiplier=2.0), seed=0, prompt_ids=[3, 4, 3, 4, 3], device="cpu"
+        sampling(0, temperature=0, dry_multiplier=2.0), prompt_ids=[3, 4, 3, 4, 3], device="cpu"
     )
     logits = torch.zeros(1, 8)
     logits[0, 4] = 1.0
@@ -116,7 +120,7 @@ def test_the_prompt_is_not_counted_so_copying_a_source_stays_free() -> None:
 def test_no_repeat_ngram_bans_a_repeated_trigram() -> None:
     g = generated([1, 2, 3, 9, 1, 2], no_repeat_ngram_size=3)
     assert g.banned() == {3}
-    sampler = RowSampler.create(filled(temperature=0, no_repeat_ngram_size=3), seed=0, prompt_ids=[], device="cpu")
+    sampler = RowSampler.create(sampling(0, temperature=0, no_repeat_ngram_size=3), prompt_ids=[], device="cpu")
     for t in (1, 2, 3, 9, 1, 2):
         sampler.observe(torch.tensor(t))
     logits = torch.zeros(1, 10)

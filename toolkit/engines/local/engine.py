@@ -44,7 +44,7 @@ from toolkit.engines.local.sampling import next_tokens
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.events import Delta, Event, Finished, Sink, Streams
 from toolkit.loopguard import MIN_SPAN_TOKENS, looping
-from toolkit.params import GenerationParams
+from toolkit.params import GenerationParams, Sampling
 
 log = logging.getLogger("toolkit.engine")
 
@@ -177,18 +177,12 @@ class Scheduler(Prefilling, Streams):
         """
         if not input_ids:
             raise InvalidRequest("prompt", "the prompt has no tokens")
-        if params.missing():  # the service resolves them once (toolkit.params.resolve); engines fill nothing
-            raise InvalidRequest(
-                f"params.{params.missing()[0]}", "the engine needs every parameter set; resolve them first"
-            )
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
         timeout_s = timeout_s if timeout_s is not None else self.default_timeout_s
         now = time.perf_counter()
         job = Job(
             request_id=request_id or secrets.token_hex(16),
             input_ids=list(input_ids),
-            params=params,
-            seed=seed,
+            params=Sampling.of(params),  # the service resolved them once (toolkit.params.resolve)
             sink=sink,
             submitted=now,
             deadline=now + timeout_s if timeout_s else None,
@@ -440,7 +434,7 @@ class Scheduler(Prefilling, Streams):
                 self._finish_row(row, "repetition")  # see toolkit.loopguard
             else:
                 at_context = len(job.input_ids) + row.generated >= self.context_length
-                if at_context or row.generated >= (job.params.max_new_tokens or 0):
+                if at_context or row.generated >= job.params.max_new_tokens:
                     self._finish_row(row, "length")
         self._prune()
 
@@ -485,7 +479,7 @@ class Scheduler(Prefilling, Streams):
             finish_reason=reason,
             prompt_tokens=len(job.input_ids),
             completion_tokens=generated,
-            seed=job.seed,
+            seed=job.params.seed,
             queued_s=started - job.submitted,
             first_token_s=(job.first_token - job.submitted) if job.first_token is not None else None,
             total_s=now - job.submitted,

@@ -156,7 +156,7 @@ class Prefilling:
         rows = [
             Row(
                 job,
-                RowSampler.create(job.params, job.seed, job.input_ids, self.device, self._breakers),
+                RowSampler.create(job.params, job.input_ids, self.device, self._breakers),
                 TextStream(self.tokenizer, job.params.stop),
             )
             for job in jobs

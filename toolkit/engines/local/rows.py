@@ -9,15 +9,14 @@ from toolkit.engines.local.detok import TextStream
 from toolkit.engines.local.sampling import RowSampler
 from toolkit.events import Sink
 from toolkit.loopguard import LoopGuard
-from toolkit.params import GenerationParams
+from toolkit.params import Sampling
 
 
 @dataclass(eq=False)
 class Job:
     request_id: str
     input_ids: list[int]
-    params: GenerationParams
-    seed: int
+    params: Sampling  # every parameter set, the seed included
     sink: Sink
     submitted: float
     deadline: float | None

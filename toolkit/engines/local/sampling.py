@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from toolkit.engines.local.repeats import Generated
-from toolkit.errors import InvalidRequest
-from toolkit.params import GenerationParams
+from toolkit.params import Sampling
 
 
 @dataclass
@@ -54,42 +53,36 @@ class RowSampler:
     @classmethod
     def create(
         cls,
-        params: GenerationParams,
-        seed: int,
+        params: Sampling,
         prompt_ids: Sequence[int],
         device: Any,
         breakers: Callable[[], frozenset[int]] = frozenset,
     ) -> RowSampler:
-        """``params`` resolved (``toolkit.params.resolve``): every sampling parameter is set. ``breakers``: the
-        model's DRY sequence breakers, asked for only when DRY is on."""
-        if params.missing():
-            raise InvalidRequest(
-                f"params.{params.missing()[0]}", "the engine needs every parameter set; resolve them first"
-            )
+        """``breakers``: the model's DRY sequence breakers, asked for only when DRY is on."""
         p = params
         generator = None
         if not p.greedy:
             generator = torch.Generator(device=device)
-            generator.manual_seed(seed)
+            generator.manual_seed(p.seed)
         seen = None
         if p.repetition_penalty != 1.0:
             seen = torch.tensor(list(prompt_ids), dtype=torch.long, device=device)
         return cls(
-            seed,
+            p.seed,
             generator,
             seen,
-            temperature=float(p.temperature),  # type: ignore[arg-type]
-            top_p=float(p.top_p),  # type: ignore[arg-type]
-            top_k=int(p.top_k),  # type: ignore[arg-type]
-            min_p=float(p.min_p),  # type: ignore[arg-type]
-            repetition_penalty=float(p.repetition_penalty),  # type: ignore[arg-type]
-            presence_penalty=float(p.presence_penalty),  # type: ignore[arg-type]
-            frequency_penalty=float(p.frequency_penalty),  # type: ignore[arg-type]
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            min_p=p.min_p,
+            repetition_penalty=p.repetition_penalty,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
             generated=Generated(
-                dry_multiplier=float(p.dry_multiplier),  # type: ignore[arg-type]
-                dry_base=float(p.dry_base),  # type: ignore[arg-type]
-                dry_allowed_length=int(p.dry_allowed_length),  # type: ignore[arg-type]
-                no_repeat_ngram_size=int(p.no_repeat_ngram_size),  # type: ignore[arg-type]
+                dry_multiplier=p.dry_multiplier,
+                dry_base=p.dry_base,
+                dry_allowed_length=p.dry_allowed_length,
+                no_repeat_ngram_size=p.no_repeat_ngram_size,
                 breakers=breakers() if p.dry_multiplier else frozenset(),
             ),
         )
