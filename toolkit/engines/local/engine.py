@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from toolkit.engines.local import attention
 from toolkit.engines.local.kvbatch import KVBatch
 from toolkit.engines.local.lorastack import LoraStack
 from toolkit.engines.local.packed import PACKED, PLAIN, pack_linears
@@ -103,6 +104,8 @@ class Scheduler(Prefilling, Streams):
         self.max_queue = max_queue
         self.default_timeout_s = default_timeout_s
         self.device = next(model.parameters()).device
+        # SDPA with its own grouped-query support over the cache (attention.py): no copy of the KV heads
+        self.attention = attention.NAME if attention.use(model) else str(model.config._attn_implementation)
         # a bfloat16 model's linear layers: prepacked for oneDNN where this CPU runs it, else F.linear (packed.py)
         self.linear: str | None = None
         if self.device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16:
