@@ -42,6 +42,7 @@ from toolkit.engines.local.prefixes import PrefixCache
 from toolkit.engines.local.repeats import breaker_ids
 from toolkit.engines.local.rows import Job, Row
 from toolkit.engines.local.sampling import next_tokens
+from toolkit.engines.local.slots import SlotBatch
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.events import Delta, Event, Finished, Sink, Streams
 from toolkit.loopguard import MIN_SPAN_TOKENS, looping
@@ -92,10 +93,12 @@ class Scheduler(Prefilling, Streams):
         default_timeout_s: float | None = None,
         prefix_cache_bytes: int = 0,
         prefill_chunk: int = 0,
+        slots: bool = True,
     ) -> None:
         """``prefix_cache_bytes``: how much KV of finished answers is kept for prompts that start the same
         way (``prefixes.py``); 0: none. ``prefill_chunk``: while rows decode, a longer prompt is prefilled
-        this many tokens a step (``prefill.py``); 0: in one piece."""
+        this many tokens a step (``prefill.py``); 0: in one piece. ``slots``: the running rows' KV in per-row
+        slots (``slots.py``) where the model allows; False: the left-padded batch (``kvbatch.py``), to compare."""
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -119,13 +122,15 @@ class Scheduler(Prefilling, Streams):
         self._jobs: dict[str, Job] = {}
         self._rows: list[Row] = []
         self._admitting: list[Job] = []
-        self._batch = KVBatch(self.device)
         self._lora = LoraStack(model)
         self._adapters: set[str] = set()  # adapters requests may name (loaded, not being unloaded)
         self._between_steps: list[_Op] = []  # changes to the model, run by the scheduler thread
         self._closing = False
         self._breaker_ids: frozenset[int] | None = None  # DRY's sequence breakers, when a request first needs them
         plain = self._plain_cache()
+        # per-row KV slots (slots.py) where the cache is plain and the attention the engine's; else left padded
+        self.kv = "slots" if slots and plain and self.attention == attention.NAME else "padded"
+        self._batch: KVBatch | SlotBatch = SlotBatch(self.device) if self.kv == "slots" else KVBatch(self.device)
         self.prefixes = PrefixCache(prefix_cache_bytes if plain else 0)
         self.prefill_chunk = prefill_chunk if plain else 0
         self._filling: deque[Fill] = deque()  # prompts being prefilled on their own, first come first
@@ -154,7 +159,8 @@ class Scheduler(Prefilling, Streams):
     @property
     def active(self) -> int:
         with self._cond:
-            return len(self._rows) + len(self._admitting) + len(self._filling)
+            running = sum(not row.job.done for row in self._rows)  # a finished row leaves at the step's end
+            return running + len(self._admitting) + len(self._filling)
 
     def check_room(self, waiting: int = 0) -> None:
         """Raise ``Overloaded`` now if the queue is full, before a caller spends time preparing a request;
@@ -446,9 +452,9 @@ class Scheduler(Prefilling, Streams):
         keep = [i for i, row in enumerate(self._rows) if not row.job.done]
         if len(keep) == len(self._rows):
             return
+        order = self._batch.keep(keep)  # the slots' batch moves rows into the places of those that left
         with self._cond:
-            self._rows = [self._rows[i] for i in keep]
-        self._batch.keep(keep)
+            self._rows = [self._rows[i] for i in order]
 
     def _finish_row(self, row: Row, reason: str) -> None:
         """End a running row; ``completion_tokens`` counts every generated token, EOS included. The text is

@@ -71,11 +71,11 @@ class KVBatch:
         assert self.positions is not None
         self.mask, self.positions, self.last = mask, self.positions + 1, tokens
 
-    def keep(self, rows: list[int]) -> None:
-        """Keep only these rows; drop padding columns that no remaining row uses."""
+    def keep(self, rows: list[int]) -> list[int]:
+        """Keep only these rows (in their order, which it returns); drop padding columns no remaining row uses."""
         if not rows:
             self.reset()
-            return
+            return []
         assert self.mask is not None and self.positions is not None and self.last is not None
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.mask = self.mask.index_select(0, index)
@@ -83,11 +83,21 @@ class KVBatch:
         self.last = self.last.index_select(0, index)
         if not self.mergeable:  # one group, prefilled together: rows leave, the columns stay
             self.cache.batch_select_indices(index)
-            return
+            return rows
         first = int(self.mask.any(dim=0).nonzero()[0, 0])
         for layer in self.cache.layers:
             layer.keep(rows, first)
         self.mask = self.mask[:, first:]
+        return rows
+
+    def row_kv(self, i: int) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """Row ``i``'s length and its keys and values per layer (``(1, kv heads, length, dim)``); None for a
+        batch that cannot give them (one group of another kind of cache)."""
+        if self.mask is None or not self.mergeable:
+            return None
+        length = int(self.mask[i].sum())
+        layers = self.cache.layers
+        return length, [(layer.keys[i : i + 1, :, -length:], layer.values[i : i + 1, :, -length:]) for layer in layers]
 
 
 def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ from toolkit.engines.local.kvroom import roomy_cache
 from toolkit.engines.local.prefixes import Prefix, PrefixCache
 from toolkit.engines.local.rows import Job, Row
 from toolkit.engines.local.sampling import RowSampler, next_tokens
+from toolkit.engines.local.slots import SlotBatch
 
 
 @dataclass(eq=False)
@@ -75,7 +76,7 @@ class Prefilling:
     _rows: list[Row]
     _admitting: list[Job]
     _filling: deque[Fill]
-    _batch: KVBatch
+    _batch: KVBatch | SlotBatch
     _forward: Callable[..., torch.Tensor]
     _accept: Callable[[Sequence[Row], torch.Tensor], None]
     _finish: Callable[..., None]
@@ -171,16 +172,11 @@ class Prefilling:
 
     def _keep_prefix(self, row: Row) -> None:
         """Keep the KV of a finished row (its prompt and the tokens fed after it) for prompts that start so."""
-        mask = self._batch.mask
-        if mask is None or not self._batch.mergeable or row not in self._rows:
+        kv = self._batch.row_kv(self._rows.index(row)) if row in self._rows else None
+        if kv is None:
             return
-        i = self._rows.index(row)
-        length = int(mask[i].sum())
+        length, layers = kv
         tokens = (row.job.input_ids + row.ids)[:length]
         if len(tokens) < length:
             return
-        layers = [
-            (layer.keys[i : i + 1, :, -length:], layer.values[i : i + 1, :, -length:])
-            for layer in self._batch.cache.layers
-        ]
         self.prefixes.put(row.job.adapter, tokens, layers)
