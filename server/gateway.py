@@ -30,7 +30,9 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     Source,
+    StringValueNode,
     TokenKind,
+    VariableNode,
     execute,
     parse,
     specified_rules,
@@ -53,7 +55,7 @@ from server.security import (
     select_operation,
     shape,
 )
-from toolkit.errors import InvalidRequest, RateLimited, ToolkitError, Unauthenticated
+from toolkit.errors import InvalidRequest, Overloaded, RateLimited, ToolkitError, Unauthenticated
 
 log = logging.getLogger("server")
 DOCUMENT_CACHE_SIZE = 256
@@ -209,6 +211,11 @@ class Gateway:
             document = await loop.run_in_executor(self._parser, self._parse_and_validate, query)
             self._cache(query, document)
             prepared = self._prepared(document, operation_name, variables)
+        try:  # a full queue refuses now, before the variables (a long history) are coerced and checked
+            for model in generating(prepared):
+                self.service.check_room(model)
+        except Overloaded as exc:
+            raise refused(exc) from None
         return prepared
 
     def _small_public_document(self, query: str) -> DocumentNode | None:
@@ -380,3 +387,30 @@ def check_envelope(query: Any, variables: Any, operation_name: Any) -> None:
         raise bad_request(message, limit=MAX_VARIABLES_DEPTH)
     if operation_name is not None and not isinstance(operation_name, str):
         raise bad_request("'operationName' must be a string")
+
+
+GENERATING = frozenset({"infer", "inferStream"})  # root fields that queue a request on a model's engine
+
+
+def generating(prepared: Prepared) -> list[str | None]:
+    """The models (None: the default) that the operation's root ``infer``/``inferStream`` fields ask for: their
+    ``model`` argument, given inline or as a variable (a value that is not a string is left to coercion). An
+    operation that reaches its root fields through fragments is not looked into: its request will say."""
+    selections = prepared.shape.operation.selection_set.selections
+    if not all(isinstance(s, FieldNode) for s in selections):
+        return []
+    models: list[str | None] = []
+    for selection in selections:
+        assert isinstance(selection, FieldNode)
+        if selection.name.value not in GENERATING:
+            continue
+        value: Any = None
+        for argument in selection.arguments or ():
+            if argument.name.value != "model":
+                continue
+            if isinstance(argument.value, VariableNode):
+                value = (prepared.variables or {}).get(argument.value.name.value)
+            elif isinstance(argument.value, StringValueNode):
+                value = argument.value.value
+        models.append(value if isinstance(value, str) else None)
+    return models

@@ -161,7 +161,9 @@ class ChatCompletionsHandler(OpenAIHandler):
             self._refuse(HTTPStatus.BAD_REQUEST, "the body must be a JSON object", "bad_request")
             return
         used = parameters(body)
-        try:
+        try:  # a full queue refuses now, before the messages (a long history) are read into a request
+            model = body.get("model")
+            self.gateway.service.check_room(model if isinstance(model, str) else None)
             request = to_request(body, caller.identity)
         except ToolkitError as exc:
             self._fail(exc, used)

@@ -231,6 +231,10 @@ class RemoteService:
         request = as_request(request, kwargs)
         return result_from(self.execute(INFER, variables(request, search, conversation))["infer"])
 
+    def check_room(self, model: str | None = None) -> None:
+        """Nothing to ask here: the server refuses a request for a full queue itself (``Overloaded``), before it
+        reads it."""
+
     def search(self, query: str) -> SearchOutcome:
         """The server's web search, as the snapshot ``stream(..., search=)`` takes (an evaluation searches
         once per question, and every variant sees the same sources)."""

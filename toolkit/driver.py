@@ -39,8 +39,17 @@ class Run:
 
 
 Steps = Generator[StreamEvent | Call | Run, Any, None]
+PREPARE_WORKERS = 4  # threads that build requests' messages
 # a finished request's result (and its run record), from the engine's Finished
 Finish = Callable[[Prepared, Finished], InferResult]
+
+
+def preparation_pool(workers: int = PREPARE_WORKERS) -> ThreadPoolExecutor:
+    """Threads for building requests' messages (templating, counting, tokenizing: milliseconds, up to a tenth
+    of a second for a 10,000-turn history), apart from the loop's shared pool, so a few long requests cannot
+    hold up what everything else waits on (a store read, a search); a request queued here whose caller leaves
+    never runs."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="toolkit-prepare")
 
 
 def translator(prepared: Prepared, finish: Finish) -> Callable[[Event], StreamEvent]:

@@ -47,6 +47,11 @@ class LiveRequests:
             engine.check_room(waiting)
             self._preparing[model] = waiting + 1
 
+    def room(self, model: str, engine: Any) -> None:
+        """``Overloaded`` now when ``admit`` would refuse a request for ``model``; nothing is counted."""
+        with self._lock:
+            engine.check_room(self._preparing.get(model, 0))
+
     def release(self, model: str) -> None:
         with self._lock:
             self._preparing[model] -= 1

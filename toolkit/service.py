@@ -17,11 +17,9 @@ that engine), hands them to the engine (``toolkit.engines``) and turns its event
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import replace as dataclass_replace
 from typing import TYPE_CHECKING, Any, cast
@@ -33,7 +31,7 @@ from toolkit.conversation.handle import Conversation
 from toolkit.conversation.records import ConversationArg, ConversationInfo
 from toolkit.conversation.store import ConversationStore
 from toolkit.conversation.thread import akept, keeper, kept, thread_for
-from toolkit.driver import Call, Driver, Run, Steps
+from toolkit.driver import Call, Driver, Run, Steps, preparation_pool
 from toolkit.engines.base import Engine
 from toolkit.errors import (
     EngineUnavailable,
@@ -70,8 +68,6 @@ if TYPE_CHECKING:
 
 
 _UNSET: Any = object()
-log = logging.getLogger("toolkit.service")
-PREPARE_WORKERS = 4
 
 
 class InferenceService:
@@ -94,11 +90,7 @@ class InferenceService:
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
         self._live = LiveRequests()
         self._driver = Driver(self._live, self._result, lambda: bool(self.settings.grounding_judge))
-        # Building a request's messages (templating, counting, tokenizing: milliseconds, up to a second for a
-        # long history) runs here, not on the loop's shared pool: a few long requests cannot hold up the
-        # threads that everything else (a store read, a search) waits on. A request queued here that its
-        # caller leaves never runs.
-        self._prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="toolkit-prepare")
+        self._prepare_pool = preparation_pool()  # building requests' messages: beside the loop, behind the engine
         self._started = False
         self._stopped = False
         self._versions = versions()
@@ -239,6 +231,16 @@ class InferenceService:
     def searcher(self, searcher: Searcher | None) -> None:
         """Swap the web search at run time (e.g. a ``LocalDocsBackend`` in a notebook); None turns it off."""
         self._searcher = searcher
+
+    def check_room(self, model: str | None = None) -> None:
+        """``Overloaded`` now when a request for ``model`` (None: the default) would be refused for a full queue (a
+        front end asks before it reads a large request); an unknown model or one not ready passes."""
+        try:
+            entry = self.registry.resolve(model)[0]
+        except InvalidRequest:
+            return
+        if entry.serving:
+            self._live.room(entry.name, entry.engine)
 
     def search(self, query: str) -> SearchOutcome:
         """Run the configured web search (cached, rate limited, bounded by SEARCH_TIMEOUT)."""

@@ -131,6 +131,9 @@ class Raising:
     def adapters(self, model: str | None = None) -> list[Any]:
         return []
 
+    def check_room(self, model: str | None = None) -> None:
+        """Room always: the error is raised by the request itself."""
+
     def validate(self, request: Any, **kwargs: Any) -> Any:
         return request, request.params
 

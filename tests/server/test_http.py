@@ -296,6 +296,35 @@ def test_overloaded_is_503_with_retry_after(make_server: Any, settings: Settings
     service.close(grace_s=0)
 
 
+def test_a_full_queue_refuses_before_the_request_is_read(make_server: Any, settings: Settings, loaded: Any) -> None:
+    """A refusal costs nothing: with the queue full, a request is refused (503, Overloaded) before its
+    variables or messages are coerced and checked, so a long history waits on nobody's refusal. The proof: a
+    request that is wrong in its history gets the refusal, not the history's error; with room, the error."""
+    service = InferenceService(Settings(cache_dir=settings.cache_dir, max_batch_size=1, max_queue=1), loaded=loaded)
+    running = make_server(service)
+    short = 'mutation { infer(prompt: "Count to ten.", params: {temperature: 0, maxNewTokens: 4}) { finishReason } }'
+    wrong = {
+        "query": 'mutation($h: [TurnInput!]) { infer(prompt: "Hi", history: $h) { text } }',
+        "variables": {"h": [{"role": "narrator", "content": "x"}] * 2000},
+    }
+    chat = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "narrator", "content": "x"}] * 2000}
+    gate = service.engine().scheduler.hold()
+    answers: list[Any] = []
+    first = threading.Thread(target=lambda: answers.append(post(running.url, {"query": short})))
+    first.start()
+    wait_until(lambda: service.health().queue_depth == 1)
+    status, headers, body = post(running.url, wrong)
+    assert (status, headers["Retry-After"], code_of(body)) == (503, "1", "OVERLOADED")
+    status, headers, body = post(running.base + "/v1/chat/completions", chat, accept=None)
+    assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "1", "overloaded")
+    gate.set()
+    first.join(60)
+    wait_until(lambda: service.health().queue_depth == 0 and service.health().active == 0)
+    assert code_of(post(running.url, wrong)[2]) == "BAD_USER_INPUT"  # with room, the history's own error
+    assert post(running.base + "/v1/chat/completions", chat, accept=None)[0] == 400
+    service.close(grace_s=0)
+
+
 def test_a_loading_model_says_retry_and_a_failed_one_does_not(make_server: Any, settings: Settings) -> None:
     """The same rule on both HTTP APIs: 503 with Retry-After while a retry may succeed, none once it cannot."""
     infer = {"query": 'mutation { infer(prompt: "hi") { text } }'}
