@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from toolkit.engines.base import Sampling
 from toolkit.errors import InvalidRequest
 from toolkit.params import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -12,7 +13,6 @@ from toolkit.params import (
     GenerationParams,
     InferRequest,
     Limits,
-    Sampling,
     Turn,
     filled,
 )

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from toolkit.engines.base import new_seed
 from toolkit.errors import ConfigError, EngineClosed, InvalidRequest, ModelNotReady
 from toolkit.modelsfile import ModelConfig, configured_models
-from toolkit.params import PARAMS, GenerationParams, Limits, new_seed, resolve, split_model
+from toolkit.params import PARAMS, GenerationParams, Limits, resolve, split_model
 from toolkit.results import Health, ModelHealth, ModelInfo
 from toolkit.settings import Settings
 from toolkit.version import __version__ as TOOLKIT_VERSION

@@ -10,13 +10,15 @@ Ollama, Ray Serve LLM). No torch here.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from toolkit.controltokens import COMMON_MARKERS, ControlTokens
+from toolkit.errors import InvalidRequest
 from toolkit.events import Event
-from toolkit.params import GenerationParams
+from toolkit.params import PARAMS, GenerationParams
 from toolkit.results import AdapterInfo
 
 Messages = list[dict[str, str]]
@@ -122,3 +124,48 @@ class Engine(Protocol):
     def unload_adapter(self, name: str, grace_s: float) -> AdapterInfo: ...
 
     def close(self, grace_s: float = 10.0) -> None: ...
+
+
+def new_seed() -> int:
+    """The seed of a request that gives none: chosen here only (the service when it resolves a request, an engine
+    driven directly), below 2**31 so any OpenAI-compatible server takes it."""
+    return secrets.randbelow(2**31)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What the local engine samples with: ``GenerationParams`` with every parameter set, the seed included
+    (``Sampling.of``). Its fields are the declaration's, not Optional (a test keeps them the same)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repetition_penalty: float
+    dry_multiplier: float
+    dry_base: float
+    dry_allowed_length: int
+    no_repeat_ngram_size: int
+    seed: int
+    stop: tuple[str, ...]
+    presence_penalty: float
+    frequency_penalty: float
+
+    @classmethod
+    def of(cls, params: GenerationParams) -> Sampling:
+        """``params`` resolved (``resolve``): ``InvalidRequest`` naming the first one not set; a missing seed is
+        chosen (``new_seed``). Numbers as the engine reads them (a float parameter given as 1 is 1.0)."""
+        missing = params.missing()
+        if missing:
+            raise InvalidRequest(f"params.{missing[0]}", "the engine needs every parameter set; resolve them first")
+        values: dict[str, Any] = {
+            name: float(value) if PARAMS[name].kind == "float" else value
+            for name in PARAMS
+            if (value := getattr(params, name)) is not None
+        }
+        return cls(**{**values, "seed": params.seed if params.seed is not None else new_seed()})
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0

@@ -35,7 +35,15 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from toolkit.controltokens import COMMON_MARKERS, ControlTokens
-from toolkit.engines.base import Capabilities, Encoded, EngineInfo, EngineRequest, EngineStats, Messages
+from toolkit.engines.base import (
+    Capabilities,
+    Encoded,
+    EngineInfo,
+    EngineRequest,
+    EngineStats,
+    Messages,
+    new_seed,
+)
 from toolkit.engines.openai_adapters import RemoteAdapters
 from toolkit.engines.openai_errors import HTTPStatus, error_message, status_error
 from toolkit.errors import (
@@ -48,7 +56,7 @@ from toolkit.errors import (
 )
 from toolkit.events import Delta, Event, Finished, Sink, Streams
 from toolkit.loopguard import MAX_PERIOD_CHARS, MIN_SPAN_CHARS, TAIL_CHARS, LoopGuard, looping
-from toolkit.params import PARAMS, new_seed, openai_name
+from toolkit.params import PARAMS, openai_name
 from toolkit.results import AdapterInfo
 
 log = logging.getLogger("toolkit.engines.openai")

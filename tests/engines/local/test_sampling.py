@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from toolkit.engines.base import Sampling
 from toolkit.engines.local.sampling import RowSampler, _top_k_top_p, next_tokens
-from toolkit.params import Sampling, filled
+from toolkit.params import filled
 
 
 def sampling(seed: int, **kwargs: object) -> Sampling:

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from toolkit.engines.base import Sampling
 from toolkit.engines.local import attention
 from toolkit.engines.local.kvbatch import KVBatch
 from toolkit.engines.local.lorastack import LoraStack
@@ -46,7 +47,7 @@ from toolkit.engines.local.slots import SlotBatch
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.events import Delta, Event, Finished, Sink, Streams
 from toolkit.loopguard import MIN_SPAN_TOKENS, looping
-from toolkit.params import GenerationParams, Sampling
+from toolkit.params import GenerationParams
 
 log = logging.getLogger("toolkit.engine")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from toolkit.engines.base import Sampling
 from toolkit.engines.local.detok import TextStream
 from toolkit.engines.local.sampling import RowSampler
 from toolkit.events import Sink
 from toolkit.loopguard import LoopGuard
-from toolkit.params import Sampling
 
 
 @dataclass(eq=False)

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from toolkit.engines.base import Sampling
 from toolkit.engines.local.repeats import Generated
-from toolkit.params import Sampling
 
 
 @dataclass
