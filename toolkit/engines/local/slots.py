@@ -69,13 +69,6 @@ class SlotBatch:
     def cache(self) -> SlotCache:
         return SlotCache(self)
 
-    @property
-    def mask(self) -> torch.Tensor | None:
-        """Which columns each row has filled (``(rows, width)``, 1 for a filled one), as a 2D mask."""
-        if not self.size:
-            return None
-        return (torch.arange(self.width, device=self.device)[None, :] < self.lengths[:, None]).long()
-
     def add(self, cache: Any, mask: torch.Tensor, tokens: torch.Tensor) -> None:
         """Copy a prefilled group (its left-padded cache, its mask and first sampled tokens) into new slots."""
         lengths = mask.sum(-1)
