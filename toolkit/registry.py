@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from toolkit import heap
 from toolkit.engines.base import new_seed
 from toolkit.errors import ConfigError, EngineClosed, InvalidRequest, ModelNotReady
 from toolkit.modelsfile import ModelConfig, configured_models
@@ -35,6 +36,7 @@ class ServedModel:
     loaded: Any = None  # the LoadedModel of a local engine
     stop: threading.Event = field(default_factory=threading.Event)
     settled: threading.Event = field(default_factory=threading.Event)  # loaded, or failed to: no longer loading
+    frozen: bool = False  # its load's objects are out of the collector's full passes (toolkit.heap)
 
     @property
     def name(self) -> str:
@@ -247,6 +249,8 @@ class ModelRegistry:
         )
         entry.engine, entry.loaded = engine, loaded
         engine.registry.load_folder()
+        heap.freeze()
+        entry.frozen = True
         entry.set_status("ready")
 
     def _connect(self, entry: ServedModel) -> None:
@@ -291,6 +295,9 @@ class ModelRegistry:
             entry.stop.set()
             if entry.engine is not None:
                 entry.engine.close(grace_s)
+            if entry.frozen:
+                entry.frozen = False
+                heap.unfreeze()
             entry.set_status("stopped")
 
     # ----- routing ---------------------------------------------------------------------
