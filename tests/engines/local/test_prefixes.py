@@ -14,6 +14,7 @@ from toolkit.engines.local.prefixes import MIN_REUSE, PrefixCache
 from toolkit.params import filled
 
 GREEDY = filled(temperature=0, max_new_tokens=32)
+SHORT = filled(temperature=0, max_new_tokens=8)
 SYSTEM = "You answer questions about the town of Varnholt. " * 12
 
 
@@ -50,6 +51,21 @@ def test_entries_stay_within_the_budget_oldest_first_and_an_adapter_can_be_clear
     assert PrefixCache(0).longest(None, list(range(40))) is None
 
 
+def test_the_same_tokens_kept_again_are_not_copied_again() -> None:
+    cache = PrefixCache(max_bytes=1 << 20)
+    cache.put(None, list(range(40)), kv(40))
+    cache.put(None, list(range(100, 140)), kv(40))
+    size = cache.bytes
+    cache.put(None, list(range(40)), kv(40, value=2.0))  # the same prompt answered again
+    cache.put(None, list(range(30)), kv(30, value=2.0))  # or a shorter one it covers
+    assert cache.bytes == size and len(cache) == 2
+    cache.max_bytes = size  # room for two: a third entry drops the least recently kept
+    cache.put(None, list(range(500, 540)), kv(40))
+    common, entry = cache.longest(None, [*range(40), 7])  # type: ignore[misc]
+    assert common == 40 and torch.equal(entry.layers[0][0], kv(40)[0][0])  # the first copy, kept as used
+    assert cache.longest(None, [*range(100, 140), 7]) is None
+
+
 @pytest.fixture()
 def engines(loaded: Any) -> Iterator[tuple[Scheduler, Scheduler]]:
     made = [
@@ -67,7 +83,7 @@ def engines(loaded: Any) -> Iterator[tuple[Scheduler, Scheduler]]:
         engine.close(grace_s=0)
 
 
-def answer(engine: Scheduler, ids: list[int]) -> Finished:
+def answer(engine: Scheduler, ids: list[int], params: Any = GREEDY) -> Finished:
     done = threading.Event()
     events: list[Any] = []
 
@@ -76,7 +92,7 @@ def answer(engine: Scheduler, ids: list[int]) -> Finished:
         if isinstance(event, Finished):
             done.set()
 
-    engine.submit(ids, GREEDY, sink)
+    engine.submit(ids, params, sink)
     assert done.wait(120)
     return events[-1]
 
@@ -146,3 +162,103 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode_and_answers_as
     finally:
         chunked.close(grace_s=0)
         alone.close(grace_s=0)
+
+
+def chat_ids(tok: Any, *turns: str, system: str = SYSTEM) -> list[int]:
+    roles = ["user", "assistant"]
+    messages = [{"role": "system", "content": system}] + [
+        {"role": roles[i % 2], "content": text} for i, text in enumerate(turns)
+    ]
+    out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return list(out["input_ids"])
+
+
+def test_the_same_prompt_again_resumes_from_its_prefix_and_answers_as_a_cold_start(
+    engines: tuple[Scheduler, Scheduler], loaded: Any
+) -> None:
+    warm, cold = engines
+    ids = chat_ids(loaded.tokenizer, "Which town is this about?")
+    one = answer(warm, ids)
+    forwards = warm.chunks
+    two = answer(warm, ids)  # a regenerate, an evaluation run again: all but the last token is kept
+    assert warm.prefixes.hits == 1 and warm.prefixes.reused_tokens == len(ids) - 1
+    assert warm.chunks == forwards  # no forward of its own: its last token went in with a decode step
+    assert len(warm.prefixes) == 1  # and its KV was not kept twice
+    assert two.text == one.text == answer(cold, ids).text and two.prompt_tokens == len(ids)
+
+
+def test_prompts_from_kept_prefixes_take_one_forward_a_step_while_rows_decode(
+    engines: tuple[Scheduler, Scheduler], loaded: Any
+) -> None:
+    warm, cold = engines
+    tok = loaded.tokenizer
+    first = answer(warm, chat_ids(tok, "Which town is this about?"))
+    follow_ups = [chat_ids(tok, "Which town is this about?", first.text, q) for q in ("And its river?", "Its mayor?")]
+    filled_at: list[int] = []
+    fill = warm._fill
+
+    def spy(*args: Any) -> None:
+        filled_at.append(warm.steps)
+        fill(*args)
+
+    warm._fill = spy  # type: ignore[method-assign]
+    started, ended = threading.Event(), threading.Event()
+    warm.submit(
+        chat_ids(tok, "Write a long essay about the sea.", system="Be brief."),
+        filled(temperature=0, max_new_tokens=24),
+        lambda e: (started.set(), isinstance(e, Finished) and ended.set()),
+    )
+    assert started.wait(60)
+    gate = warm.hold()  # both arrive between the same two steps
+    results: list[Finished] = []
+    done = threading.Semaphore(0)
+    for ids in follow_ups:
+        warm.submit(ids, SHORT, lambda e: isinstance(e, Finished) and (results.append(e), done.release()))
+    gate.set()
+    assert done.acquire(timeout=120) and done.acquire(timeout=120) and ended.wait(120)
+    assert len(filled_at) == 2 and filled_at[0] != filled_at[1]  # never two prompts' forwards in one step
+    assert sorted(r.text for r in results) == sorted(answer(cold, ids, SHORT).text for ids in follow_ups)
+
+
+def test_a_short_message_on_a_kept_prefix_is_not_held_behind_a_long_prompts_chunks(loaded: Any) -> None:
+    tok = loaded.tokenizer
+    engine = Scheduler(
+        loaded.model,
+        tok,
+        eos_token_ids=loaded.eos_token_ids,
+        context_length=loaded.context_length,
+        prefix_cache_bytes=64 << 20,
+        prefill_chunk=32,
+    )
+    try:
+        first = answer(engine, chat_ids(tok, "Which town is this about?"), SHORT)
+        follow_up = chat_ids(tok, "Which town is this about?", first.text, "And its river?")
+        long = chat_ids(tok, "Summarise the town's history.", system="Be brief. " + "Harbours and lanterns. " * 60)
+        assert len(long) > 8 * 32
+        started = threading.Event()
+        engine.submit(
+            chat_ids(tok, "Write a long essay about the sea.", system="Be brief."),
+            filled(temperature=0, max_new_tokens=40),
+            lambda e: started.set(),
+        )
+        assert started.wait(60)  # rows decode: prompts now go one forward a step
+        firsts: list[str] = []
+        done = threading.Semaphore(0)
+
+        def sink(name: str) -> Any:
+            def on(event: Any) -> None:
+                if name not in firsts:
+                    firsts.append(name)
+                if isinstance(event, Finished):
+                    done.release()
+
+            return on
+
+        gate = engine.hold()
+        engine.submit(long, SHORT, sink("long"))  # first in, many chunks
+        engine.submit(follow_up, SHORT, sink("follow-up"))  # then a message on a kept prefix
+        gate.set()
+        assert done.acquire(timeout=120) and done.acquire(timeout=120)
+        assert firsts == ["follow-up", "long"]
+    finally:
+        engine.close(grace_s=0)

@@ -74,3 +74,23 @@ def test_a_join_copies_the_new_row_only() -> None:
     batch.add(cache, mask, torch.tensor([3]))
     assert [k.data_ptr() for k, _ in batch.layers] == buffers
     assert all(torch.equal(k[:2], b) for (k, _), b in zip(batch.layers, before, strict=True))
+
+
+def test_spare_memory_never_reaches_a_step(monkeypatch: Any) -> None:
+    """Buffers are allocated empty; whatever a step reads (every row up to the live width) is a number."""
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: torch.full(a[0], float("nan"), dtype=k.get("dtype")))
+    batch = SlotBatch("cpu")
+    cache, mask, _ = group([3, 2], seed=4)
+    batch.add(cache, mask, torch.tensor([1, 2]))
+    cache, mask, _ = group([150], seed=5)  # wider than the room: every buffer grows
+    batch.add(cache, mask, torch.tensor([3]))
+    batch.keep([1, 2])  # the first row leaves, the long one moves into its slot
+    long_kv = [(torch.randn(1, HEADS, 200, DIM), torch.randn(1, HEADS, 200, DIM)) for _ in range(LAYERS)]
+    batch.resume(long_kv, 200, 5)  # from a kept prefix, into a fresh slot, wider still
+    batch.step_inputs()
+    width = batch.width + 1
+    for k, v in batch.layers:
+        assert torch.isfinite(k[: batch.size, :, :width]).all() and torch.isfinite(v[: batch.size, :, :width]).all()
+    assert batch.lengths.tolist() == [150, 2, 200] and batch.last.tolist() == [3, 2, 5]
+    length, kept = batch.row_kv(2)
+    assert length == 200 and all(torch.equal(k[0], src[0]) for (k, _), (src, _) in zip(kept, long_kv, strict=True))

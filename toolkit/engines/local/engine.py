@@ -134,7 +134,7 @@ class Scheduler(Prefilling, Streams):
         self._batch: KVBatch | SlotBatch = SlotBatch(self.device) if self.kv == "slots" else KVBatch(self.device)
         self.prefixes = PrefixCache(prefix_cache_bytes if plain else 0)
         self.prefill_chunk = prefill_chunk if plain else 0
-        self._filling: deque[Fill] = deque()  # prompts being prefilled on their own, first come first
+        self._filling: deque[Fill] = deque()  # prompts being prefilled on their own (fewest tokens left first)
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # the most rows ever decoded together
         self._gate: threading.Event | None = None  # hold(): the scheduler waits between steps until it is set

@@ -29,22 +29,22 @@ from toolkit.engines.local.slots import SlotBatch
 
 @dataclass(eq=False)
 class Fill:
-    """One job's prompt going into its own cache; ``done`` tokens of it are in."""
+    """One job's prompt going into its own cache; ``done`` tokens of it are in. A kept prefix's keys and values
+    (``reuse``) are copied in at its first forward, not when it is admitted: several admitted at once do not
+    all copy before the running rows' next step."""
 
     job: Job
     cache: Any
     done: int = 0
+    reuse: Prefix | None = None
 
     @classmethod
-    def start(cls, job: Any, config: Any, device: Any, reuse: tuple[int, Prefix] | None = None) -> Fill:
-        """A fresh cache, seeded with the first ``common`` tokens' KV of a kept prefix when ``reuse``."""
-        cache = roomy_cache(config)
+    def start(cls, job: Any, config: Any, reuse: tuple[int, Prefix] | None = None) -> Fill:
+        """A fresh cache, to be seeded with the first ``common`` tokens' KV of a kept prefix when ``reuse``."""
         if reuse is None:
-            return cls(job, cache)
+            return cls(job, roomy_cache(config))
         common, prefix = reuse
-        for layer, (keys, values) in enumerate(prefix.layers):
-            cache.update(keys[:, :, :common].to(device), values[:, :, :common].to(device), layer)
-        return cls(job, cache, common)
+        return cls(job, roomy_cache(config), common, prefix)
 
     @property
     def remaining(self) -> int:
@@ -52,6 +52,10 @@ class Fill:
 
     def inputs(self, n: int, device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids, attention mask, position ids) of the next ``n`` prompt tokens; ``done`` moves on."""
+        if self.reuse is not None:
+            for layer, (keys, values) in enumerate(self.reuse.layers):
+                self.cache.update(keys[:, :, : self.done].to(device), values[:, :, : self.done].to(device), layer)
+            self.reuse = None
         end = min(self.done + n, len(self.job.input_ids))
         ids = torch.tensor([self.job.input_ids[self.done : end]], dtype=torch.long, device=device)
         mask = torch.ones((1, end), dtype=torch.long, device=device)
@@ -84,33 +88,53 @@ class Prefilling:
     _breakers: Callable[[], frozenset[int]]
 
     def _prefill(self, jobs: list[Job]) -> None:
-        """Prefill the admitted jobs and add them to the batch. A job whose prompt starts as a kept prefix
-        is prefilled on its own from there; one whose new tokens are more than ``prefill_chunk`` while rows
-        decode waits in ``_filling`` for a chunk a step; the others go together, left padded."""
+        """Bring the admitted jobs into the batch. A job whose prompt starts as a kept prefix and has one token
+        left resumes from it as a decoding row (slots only); one with more left, or one whose prompt is more
+        than ``prefill_chunk`` new tokens while rows decode, waits in ``_filling``, which gives one forward a
+        step (``_fill_step``): rows decoding never wait for more than one. The others go together, left padded."""
         now = time.perf_counter()
         for job in jobs:
             job.started = now
         cold: list[Job] = []
+        resumed: list[tuple[Job, int, Prefix]] = []
         for job in list(jobs):
             hit = self.prefixes.longest(job.adapter, job.input_ids) if self.prefixes.enabled else None
-            chunked = self._chunking(len(job.input_ids) - (hit[0] if hit is not None else 0))
-            if hit is None and not chunked:
+            new = len(job.input_ids) - (hit[0] if hit is not None else 0)
+            if hit is not None and new == 1 and isinstance(self._batch, SlotBatch):
+                resumed.append((job, *hit))
+            elif hit is None and not self._chunking(new):
                 cold.append(job)
-                continue
-            fill = Fill.start(job, self.model.config, self.device, hit)
-            with self._cond:
-                self._admitting.remove(job)
-                self._filling.append(fill)
-            if not chunked:
-                self._fill_safely(fill, fill.remaining)
+            else:
+                with self._cond:
+                    self._admitting.remove(job)
+                    self._filling.append(Fill.start(job, self.model.config, hit))
+        if resumed:
+            assert isinstance(self._batch, SlotBatch)  # room for all of them at once: the buffers grow once
+            self._batch.reserve(len(resumed), max(common for _, common, _ in resumed), resumed[0][2].layers)
+            for job, common, prefix in resumed:
+                self._resume(job, common, prefix)
         if cold:
             self._prefill_group(cold)
+
+    def _resume(self, job: Job, common: int, prefix: Prefix) -> None:
+        """A prompt that a kept prefix holds but for its last token: the prefix goes into a slot and the last
+        token is fed by the next decode step, with the other rows; its first new token comes from there."""
+        assert isinstance(self._batch, SlotBatch)
+        self._batch.resume(prefix.layers, common, job.input_ids[common])
+        row = self._row(job)
+        with self._cond:
+            self._rows.append(row)
+            self._admitting.remove(job)
+            self.peak_batch = max(self.peak_batch, len(self._rows))
 
     def _chunking(self, new_tokens: int) -> bool:
         return 0 < self.prefill_chunk < new_tokens and bool(self._rows)
 
     def _fill_step(self) -> None:
-        """One chunk of the first prompt being prefilled (all of it, when no row is decoding any more)."""
+        """One forward for the prompt waiting with the fewest tokens left (the first of those): a chunk of it while
+        rows decode (all of it without chunking, or when no row is decoding any more). Fewest first: a short
+        message on a kept prefix is not held behind a long prompt's many chunks, and a long one, once it is
+        down to its last chunk, goes before a longer newcomer."""
         now = time.perf_counter()
         for fill in list(self._filling):
             job = fill.job
@@ -119,8 +143,8 @@ class Prefilling:
                     self._filling.remove(fill)
                 self._finish(job, "cancelled" if job.cancelled.is_set() else "timeout", "", 0)
         if self._filling:
-            fill = self._filling[0]
-            self._fill_safely(fill, self.prefill_chunk if self._rows else fill.remaining)
+            fill = min(self._filling, key=lambda f: f.remaining)
+            self._fill_safely(fill, (self.prefill_chunk or fill.remaining) if self._rows else fill.remaining)
 
     def _fill_safely(self, fill: Fill, n: int) -> None:
         """``_fill``; a failure fails this prompt's request only (the running rows were not touched)."""
@@ -154,14 +178,7 @@ class Prefilling:
 
     def _join(self, jobs: list[Job], cache: Any, mask: torch.Tensor, logits: torch.Tensor) -> None:
         """Prefilled ``jobs`` sample their first tokens and join the running batch."""
-        rows = [
-            Row(
-                job,
-                RowSampler.create(job.params, job.input_ids, self.device, self._breakers),
-                TextStream(self.tokenizer, job.params.stop),
-            )
-            for job in jobs
-        ]
+        rows = [self._row(job) for job in jobs]
         tokens = next_tokens(logits, [r.sampler for r in rows])
         self._batch.add(cache, mask, tokens)
         with self._cond:
@@ -169,6 +186,13 @@ class Prefilling:
             self._admitting = [j for j in self._admitting if j not in jobs]
             self.peak_batch = max(self.peak_batch, len(self._rows))
         self._accept(rows, tokens)
+
+    def _row(self, job: Job) -> Row:
+        return Row(
+            job,
+            RowSampler.create(job.params, job.input_ids, self.device, self._breakers),
+            TextStream(self.tokenizer, job.params.stop),
+        )
 
     def _keep_prefix(self, row: Row) -> None:
         """Keep the KV of a finished row (its prompt and the tokens fed after it) for prompts that start so."""

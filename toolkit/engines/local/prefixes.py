@@ -47,21 +47,25 @@ class PrefixCache:
         return len(self._entries)
 
     def put(self, adapter: str | None, tokens: Sequence[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Keep ``layers`` (cloned here) as the KV of ``tokens``; an entry that is a prefix of it is dropped."""
+        """Keep ``layers`` (cloned here) as the KV of ``tokens``; an entry that is a prefix of it is dropped, and
+        nothing is cloned when an entry already holds all of ``tokens`` (the same prompt asked again)."""
         if not self.enabled or len(tokens) < MIN_REUSE:
             return
+        ids = torch.tensor(list(tokens), dtype=torch.long)
+        for key, entry in list(self._entries.items()):
+            if key[0] != adapter:
+                continue
+            n = min(len(entry.tokens), len(ids))
+            if not torch.equal(entry.tokens[:n], ids[:n]):
+                continue
+            if n == len(ids):  # it covers these tokens already: keep it, as the most recently used
+                self._entries.move_to_end(key)
+                return
+            self._drop(key)  # this one covers it: the shorter is never the longest
         kept = [(k.clone(), v.clone()) for k, v in layers]
         size = sum(k.nbytes + v.nbytes for k, v in kept)
         if size > self.max_bytes:
             return
-        ids = torch.tensor(list(tokens), dtype=torch.long)
-        for key, entry in list(self._entries.items()):  # this one covers it: the shorter is never the longest
-            if (
-                key[0] == adapter
-                and len(entry.tokens) <= len(ids)
-                and torch.equal(entry.tokens, ids[: len(entry.tokens)])
-            ):
-                self._drop(key)
         self._serial += 1
         self._entries[(adapter, self._serial)] = Prefix(ids, kept, size)
         self.bytes += size

@@ -55,6 +55,7 @@ class SlotBatch:
         self.lengths = torch.zeros(0, dtype=torch.long, device=self.device)  # tokens in each row's slot
         self.last: torch.Tensor | None = None  # each row's last sampled token, fed at the next step
         self.rows = torch.arange(0, device=self.device)  # 0..slots-1, for indexing
+        self.finite = 0  # slots 0..finite-1 hold numbers in every column (a step reads past a row's length)
 
     @property
     def size(self) -> int:
@@ -73,15 +74,36 @@ class SlotBatch:
         """Copy a prefilled group (its left-padded cache, its mask and first sampled tokens) into new slots."""
         lengths = mask.sum(-1)
         n, new = self.size, int(lengths.shape[0])
-        self._fit(n + new, max(self.width, int(lengths.max())) + 1, cache)
+        self._fit(
+            n + new, max(self.width, int(lengths.max())) + 1, [(layer.keys, layer.values) for layer in cache.layers]
+        )
         width = mask.shape[1]
         for (kbuf, vbuf), layer in zip(self.layers, cache.layers, strict=True):
             for j in range(new):
                 length = int(lengths[j])
                 kbuf[n + j, :, :length].copy_(layer.keys[j, :, width - length :])
                 vbuf[n + j, :, :length].copy_(layer.values[j, :, width - length :])
+        for j in range(new):
+            self._clean(n + j, int(lengths[j]))
         self.lengths = torch.cat([self.lengths, lengths.to(self.device)])
         self.last = tokens if self.last is None else torch.cat([self.last, tokens])
+
+    def reserve(self, rows: int, length: int, like: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Room for ``rows`` more rows of up to ``length`` columns (and a step's), shaped as ``like``'s layers."""
+        self._fit(self.size + rows, max(self.width, length) + 1, like)
+
+    def resume(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int, token: int) -> None:
+        """A new row from a kept prefix: the first ``length`` columns of ``layers`` (``(1, kv heads, columns,
+        dim)`` per layer) into a new slot, and ``token`` to be fed at the next step, at position ``length``."""
+        n = self.size
+        self._fit(n + 1, max(self.width, length) + 1, layers)
+        for (kbuf, vbuf), (keys, values) in zip(self.layers, layers, strict=True):
+            kbuf[n, :, :length].copy_(keys[0, :, :length])
+            vbuf[n, :, :length].copy_(values[0, :, :length])
+        self._clean(n, length)
+        self.lengths = torch.cat([self.lengths, torch.tensor([length], device=self.device)])
+        fed = torch.tensor([token], dtype=torch.long, device=self.device)
+        self.last = fed if self.last is None else torch.cat([self.last, fed])
 
     def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids, 4D attention mask, position ids) for one decode step of every row: each row attends over
@@ -124,12 +146,12 @@ class SlotBatch:
         length = int(self.lengths[i])
         return length, [(k[i : i + 1, :, :length], v[i : i + 1, :, :length]) for k, v in self.layers]
 
-    def _fit(self, slots: int, columns: int, like: Any = None) -> None:
+    def _fit(self, slots: int, columns: int, like: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         """Buffers with at least ``slots`` slots and ``columns`` columns: moved into larger ones (with room)
-        when they are too small; the first ones shaped as ``like``'s layers."""
+        when they are too small; the first ones shaped as ``like``'s (keys, values) per layer."""
         if not self.layers:
             assert like is not None
-            shapes = [(layer.keys.shape[1], layer.keys.shape[3], layer.keys.dtype) for layer in like.layers]
+            shapes = [(keys.shape[1], keys.shape[3], keys.dtype) for keys, _ in like]
             slots, columns = slots + max(4, slots // 4), columns + room(columns)
             self.layers = [
                 (self._empty(slots, heads, columns, dim, dtype), self._empty(slots, heads, columns, dim, dtype))
@@ -150,10 +172,24 @@ class SlotBatch:
                 v = self._empty(grown_slots, heads, grown_columns, dim, vbuf.dtype)
                 k[:size, :, :width].copy_(kbuf[:size, :, :width])
                 v[:size, :, :width].copy_(vbuf[:size, :, :width])
+                k[:size, :, width:].zero_()
+                v[:size, :, width:].zero_()
                 layers.append((k, v))
+            self.finite = size
             self.layers = layers
         self.rows = torch.arange(self.layers[0][0].shape[0], device=self.device)
 
+    def _clean(self, slot: int, length: int) -> None:
+        """A row has just been written into ``slot``'s first ``length`` columns: the columns past them are
+        zeroed if the slot never held a row. A step reads every column up to the live width, and a masked-out
+        NaN still poisons attention; a buffer is allocated empty, so only the slots rows take are ever written
+        (growing for one long row does not touch the spare slots' memory)."""
+        if slot >= self.finite:
+            for kbuf, vbuf in self.layers:
+                kbuf[slot, :, length:].zero_()
+                vbuf[slot, :, length:].zero_()
+            self.finite = slot + 1
+
     def _empty(self, slots: int, heads: int, columns: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
-        # zeros, not empty: the columns past a row's length are masked out, but must be finite numbers
-        return torch.zeros((slots, heads, columns, dim), dtype=dtype, device=self.device)
+        # not zeroed: ``_clean`` zeroes a slot when a row first takes it
+        return torch.empty((slots, heads, columns, dim), dtype=dtype, device=self.device)
