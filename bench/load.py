@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import os
@@ -116,7 +117,8 @@ def graphql(url: str, prompt: str) -> tuple[str, float, float]:
 def subscription(url: str, prompt: str) -> tuple[str, float, float]:
     start = time.perf_counter()
     try:
-        events = list(RemoteService(url).stream(prompt, temperature=0, max_new_tokens=6))
+        # no retries: a refusal is timed as the server gave it, as on the other transports
+        events = list(RemoteService(url, max_retries=0).stream(prompt, temperature=0, max_new_tokens=6))
     except Overloaded as exc:
         return "rejected", time.perf_counter() - start, float(exc.retry_after_s or 1)
     except ServiceUnavailable:
@@ -161,6 +163,7 @@ def overload(url: str, seconds: float, long_clients: int = 0) -> dict[str, Any]:
     lock = threading.Lock()
     counts = {name: dict.fromkeys(OUTCOMES, 0) for name in transports}
     rejected: list[float] = []
+    refused_by: dict[str, list[float]] = {name: [] for name in transports}  # which transport's refusals are slow
     answered: list[float] = []  # the short requests' answer times
     end = time.monotonic() + seconds
 
@@ -173,6 +176,7 @@ def overload(url: str, seconds: float, long_clients: int = 0) -> dict[str, Any]:
                 counts[name][outcome] += 1
                 if outcome == "rejected":
                     rejected.append(took)
+                    refused_by[name].append(took)
                 elif outcome == "accepted" and name != "long history":
                     answered.append(took)
             if outcome == "rejected":
@@ -199,6 +203,10 @@ def overload(url: str, seconds: float, long_clients: int = 0) -> dict[str, Any]:
         "rejection_p99_ms": round(quantiles[98] * 1000, 2),
         "short_answer_p50_s": round(answers[49], 3),
         "short_answer_p99_s": round(answers[98], 3),
+        "rejection_p99_ms_by_transport": {
+            name: round(statistics.quantiles(times, n=100)[98] * 1000, 2) if len(times) >= 2 else 0.0
+            for name, times in refused_by.items()
+        },
     }
 
 
@@ -268,7 +276,7 @@ def soak(url: str, total: int, server_pid: int) -> dict[str, Any]:
 
 def merge(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The rounds together: counts added up, each time the worst round's."""
-    out = dict(rounds[0])
+    out = copy.deepcopy(rounds[0])  # the rounds keep their own counts
     for other in rounds[1:]:
         for k in OUTCOMES:
             out[k] += other[k]
@@ -316,9 +324,10 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(60)
-    print(f"\n{'transport':<14}" + "".join(f"{k:>12}" for k in OUTCOMES))
+    print(f"\n{'transport':<14}" + "".join(f"{k:>12}" for k in OUTCOMES) + f"{'refusal p99 ms':>16}")
     for name, row in load["by_transport"].items():
-        print(f"{name:<14}" + "".join(f"{row[k]:>12}" for k in OUTCOMES))
+        refusal = load["rejection_p99_ms_by_transport"][name]
+        print(f"{name:<14}" + "".join(f"{row[k]:>12}" for k in OUTCOMES) + f"{refusal:>16}")
     rows = [
         ("accepted (answered)", load["accepted"], ""),
         ("rejected with 503 OVERLOADED", load["rejected"], ""),
