@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from toolkit import heap
 from toolkit.engines.base import new_seed
 from toolkit.errors import ConfigError, EngineClosed, InvalidRequest, ModelNotReady
+from toolkit.heap import freeze as freeze_heap
+from toolkit.heap import unfreeze as unfreeze_heap
 from toolkit.modelsfile import ModelConfig, configured_models
 from toolkit.params import PARAMS, GenerationParams, Limits, resolve, split_model
 from toolkit.results import Health, ModelHealth, ModelInfo
@@ -200,7 +201,12 @@ class ModelRegistry:
             uptime_s=uptime_s,
             version=TOOLKIT_VERSION,
             error=default.error,
-            models=tuple(ModelHealth(e.name, e.config.engine, e.status, e.error, e.since) for e in self),
+            models=tuple(
+                ModelHealth(
+                    e.name, e.config.engine, e.status, e.error, e.since, e.engine.stats().compiled if e.serving else ()
+                )
+                for e in self
+            ),
         )
 
     def start(self, progress: bool) -> None:
@@ -246,10 +252,11 @@ class ModelRegistry:
             adapters_dir=s.adapters_dir,
             prefix_cache_mb=s.prefix_cache_mb,
             prefill_chunk=s.prefill_chunk,
+            compile_decode=s.compile_decode,
         )
         entry.engine, entry.loaded = engine, loaded
         engine.registry.load_folder()
-        heap.freeze()
+        freeze_heap()
         entry.frozen = True
         entry.set_status("ready")
 
@@ -297,7 +304,7 @@ class ModelRegistry:
                 entry.engine.close(grace_s)
             if entry.frozen:
                 entry.frozen = False
-                heap.unfreeze()
+                unfreeze_heap()
             entry.set_status("stopped")
 
     # ----- routing ---------------------------------------------------------------------
