@@ -32,6 +32,10 @@ def attention(
     import torch
 
     q_length = query.shape[2]
+    # a plain bool: from the module's own count where it has one (with dynamic shapes under the compiler the
+    # heads' comparison is symbolic, and SDPA takes no symbolic flag: the graph would break at every layer)
+    groups = getattr(module, "num_key_value_groups", None)
+    gqa = groups != 1 if isinstance(groups, int) else bool(query.shape[1] != key.shape[1])
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(q_length > 1 and attention_mask is None and causal)
     out = torch.nn.functional.scaled_dot_product_attention(
@@ -42,7 +46,7 @@ def attention(
         dropout_p=dropout if module.training else 0.0,
         scale=scaling,
         is_causal=causal,
-        enable_gqa=query.shape[1] != key.shape[1],
+        enable_gqa=gqa,
     )
     return out.transpose(1, 2).contiguous(), None
 
