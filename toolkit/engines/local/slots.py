@@ -27,6 +27,7 @@ class SlotCache:
 
     def __init__(self, batch: SlotBatch) -> None:
         self.batch = batch
+        self.width = batch.width  # read once a step, not once a layer (and never inside a compiled step)
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
         b = self.batch
@@ -34,11 +35,10 @@ class SlotCache:
         n = keys.shape[0]
         kbuf[b.rows[:n], :, b.lengths] = keys[:, :, 0, :]
         vbuf[b.rows[:n], :, b.lengths] = values[:, :, 0, :]
-        width = b.width + 1
-        return kbuf[:n, :, :width], vbuf[:n, :, :width]
+        return kbuf[:n, :, : self.width + 1], vbuf[:n, :, : self.width + 1]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.batch.width
+        return self.width
 
 
 class SlotBatch:
