@@ -1,6 +1,6 @@
 """Decode with the running batch's KV in per-row slots (``slots.py``) against the left-padded batch, same run.
 
-    python bench/decode.py [--rounds 3] [--new-tokens 64] [--out bench/results/decode.json]
+    python bench/decode.py [--rounds 3] [--new-tokens 64] [--kinds slots,padded] [--out bench/results/decode.json]
 
 Two engines (``Scheduler``) over one bundled model in this process, the same but for their running batch:
 per-row slots (what the engine uses: a row joins into a slot of its own, each row attends over its own
@@ -10,6 +10,9 @@ prompt (~40 tokens) and with a grounded-size one (~600 tokens of made-up sources
 greedy, ``--new-tokens`` each. Rounds alternate the engines; a ratio is the median of the rounds' ratios.
 Greedy texts of the two are compared. Then each kind alone in a process of its own, 16 concurrent
 grounded prompts: peak resident memory. Prints a table and the CPU, and writes JSON.
+
+``--kinds compiled,slots``: the decode step compiled (``COMPILE_DECODE``, ``compiled.py``; the bench waits for
+its warm-up, and says which shapes it kept) against the eager one, both over slots.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def prompts(tokenizer: Any, grounded: bool, n: int) -> list[list[int]]:
     return out
 
 
-KINDS = ("slots", "padded")  # the engine's running batch; the baseline
+KINDS = ("slots", "padded")  # the engine's running batch; the baseline (--kinds: another pair)
 
 
 def make(loaded: Any, name: str) -> Any:
@@ -53,7 +56,8 @@ def make(loaded: Any, name: str) -> Any:
         loaded.tokenizer,
         eos_token_ids=loaded.eos_token_ids,
         context_length=loaded.context_length,
-        slots=name == "slots",
+        slots=name != "padded",
+        compile_decode=name == "compiled",
     )
 
 
@@ -67,6 +71,8 @@ def child(name: str, new_tokens: int) -> int:
 
     loaded = load_model(Settings.from_env(dtype="float32"), progress=False)
     engine = make(loaded, name)
+    if engine.compiled is not None:
+        engine.compiled.wait()
     loaded_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     engine_run(engine, prompts(loaded.tokenizer, True, 16), new_tokens, concurrent=True)
     engine.close()
@@ -74,12 +80,12 @@ def child(name: str, new_tokens: int) -> int:
     return 0
 
 
-def rss(new_tokens: int) -> dict[str, dict[str, float]]:
+def rss(new_tokens: int, kinds: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """Peak RSS of each kind of cache, each in a process of its own."""
     import subprocess
 
     out = {}
-    for name in KINDS:
+    for name in kinds:
         command = [sys.executable, __file__, "--child", name, "--new-tokens", str(new_tokens)]
         line = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split("RSS ")[-1]
         loaded_mib, peak_mib = (float(x) for x in line.split())
@@ -92,6 +98,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "decode.json"))
+    parser.add_argument("--kinds", default=",".join(KINDS), help="two of slots, padded, compiled: measured, baseline")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one engine alone, for the memory figures
     args = parser.parse_args()
 
@@ -104,7 +111,9 @@ def main() -> int:
 
     loaded = load_model(Settings.from_env(dtype="float32"), progress=False)
     tokenizer = loaded.tokenizer
-    engines = {name: make(loaded, name) for name in KINDS}
+    kinds = tuple(args.kinds.split(","))
+    assert len(kinds) == 2 and set(kinds) <= {"slots", "padded", "compiled"}, "--kinds: two of slots, padded, compiled"
+    engines = {name: make(loaded, name) for name in kinds}
     cases = {
         "1 request, short prompt": prompts(tokenizer, False, 1),
         "1 request, grounded prompt": prompts(tokenizer, True, 1),
@@ -114,11 +123,15 @@ def main() -> int:
 
     for engine in engines.values():  # warm-up
         engine_run(engine, cases["16 concurrent, short prompts"][:2], 4, concurrent=True)
+        if engine.compiled is not None:
+            engine.compiled.wait()
+            print(f"compiled decode step: {engine.compiled.state}, serves {engine.compiled.compiled or 'no shape'}")
+            print(f"  warm-up (eager ms, compiled ms): {engine.compiled.timings}")
     runs: dict[tuple[str, str], list[tuple[float, int, list[str]]]] = {}
     bar = tqdm(total=args.rounds * len(cases) * 2, desc="decode benchmark", unit="run")
     for _ in range(args.rounds):
         for case, batch in cases.items():
-            for name in KINDS if _ % 2 == 0 else KINDS[::-1]:
+            for name in kinds if _ % 2 == 0 else kinds[::-1]:
                 result = engine_run(engines[name], batch, args.new_tokens, concurrent=True)
                 runs.setdefault((case, name), []).append(result)
                 bar.update()
@@ -128,30 +141,31 @@ def main() -> int:
 
     rows = []
     for case, batch in cases.items():
-        mine, base = runs[(case, "slots")], runs[(case, "padded")]
+        mine, base = runs[(case, kinds[0])], runs[(case, kinds[1])]
         ratio = statistics.median((t1 / s1) / (t0 / s0) for (s1, t1, _), (s0, t0, _) in zip(mine, base, strict=True))
         rows.append(
             {
                 "case": case,
                 "prompt_tokens": round(statistics.mean(len(p) for p in batch)),
-                "slots_tok_s": round(statistics.median(t / s for s, t, _ in mine), 1),
-                "padded_tok_s": round(statistics.median(t / s for s, t, _ in base), 1),
+                "kinds": list(kinds),
+                "tok_s": round(statistics.median(t / s for s, t, _ in mine), 1),
+                "baseline_tok_s": round(statistics.median(t / s for s, t, _ in base), 1),
                 "ratio": round(ratio, 2),
                 "same_greedy_text": all(a[2] == b[2] for a, b in zip(mine, base, strict=True)),
             }
         )
     print(f"\n{machine()['cpu']}, {args.rounds} rounds, {args.new_tokens} new tokens, float32")
-    print("| case | prompt tokens | slots tok/s | left-padded tok/s | ratio | same greedy text |")
+    print(f"| case | prompt tokens | {kinds[0]} tok/s | {kinds[1]} tok/s | ratio | same greedy text |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['case']} | {r['prompt_tokens']} | {r['slots_tok_s']} | {r['padded_tok_s']} | "
+            f"| {r['case']} | {r['prompt_tokens']} | {r['tok_s']} | {r['baseline_tok_s']} | "
             f"{r['ratio']:.2f}x | {r['same_greedy_text']} |"
         )
-    memory = rss(args.new_tokens)
-    mine, base = memory["slots"]["peak_mib"], memory["padded"]["peak_mib"]
-    print(f"peak RSS, 16 concurrent grounded prompts, a process each: slots {mine:.0f} MiB, ")
-    print(f"left-padded {base:.0f} MiB ({mine / base:.2f}x; after loading: {memory['slots']['after_load_mib']:.0f})")
+    memory = rss(args.new_tokens, kinds)
+    mine, base = memory[kinds[0]]["peak_mib"], memory[kinds[1]]["peak_mib"]
+    print(f"peak RSS, 16 concurrent grounded prompts, a process each: {kinds[0]} {mine:.0f} MiB, ")
+    print(f"{kinds[1]} {base:.0f} MiB ({mine / base:.2f}x; after loading: {memory[kinds[0]]['after_load_mib']:.0f})")
     report = {"machine": machine(), "rounds": args.rounds, "new_tokens": args.new_tokens, "cases": rows}
     save_report({**report, "memory": memory}, args.out)
     return 0

@@ -201,6 +201,7 @@ class ModelHealth:
     status: str = field(metadata=ENUM)  # loading | ready | unavailable | error | stopped
     error: str | None = None  # why it failed to load, or why a remote one is not reachable (yet, or now)
     since: str | None = None  # when the status began (ISO time)
+    compiled: tuple[str, ...] = ()  # a local model's decode-step shapes served compiled (COMPILE_DECODE)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ class Settings:
     prefix_cache_mb: int = 256
     # While answers stream, a longer new prompt is prefilled this many tokens a step; 0: in one piece.
     prefill_chunk: int = 256
+    # The decode step compiled (torch.compile) in the background at start, kept where it measured faster.
+    compile_decode: bool = False
     # Web search.
     search_provider: str = "ddgs"  # ddgs | local:<folder> | none
     search_timeout_s: float = 5.0
@@ -106,6 +108,7 @@ class Settings:
         "request_timeout_s": "REQUEST_TIMEOUT",
         "prefix_cache_mb": "PREFIX_CACHE_MB",
         "prefill_chunk": "PREFILL_CHUNK",
+        "compile_decode": "COMPILE_DECODE",
         "search_provider": "SEARCH_PROVIDER",
         "search_timeout_s": "SEARCH_TIMEOUT",
         "search_region": "SEARCH_REGION",

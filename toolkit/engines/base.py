@@ -79,6 +79,7 @@ class EngineInfo:
 class EngineStats:
     queue_depth: int  # accepted, waiting for a slot
     active: int  # generating now
+    compiled: tuple[str, ...] = ()  # the decode-step shapes it runs compiled (``1 row``, ``2+ rows``)
 
 
 @runtime_checkable

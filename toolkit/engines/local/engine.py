@@ -35,6 +35,7 @@ import torch
 
 from toolkit.engines.base import Sampling
 from toolkit.engines.local import attention
+from toolkit.engines.local.compiled import CompiledStep
 from toolkit.engines.local.kvbatch import KVBatch
 from toolkit.engines.local.lorastack import LoraStack
 from toolkit.engines.local.packed import PACKED, PLAIN, pack_linears
@@ -95,11 +96,13 @@ class Scheduler(Prefilling, Streams):
         prefix_cache_bytes: int = 0,
         prefill_chunk: int = 0,
         slots: bool = True,
+        compile_decode: bool = False,
     ) -> None:
         """``prefix_cache_bytes``: how much KV of finished answers is kept for prompts that start the same
         way (``prefixes.py``); 0: none. ``prefill_chunk``: while rows decode, a longer prompt is prefilled
         this many tokens a step (``prefill.py``); 0: in one piece. ``slots``: the running rows' KV in per-row
-        slots (``slots.py``) where the model allows; False: the left-padded batch (``kvbatch.py``), to compare."""
+        slots (``slots.py``) where the model allows; False: the left-padded batch (``kvbatch.py``), to compare.
+        ``compile_decode``: the decode step over the slots compiled in the background (``compiled.py``)."""
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -134,6 +137,7 @@ class Scheduler(Prefilling, Streams):
         self._batch: KVBatch | SlotBatch = SlotBatch(self.device) if self.kv == "slots" else KVBatch(self.device)
         self.prefixes = PrefixCache(prefix_cache_bytes if plain else 0)
         self.prefill_chunk = prefill_chunk if plain else 0
+        self.compiled = CompiledStep(model, self._plain_forward) if compile_decode and self.kv == "slots" else None
         self._filling: deque[Fill] = deque()  # prompts being prefilled on their own (fewest tokens left first)
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # the most rows ever decoded together
@@ -392,6 +396,20 @@ class Scheduler(Prefilling, Streams):
         )
         return out.logits[:, -1, :]
 
+    def _plain_forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        """The base model's step, no adapter: what ``compiled.py`` compiles."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        return out.logits[:, -1, :]
+
     def _decode_step(self) -> None:
         now = time.perf_counter()
         for row in self._rows:
@@ -404,7 +422,10 @@ class Scheduler(Prefilling, Streams):
         if not self._rows:
             return
         ids, mask, positions = self._batch.step_inputs()
-        logits = self._forward(ids, mask, positions, self._batch.cache, [r.job for r in self._rows])
+        if self.compiled is not None and not self._lora.names:  # adapters are not in the compiled step
+            logits = self.compiled(ids, mask, positions, self._batch.cache)
+        else:
+            logits = self._forward(ids, mask, positions, self._batch.cache, [r.job for r in self._rows])
         tokens = next_tokens(logits, [r.sampler for r in self._rows])
         self._batch.advance(mask, tokens)
         self.steps += 1

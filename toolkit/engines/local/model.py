@@ -32,6 +32,7 @@ class LocalEngine:
         adapters_dir: Path,
         prefix_cache_mb: int = 0,
         prefill_chunk: int = 0,
+        compile_decode: bool = False,
     ) -> None:
         self.loaded = loaded  # LoadedModel: model, tokenizer, hashes
         self.scheduler = Scheduler(
@@ -44,6 +45,7 @@ class LocalEngine:
             default_timeout_s=default_timeout_s,
             prefix_cache_bytes=prefix_cache_mb * 2**20,
             prefill_chunk=prefill_chunk,
+            compile_decode=compile_decode,
         )
         self.registry = AdapterRegistry(adapters_dir, self.scheduler, loaded.content_hash)
         self._info = EngineInfo(
@@ -66,7 +68,8 @@ class LocalEngine:
         return self._info
 
     def stats(self) -> EngineStats:
-        return EngineStats(self.scheduler.queue_depth, self.scheduler.active)
+        compiled = self.scheduler.compiled
+        return EngineStats(self.scheduler.queue_depth, self.scheduler.active, compiled.compiled if compiled else ())
 
     # ----- prompts --------------------------------------------------------------------
 
