@@ -80,4 +80,4 @@ def test_names_and_a_round_trip() -> None:
         "ready", "m", "cpu", "float32", None, 0, 0, 1.0, "0.1.0", None, (ModelHealth("m", "local", "ready"),)
     )
     assert from_wire(Health, to_wire(health)) == health
-    assert "models { name engine status error since }" in selection(Health)
+    assert "models { name engine status error since compiled }" in selection(Health)
