@@ -385,30 +385,26 @@ class Scheduler(Prefilling, Streams):
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, jobs: Sequence[Job]
     ) -> torch.Tensor:
-        out = self._lora(
-            [job.adapter for job in jobs],
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_kw: cache},
-        )
+        out = self._lora([job.adapter for job in jobs], **self._model_inputs(ids, mask, positions, cache))
         return out.logits[:, -1, :]
 
     def _plain_forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
     ) -> torch.Tensor:
         """The base model's step, no adapter: what ``compiled.py`` compiles."""
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_kw: cache},
-        )
-        return out.logits[:, -1, :]
+        return self.model(**self._model_inputs(ids, mask, positions, cache)).logits[:, -1, :]
+
+    def _model_inputs(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+    ) -> dict[str, Any]:
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "use_cache": True,
+            "logits_to_keep": 1,
+            self._cache_kw: cache,
+        }
 
     def _decode_step(self) -> None:
         now = time.perf_counter()
