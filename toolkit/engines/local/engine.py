@@ -19,7 +19,6 @@ the service turns events into ``Token``/``Done`` for the front ends.
 from __future__ import annotations
 
 import atexit
-import inspect
 import logging
 import secrets
 import threading
@@ -35,9 +34,8 @@ import torch
 
 from toolkit.engines.base import Sampling
 from toolkit.engines.local import attention
-from toolkit.engines.local.compiled import CompiledStep
+from toolkit.engines.local.forward import ModelForward
 from toolkit.engines.local.kvbatch import KVBatch
-from toolkit.engines.local.lorastack import LoraStack
 from toolkit.engines.local.packed import PACKED, PLAIN, pack_linears
 from toolkit.engines.local.prefill import Fill, Prefilling
 from toolkit.engines.local.prefixes import PrefixCache
@@ -119,25 +117,24 @@ class Scheduler(Prefilling, Streams):
             self.linear = PACKED if pack_linears(model) else PLAIN
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(eos_token_ids)))
-        names = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in names else "past_key_values"
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._rows: list[Row] = []
         self._admitting: list[Job] = []
-        self._lora = LoraStack(model)
+        plain = self._plain_cache()
+        # per-row KV slots (slots.py) where the cache is plain and the attention the engine's; else left padded
+        self.kv = "slots" if slots and plain and self.attention == attention.NAME else "padded"
+        self._model = ModelForward(model, compile_decode=compile_decode and self.kv == "slots")
+        self._lora = self._model.lora
+        self.compiled = self._model.compiled  # the decode step compiled (COMPILE_DECODE), or None
         self._adapters: set[str] = set()  # adapters requests may name (loaded, not being unloaded)
         self._between_steps: list[_Op] = []  # changes to the model, run by the scheduler thread
         self._closing = False
         self._breaker_ids: frozenset[int] | None = None  # DRY's sequence breakers, when a request first needs them
-        plain = self._plain_cache()
-        # per-row KV slots (slots.py) where the cache is plain and the attention the engine's; else left padded
-        self.kv = "slots" if slots and plain and self.attention == attention.NAME else "padded"
         self._batch: KVBatch | SlotBatch = SlotBatch(self.device) if self.kv == "slots" else KVBatch(self.device)
         self.prefixes = PrefixCache(prefix_cache_bytes if plain else 0)
         self.prefill_chunk = prefill_chunk if plain else 0
-        self.compiled = CompiledStep(model, self._plain_forward) if compile_decode and self.kv == "slots" else None
         self._filling: deque[Fill] = deque()  # prompts being prefilled on their own (fewest tokens left first)
         self.steps = 0  # decode steps run
         self.peak_batch = 0  # the most rows ever decoded together
@@ -385,26 +382,7 @@ class Scheduler(Prefilling, Streams):
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, jobs: Sequence[Job]
     ) -> torch.Tensor:
-        out = self._lora([job.adapter for job in jobs], **self._model_inputs(ids, mask, positions, cache))
-        return out.logits[:, -1, :]
-
-    def _plain_forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
-    ) -> torch.Tensor:
-        """The base model's step, no adapter: what ``compiled.py`` compiles."""
-        return self.model(**self._model_inputs(ids, mask, positions, cache)).logits[:, -1, :]
-
-    def _model_inputs(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
-    ) -> dict[str, Any]:
-        return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": positions,
-            "use_cache": True,
-            "logits_to_keep": 1,
-            self._cache_kw: cache,
-        }
+        return self._model(ids, mask, positions, cache, [job.adapter for job in jobs])
 
     def _decode_step(self) -> None:
         now = time.perf_counter()
@@ -418,10 +396,7 @@ class Scheduler(Prefilling, Streams):
         if not self._rows:
             return
         ids, mask, positions = self._batch.step_inputs()
-        if self.compiled is not None and not self._lora.names:  # adapters are not in the compiled step
-            logits = self.compiled(ids, mask, positions, self._batch.cache)
-        else:
-            logits = self._forward(ids, mask, positions, self._batch.cache, [r.job for r in self._rows])
+        logits = self._model.decode(ids, mask, positions, self._batch.cache, [r.job.adapter for r in self._rows])
         tokens = next_tokens(logits, [r.sampler for r in self._rows])
         self._batch.advance(mask, tokens)
         self.steps += 1
