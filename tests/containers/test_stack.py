@@ -232,10 +232,14 @@ def test_the_dashboard_answers_in_chromium(stack: dict[str, str]) -> None:
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.goto(stack["dashboard"])
         page.wait_for_selector(".tk-prompt input", timeout=120_000)
+        # the page opens the newest kept conversation (the volume keeps earlier runs'): a new chat, so that the
+        # answer waited for is this one, not a finished one that was there before the question
+        page.click(".tk-new-chat")
+        page.wait_for_function("() => document.querySelectorAll('.tk-answer').length === 0", timeout=30_000)
         page.fill(".tk-prompt input", "What is the capital of France?")
         page.press(".tk-prompt input", "Enter")
         page.wait_for_function(
-            "() => { const a = [...document.querySelectorAll('.tk-answer')].pop(); return a && a.querySelector('.tk-stats, .tk-error'); }",
+            "() => { const a = document.querySelectorAll('.tk-answer'); return a.length === 1 && a[0].querySelector('.tk-stats, .tk-error'); }",
             timeout=120_000,
         )
         answer = page.locator(".tk-answer").all_inner_texts()[-1]
