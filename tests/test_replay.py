@@ -73,6 +73,21 @@ def test_what_cannot_match_is_reported_not_answered(service: InferenceService) -
     assert forced.result is not None and forced.identical  # same weights after all: same text
     missing = service.replay({**record, "adapter": "pirate", "adapter_hash": "sha256:1"})
     assert missing.result is None and missing.differences[0].field == "adapter" and missing.differences[0].now is None
+
+
+def test_a_replay_takes_the_decode_path_its_record_names(service: InferenceService) -> None:
+    record = service.infer("Hi", temperature=0, max_new_tokens=4).run_record.to_dict()
+    assert record["decode"] == "eager"  # COMPILE_DECODE is off: every step ran eager, and the record says so
+    assert service.replay(record).identical
+    compiled = service.replay({**record, "decode": "compiled"})  # made where the step was compiled
+    assert compiled.result is None and [(d.field, d.recorded, d.now) for d in compiled.differences] == [
+        ("decode", "compiled", "eager")
+    ]
+    forced = service.replay({**record, "decode": "compiled"}, force=True)
+    assert forced.result is not None and forced.result.run_record.decode == "eager"
+    with pytest.raises(InvalidRequest) as bad:
+        service.replay({**record, "decode": "fast"})
+    assert bad.value.field == "run_record.decode"
     other = service.replay({**record, "model": "no-such-model"})
     assert other.result is None and other.differences[0].field == "model"
     with pytest.raises(InvalidRequest) as info:

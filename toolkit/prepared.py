@@ -33,6 +33,7 @@ class Prepared:
     adapter_hash: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     replay_of: str | None = None
+    decode: str | None = None  # the decode path the engine must take (a replay's record's); None: its choice
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -49,7 +50,7 @@ class Prepared:
 
     def engine_request(self, engine_id: str) -> EngineRequest:
         r = self.request
-        return EngineRequest(engine_id, self.messages, self.encoded, self.params, r.adapter, r.timeout_s)
+        return EngineRequest(engine_id, self.messages, self.encoded, self.params, r.adapter, r.timeout_s, self.decode)
 
     def cancelled_before_engine(self) -> Finished:
         """The engine's last event for a request cancelled before it reached the engine."""
@@ -100,6 +101,7 @@ class Prepared:
             owner=request.owner or None,
             usage=asdict(usage),
             timings=asdict(timings),
+            decode=finished.extra.get("decode"),
         )
         return InferResult(
             id=request.request_id,

@@ -4,7 +4,9 @@ The record's model (routed and ready: the service's part), its hash, served mode
 hash, and the messages as the chat template renders them now are compared with the record; any
 that differ are ``Difference``s. When the model or the adapter is not there at all, there is nothing
 to run. Otherwise the plan is a ``Prepared`` request with the record's exact messages, parameters
-and seed, and its search snapshot instead of a new search.
+and seed, and its search snapshot instead of a new search. A local model's record names its decode path
+(eager or compiled, ``COMPILE_DECODE``): the replay is held to it, and where this engine cannot take it now
+(not compiled here, still warming up, an adapter loaded), that is a difference too.
 """
 
 from __future__ import annotations
@@ -91,6 +93,12 @@ def _plan(record: RunRecord, entry: ServedModel, params: GenerationParams, owner
     encoded = engine.encode(messages, limit=limit)
     if record.prompt_text is not None and encoded.prompt_text is not None and encoded.prompt_text != record.prompt_text:
         differences.append(Difference("prompt_text", record.prompt_text[-300:], encoded.prompt_text[-300:]))
+    decode = None  # the decode path the record names, held to where this engine can take it
+    if record.decode in ("eager", "compiled") and (paths := engine.stats().paths):
+        if record.decode in paths:
+            decode = record.decode
+        else:  # COMPILE_DECODE off here, still warming up, or an adapter loaded: the steps would run eager
+            differences.append(Difference("decode", record.decode, paths[0]))
     if any(d.now is None for d in differences):  # a model or adapter that is not there: nothing to run
         return ReplayPlan(tuple(differences), None, record.answer)
     search = SearchOutcome.from_dict(record.search) if record.search is not None else None
@@ -104,5 +112,7 @@ def _plan(record: RunRecord, entry: ServedModel, params: GenerationParams, owner
     )
     built = BuiltMessages(messages, search.results if search else (), record.dropped_history_turns)
     adapter_hash = engine.adapter_hash(record.adapter) if record.adapter else None
-    prepared = Prepared(request, params, built, encoded, entry, search, adapter_hash, replay_of=record.request_id)
+    prepared = Prepared(
+        request, params, built, encoded, entry, search, adapter_hash, replay_of=record.request_id, decode=decode
+    )
     return ReplayPlan(tuple(differences), prepared, record.answer)

@@ -75,6 +75,9 @@ class RunRecord:
     # how it went (a kept conversation's turn shows them as when it was live): tokens, and seconds
     usage: dict[str, Any] | None = None  # Usage's fields
     timings: dict[str, Any] | None = None  # Timings' fields
+    # a local model's decode steps: eager, compiled (COMPILE_DECODE) or mixed (some of each); a replay takes the
+    # path named (mixed: the engine's choice); None: a remote server, or a record from before it was kept
+    decode: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> RunRecord:
@@ -110,12 +113,15 @@ class RunRecord:
             raise InvalidRequest(
                 "run_record.dropped_history_turns", f"must be between 0 and {MAX_HISTORY_TURNS}, got {dropped}"
             )
+        if fields.get("decode") not in (None, *DECODE_PATHS):
+            raise InvalidRequest("run_record.decode", f"must be one of {', '.join(DECODE_PATHS)}")
         return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+DECODE_PATHS = ("eager", "compiled", "mixed")
 MAX_HISTORY_TURNS = 1_000_000  # far more than any input limit holds: a record's count beyond it is not one
 
 

@@ -45,6 +45,7 @@ class EngineRequest:
     params: GenerationParams  # resolved: max_new_tokens is set
     adapter: str | None = None
     timeout_s: float | None = None
+    decode: str | None = None  # a local model's decode path, eager | compiled (a replay's); None: the engine's choice
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class EngineStats:
     queue_depth: int  # accepted, waiting for a slot
     active: int  # generating now
     compiled: tuple[str, ...] = ()  # the decode-step shapes it runs compiled (``1 row``, ``2+ rows``)
+    paths: tuple[str, ...] = ()  # the decode paths a request can be held to now (eager, compiled); (): remote
 
 
 @runtime_checkable

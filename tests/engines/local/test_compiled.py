@@ -12,6 +12,7 @@ import torch
 
 from toolkit.engines.local.compiled import SHAPES, CompiledStep
 from toolkit.engines.local.engine import Finished, Scheduler
+from toolkit.errors import InvalidRequest
 from toolkit.params import filled
 
 GREEDY = filled(temperature=0, max_new_tokens=12)
@@ -25,24 +26,28 @@ def tiny(tiny_model_dir: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
 
 
-def answers(engine: Scheduler, prompts: list[list[int]]) -> list[str]:
-    """Greedy answers to ``prompts``, all submitted at once (one batch)."""
+def finished(engine: Scheduler, prompts: list[list[int]], decode: list[str | None] | None = None) -> list[Finished]:
+    """Greedy answers to ``prompts``, all submitted at once (one batch); ``decode``: each one's path held to."""
     done = threading.Semaphore(0)
-    texts: dict[int, str] = {}
+    events: dict[int, Finished] = {}
 
     def sink(i: int) -> Any:
         def on(event: Any) -> None:
             if isinstance(event, Finished):
-                texts[i] = event.text
+                events[i] = event
                 done.release()
 
         return on
 
     for i, ids in enumerate(prompts):
-        engine.submit(ids, GREEDY, sink(i))
+        engine.submit(ids, GREEDY, sink(i), decode=decode[i] if decode else None)
     for _ in prompts:
         assert done.acquire(timeout=120)
-    return [texts[i] for i in range(len(prompts))]
+    return [events[i] for i in range(len(prompts))]
+
+
+def answers(engine: Scheduler, prompts: list[list[int]]) -> list[str]:
+    return [event.text for event in finished(engine, prompts)]
 
 
 def test_the_compiled_step_answers_as_the_eager_one_alone_and_batched(tiny: Any, loaded: Any) -> None:
@@ -68,6 +73,15 @@ def test_the_compiled_step_answers_as_the_eager_one_alone_and_batched(tiny: Any,
         alone = [answers(compiled, [one])[0] for one in ids[:2]]  # one row
         together = answers(compiled, ids)  # a batch
         assert alone == [answers(eager, [one])[0] for one in ids[:2]] and together == answers(eager, ids)
+        # each answer says which path its decode steps took, and a request can be held to one (a replay)
+        assert {e.extra["decode"] for e in finished(compiled, ids)} == {"compiled"}
+        assert {e.extra["decode"] for e in finished(eager, ids)} == {"eager"}
+        held = finished(compiled, ids, ["eager", "compiled", "eager", None])
+        assert [e.extra["decode"] for e in held][:3] == ["eager", "compiled", "eager"]  # never one step for both
+        assert [e.text for e in held] == together
+        with pytest.raises(InvalidRequest) as refused:  # no compiled step in this engine
+            eager.submit(ids[0], GREEDY, lambda event: None, decode="compiled")
+        assert refused.value.field == "decode"
     finally:
         for engine in engines:
             engine.close(grace_s=0)

@@ -62,12 +62,13 @@ class CompiledStep:
         """The shapes the compiled step serves now."""
         return tuple(name for name, used in list(self._use.items()) if used)
 
-    def __call__(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: SlotCache
-    ) -> torch.Tensor:
-        if self._use.get(shape(ids.shape[0])):
-            return self._compiled(ids, mask, positions, cache)
-        return self.forward(ids, mask, positions, cache)
+    def serves(self, rows: int) -> bool:
+        """The warm-up kept the compiled step for a batch of ``rows`` rows."""
+        return self._use.get(shape(rows), False)
+
+    def run(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: SlotCache) -> torch.Tensor:
+        """The compiled step, for any batch (``serves`` says where it is the faster one); once ``ready``."""
+        return self._compiled(ids, mask, positions, cache)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Until the warm-up has ended (True), or ``timeout``."""

@@ -40,7 +40,7 @@ from toolkit.engines.local.packed import PACKED, PLAIN, pack_linears
 from toolkit.engines.local.prefill import Fill, Prefilling
 from toolkit.engines.local.prefixes import PrefixCache
 from toolkit.engines.local.repeats import breaker_ids
-from toolkit.engines.local.rows import Job, Row
+from toolkit.engines.local.rows import Job, Row, decode_path
 from toolkit.engines.local.sampling import next_tokens
 from toolkit.engines.local.slots import SlotBatch
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
@@ -180,12 +180,16 @@ class Scheduler(Prefilling, Streams):
         request_id: str | None = None,
         timeout_s: float | None = None,
         adapter: str | None = None,
+        decode: str | None = None,
     ) -> Job:
         """Queue a request; its events go to ``sink`` from the scheduler thread.
 
-        ``adapter`` names a loaded LoRA adapter (None: the base model). Raises
-        ``Overloaded`` at once when the queue is full.
+        ``adapter`` names a loaded LoRA adapter (None: the base model). ``decode``: the path every decode step
+        of it takes, ``eager`` or ``compiled`` (a replay: its record's; ``compiled`` needs ``can_compile``);
+        None: the engine's choice. Raises ``Overloaded`` at once when the queue is full.
         """
+        if decode not in (None, "eager", "compiled") or (decode == "compiled" and not self.can_compile):
+            raise InvalidRequest("decode", f"{decode!r} is not a decode path this engine can take now")
         if not input_ids:
             raise InvalidRequest("prompt", "the prompt has no tokens")
         timeout_s = timeout_s if timeout_s is not None else self.default_timeout_s
@@ -198,6 +202,7 @@ class Scheduler(Prefilling, Streams):
             submitted=now,
             deadline=now + timeout_s if timeout_s else None,
             adapter=adapter,
+            decode=decode,
         )
         with self._cond:
             if self._closing:
@@ -370,9 +375,21 @@ class Scheduler(Prefilling, Streams):
             return []
         room = self.max_batch_size - len(self._rows) - len(self._filling)
         taken: list[Job] = []
+        # a request held to one decode path waits while the running rows are held to the other (a replay)
+        forced = {j.decode for j in [*(r.job for r in self._rows), *(f.job for f in self._filling)] if j.decode}
         while self._pending and len(taken) < room:
+            wants = self._pending[0].decode
+            if wants is not None and forced - {wants}:
+                break
+            if wants is not None:
+                forced.add(wants)
             taken.append(self._pending.popleft())
         return taken
+
+    @property
+    def can_compile(self) -> bool:
+        """A decode step can be held to the compiled path now (``COMPILE_DECODE``, warmed up, no adapter)."""
+        return self._model.can_compile
 
     def _breakers(self) -> frozenset[int]:
         if self._breaker_ids is None:
@@ -396,7 +413,11 @@ class Scheduler(Prefilling, Streams):
         if not self._rows:
             return
         ids, mask, positions = self._batch.step_inputs()
-        logits = self._model.decode(ids, mask, positions, self._batch.cache, [r.job.adapter for r in self._rows])
+        adapters = [r.job.adapter for r in self._rows]
+        forced = next((r.job.decode for r in self._rows if r.job.decode), None)
+        logits, path = self._model.decode(ids, mask, positions, self._batch.cache, adapters, forced)
+        for row in self._rows:
+            row.job.decoded.add(path)
         tokens = next_tokens(logits, [r.sampler for r in self._rows])
         self._batch.advance(mask, tokens)
         self.steps += 1
@@ -486,7 +507,7 @@ class Scheduler(Prefilling, Streams):
             first_token_s=(job.first_token - job.submitted) if job.first_token is not None else None,
             total_s=now - job.submitted,
             error=error,
-            extra=extra or {},
+            extra={**(extra or {}), "decode": decode_path(job.decoded)},
         )
         with self._cond:
             self._jobs.pop(job.request_id, None)

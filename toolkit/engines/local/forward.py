@@ -32,12 +32,27 @@ class ModelForward:
         return self.lora(adapters, **self._inputs(ids, mask, positions, cache)).logits[:, -1, :]
 
     def decode(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, adapters: Sequence[str | None]
-    ) -> torch.Tensor:
-        """A decode step: compiled where the warm-up kept it and no adapter is loaded (adapters are not in it)."""
-        if self.compiled is not None and not self.lora.names:
-            return self.compiled(ids, mask, positions, cache)
-        return self(ids, mask, positions, cache, adapters)
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        adapters: Sequence[str | None],
+        path: str | None = None,
+    ) -> tuple[torch.Tensor, str]:
+        """A decode step, and the path it took: ``compiled`` where the warm-up kept it for this many rows and no
+        adapter is loaded (adapters are not in it), else ``eager``. ``path`` forces one (a replay takes the path
+        its record names); ``compiled`` needs the compiled step ready (``can_compile``)."""
+        compiled = self.compiled
+        held = path == "compiled" or (path is None and compiled is not None and compiled.serves(ids.shape[0]))
+        if compiled is not None and held and not self.lora.names:
+            return compiled.run(ids, mask, positions, cache), "compiled"
+        return self(ids, mask, positions, cache, adapters), "eager"
+
+    @property
+    def can_compile(self) -> bool:
+        """The compiled step is ready, and a step may take it (no adapter loaded)."""
+        return self.compiled is not None and self.compiled.state == "ready" and not self.lora.names
 
     def plain(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """The base model's step, no adapter: what ``compiled.py`` compiles."""

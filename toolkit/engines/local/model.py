@@ -68,8 +68,10 @@ class LocalEngine:
         return self._info
 
     def stats(self) -> EngineStats:
-        compiled = self.scheduler.compiled
-        return EngineStats(self.scheduler.queue_depth, self.scheduler.active, compiled.compiled if compiled else ())
+        scheduler = self.scheduler
+        compiled = scheduler.compiled.compiled if scheduler.compiled else ()
+        paths = ("eager", "compiled") if scheduler.can_compile else ("eager",)
+        return EngineStats(scheduler.queue_depth, scheduler.active, compiled, paths)
 
     # ----- prompts --------------------------------------------------------------------
 
@@ -109,6 +111,7 @@ class LocalEngine:
             "request_id": request.engine_id,
             "timeout_s": request.timeout_s,
             "adapter": request.adapter,
+            "decode": request.decode,
         }
 
     def stream(self, request: EngineRequest) -> Iterator[Event]:

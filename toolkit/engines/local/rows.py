@@ -21,10 +21,17 @@ class Job:
     submitted: float
     deadline: float | None
     adapter: str | None = None
+    decode: str | None = None  # the decode path it must take (a replay: its record's); None: the engine's choice
+    decoded: set[str] = field(default_factory=set)  # the paths its decode steps took: eager, compiled
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float | None = None
     first_token: float | None = None
     done: bool = False
+
+
+def decode_path(decoded: set[str]) -> str:
+    """What the run record says of a request's decode steps: eager, compiled, or mixed (some of each)."""
+    return "mixed" if len(decoded) > 1 else next(iter(decoded), "eager")
 
 
 @dataclass(eq=False)
