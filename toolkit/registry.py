@@ -253,6 +253,8 @@ class ModelRegistry:
             prefix_cache_mb=s.prefix_cache_mb,
             prefill_chunk=s.prefill_chunk,
             compile_decode=s.compile_decode,
+            max_loras=s.max_loras,
+            max_lora_rank=s.max_lora_rank,
         )
         entry.engine, entry.loaded = engine, loaded
         engine.registry.load_folder()

@@ -65,6 +65,9 @@ class Settings:
     prefill_chunk: int = 256
     # The decode step compiled (torch.compile) in the background at start, kept where it measured faster.
     compile_decode: bool = False
+    # With COMPILE_DECODE, adapters are served inside the compiled step from a bank of this many slots, this rank.
+    max_loras: int = 4
+    max_lora_rank: int = 16
     # Web search.
     search_provider: str = "ddgs"  # ddgs | local:<folder> | none
     search_timeout_s: float = 5.0
@@ -109,6 +112,8 @@ class Settings:
         "prefix_cache_mb": "PREFIX_CACHE_MB",
         "prefill_chunk": "PREFILL_CHUNK",
         "compile_decode": "COMPILE_DECODE",
+        "max_loras": "MAX_LORAS",
+        "max_lora_rank": "MAX_LORA_RANK",
         "search_provider": "SEARCH_PROVIDER",
         "search_timeout_s": "SEARCH_TIMEOUT",
         "search_region": "SEARCH_REGION",
@@ -146,6 +151,8 @@ class Settings:
             ("max_queue", 1),
             ("prefix_cache_mb", 0),
             ("prefill_chunk", 0),
+            ("max_loras", 1),
+            ("max_lora_rank", 1),
             ("search_per_minute", 1),
             ("conversation_retention_days", 0),
         ):

@@ -53,6 +53,7 @@ def start_vllm(
     served: str = "smollm2",
     lora: dict[str, str] | None = None,
     compiled: bool = False,
+    dtype: str = "float32",
     timeout_s: float = 300,
 ) -> VLLM:
     port = free_port()
@@ -71,12 +72,13 @@ def start_vllm(
         "--max-model-len",
         "2048",
         "--dtype",
-        "float32",
+        "float32" if dtype == "auto" else dtype,
     ]
     if not compiled:
         command.append("--enforce-eager")
     if lora is not None:
-        command += ["--enable-lora", "--max-lora-rank", "16"]
+        # as many adapters in one batch as are named (vLLM's default is 1: a mixed batch would take turns)
+        command += ["--enable-lora", "--max-lora-rank", "16", "--max-loras", str(max(1, len(lora)))]
         if lora:
             command += ["--lora-modules", *(f"{name}={path}" for name, path in lora.items())]
     env = {

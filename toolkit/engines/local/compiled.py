@@ -41,7 +41,7 @@ def shape(rows: int) -> str:
 
 class CompiledStep:
     """``forward`` (ids, 4D mask, positions, slot cache -> last logits) eager, and compiled for the shapes
-    where that measured faster; ``state``: compiling | ready | failed."""
+    where that measured faster; ``state``: compiling | ready | failed | closed."""
 
     def __init__(self, model: Any, forward: Forward, *, background: bool = True, keep_slower: bool = False) -> None:
         """``background``: warm up on a thread of its own now (else call ``warm``); ``keep_slower``: serve every
@@ -52,6 +52,7 @@ class CompiledStep:
         self.state = "compiling"
         self.timings: dict[str, tuple[float, float]] = {}  # shape -> (eager ms, compiled ms) at warm-up
         self._use: dict[str, bool] = {}  # shape -> the compiled step serves it
+        self._closing = False
         self._compiled = torch.compile(forward, dynamic=True)
         self._thread = threading.Thread(target=self.warm, name="toolkit-compile", daemon=True)
         if background:
@@ -70,6 +71,20 @@ class CompiledStep:
         """The compiled step, for any batch (``serves`` says where it is the faster one); once ``ready``."""
         return self._compiled(ids, mask, positions, cache)
 
+    def give_up(self, why: str) -> None:
+        """Serve eager from now on (a compiled step failed, or the engine closes); ``why`` goes to the log."""
+        if self.state != "failed":
+            log.warning("%s; the decode step is eager from now on", why, exc_info=True)
+        self._use.clear()
+        self.state = "failed"
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the warm-up after the step it is in (a compile cannot be interrupted), and wait for it up to
+        ``timeout``: a thread left compiling at interpreter exit can abort the process."""
+        self._closing = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Until the warm-up has ended (True), or ``timeout``."""
         self._thread.join(timeout)
@@ -80,6 +95,9 @@ class CompiledStep:
         try:
             with torch.inference_mode():  # as the scheduler's steps run: the graph's guards must match
                 for name, rows in SHAPES.items():
+                    if self._closing:
+                        self.state = "closed"
+                        return
                     eager_ms, compiled_ms = self._measure(rows)
                     self.timings[name] = (eager_ms, compiled_ms)
                     self._use[name] = compiled_ms < eager_ms or self.keep_slower
@@ -92,9 +110,7 @@ class CompiledStep:
                     )
             self.state = "ready"
         except Exception:  # a model the compiler cannot take: it serves eager, as before
-            log.warning("the decode step could not be compiled; it stays eager", exc_info=True)
-            self._use.clear()
-            self.state = "failed"
+            self.give_up("the decode step could not be compiled")
 
     def _measure(self, rows: int) -> tuple[float, float]:
         eager, compiled = self._rows(rows), self._rows(rows)

@@ -95,12 +95,15 @@ class Scheduler(Prefilling, Streams):
         prefill_chunk: int = 0,
         slots: bool = True,
         compile_decode: bool = False,
+        max_loras: int = 4,
+        max_lora_rank: int = 16,
     ) -> None:
         """``prefix_cache_bytes``: how much KV of finished answers is kept for prompts that start the same
         way (``prefixes.py``); 0: none. ``prefill_chunk``: while rows decode, a longer prompt is prefilled
         this many tokens a step (``prefill.py``); 0: in one piece. ``slots``: the running rows' KV in per-row
         slots (``slots.py``) where the model allows; False: the left-padded batch (``kvbatch.py``), to compare.
-        ``compile_decode``: the decode step over the slots compiled in the background (``compiled.py``)."""
+        ``compile_decode``: the decode step over the slots compiled in the background (``compiled.py``), with
+        adapters inside it (``rowlora.py``: ``max_loras`` at once, of rank ``max_lora_rank`` at most)."""
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -125,7 +128,13 @@ class Scheduler(Prefilling, Streams):
         plain = self._plain_cache()
         # per-row KV slots (slots.py) where the cache is plain and the attention the engine's; else left padded
         self.kv = "slots" if slots and plain and self.attention == attention.NAME else "padded"
-        self._model = ModelForward(model, compile_decode=compile_decode and self.kv == "slots")
+        self._model = ModelForward(
+            model,
+            compile_decode=compile_decode and self.kv == "slots",
+            max_loras=max_loras,
+            max_lora_rank=max_lora_rank,
+            max_rows=max_batch_size,
+        )
         self._lora = self._model.lora
         self.compiled = self._model.compiled  # the decode step compiled (COMPILE_DECODE), or None
         self._adapters: set[str] = set()  # adapters requests may name (loaded, not being unloaded)
@@ -324,6 +333,8 @@ class Scheduler(Prefilling, Streams):
             self._pending.clear()
             self._cond.notify_all()
         self._thread.join(timeout=30)
+        if self.compiled is not None:
+            self.compiled.close()
 
     # ----- scheduler ----------------------------------------------------------------
 
@@ -388,7 +399,7 @@ class Scheduler(Prefilling, Streams):
 
     @property
     def can_compile(self) -> bool:
-        """A decode step can be held to the compiled path now (``COMPILE_DECODE``, warmed up, no adapter)."""
+        """A decode step can be held to the compiled path now (``COMPILE_DECODE``, warmed up)."""
         return self._model.can_compile
 
     def _breakers(self) -> frozenset[int]:

@@ -33,6 +33,8 @@ class LocalEngine:
         prefix_cache_mb: int = 0,
         prefill_chunk: int = 0,
         compile_decode: bool = False,
+        max_loras: int = 4,
+        max_lora_rank: int = 16,
     ) -> None:
         self.loaded = loaded  # LoadedModel: model, tokenizer, hashes
         self.scheduler = Scheduler(
@@ -46,6 +48,8 @@ class LocalEngine:
             prefix_cache_bytes=prefix_cache_mb * 2**20,
             prefill_chunk=prefill_chunk,
             compile_decode=compile_decode,
+            max_loras=max_loras,
+            max_lora_rank=max_lora_rank,
         )
         self.registry = AdapterRegistry(adapters_dir, self.scheduler, loaded.content_hash)
         self._info = EngineInfo(
