@@ -252,6 +252,8 @@ def peers(
     services, servers = [], []
     path, weights = "", 0
     try:
+        # one compiled service a process: dynamo's recompile limit is per function, and a failing compile (bfloat16's
+        # prepacked linear layers, which inductor cannot lower) broke the float32 one's graph in the same process
         variants = [(dtype, False) for dtype in dtypes] + ([("float32", True)] if compiled else [])
         for dtype, compile_decode in variants:
             name, service, path = toolkit_service(dtype, compile_decode)

@@ -21,6 +21,7 @@ from typing import Any
 
 from toolkit.events import Event, Finished
 from toolkit.live import Live, LiveRequests
+from toolkit.params import InferRequest
 from toolkit.prepared import Prepared
 from toolkit.results import Done, InferResult, StreamEvent, Token
 
@@ -43,16 +44,27 @@ class Run:
 
 Steps = Generator[StreamEvent | Call | Run, Any, None]
 PREPARE_WORKERS = 4  # threads that build requests' messages
+# a request whose prompt, system prompt and history hold more characters than this is prepared behind the engine
+LONG_REQUEST_CHARS = 20_000
 # a finished request's result (and its run record), from the engine's Finished
 Finish = Callable[[Prepared, Finished], InferResult]
 
 
-def preparation_pool(workers: int = PREPARE_WORKERS) -> ThreadPoolExecutor:
+def preparation_pool(workers: int = PREPARE_WORKERS, *, behind: bool = True) -> ThreadPoolExecutor:
     """Threads for building requests' messages (templating, counting, tokenizing: milliseconds, up to a tenth
     of a second for a 10,000-turn history), apart from the loop's shared pool, so a few long requests cannot
     hold up what everything else waits on (a store read, a search); a request queued here whose caller leaves
-    never runs."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="toolkit-prepare", initializer=_behind_the_engine)
+    never runs. ``behind``: at the lowest priority, for long requests (``LONG_REQUEST_CHARS``); the short ones'
+    milliseconds run at the process's own, so that sixteen chat messages arriving together while the engine
+    decodes are not starved into joining it one by one."""
+    if not behind:
+        return ThreadPoolExecutor(workers, thread_name_prefix="toolkit-prepare")
+    return ThreadPoolExecutor(workers, thread_name_prefix="toolkit-prepare-long", initializer=_behind_the_engine)
+
+
+def request_chars(request: InferRequest) -> int:
+    """How much text a request's messages are built from: its prompt, system prompt and history."""
+    return len(request.prompt) + len(request.system_prompt or "") + sum(len(t.content) for t in request.history)
 
 
 # Preparation yields the CPU to the engine: a decode step runs on every core (torch's threads), and a core

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from toolkit.engines.local.engine import Finished, Scheduler
+from toolkit.engines.local.prefill import FEED_TOKENS
 from toolkit.engines.local.prefixes import MIN_REUSE, PrefixCache
 from toolkit.params import filled
 
@@ -193,7 +194,12 @@ def test_prompts_from_kept_prefixes_take_one_forward_a_step_while_rows_decode(
     warm, cold = engines
     tok = loaded.tokenizer
     first = answer(warm, chat_ids(tok, "Which town is this about?"))
-    follow_ups = [chat_ids(tok, "Which town is this about?", first.text, q) for q in ("And its river?", "Its mayor?")]
+    questions = (  # more new tokens than FEED_TOKENS: each takes a forward of its own
+        "And which river runs through it, where does that river meet the sea, and which bridges cross it on the way?",
+        "Who was its mayor before the great flood, what did that mayor build, and who pays for its upkeep today?",
+    )
+    follow_ups = [chat_ids(tok, "Which town is this about?", first.text, q) for q in questions]
+    assert all(len(ids) - len(chat_ids(tok, "Which town is this about?")) > FEED_TOKENS for ids in follow_ups)
     filled_at: list[int] = []
     fill = warm._fill
 
@@ -218,6 +224,35 @@ def test_prompts_from_kept_prefixes_take_one_forward_a_step_while_rows_decode(
     assert done.acquire(timeout=120) and done.acquire(timeout=120) and ended.wait(120)
     assert len(filled_at) == 2 and filled_at[0] != filled_at[1]  # never two prompts' forwards in one step
     assert sorted(r.text for r in results) == sorted(answer(cold, ids, SHORT).text for ids in follow_ups)
+
+
+def test_short_follow_ups_on_kept_prefixes_are_fed_through_the_decode_steps_and_answer_as_cold_starts(
+    engines: tuple[Scheduler, Scheduler], loaded: Any
+) -> None:
+    warm, cold = engines
+    tok = loaded.tokenizer
+    first = answer(warm, chat_ids(tok, "Which town is this about?"))
+    follow_ups = [chat_ids(tok, "Which town is this about?", first.text, q) for q in ("And its river?", "Its mayor?")]
+    sampled = filled(temperature=0.9, seed=7, max_new_tokens=8)  # its seed's draws must be a cold start's
+    asked = [(follow_ups[0], SHORT), (follow_ups[1], SHORT), (follow_ups[1], sampled)]
+    started, ended = threading.Event(), threading.Event()
+    warm.submit(
+        chat_ids(tok, "Write a long essay about the sea.", system="Be brief."),
+        filled(temperature=0, max_new_tokens=24),
+        lambda e: (started.set(), isinstance(e, Finished) and ended.set()),
+    )
+    assert started.wait(60)
+    gate = warm.hold()  # all arrive between the same two steps, while a row decodes
+    forwards, hits = warm.chunks, warm.prefixes.hits
+    results: dict[int, Finished] = {}
+    done = threading.Semaphore(0)
+    for i, (ids, params) in enumerate(asked):
+        warm.submit(ids, params, lambda e, i=i: isinstance(e, Finished) and (results.update({i: e}), done.release()))
+    gate.set()
+    assert all(done.acquire(timeout=120) for _ in asked) and ended.wait(120)
+    assert warm.prefixes.hits - hits == 3 and warm.chunks == forwards  # no forward of their own: fed, a token a step
+    assert [results[i].text for i in range(3)] == [answer(cold, ids, params).text for ids, params in asked]
+    assert all(results[i].prompt_tokens == len(ids) for i, (ids, _) in enumerate(asked))
 
 
 def test_a_short_message_on_a_kept_prefix_is_not_held_behind_a_long_prompts_chunks(loaded: Any) -> None:

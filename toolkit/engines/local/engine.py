@@ -427,12 +427,23 @@ class Scheduler(Prefilling, Streams):
         adapters = [r.job.adapter for r in self._rows]
         forced = next((r.job.decode for r in self._rows if r.job.decode), None)
         logits, path = self._model.decode(ids, mask, positions, self._batch.cache, adapters, forced)
-        for row in self._rows:
+        rows = self._rows
+        for row in rows:
             row.job.decoded.add(path)
-        tokens = next_tokens(logits, [r.sampler for r in self._rows])
+        live = [i for i, row in enumerate(rows) if not row.feed]
+        if len(live) == len(rows):
+            tokens = next_tokens(logits, [r.sampler for r in rows])
+        else:  # a resumed row feeds its prompt's next token instead, its sampler untouched (a seed's draws as cold)
+            tokens = torch.tensor([row.feed.pop(0) if row.feed else 0 for row in rows], device=logits.device)
+            if live:
+                index = torch.tensor(live, device=logits.device)
+                tokens[index] = next_tokens(logits.index_select(0, index), [rows[i].sampler for i in live])
         self._batch.advance(mask, tokens)
         self.steps += 1
-        self._accept(self._rows, tokens)
+        if len(live) == len(rows):
+            self._accept(rows, tokens)
+        else:
+            self._accept([rows[i] for i in live], tokens[live])
 
     def _accept(self, rows: Sequence[Row], tokens: torch.Tensor) -> None:
         """Feed each row its new token: emit text, decide whether it is done."""

@@ -5,6 +5,11 @@ it (a 1,500-token grounded prompt: about 2 s on 2 cores). While rows are decodin
 a prompt one chunk of ``PREFILL_CHUNK`` tokens per step, into a cache of its own, and adds it to the batch
 when its last chunk is done (as vLLM's chunked prefill does, with a separate forward). With nothing
 decoding it is prefilled in one piece: nobody waits, and the first token comes soonest.
+
+Prompts arriving together that kept prefixes cover but for their last few tokens (``FEED_TOKENS`` at most)
+need no forward of their own: each resumes from its prefix in a slot and feeds those tokens one a decode step,
+beside the other rows (its sampler untouched until its first real token). Sixteen chat prompts that share
+the chat template's start then join the batch together, instead of taking sixteen forwards, one a step.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from toolkit.engines.local.prefixes import Prefix, PrefixCache
 from toolkit.engines.local.rows import Job, Row
 from toolkit.engines.local.sampling import RowSampler, next_tokens
 from toolkit.engines.local.slots import SlotBatch
+
+FEED_TOKENS = 32  # a kept prefix's hit with this many new tokens or fewer is fed through decode steps (slots)
 
 
 @dataclass(eq=False)
@@ -89,20 +96,29 @@ class Prefilling:
 
     def _prefill(self, jobs: list[Job]) -> None:
         """Bring the admitted jobs into the batch. A job whose prompt starts as a kept prefix and has one token
-        left resumes from it as a decoding row (slots only); one with more left, or one whose prompt is more
-        than ``prefill_chunk`` new tokens while rows decode, waits in ``_filling``, which gives one forward a
-        step (``_fill_step``): rows decoding never wait for more than one. The others go together, left padded."""
+        left resumes from it as a decoding row (slots only), and so do several with up to ``FEED_TOKENS`` left
+        each, admitted together or one while others wait for their forwards (those tokens fed one a step, beside
+        the other rows: none waits for the others' forwards). One with more left, a lone one with a few left
+        (one forward gives its first token soonest), or
+        one whose prompt is more than ``prefill_chunk`` new tokens while rows decode, waits in ``_filling``, which
+        gives one forward a step (``_fill_step``): rows decoding never wait for more than one. The others go
+        together, left padded."""
         now = time.perf_counter()
         for job in jobs:
             job.started = now
         cold: list[Job] = []
         resumed: list[tuple[Job, int, Prefix]] = []
-        for job in list(jobs):
-            hit = self.prefixes.longest(job.adapter, job.input_ids) if self.prefixes.enabled else None
-            new = len(job.input_ids) - (hit[0] if hit is not None else 0)
-            if hit is not None and new == 1 and isinstance(self._batch, SlotBatch):
+        admitted = list(jobs)  # ``jobs`` is the scheduler's list of those being admitted: it shrinks as they go
+        hits = [self.prefixes.longest(j.adapter, j.input_ids) if self.prefixes.enabled else None for j in admitted]
+        lefts = [len(j.input_ids) - (hit[0] if hit is not None else 0) for j, hit in zip(admitted, hits, strict=True)]
+        # several of them now, or one and others already waiting for a forward each: fed, none waits for the rest
+        few = sum(1 for hit, left in zip(hits, lefts, strict=True) if hit is not None and left <= FEED_TOKENS)
+        few += sum(1 for fill in self._filling if fill.remaining <= FEED_TOKENS)
+        for job, hit, left in zip(admitted, hits, lefts, strict=True):
+            feeding = left == 1 or (left <= FEED_TOKENS and few > 1)
+            if hit is not None and feeding and isinstance(self._batch, SlotBatch):
                 resumed.append((job, *hit))
-            elif hit is None and not self._chunking(new):
+            elif hit is None and not self._chunking(left):
                 cold.append(job)
             else:
                 with self._cond:
@@ -122,6 +138,7 @@ class Prefilling:
         assert isinstance(self._batch, SlotBatch)
         self._batch.resume(prefix.layers, common, job.input_ids[common])
         row = self._row(job)
+        row.feed = list(job.input_ids[common + 1 :])
         with self._cond:
             self._rows.append(row)
             self._admitting.remove(job)

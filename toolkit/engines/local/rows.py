@@ -43,3 +43,4 @@ class Row:
     guard: LoopGuard = field(default_factory=LoopGuard)  # near copies; holds back a copy in the making
     ends: list[int] = field(default_factory=list)  # the raw text's length after each token
     ids: list[int] = field(default_factory=list)  # every token sampled, EOS included
+    feed: list[int] = field(default_factory=list)  # a resumed row's prompt tokens still to feed, one a step
