@@ -65,8 +65,9 @@ class Settings:
     prefill_chunk: int = 256
     # The decode step compiled (torch.compile) in the background at start, kept where it measured faster.
     compile_decode: bool = False
-    # With COMPILE_DECODE, adapters are served inside the compiled step from a bank of this many slots, this rank.
-    max_loras: int = 4
+    # With COMPILE_DECODE and MAX_LORAS > 0, adapters are served inside the compiled step from a bank of this many
+    # slots of this rank; 0: by peft, eager while one is loaded (the bank's work in the graph costs every step).
+    max_loras: int = 0
     max_lora_rank: int = 16
     # Web search.
     search_provider: str = "ddgs"  # ddgs | local:<folder> | none
@@ -151,7 +152,7 @@ class Settings:
             ("max_queue", 1),
             ("prefix_cache_mb", 0),
             ("prefill_chunk", 0),
-            ("max_loras", 1),
+            ("max_loras", 0),
             ("max_lora_rank", 1),
             ("search_per_minute", 1),
             ("conversation_retention_days", 0),

@@ -188,17 +188,34 @@ def test_the_same_prompt_again_resumes_from_its_prefix_and_answers_as_a_cold_sta
     assert two.text == one.text == answer(cold, ids).text and two.prompt_tokens == len(ids)
 
 
+def follow_ups_to(engine: Scheduler, tok: Any, questions: tuple[str, ...]) -> list[list[int]]:
+    """A first question answered (its KV kept), and the conversations that go on from it with ``questions``."""
+    first = answer(engine, chat_ids(tok, "Which town is this about?"))
+    return [chat_ids(tok, "Which town is this about?", first.text, q) for q in questions]
+
+
+def decoding(engine: Scheduler, tok: Any) -> threading.Event:
+    """A long answer started, its first token come (rows are decoding); the event its end sets."""
+    started, ended = threading.Event(), threading.Event()
+    engine.submit(
+        chat_ids(tok, "Write a long essay about the sea.", system="Be brief."),
+        filled(temperature=0, max_new_tokens=24),
+        lambda e: (started.set(), isinstance(e, Finished) and ended.set()),
+    )
+    assert started.wait(60)
+    return ended
+
+
 def test_prompts_from_kept_prefixes_take_one_forward_a_step_while_rows_decode(
     engines: tuple[Scheduler, Scheduler], loaded: Any
 ) -> None:
     warm, cold = engines
     tok = loaded.tokenizer
-    first = answer(warm, chat_ids(tok, "Which town is this about?"))
     questions = (  # more new tokens than FEED_TOKENS: each takes a forward of its own
         "And which river runs through it, where does that river meet the sea, and which bridges cross it on the way?",
         "Who was its mayor before the great flood, what did that mayor build, and who pays for its upkeep today?",
     )
-    follow_ups = [chat_ids(tok, "Which town is this about?", first.text, q) for q in questions]
+    follow_ups = follow_ups_to(warm, tok, questions)
     assert all(len(ids) - len(chat_ids(tok, "Which town is this about?")) > FEED_TOKENS for ids in follow_ups)
     filled_at: list[int] = []
     fill = warm._fill
@@ -208,13 +225,7 @@ def test_prompts_from_kept_prefixes_take_one_forward_a_step_while_rows_decode(
         fill(*args)
 
     warm._fill = spy  # type: ignore[method-assign]
-    started, ended = threading.Event(), threading.Event()
-    warm.submit(
-        chat_ids(tok, "Write a long essay about the sea.", system="Be brief."),
-        filled(temperature=0, max_new_tokens=24),
-        lambda e: (started.set(), isinstance(e, Finished) and ended.set()),
-    )
-    assert started.wait(60)
+    ended = decoding(warm, tok)
     gate = warm.hold()  # both arrive between the same two steps
     results: list[Finished] = []
     done = threading.Semaphore(0)
@@ -231,17 +242,10 @@ def test_short_follow_ups_on_kept_prefixes_are_fed_through_the_decode_steps_and_
 ) -> None:
     warm, cold = engines
     tok = loaded.tokenizer
-    first = answer(warm, chat_ids(tok, "Which town is this about?"))
-    follow_ups = [chat_ids(tok, "Which town is this about?", first.text, q) for q in ("And its river?", "Its mayor?")]
+    follow_ups = follow_ups_to(warm, tok, ("And its river?", "Its mayor?"))
     sampled = filled(temperature=0.9, seed=7, max_new_tokens=8)  # its seed's draws must be a cold start's
     asked = [(follow_ups[0], SHORT), (follow_ups[1], SHORT), (follow_ups[1], sampled)]
-    started, ended = threading.Event(), threading.Event()
-    warm.submit(
-        chat_ids(tok, "Write a long essay about the sea.", system="Be brief."),
-        filled(temperature=0, max_new_tokens=24),
-        lambda e: (started.set(), isinstance(e, Finished) and ended.set()),
-    )
-    assert started.wait(60)
+    ended = decoding(warm, tok)
     gate = warm.hold()  # all arrive between the same two steps, while a row decodes
     forwards, hits = warm.chunks, warm.prefixes.hits
     results: dict[int, Finished] = {}

@@ -95,7 +95,7 @@ class Scheduler(Prefilling, Streams):
         prefill_chunk: int = 0,
         slots: bool = True,
         compile_decode: bool = False,
-        max_loras: int = 4,
+        max_loras: int = 0,
         max_lora_rank: int = 16,
     ) -> None:
         """``prefix_cache_bytes``: how much KV of finished answers is kept for prompts that start the same

@@ -24,18 +24,19 @@ class ModelForward:
         model: Any,
         *,
         compile_decode: bool = False,
-        max_loras: int = 4,
+        max_loras: int = 0,
         max_lora_rank: int = 16,
         max_rows: int = 64,
     ) -> None:
-        """``compile_decode``: compile the decode step (over the slots' cache) in the background; adapters are then
-        served inside it, per row (``rowlora.py``: ``max_loras`` of rank ``max_lora_rank`` at most, in batches of
-        ``max_rows``), else by peft's mixed batches (``lorastack.py``)."""
+        """``compile_decode``: compile the decode step (over the slots' cache) in the background. ``max_loras`` > 0
+        with it: adapters are served inside the compiled step, per row (``rowlora.py``: ``max_loras`` of rank
+        ``max_lora_rank`` at most, in batches of ``max_rows``); else by peft's mixed batches (``lorastack.py``),
+        eager while one is loaded."""
         self.model = model
         names = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in names else "past_key_values"
         self.lora: LoraStack | RowLoras
-        if compile_decode:
+        if compile_decode and max_loras > 0:
             self.lora = RowLoras(model, max_loras=max_loras, max_lora_rank=max_lora_rank, max_rows=max_rows)
         else:
             self.lora = LoraStack(model)
@@ -57,12 +58,13 @@ class ModelForward:
         path: str | None = None,
     ) -> tuple[torch.Tensor, str]:
         """A decode step, and the path it took: ``compiled`` where the warm-up kept it for this many rows (with
-        the rows' adapters inside it), else ``eager``. ``path`` forces one (a replay takes the path its record
-        names); ``compiled`` needs the compiled step ready (``can_compile``)."""
+        the rows' adapters inside it, from the bank; with peft's, only while none is loaded), else ``eager``.
+        ``path`` forces one (a replay takes the path its record names); ``compiled`` needs ``can_compile``."""
         compiled = self.compiled
         held = path == "compiled" or (path is None and compiled is not None and compiled.serves(ids.shape[0]))
-        if compiled is not None and held and isinstance(self.lora, RowLoras):
-            self.lora.select(adapters)
+        if compiled is not None and held and self._fast_path:
+            if isinstance(self.lora, RowLoras):
+                self.lora.select(adapters)
             try:
                 return compiled.run(ids, mask, positions, cache), "compiled"
             except Exception:  # a shape or state the graph cannot take: eager from now on, this step included
@@ -72,7 +74,12 @@ class ModelForward:
     @property
     def can_compile(self) -> bool:
         """The compiled step is ready: a step may be held to it."""
-        return self.compiled is not None and self.compiled.state == "ready"
+        return self.compiled is not None and self.compiled.state == "ready" and self._fast_path
+
+    @property
+    def _fast_path(self) -> bool:
+        """Adapters are inside the compiled step (the bank), or none is loaded."""
+        return isinstance(self.lora, RowLoras) or not self.lora.names
 
     def plain(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """The base model's step, no adapter: what ``compiled.py`` compiles."""

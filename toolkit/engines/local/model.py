@@ -33,7 +33,7 @@ class LocalEngine:
         prefix_cache_mb: int = 0,
         prefill_chunk: int = 0,
         compile_decode: bool = False,
-        max_loras: int = 4,
+        max_loras: int = 0,
         max_lora_rank: int = 16,
     ) -> None:
         self.loaded = loaded  # LoadedModel: model, tokenizer, hashes
