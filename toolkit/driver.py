@@ -62,6 +62,21 @@ def preparation_pool(workers: int = PREPARE_WORKERS, *, behind: bool = True) -> 
     return ThreadPoolExecutor(workers, thread_name_prefix="toolkit-prepare-long", initializer=_behind_the_engine)
 
 
+class PreparationPools:
+    """The two preparation pools: long requests' behind the engine, short ones' at the process's priority."""
+
+    def __init__(self) -> None:
+        self.short, self.long = preparation_pool(behind=False), preparation_pool(behind=True)
+
+    def of(self, request: InferRequest) -> ThreadPoolExecutor:
+        """The pool that prepares ``request``."""
+        return self.long if request_chars(request) > LONG_REQUEST_CHARS else self.short
+
+    def shutdown(self) -> None:
+        for pool in (self.short, self.long):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 def request_chars(request: InferRequest) -> int:
     """How much text a request's messages are built from: its prompt, system prompt and history."""
     return len(request.prompt) + len(request.system_prompt or "") + sum(len(t.content) for t in request.history)

@@ -31,7 +31,7 @@ from toolkit.conversation.handle import Conversation
 from toolkit.conversation.records import ConversationArg, ConversationInfo
 from toolkit.conversation.store import ConversationStore
 from toolkit.conversation.thread import akept, keeper, kept, thread_for
-from toolkit.driver import LONG_REQUEST_CHARS, Call, Driver, Run, Steps, preparation_pool, request_chars
+from toolkit.driver import Call, Driver, PreparationPools, Run, Steps
 from toolkit.engines.base import Engine
 from toolkit.errors import (
     EngineUnavailable,
@@ -90,10 +90,7 @@ class InferenceService:
         self._searcher: Any = searcher  # a Searcher, None for no search, or _UNSET: from SEARCH_PROVIDER
         self._live = LiveRequests()
         self._driver = Driver(self._live, self._result, lambda: bool(self.settings.grounding_judge))
-        # building requests' messages, beside the loop: short ones at the process's priority, long ones behind
-        # the engine (LONG_REQUEST_CHARS)
-        self._prepare_pool = preparation_pool(behind=False)
-        self._prepare_long = preparation_pool(behind=True)
+        self._prepare_pools = PreparationPools()  # building requests' messages: beside the loop
         self._started = False
         self._stopped = False
         self._versions = versions()
@@ -135,8 +132,7 @@ class InferenceService:
         """Finish (or after ``grace_s`` cancel) in-flight requests and stop every engine."""
         self._stopped = True
         self.registry.close(grace_s)
-        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
-        self._prepare_long.shutdown(wait=False, cancel_futures=True)
+        self._prepare_pools.shutdown()
 
     def __enter__(self) -> InferenceService:
         return self.start()
@@ -344,7 +340,7 @@ class InferenceService:
                 yield SearchStarted(request.request_id, query, self._provider())
                 outcome = search if search is not None else (yield Call(self.search, query))
                 yield search_finished(request.request_id, outcome)
-            pool = self._prepare_long if request_chars(request) > LONG_REQUEST_CHARS else self._prepare_pool
+            pool = self._prepare_pools.of(request)
             prepared = yield Call(self._prepare, entry, request, params, outcome, fit, live, pool=pool)
             self._live.release(entry.name)
             accepted = False

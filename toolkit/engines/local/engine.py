@@ -40,8 +40,7 @@ from toolkit.engines.local.packed import PACKED, PLAIN, pack_linears
 from toolkit.engines.local.prefill import Fill, Prefilling
 from toolkit.engines.local.prefixes import PrefixCache
 from toolkit.engines.local.repeats import breaker_ids
-from toolkit.engines.local.rows import Job, Row, decode_path
-from toolkit.engines.local.sampling import next_tokens
+from toolkit.engines.local.rows import Job, Row, decode_path, step_tokens
 from toolkit.engines.local.slots import SlotBatch
 from toolkit.errors import EngineClosed, GenerationError, InvalidRequest, Overloaded, ToolkitError
 from toolkit.events import Delta, Event, Finished, Sink, Streams
@@ -430,20 +429,12 @@ class Scheduler(Prefilling, Streams):
         rows = self._rows
         for row in rows:
             row.job.decoded.add(path)
-        live = [i for i, row in enumerate(rows) if not row.feed]
-        if len(live) == len(rows):
-            tokens = next_tokens(logits, [r.sampler for r in rows])
-        else:  # a resumed row feeds its prompt's next token instead, its sampler untouched (a seed's draws as cold)
-            tokens = torch.tensor([row.feed.pop(0) if row.feed else 0 for row in rows], device=logits.device)
-            if live:
-                index = torch.tensor(live, device=logits.device)
-                tokens[index] = next_tokens(logits.index_select(0, index), [rows[i].sampler for i in live])
+        tokens, live = step_tokens(logits, rows)
         self._batch.advance(mask, tokens)
         self.steps += 1
-        if len(live) == len(rows):
-            self._accept(rows, tokens)
-        else:
-            self._accept([rows[i] for i in live], tokens[live])
+        if len(live) < len(rows):  # the rows still feeding their prompts emit nothing yet
+            rows, tokens = [rows[i] for i in live], tokens[live]
+        self._accept(rows, tokens)
 
     def _accept(self, rows: Sequence[Row], tokens: torch.Tensor) -> None:
         """Feed each row its new token: emit text, decide whether it is done."""

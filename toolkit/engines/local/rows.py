@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import torch
 
 from toolkit.engines.base import Sampling
 from toolkit.engines.local.detok import TextStream
-from toolkit.engines.local.sampling import RowSampler
+from toolkit.engines.local.sampling import RowSampler, next_tokens
 from toolkit.events import Sink
 from toolkit.loopguard import LoopGuard
 
@@ -32,6 +35,19 @@ class Job:
 def decode_path(decoded: set[str]) -> str:
     """What the run record says of a request's decode steps: eager, compiled, or mixed (some of each)."""
     return "mixed" if len(decoded) > 1 else next(iter(decoded), "eager")
+
+
+def step_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> tuple[torch.Tensor, list[int]]:
+    """Each row's next input: its sampled token, or a resumed row's next prompt token (``feed``; its sampler
+    untouched, so a seed draws as from a cold start); and the rows that sampled."""
+    live = [i for i, row in enumerate(rows) if not row.feed]
+    if len(live) == len(rows):
+        return next_tokens(logits, [row.sampler for row in rows]), live
+    tokens = torch.tensor([row.feed.pop(0) if row.feed else 0 for row in rows], device=logits.device)
+    if live:
+        index = torch.tensor(live, device=logits.device)
+        tokens[index] = next_tokens(logits.index_select(0, index), [rows[i].sampler for i in live])
+    return tokens, live
 
 
 @dataclass(eq=False)
