@@ -101,8 +101,9 @@ class Scheduler(Prefilling, Streams):
         way (``prefixes.py``); 0: none. ``prefill_chunk``: while rows decode, a longer prompt is prefilled
         this many tokens a step (``prefill.py``); 0: in one piece. ``slots``: the running rows' KV in per-row
         slots (``slots.py``) where the model allows; False: the left-padded batch (``kvbatch.py``), to compare.
-        ``compile_decode``: the decode step over the slots compiled in the background (``compiled.py``), with
-        adapters inside it (``rowlora.py``: ``max_loras`` at once, of rank ``max_lora_rank`` at most)."""
+        ``compile_decode``: the decode step over the slots compiled in the background (``compiled.py``); with
+        ``max_loras`` > 0, adapters inside it (``rowlora.py``: that many at once, of rank ``max_lora_rank`` at
+        most), else peft's, the steps eager while one is loaded."""
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
