@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from toolkit.engines.base import Sampling
-from toolkit.engines.local import attention
+from toolkit.engines.local import attention, omp
 from toolkit.engines.local.forward import ModelForward
 from toolkit.engines.local.kvbatch import KVBatch
 from toolkit.engines.local.packed import PACKED, PLAIN, pack_linears
@@ -128,6 +128,7 @@ class Scheduler(Prefilling, Streams):
         plain = self._plain_cache()
         # per-row KV slots (slots.py) where the cache is plain and the attention the engine's; else left padded
         self.kv = "slots" if slots and plain and self.attention == attention.NAME else "padded"
+        omp.release()  # the loading thread's OpenMP pool (packing, a dtype cast) would slow the warm-up's timings
         self._model = ModelForward(
             model,
             compile_decode=compile_decode and self.kv == "slots",
@@ -201,6 +202,7 @@ class Scheduler(Prefilling, Streams):
             raise InvalidRequest("decode", f"{decode!r} is not a decode path this engine can take now")
         if not input_ids:
             raise InvalidRequest("prompt", "the prompt has no tokens")
+        omp.release()  # this thread computes nothing of it: its OpenMP pool would slow the engine's (omp.py)
         timeout_s = timeout_s if timeout_s is not None else self.default_timeout_s
         now = time.perf_counter()
         job = Job(
@@ -339,11 +341,14 @@ class Scheduler(Prefilling, Streams):
     # ----- scheduler ----------------------------------------------------------------
 
     def _run(self) -> None:
+        computed = False  # since the engine last went idle
         while True:
             with self._cond:
                 while not self._pending and not self._rows and not self._filling and not self._between_steps:
                     if self._closing:
                         return
+                    if computed:  # idle: its OpenMP pool would slow another thread's (a second engine: omp.py)
+                        computed = not omp.release()
                     self._cond.wait()
                 gate = self._gate
                 if gate is None:
@@ -357,6 +362,7 @@ class Scheduler(Prefilling, Streams):
                 continue
             for change in changes:  # e.g. load an adapter: between steps, not in inference mode
                 change.run()
+            computed = True
             try:
                 # inference mode only around the work: a thread parked in it aborts at interpreter exit
                 with torch.inference_mode():

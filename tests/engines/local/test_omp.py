@@ -1,0 +1,95 @@
+"""OpenMP worker pools are handed back by threads that stop computing (toolkit/engines/local/omp.py).
+
+A pool's workers are OS threads of this process, so they are counted in /proc/self/task: a thread that ran a
+parallel kernel adds one for each thread of torch's but its own; one that hands its pool back takes them away again."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from toolkit.engines.local import omp
+from toolkit.engines.local.engine import Scheduler
+from toolkit.params import filled
+
+pytestmark = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2 or omp._libgomp() is None, reason="needs torch on libgomp and 2 cores"
+)
+
+
+@pytest.fixture(autouse=True)
+def two_threads() -> Iterator[None]:
+    """Kernels on 2 threads (a test worker of ``make test`` runs on 1: no pool at all)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def settles_at(count: int, seconds: float = 30.0) -> bool:
+    """Poll until this process has ``count`` threads or fewer (a pool's workers exit a moment after release)."""
+    deadline = time.monotonic() + seconds
+    while threads() > count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def parallel_work() -> None:
+    torch.ones(2**22).sin_()  # far over torch's grain size: an OpenMP parallel region
+
+
+@pytest.fixture()
+def engine(loaded: Any) -> Iterator[Scheduler]:
+    engine = Scheduler(
+        loaded.model,
+        loaded.tokenizer,
+        eos_token_ids=loaded.eos_token_ids,
+        context_length=loaded.context_length,
+    )
+    yield engine
+    engine.close(grace_s=0)
+
+
+def settled() -> int:
+    """This process's threads once the count has stopped falling (released workers exit a moment later)."""
+    count = threads()
+    while True:
+        time.sleep(0.2)
+        if (now := threads()) >= count:
+            return count
+        count = now
+
+
+def test_a_thread_hands_its_pool_back() -> None:
+    omp.release()
+    before = settled()
+    parallel_work()
+    assert threads() == before + 1  # this thread's pool
+    assert omp.release()
+    assert settles_at(before)
+    parallel_work()  # and gets a new one when it computes again
+    assert threads() == before + 1
+
+
+def test_the_engine_idles_without_a_pool_and_takes_the_submitters(engine: Scheduler, loaded: Any) -> None:
+    omp.release()
+    before = settled()  # the engine's thread has not computed yet
+    ids = list(loaded.tokenizer("Name a colour.", add_special_tokens=False)["input_ids"])
+    engine.generate(ids, filled(temperature=0, max_new_tokens=4))
+    assert settles_at(before), "the idle engine kept its OpenMP workers"
+    parallel_work()  # this thread now has a pool (a notebook's main thread after training, say)
+    result = engine.generate(ids, filled(temperature=0, max_new_tokens=4))
+    assert result.finish_reason == "length"
+    # both pools gone: the submitting thread's at submit, the engine's when it went idle again
+    assert settles_at(before), "a pool stayed: the engine's steps would wait on sleeping workers"

@@ -1,0 +1,63 @@
+"""OpenMP worker pools, handed back by threads that stop computing.
+
+torch's CPU kernels run on OpenMP (GNU libgomp in the PyPI wheels). Every thread that runs a parallel kernel
+gets a pool of worker threads of its own, kept until that thread exits. Between two kernels the workers spin a
+while before they sleep, and a decode step is some 400 small kernels, so it depends on that spin: waking a
+sleeping worker costs tens of microseconds a kernel. libgomp spins only while the process has no more pool
+threads than CPUs; with more it spins a hundred times and sleeps (its ``gomp_throttled_spin_count_var``).
+
+So one other thread's pool slows the engine, and stays until that thread ends: a second engine in the same
+process, the bfloat16 check of ``packed.py`` on the main thread, a notebook's main thread that trained an
+adapter or multiplied two matrices. Measured on the bundled model (2 cores, float32): 29-30 tok/s at 1 request
+and 180-200 at 16 alone; 18-19 and 140-155 once the main thread had run one 512x512 matrix product; back to
+26 and 184 when that thread handed its pool back.
+
+``release`` hands the calling thread's pool back (OpenMP 5's ``omp_pause_resource_all``; the thread gets a
+new pool, in microseconds, at its next parallel kernel). The scheduler calls it when it goes idle, and for the
+thread that submits a request (that thread computes nothing of it). Only libgomp's behaviour was measured; with
+another OpenMP runtime, or none loaded, ``release`` does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _libgomp() -> ctypes.CDLL | None:
+    """The libgomp this process has loaded (torch's own copy), or None."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux
+        return None
+    paths = {line.split()[-1] for line in maps.splitlines() if "/libgomp" in line}
+    for path in sorted(paths):
+        try:
+            library = ctypes.CDLL(path)
+            library.omp_pause_resource_all.argtypes = [ctypes.c_int]
+            return library
+        except (OSError, AttributeError) as exc:  # an old libgomp without OpenMP 5's pause
+            log.debug("cannot release OpenMP pools through %s: %s", path, exc)
+    return None
+
+
+def release() -> bool:
+    """Hand the calling thread's OpenMP worker pool back; True if libgomp took it (also when it had none).
+    Not from inside a parallel region (libgomp refuses there: False)."""
+    library = _libgomp() if _loaded() else None
+    if library is None:
+        return False
+    return int(library.omp_pause_resource_all(1)) == 0  # omp_pause_soft
+
+
+def _loaded() -> bool:
+    """libgomp comes with torch: before torch is imported there is no pool to hand back (and a None cached by
+    ``_libgomp`` then would stay)."""
+    import sys
+
+    return "torch" in sys.modules
