@@ -64,8 +64,9 @@ def finished(
     prompts: list[list[int]],
     decode: list[str | None] | None = None,
     adapters: list[str | None] | None = None,
+    params: Any = GREEDY,
 ) -> list[Finished]:
-    """Greedy answers to ``prompts``, all submitted at once (one batch); ``decode``: each one's path held to;
+    """Answers to ``prompts`` (greedy), all submitted at once (one batch); ``decode``: each one's path held to;
     ``adapters``: each one's adapter."""
     done = threading.Semaphore(0)
     events: dict[int, Finished] = {}
@@ -80,7 +81,7 @@ def finished(
 
     for i, ids in enumerate(prompts):
         path, adapter = decode[i] if decode else None, adapters[i] if adapters else None
-        engine.submit(ids, GREEDY, sink(i), decode=path, adapter=adapter)
+        engine.submit(ids, params, sink(i), decode=path, adapter=adapter)
     for _ in prompts:
         assert done.acquire(timeout=120)
     return [events[i] for i in range(len(prompts))]
@@ -124,6 +125,18 @@ def test_each_answer_names_its_decode_path_and_can_be_held_to_one(engines: Any, 
     with pytest.raises(InvalidRequest) as refused:  # no compiled step in this engine
         eager.submit(ids[0], GREEDY, lambda event: None, decode="compiled")
     assert refused.value.field == "decode"
+
+
+def test_answers_that_outgrow_the_slots_need_no_new_graph(engines: Any, loaded: Any) -> None:
+    _, compiled = engines
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    # 4 rows, then fewer as they end: the slots' buffers grow as the answers do
+    done = finished(compiled, encoded(loaded), params=filled(temperature=0, max_new_tokens=150))
+    # past the first buffers' columns (the prompt and 64 spare): a step's view as wide as a whole buffer was a
+    # case of its own for the compiler, a new graph in the middle of serving (40 s on 2 cores for the bundled model)
+    assert max(event.completion_tokens for event in done) > 100
+    assert {event.extra["decode"] for event in done} == {"compiled"}
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
 def save_adapter(

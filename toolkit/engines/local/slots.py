@@ -147,8 +147,10 @@ class SlotBatch:
         return length, [(k[i : i + 1, :, :length], v[i : i + 1, :, :length]) for k, v in self.layers]
 
     def _fit(self, slots: int, columns: int, like: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
-        """Buffers with at least ``slots`` slots and ``columns`` columns: moved into larger ones (with room)
-        when they are too small; the first ones shaped as ``like``'s (keys, values) per layer."""
+        """Buffers with more than ``slots`` slots and ``columns`` columns: moved into larger ones (with room)
+        when they are not; the first ones shaped as ``like``'s (keys, values) per layer. More, not as many: a
+        step's view of every row's live columns is then never a whole buffer dimension, which the compiled step
+        would take as another case (a guard, and a recompile of tens of seconds in the middle of serving)."""
         if not self.layers:
             assert like is not None
             shapes = [(keys.shape[1], keys.shape[3], keys.dtype) for keys, _ in like]
@@ -160,10 +162,10 @@ class SlotBatch:
         else:
             kbuf = self.layers[0][0]
             have_slots, have_columns = kbuf.shape[0], kbuf.shape[2]
-            if slots <= have_slots and columns <= have_columns:
+            if slots < have_slots and columns < have_columns:
                 return
-            grown_slots = max(have_slots, slots + max(4, slots // 4)) if slots > have_slots else have_slots
-            grown_columns = max(have_columns, columns + room(columns)) if columns > have_columns else have_columns
+            grown_slots = max(have_slots, slots + max(4, slots // 4)) if slots >= have_slots else have_slots
+            grown_columns = max(have_columns, columns + room(columns)) if columns >= have_columns else have_columns
             size, width = self.size, self.width
             layers = []
             for kbuf, vbuf in self.layers:
