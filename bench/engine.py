@@ -190,14 +190,18 @@ def make_engine(model: Any, tokenizer: Any, eos: tuple[int, ...]) -> Any:
 
 QUIET_S = 5.0  # after each measurement: vLLM's CPU workers keep spinning a moment after a round
 GROUNDED = "16 grounded"  # the case of 16 concurrent prompts of about 450 tokens (made-up sources, a question)
+AGAIN = "16 grounded again"  # the same 16 at once, right after: what each server kept of them
 
 
-def grounded_prompts() -> list[str]:
+def grounded_prompts(round_: int = 0) -> list[str]:
+    """16 prompts of about 450 tokens, new sources each round: both servers keep prompts' KV (vLLM's 2 GiB
+    cache holds all 16, the toolkit's 256 MB about 10), and a round must not meet the last round's prompts.
+    ``AGAIN`` measures that keeping on its own."""
     import random
 
     from common import made_up_words
 
-    rng = random.Random(7)
+    rng = random.Random(7 + round_)
     return [f"Answer from these sources.\n\n{made_up_words(rng, 420)}.\n\nWrite about {t}." for t in (TOPICS * 2)[:16]]
 
 
@@ -245,7 +249,10 @@ def peers(
 
     from remote import LLAMACPP_NAME, PROMPTS, llamacpp_rates, rate, start_vllm, straight, through
 
-    cases = {"1": PROMPTS[:1], "16": PROMPTS[:16], GROUNDED: grounded_prompts()}
+    def cases(round_: int) -> dict[str, list[str]]:
+        grounded = grounded_prompts(round_)
+        return {"1": PROMPTS[:1], "16": PROMPTS[:16], GROUNDED: grounded, AGAIN: grounded}
+
     workdir = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     runners: dict[str, Any] = {}
     against: dict[str, str] = {}  # a toolkit row -> the vLLM row it is compared with
@@ -273,10 +280,10 @@ def peers(
         for run in runners.values():  # warm-up
             run(PROMPTS[:2])
             time.sleep(QUIET_S)
-        samples: dict[str, dict[str, list[float]]] = {name: {case: [] for case in cases} for name in runners}
-        for _ in range(rounds):
+        samples: dict[str, dict[str, list[float]]] = {name: {case: [] for case in cases(0)} for name in runners}
+        for round_ in range(rounds):
             for name, run in runners.items():
-                for case, prompts in cases.items():
+                for case, prompts in cases(round_).items():
                     tokens, seconds, _ = run(prompts)
                     samples[name][case].append(rate(tokens, seconds))
                     time.sleep(QUIET_S)
@@ -308,7 +315,7 @@ def peers(
 def peers_report(args: argparse.Namespace) -> dict[str, Any]:
     """``peers`` run, its tables printed; what the JSON report keeps of it."""
     table, ratios, bound = peers(args.rounds, sorted({args.dtype, "float32"}), not args.no_compiled)
-    cases = ["1", "16", GROUNDED]
+    cases = ["1", "16", GROUNDED, AGAIN]
     print(f"\nside by side, greedy, 64 new tokens, tokens/s (medians of {args.rounds} alternating rounds)")
     print(f"{'server':<64}" + "".join(f"{c:>14}" for c in cases))
     for name, row in table.items():
