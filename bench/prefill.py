@@ -11,7 +11,10 @@ prompts: time to first token, p50. Greedy answers to the long prompts are compar
 Each chunk size runs with each running batch of ``--kv``: per-row slots (the engine's, ``slots.py``) and the
 left-padded batch (``kvbatch.py``), whose every join re-lays every row's cache out; the first is the baseline.
 
-Target (the issue's): the running streams' inter-token p99 at most 2x their p50.
+Target (issue 35's): the running streams' inter-token p99 at most 2.5x their p50. Inter-token: every token
+a stream gets (each decode step it takes part in); "shown" is the gap between two pieces of visible text,
+which also holds what the stream's text holds back (a stop string's start, the loop guard's copy in the
+making) for several tokens.
 Prints a table, the CPU it ran on, and writes JSON.
 """
 
@@ -43,6 +46,9 @@ def long_prompt(tokenizer: Any, rng: random.Random, tokens: int) -> list[int]:
     return list(ids["input_ids"])
 
 
+TARGET = 2.5  # the running streams' inter-token p99, at most this many times their p50
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -71,7 +77,22 @@ def one_config(
         prefill_chunk=chunk,
         slots=kv == "slots",
     )
-    stamps: list[tuple[float, float]] = []  # (when, the gap since the stream's last token)
+    stamps: list[tuple[float, float]] = []  # (when, the gap since the stream's last visible text)
+    tokens: list[tuple[float, float]] = []  # (when, the gap since the stream's last token)
+    last_token: dict[str, float] = {}
+    accept = engine._accept
+
+    def timed(rows: Any, new: Any) -> None:  # every token a running stream gets, shown or held back
+        now = time.perf_counter()
+        for row in rows:
+            name = row.job.request_id
+            if name.startswith("essay-"):
+                if name in last_token:
+                    tokens.append((now, now - last_token[name]))
+                last_token[name] = now
+        accept(rows, new)
+
+    engine._accept = timed  # type: ignore[method-assign]
     window = [0.0, 0.0]  # while the long prompts arrive
     finished: dict[int, Any] = {}
     done = threading.Event()
@@ -111,12 +132,15 @@ def one_config(
     window[1] = time.perf_counter()
     engine.close(grace_s=0)
     gaps = [gap for when, gap in stamps if window[0] <= when <= window[1]]
+    token_gaps = [gap for when, gap in tokens if window[0] <= when <= window[1]]
     ttft = [f.first_token_s for f in finished.values() if f.first_token_s is not None]
     return {
         "chunk": chunk,
         "kv": kv,
-        "itl_p50_ms": 1000 * percentile(gaps, 0.5),
-        "itl_p99_ms": 1000 * percentile(gaps, 0.99),
+        "itl_p50_ms": 1000 * percentile(token_gaps, 0.5),
+        "itl_p99_ms": 1000 * percentile(token_gaps, 0.99),
+        "shown_p50_ms": 1000 * percentile(gaps, 0.5),
+        "shown_p99_ms": 1000 * percentile(gaps, 0.99),
         "ttft_p50_s": statistics.median(ttft),
         "gaps": len(gaps),
         "texts": [finished[i].text for i in range(len(arrivals))],
@@ -149,7 +173,7 @@ def main() -> int:
     )
     print(
         f"{'PREFILL_CHUNK':>14}{'KV':>8}{'ITL p50':>10}{'ITL p99':>10}{'p99/p50':>9}"
-        f"{'long TTFT p50':>15}{'same text':>11}"
+        f"{'shown p50':>11}{'shown p99':>11}{'long TTFT p50':>15}{'same text':>11}"
     )
     for r in results:
         same = sum(a == b for a, b in zip(r["texts"], base["texts"], strict=True))
@@ -157,12 +181,13 @@ def main() -> int:
         r["ratio"] = r["itl_p99_ms"] / r["itl_p50_ms"]
         print(
             f"{r['chunk']:>14}{r['kv']:>8}{r['itl_p50_ms']:>8.0f}ms{r['itl_p99_ms']:>8.0f}ms{r['ratio']:>9.2f}"
+            f"{r['shown_p50_ms']:>9.0f}ms{r['shown_p99_ms']:>9.0f}ms"
             f"{r['ttft_p50_s']:>14.2f}s{same:>7} of {len(arrivals)}"
         )
     best = min([r for r in results if r["chunk"]] or results, key=lambda r: r["ratio"])
-    ok = best["ratio"] <= 2.0
+    ok = best["ratio"] <= TARGET
     verdict = "PASS" if ok else "FAIL"
-    print(f"  target p99 <= 2x p50 (best: chunk {best['chunk']}, {best['kv']}): {best['ratio']:.2f} {verdict}")
+    print(f"  target p99 <= {TARGET}x p50 (best: chunk {best['chunk']}, {best['kv']}): {best['ratio']:.2f} {verdict}")
     for r in results:
         r.pop("texts")
     save_report({"machine": machine(), "results": results, "target_pass": ok}, args.out)
