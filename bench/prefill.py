@@ -142,7 +142,8 @@ def one_config(
         "shown_p50_ms": 1000 * percentile(gaps, 0.5),
         "shown_p99_ms": 1000 * percentile(gaps, 0.99),
         "ttft_p50_s": statistics.median(ttft),
-        "gaps": len(gaps),
+        "gaps": len(token_gaps),
+        "shown_gaps": len(gaps),
         "texts": [finished[i].text for i in range(len(arrivals))],
     }
 

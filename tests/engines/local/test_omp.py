@@ -18,7 +18,7 @@ from toolkit.engines.local.engine import Scheduler
 from toolkit.params import filled
 
 pytestmark = pytest.mark.skipif(
-    len(os.sched_getaffinity(0)) < 2 or omp._libgomp() is None, reason="needs torch on libgomp and 2 cores"
+    len(os.sched_getaffinity(0)) < 2 or not omp._libgomps(), reason="needs torch on libgomp and 2 cores"
 )
 
 
@@ -31,22 +31,26 @@ def two_threads() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def threads() -> set[str]:
+    """This process's OS threads, by id."""
+    return set(os.listdir("/proc/self/task"))
 
 
-def settles_at(count: int, seconds: float = 30.0) -> bool:
-    """Poll until this process has ``count`` threads or fewer (a pool's workers exit a moment after release)."""
+def gone(ids: set[str], seconds: float = 30.0) -> bool:
+    """Poll until none of ``ids`` is a thread of this process (a pool's workers exit a moment after release)."""
     deadline = time.monotonic() + seconds
-    while threads() > count:
+    while ids & threads():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
     return True
 
 
-def parallel_work() -> None:
+def parallel_work() -> set[str]:
+    """Run a parallel kernel on this thread; the threads that appeared meanwhile (its pool, if it had none)."""
+    before = threads()
     torch.ones(2**22).sin_()  # far over torch's grain size: an OpenMP parallel region
+    return threads() - before
 
 
 @pytest.fixture()
@@ -61,35 +65,24 @@ def engine(loaded: Any) -> Iterator[Scheduler]:
     engine.close(grace_s=0)
 
 
-def settled() -> int:
-    """This process's threads once the count has stopped falling (released workers exit a moment later)."""
-    count = threads()
-    while True:
-        time.sleep(0.2)
-        if (now := threads()) >= count:
-            return count
-        count = now
-
-
 def test_a_thread_hands_its_pool_back() -> None:
     omp.release()
-    before = settled()
-    parallel_work()
-    assert threads() == before + 1  # this thread's pool
+    pool = parallel_work()
+    assert len(pool) == 1  # this thread's pool: one worker beside it, on 2 threads
     assert omp.release()
-    assert settles_at(before)
-    parallel_work()  # and gets a new one when it computes again
-    assert threads() == before + 1
+    assert gone(pool)
+    assert len(parallel_work()) == 1  # and it gets a new one when it computes again
 
 
 def test_the_engine_idles_without_a_pool_and_takes_the_submitters(engine: Scheduler, loaded: Any) -> None:
     omp.release()
-    before = settled()  # the engine's thread has not computed yet
+    before = threads()  # the engine's thread has not computed yet
     ids = list(loaded.tokenizer("Name a colour.", add_special_tokens=False)["input_ids"])
     engine.generate(ids, filled(temperature=0, max_new_tokens=4))
-    assert settles_at(before), "the idle engine kept its OpenMP workers"
-    parallel_work()  # this thread now has a pool (a notebook's main thread after training, say)
+    assert gone(threads() - before), "the idle engine kept its OpenMP workers"
+    pool = parallel_work()  # this thread now has a pool (a notebook's main thread after training, say)
+    assert pool
     result = engine.generate(ids, filled(temperature=0, max_new_tokens=4))
     assert result.finish_reason == "length"
     # both pools gone: the submitting thread's at submit, the engine's when it went idle again
-    assert settles_at(before), "a pool stayed: the engine's steps would wait on sleeping workers"
+    assert gone(pool | (threads() - before)), "a pool stayed: the engine's steps would wait on sleeping workers"

@@ -128,7 +128,6 @@ class Scheduler(Prefilling, Streams):
         plain = self._plain_cache()
         # per-row KV slots (slots.py) where the cache is plain and the attention the engine's; else left padded
         self.kv = "slots" if slots and plain and self.attention == attention.NAME else "padded"
-        omp.release()  # the loading thread's OpenMP pool (packing, a dtype cast) would slow the warm-up's timings
         self._model = ModelForward(
             model,
             compile_decode=compile_decode and self.kv == "slots",
@@ -150,6 +149,7 @@ class Scheduler(Prefilling, Streams):
         self.peak_batch = 0  # the most rows ever decoded together
         self._gate: threading.Event | None = None  # hold(): the scheduler waits between steps until it is set
         self._thread = threading.Thread(target=self._run, name="toolkit-engine", daemon=True)
+        omp.release()  # the building thread's OpenMP pool (packing, the bank) would slow the engine's steps
         self._thread.start()
         _LIVE_ENGINES.add(self)
 
@@ -348,7 +348,13 @@ class Scheduler(Prefilling, Streams):
                     if self._closing:
                         return
                     if computed:  # idle: its OpenMP pool would slow another thread's (a second engine: omp.py)
-                        computed = not omp.release()
+                        computed = False
+                        self._cond.release()  # not under the lock: the pool's threads end first
+                        try:
+                            omp.release()
+                        finally:
+                            self._cond.acquire()
+                        continue  # something may have come meanwhile
                     self._cond.wait()
                 gate = self._gate
                 if gate is None:

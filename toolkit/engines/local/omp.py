@@ -29,35 +29,39 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _libgomp() -> ctypes.CDLL | None:
-    """The libgomp this process has loaded (torch's own copy), or None."""
+def _libgomps() -> tuple[ctypes.CDLL, ...]:
+    """The libgomps this process has loaded (torch's own copy; another package may bring one more)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:  # not Linux
-        return None
-    paths = {line.split()[-1] for line in maps.splitlines() if "/libgomp" in line}
+        return ()
+    paths = set()
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)  # address, perms, offset, device, inode, path (which may hold spaces)
+        if len(fields) == 6 and "/libgomp" in fields[5]:
+            paths.add(fields[5].removesuffix(" (deleted)"))
+    libraries = []
     for path in sorted(paths):
         try:
             library = ctypes.CDLL(path)
             library.omp_pause_resource_all.argtypes = [ctypes.c_int]
-            return library
+            libraries.append(library)
         except (OSError, AttributeError) as exc:  # an old libgomp without OpenMP 5's pause
             log.debug("cannot release OpenMP pools through %s: %s", path, exc)
-    return None
+    return tuple(libraries)
 
 
 def release() -> bool:
-    """Hand the calling thread's OpenMP worker pool back; True if libgomp took it (also when it had none).
+    """Hand the calling thread's OpenMP worker pools back; True if libgomp took them (also when it had none).
     Not from inside a parallel region (libgomp refuses there: False)."""
-    library = _libgomp() if _loaded() else None
-    if library is None:
-        return False
-    return int(library.omp_pause_resource_all(1)) == 0  # omp_pause_soft
+    libraries = _libgomps() if _loaded() else ()
+    results = [int(library.omp_pause_resource_all(1)) == 0 for library in libraries]  # omp_pause_soft
+    return bool(results) and all(results)
 
 
 def _loaded() -> bool:
     """libgomp comes with torch: before torch is imported there is no pool to hand back (and a None cached by
-    ``_libgomp`` then would stay)."""
+    ``_libgomps`` then would stay)."""
     import sys
 
     return "torch" in sys.modules
