@@ -7,7 +7,7 @@ others are generating joins them instead of waiting for them to finish
 (continuous batching). Each row has its own sampling parameters, stop strings,
 ``max_new_tokens``, deadline, cancel flag and LoRA adapter (``toolkit.adapters``:
 rows with different adapters share a batch), and leaves the batch on its own.
-Adapters load and unload on the scheduler thread, between two steps. How admitted
+Adapters load and unload on the scheduler thread, between two steps (``adapting.py``). How admitted
 prompts get into the batch (from a kept prefix, in chunks while others decode,
 or together) is ``prefill.py``'s part; the jobs and rows are ``rows.py``'s.
 
@@ -25,15 +25,14 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from toolkit.engines.base import Sampling
 from toolkit.engines.local import attention, omp
+from toolkit.engines.local.adapting import Adapting, Op
 from toolkit.engines.local.forward import ModelForward
 from toolkit.engines.local.kvbatch import KVBatch
 from toolkit.engines.local.packed import PACKED, PLAIN, pack_linears
@@ -60,24 +59,7 @@ def _close_live_engines() -> None:
         engine.close(grace_s=0)
 
 
-@dataclass(eq=False)
-class _Op:
-    """A change to the model that the scheduler thread makes between two steps."""
-
-    change: Callable[[], None]
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.change()
-        except BaseException as exc:  # handed to the caller, who is waiting for it
-            self.error = exc
-        finally:
-            self.done.set()
-
-
-class Scheduler(Prefilling, Streams):
+class Scheduler(Prefilling, Adapting, Streams):
     """Batched, streaming, cancellable generation over one loaded model."""
 
     def __init__(
@@ -138,7 +120,7 @@ class Scheduler(Prefilling, Streams):
         self._lora = self._model.lora
         self.compiled = self._model.compiled  # the decode step compiled (COMPILE_DECODE), or None
         self._adapters: set[str] = set()  # adapters requests may name (loaded, not being unloaded)
-        self._between_steps: list[_Op] = []  # changes to the model, run by the scheduler thread
+        self._between_steps: list[Op] = []  # changes to the model, run by the scheduler thread
         self._closing = False
         self._breaker_ids: frozenset[int] | None = None  # DRY's sequence breakers, when a request first needs them
         self._batch: KVBatch | SlotBatch = SlotBatch(self.device) if self.kv == "slots" else KVBatch(self.device)
@@ -241,71 +223,6 @@ class Scheduler(Prefilling, Streams):
                 self._finish(job, "cancelled", "", 0)
             self._cond.notify_all()
         return True
-
-    @property
-    def adapters(self) -> list[str]:
-        with self._cond:
-            return sorted(self._adapters)
-
-    def load_adapter(self, name: str, folder: Path) -> None:
-        """Load a LoRA adapter between two decode steps; requests may name it from then on."""
-
-        def load() -> None:
-            if name in self._lora.names:
-                raise InvalidRequest("name", f"an adapter named {name!r} is already loaded; unload it first")
-            self._lora.load(name, folder)
-            self.prefixes.clear(name)  # an earlier adapter of this name had other weights
-
-        self._run_between_steps(load)
-        with self._cond:
-            self._adapters.add(name)
-
-    def unload_adapter(self, name: str, grace_s: float = 60.0) -> int:
-        """Refuse new requests for ``name``, let its queued and running ones finish, then unload it.
-
-        Requests still running after ``grace_s`` are cancelled (finish reason ``cancelled``).
-        Returns how many requests were cancelled.
-        """
-        with self._cond:
-            if name not in self._adapters:
-                raise InvalidRequest("name", f"adapter {name!r} is not loaded")
-            self._adapters.discard(name)
-            self._cond.wait_for(lambda: not self._jobs_on(name), timeout=grace_s)
-            late = self._jobs_on(name)
-            for job in late:
-                job.cancelled.set()
-                if job in self._pending:
-                    self._pending.remove(job)
-                    self._finish(job, "cancelled", "", 0)
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: not self._jobs_on(name), timeout=30)
-
-        def unload() -> None:
-            self._lora.unload(name)
-            self.prefixes.clear(name)
-
-        try:
-            self._run_between_steps(unload)
-        except BaseException:
-            with self._cond:  # still in the model: requests may name it again
-                self._adapters.add(name)
-            raise
-        return len(late)
-
-    def _jobs_on(self, adapter: str) -> list[Job]:
-        return [job for job in self._jobs.values() if job.adapter == adapter]
-
-    def _run_between_steps(self, change: Callable[[], None]) -> None:
-        """Run ``change`` on the scheduler thread before its next step, wait for it, raise what it raised."""
-        op = _Op(change)
-        with self._cond:
-            if self._closing:
-                raise EngineClosed("the engine is shutting down; retry against a running service")
-            self._between_steps.append(op)
-            self._cond.notify_all()
-        op.done.wait()
-        if op.error is not None:
-            raise op.error
 
     def hold(self) -> threading.Event:
         """Stop between steps until the returned gate is set: admitted requests stay running, queued ones stay
