@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ def release() -> bool:
 
 
 def _loaded() -> bool:
-    """libgomp comes with torch: before torch is imported there is no pool to hand back (and a None cached by
-    ``_libgomps`` then would stay)."""
-    import sys
-
+    """libgomp comes with torch: before torch is imported there is no pool to hand back (and the empty tuple
+    ``_libgomps`` would then cache would stay)."""
     return "torch" in sys.modules
