@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from network import online
+from polling import wait_for
 
 from toolkit.errors import ConfigError, InvalidRequest, ModelNotReady, PromptTooLong
 from toolkit.models import pick_dtype
@@ -392,13 +393,6 @@ def test_cancel_while_searching_stops_before_generating(settings: Settings, load
     finally:
         release.set()
         svc.close(grace_s=0)
-
-
-def wait_for(condition: Any, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
 
 
 def test_a_request_being_searched_for_holds_its_place_in_the_queue(settings: Settings, loaded: Any) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from polling import wait_for
 
 from toolkit.engines.local.engine import Delta, Finished, Scheduler
 from toolkit.errors import GenerationError, InvalidRequest, Overloaded
@@ -70,14 +71,6 @@ def run_together(engine: Scheduler, jobs: list[tuple[list[int], GenerationParams
     for t in threads:
         t.join(timeout=120)
     return results
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:
-    """Poll until ``condition`` holds (a slow host only takes longer; a deadline that passes is a failure)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.005)
 
 
 def test_answers_paris(make_engine: Callable[..., Scheduler], ids: Callable[[str], list[int]]) -> None:

@@ -6,12 +6,12 @@ parallel kernel adds one for each thread of torch's but its own; one that hands 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from polling import wait_for
 
 from toolkit.engines.local import omp
 from toolkit.engines.local.engine import Scheduler
@@ -36,14 +36,9 @@ def threads() -> set[str]:
     return set(os.listdir("/proc/self/task"))
 
 
-def gone(ids: set[str], seconds: float = 30.0) -> bool:
-    """Poll until none of ``ids`` is a thread of this process (a pool's workers exit a moment after release)."""
-    deadline = time.monotonic() + seconds
-    while ids & threads():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+def gone(ids: set[str], what: str) -> None:
+    """Wait until none of ``ids`` is a thread of this process (a pool's workers exit a moment after release)."""
+    wait_for(lambda: not ids & threads(), 30.0, what)
 
 
 def parallel_work() -> set[str]:
@@ -70,7 +65,7 @@ def test_a_thread_hands_its_pool_back() -> None:
     pool = parallel_work()
     assert len(pool) == 1  # this thread's pool: one worker beside it, on 2 threads
     assert omp.release()
-    assert gone(pool)
+    gone(pool, "the released pool's worker stayed")
     assert len(parallel_work()) == 1  # and it gets a new one when it computes again
 
 
@@ -79,10 +74,10 @@ def test_the_engine_idles_without_a_pool_and_takes_the_submitters(engine: Schedu
     before = threads()  # the engine's thread has not computed yet
     ids = list(loaded.tokenizer("Name a colour.", add_special_tokens=False)["input_ids"])
     engine.generate(ids, filled(temperature=0, max_new_tokens=4))
-    assert gone(threads() - before), "the idle engine kept its OpenMP workers"
+    gone(threads() - before, "the idle engine kept its OpenMP workers")
     pool = parallel_work()  # this thread now has a pool (a notebook's main thread after training, say)
     assert pool
     result = engine.generate(ids, filled(temperature=0, max_new_tokens=4))
     assert result.finish_reason == "length"
     # both pools gone: the submitting thread's at submit, the engine's when it went idle again
-    assert gone(pool | (threads() - before)), "a pool stayed: the engine's steps would wait on sleeping workers"
+    gone(pool | (threads() - before), "a pool stayed: the engine's steps would wait on sleeping workers")
