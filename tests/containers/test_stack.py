@@ -129,10 +129,13 @@ def image_size() -> float:
 def image(engine: None, compose_env: dict[str, str]) -> None:
     with timed("base_images_s"):
         print(run("bash", "scripts/base-images.sh", env=compose_env), end="")
-    had_cache = bool(run(DOCKER, "images", "-q", "llm-toolkit:latest").strip())
+    previous = run(DOCKER, "images", "-q", "llm-toolkit:latest").strip()
     with timed("image_build_s"):
         compose(compose_env, "build")
-    TIMINGS["image_build_cache"] = "warm (an earlier build's layers)" if had_cache else "cold"
+    TIMINGS["image_build_cache"] = "warm (an earlier build's layers)" if previous else "cold"
+    if previous and previous != run(DOCKER, "images", "-q", "llm-toolkit:latest").strip():
+        # the image this build replaced (~6 GB, nameless now): its layers stay cached only while they are shared
+        run(DOCKER, "image", "rm", previous, check=False)
     TIMINGS["image_size_gb"] = round(image_size(), 2)
 
 
