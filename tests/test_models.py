@@ -81,6 +81,32 @@ def test_a_local_model_directory(tiny_model_dir: Path, settings: Settings) -> No
     assert isinstance(greedy(tiny, "hello", n=4), str)
 
 
+def test_while_converting_each_gguf_file_is_parsed_once_and_gguf_is_put_back(tmp_path: Path) -> None:
+    """transformers parses a GGUF file three times for one conversion and builds gguf's tensor-name table once per
+    module (half the bundled model's conversion time): during a conversion both are made once, and afterwards,
+    a failed conversion included, ``gguf`` is as it was."""
+    import gguf
+    import numpy as np
+
+    from toolkit.models import _gguf_read_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    before = (gguf.GGUFReader, gguf.get_tensor_name_map)
+    with pytest.raises(RuntimeError, match="a conversion that fails"), _gguf_read_once():
+        assert gguf.GGUFReader(path) is gguf.GGUFReader(str(path))
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+        raise RuntimeError("a conversion that fails")
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == before
+    assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)
+
+
 def test_a_gguf_file_path(settings: Settings) -> None:
     source = resolve_model(str(bundled_gguf_path()))
     assert source.kind == "gguf" and not source.bundled

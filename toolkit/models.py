@@ -19,7 +19,10 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +212,37 @@ def directory_hash(path: Path, memo_dir: Path | None = None) -> str:
     return digest.hexdigest()
 
 
+_CONVERTING = threading.Lock()  # one conversion at a time in a process (their temporary folder is per process)
+
+
+@contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """transformers parses a GGUF file afresh for the tokenizer, the config and the weights (the bundled file's
+    49k-token vocabulary takes seconds each time), and builds gguf's tensor-name table again for every module of
+    the model (about 400 times): while converting, each is made once. transformers imports both from ``gguf`` at
+    each call, so the module's attributes are swapped for memoizing ones and put back."""
+    import functools
+
+    import gguf
+
+    originals: dict[str, Any] = {"GGUFReader": gguf.GGUFReader, "get_tensor_name_map": gguf.get_tensor_name_map}
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = originals["GGUFReader"](path, mode)
+        return readers[key]
+
+    setattr(gguf, "GGUFReader", reader)  # noqa: B010  (a module's attribute swapped for a while: not its type)
+    setattr(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(originals["get_tensor_name_map"]))  # noqa: B010
+    try:
+        yield
+    finally:
+        for name, value in originals.items():
+            setattr(gguf, name, value)
+
+
 def convert_gguf(gguf: Path, cache_dir: Path, bar: Any = None) -> tuple[Path, str, bool]:
     """Dequantize ``gguf`` once into a safetensors directory; return (dir, sha256, from_cache)."""
     import transformers
@@ -219,8 +253,20 @@ def convert_gguf(gguf: Path, cache_dir: Path, bar: Any = None) -> tuple[Path, st
     target = cache_dir / "gguf" / f"{gguf.stem}-{sha[:16]}-tf{transformers.__version__}"
     if (target / CONVERSION_MARKER).is_file():
         return target, sha, True
+    with _CONVERTING:
+        if (target / CONVERSION_MARKER).is_file():  # converted by another thread meanwhile
+            return target, sha, True
+        with _gguf_read_once():
+            _convert(gguf, sha, target, bar)
+    return target, sha, False
+
+
+def _convert(gguf: Path, sha: str, target: Path, bar: Any) -> None:
+    import transformers
+
     if bar is not None:
         bar.set_description(f"converting {gguf.name} (once)")
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
@@ -232,9 +278,11 @@ def convert_gguf(gguf: Path, cache_dir: Path, bar: Any = None) -> tuple[Path, st
         config = quantized.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        # A model loaded from GGUF cannot be saved directly; a fresh one from the config can.
-        plain = AutoModelForCausalLM.from_config(config, dtype="float32")
-        plain.load_state_dict(quantized.state_dict())
+        # A model loaded from GGUF cannot be saved directly; a fresh one from the config can. It is made on the
+        # meta device (no random weights drawn only to be overwritten) and takes the loaded tensors as they are.
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict(), assign=True)
         plain.generation_config = quantized.generation_config
         plain.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -257,7 +305,6 @@ def convert_gguf(gguf: Path, cache_dir: Path, bar: Any = None) -> tuple[Path, st
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target, sha, False
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
