@@ -190,10 +190,7 @@ def test_closing_a_stream_cancels_its_request(
     stream = engine.stream(ids("Count from one to one hundred."), filled(temperature=0, max_new_tokens=200))
     next(stream)
     stream.close()
-    deadline = time.monotonic() + 5
-    while engine.active and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.active == 0
+    wait_for(lambda: engine.active == 0, 5, "the closed stream's request kept running")
 
 
 def test_a_full_queue_answers_overloaded_at_once(
@@ -331,13 +328,9 @@ def test_a_failed_prefill_does_not_touch_running_rows(
     engine = make_engine(tiny, context_length=256)
     events: list[Any] = []
     engine.submit(ids("Hello there"), filled(temperature=0, max_new_tokens=120), events.append, request_id="good")
-    deadline = time.monotonic() + 10
-    while not events and time.monotonic() < deadline:  # it is generating
-        time.sleep(0.005)
+    wait_for(lambda: events, 10, "the good request never started generating")
     bad = engine.generate([1, 2, tiny.config.vocab_size + 10], GREEDY)
     assert bad.finish_reason == "error"
-    deadline = time.monotonic() + 30
-    while not any(isinstance(e, Finished) for e in events) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: any(isinstance(e, Finished) for e in events), 30, "the good request never finished")
     good = next(e for e in events if isinstance(e, Finished))
     assert good.finish_reason in ("length", "stop") and good.error is None
