@@ -3,8 +3,9 @@ only for the batch sizes where it measured faster.
 
 The step is the model's forward over the running rows' slots (``slots.py``): one token a row, a 4D mask and
 each row's position, attending with the engine's registered SDPA (``attention.py``), which keeps the grouped
-KV heads grouped under the compiler. The live width and the batch are dynamic dimensions, so one graph serves
-every length; torch specializes a dimension of size 1, so one row is a graph of its own (``SHAPES``).
+KV heads grouped under the compiler; a padded LM head (``head.py``) runs outside the graph. The live width
+and the batch are dynamic dimensions, so one graph serves every length; torch specializes a dimension of
+size 1, so one row is a graph of its own (``SHAPES``).
 
 Compiling takes tens of seconds on 2 cores, so it runs on a thread of its own at start: until a shape is
 ready, and for good where the compiled step measured slower than eager at warm-up (the same rows, both ways,

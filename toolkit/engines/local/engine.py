@@ -34,6 +34,7 @@ from toolkit.engines.base import Sampling
 from toolkit.engines.local import attention, omp
 from toolkit.engines.local.adapting import Adapting, Op
 from toolkit.engines.local.forward import ModelForward
+from toolkit.engines.local.head import pad_head
 from toolkit.engines.local.kvbatch import KVBatch
 from toolkit.engines.local.packed import PACKED, PLAIN, pack_linears
 from toolkit.engines.local.prefill import Fill, Prefilling
@@ -100,6 +101,8 @@ class Scheduler(Prefilling, Adapting, Streams):
         self.linear: str | None = None
         if self.device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16:
             self.linear = PACKED if pack_linears(model) else PLAIN
+        # a float32 LM head on 3-15 rows: padded to 16 where this CPU's matrix kernel is faster so (head.py)
+        self.head_padded_from = pad_head(model)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(eos_token_ids)))
         self._cond = threading.Condition()
