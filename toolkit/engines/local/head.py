@@ -8,7 +8,7 @@ MKL's sgemm picks its kernel by that count, and for 3 to 15 rows it picks a slow
 row's logits: 9,729. So the last rows of a batch of 16 (one request ends, the 15 others run on) took 85-96 ms
 a step where 16 rows took 65-70.
 
-``pad_head`` times that once for the head's shape (about half a second, once a process) and, where padding is
+``pad_head`` times that once for the head's shape (0.3-0.7 s, once a process) and, where padding is
 faster, gives the head a forward that pads a step's rows up to ``TO`` from the row count where it pays. The
 forward runs outside ``torch.compile``'s graphs (``torch.compiler.disable``: the compiled step breaks around
 it), so the choice is plain Python, costs the other row counts nothing, and adds no graph to compile. The
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 TO = 16  # the row count the padded forward pads to
-TRIED = (4, 6, 8, 10, 12, 15)  # row counts timed against padding to TO
+TRIED = (4, 8, 15)  # row counts timed against padding to TO
 SMALLEST = 4_000_000  # weights (elements) below which the head is left alone: the time at stake is microseconds
 
 
@@ -102,7 +102,7 @@ def _pays_from(out_features: int, in_features: int, threads: int) -> int | None:
     return pays_from
 
 
-def _median_s(call: Any, repeats: int = 7) -> float:
+def _median_s(call: Any, repeats: int = 3) -> float:
     call()
     times = []
     for _ in range(repeats):
