@@ -2,17 +2,16 @@
 
 Each step computes the logits of one position a row, so the head (hidden size -> vocabulary, the largest
 matrix of a small model: 576 x 49,152 for the bundled one) multiplies a matrix of as many rows as the batch.
-MKL's sgemm picks its kernel by that count, and for 4 to 15 rows it picks a slow one. Measured here
+MKL's sgemm picks its kernel by that count, and for 3 to 15 rows it picks a slow one. Measured here
 (``F.linear``, 2 threads, microseconds): 1 row 3,593; 2 rows 3,797; 4 rows 7,843; 8 rows 13,144;
 15 rows 22,707; 16 rows 9,644; 17 rows 10,439; 32 rows 12,208. Copying 15 rows into 16 and dropping the extra
 row's logits: 9,729. So the last rows of a batch of 16 (one request ends, the 15 others run on) took 85-96 ms
 a step where 16 rows took 65-70.
 
 ``pad_head`` times that once for the head's shape (0.3-0.7 s, once a process) and, where padding is
-faster, gives the head a forward that pads a step's rows up to ``TO`` from the row count where it pays. In a
-compiled graph with a dynamic batch that forward runs outside the graph (``torch.compiler.disable``: the step
-breaks around it), so the choice is plain Python, costs the other row counts nothing, and adds no graph to
-compile; a graph of one fixed batch size (one row) keeps the plain product in line. The
+faster, gives the head a forward that pads a step's rows up to ``TO`` from the row count where it pays. The
+forward runs outside ``torch.compile``'s graphs (``torch.compiler.disable``: the compiled step breaks around
+it), so the choice is plain Python, costs the other row counts nothing, and adds no graph to compile. The
 padded rows are zeros; each real row's logits are the same dot products, only summed by another kernel (the
 same greedy tokens: the engine's "alone or batched" tests run with it).
 """
@@ -42,21 +41,13 @@ class _PaddedHead:
         self.layer = layer
         self.pad_from = pad_from
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(x.shape[0], int) and not self.pads(x):  # eager, or a graph of one batch size (1 row): in line
-            return F.linear(x, self.layer.weight, self.layer.bias)
-        return self._outside(x)
-
-    def pads(self, x: torch.Tensor) -> bool:
-        """A step's rows (one position each, no autograd), as many as padding pays for."""
-        return x.dim() == 3 and x.shape[1] == 1 and self.pad_from <= x.shape[0] < TO and not torch.is_grad_enabled()
-
     @torch.compiler.disable
-    def _outside(self, x: torch.Tensor) -> torch.Tensor:
-        """Outside the compiled graph (which breaks around it), where the batch is a number again."""
-        if self.pads(x):
-            return padded_linear(x, self.layer.weight, self.layer.bias)
-        return F.linear(x, self.layer.weight, self.layer.bias)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        rows = x.shape[0]
+        if x.dim() != 3 or x.shape[1] != 1 or not self.pad_from <= rows < TO or torch.is_grad_enabled():
+            return F.linear(x, layer.weight, layer.bias)
+        return padded_linear(x, layer.weight, layer.bias)
 
 
 def padded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
