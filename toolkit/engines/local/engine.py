@@ -101,8 +101,7 @@ class Scheduler(Prefilling, Adapting, Streams):
         self.linear: str | None = None
         if self.device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16:
             self.linear = PACKED if pack_linears(model) else PLAIN
-        # a float32 LM head on 3-15 rows: padded to 16 where this CPU's matrix kernel is faster so (head.py)
-        self.head_padded_from = pad_head(model)
+        pad_head(model)  # a float32 LM head's step of a few rows: padded to 16 where this CPU is faster so (head.py)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else next(iter(eos_token_ids)))
         self._cond = threading.Condition()

@@ -2,7 +2,7 @@
 
 Each step computes the logits of one position a row, so the head (hidden size -> vocabulary, the largest
 matrix of a small model: 576 x 49,152 for the bundled one) multiplies a matrix of as many rows as the batch.
-MKL's sgemm picks its kernel by that count, and for 3 to 15 rows it picks a slow one. Measured here
+MKL's sgemm picks its kernel by that count, and for 4 to 15 rows it picks a slow one. Measured here
 (``F.linear``, 2 threads, microseconds): 1 row 3,593; 2 rows 3,797; 4 rows 7,843; 8 rows 13,144;
 15 rows 22,707; 16 rows 9,644; 17 rows 10,439; 32 rows 12,208. Copying 15 rows into 16 and dropping the extra
 row's logits: 9,729. So the last rows of a batch of 16 (one request ends, the 15 others run on) took 85-96 ms
@@ -12,8 +12,10 @@ a step where 16 rows took 65-70.
 faster, gives the head a forward that pads a step's rows up to ``TO`` from the row count where it pays. The
 forward runs outside ``torch.compile``'s graphs (``torch.compiler.disable``: the compiled step breaks around
 it), so the choice is plain Python, costs the other row counts nothing, and adds no graph to compile. The
-padded rows are zeros; each real row's logits are the same dot products, only summed by another kernel (the
-same greedy tokens: the engine's "alone or batched" tests run with it).
+whole forward is outside: a check on the batch size inside a graph guards it, and a dynamic batch's graph then
+compiled anew on each side of the check (16 rows, 15, 7: 58-101 s each on 2 cores, in the middle of serving).
+The padded rows are zeros; each real row's logits are the same dot products, only summed by another kernel
+(the same greedy tokens: the engine's "alone or batched" tests run with it).
 """
 
 from __future__ import annotations
