@@ -8,7 +8,7 @@ MKL's sgemm picks its kernel by that count, and for 4 to 15 rows it picks a slow
 row's logits: 9,729. So the last rows of a batch of 16 (one request ends, the 15 others run on) took 85-96 ms
 a step where 16 rows took 65-70.
 
-``pad_head`` times that once for the head's shape (0.3-0.7 s, once a process) and, where padding is
+``pad_head`` times that once for the head's shape (0.4-0.5 s, once a process) and, where padding is
 faster, gives the head a forward that pads a step's rows up to ``TO`` from the row count where it pays. The
 forward runs outside ``torch.compile``'s graphs (``torch.compiler.disable``: the compiled step breaks around
 it), so the choice is plain Python, costs the other row counts nothing, and adds no graph to compile. The
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TO = 16  # the row count the padded forward pads to
 TRIED = (4, 8, 15)  # row counts timed against padding to TO
+_TIMED: dict[tuple[int, int, int], int | None] = {}  # (out, in, threads) -> pays from: timed once a process
 SMALLEST = 4_000_000  # weights (elements) below which the head is left alone: the time at stake is microseconds
 
 
@@ -73,20 +74,21 @@ def pad_head(model: Any) -> int | None:
     weight = head.weight
     if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.numel() < SMALLEST:
         return None
-    pad_from = _pays_from(weight.shape[0], weight.shape[1], torch.get_num_threads())
+    key = (weight.shape[0], weight.shape[1], torch.get_num_threads())  # the timing holds for this shape and setting
+    if key not in _TIMED:
+        _TIMED[key] = _pays_from(weight)
+    pad_from = _TIMED[key]
     if pad_from is not None:
         head.__dict__["forward"] = _PaddedHead(head, pad_from)  # found before the class's (as packed.py does)
     return pad_from
 
 
-@functools.cache
-def _pays_from(out_features: int, in_features: int, threads: int) -> int | None:
-    """The fewest rows (of ``TRIED``) from which every count timed is slower than padding to
-    ``TO``; None where none is. Random weights of the head's shape, ``threads`` threads (the key, with the
-    shape: the timing holds for this process's setting)."""
+def _pays_from(weight: torch.Tensor) -> int | None:
+    """The fewest rows (of ``TRIED``) from which every count timed is slower than padding to ``TO``; None where
+    none is. Timed on the head's own weight (read only)."""
     with torch.inference_mode():
-        weight = torch.randn(out_features, in_features)
-        x = torch.randn(TO, 1, in_features)
+        out_features, in_features = weight.shape
+        x = torch.randn(TO, 1, in_features, dtype=weight.dtype)
         padded = _median_s(functools.partial(padded_linear, x[: TO - 1], weight))
         pays_from = None
         for rows in sorted(TRIED, reverse=True):
@@ -97,7 +99,7 @@ def _pays_from(out_features: int, in_features: int, threads: int) -> int | None:
         "the LM head (%d x %d, %d threads) is padded to %d rows from %s",
         in_features,
         out_features,
-        threads,
+        torch.get_num_threads(),
         TO,
         pays_from,
     )
